@@ -1,0 +1,180 @@
+//! The renderer: a [`Scene`] to antialiased pixels, deterministically, with tiny-skia
+//! (vector drawing), resvg (icons) and ab_glyph (text outlines).
+
+use image::RgbImage;
+use resvg::tiny_skia::{
+    Color as SkColor, FilterQuality, GradientStop, LinearGradient, Paint, Pixmap, PixmapPaint, Point, Rect, Shader,
+    SpreadMode, Transform,
+};
+
+use crate::assets;
+use crate::colors::BgColor;
+use crate::scene::{Background, Direction, Object, ObjectKind, Scene};
+use crate::shapes::unit_path;
+use crate::text;
+use crate::WorldError;
+
+/// Renders scenes. Holds no mutable state: the icon and glyph caches are global and built once.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Renderer;
+
+fn sk(rgb: [u8; 3]) -> SkColor {
+    SkColor::from_rgba8(rgb[0], rgb[1], rgb[2], 255)
+}
+
+fn solid(rgb: [u8; 3]) -> Paint<'static> {
+    let mut p = Paint::default();
+    p.set_color(sk(rgb));
+    p.anti_alias = true;
+    p
+}
+
+/// Half width and half height, in pixels, of the box an object occupies.
+pub fn object_half_extent(scene: &Scene, o: &Object) -> (f32, f32) {
+    match &o.kind {
+        ObjectKind::Text { text, .. } => {
+            let lay = text::layout(text, o.size, scene.width, scene.height);
+            (lay.width / 2.0, lay.height / 2.0)
+        }
+        _ => {
+            let r = o.size.extent() * scene.min_side() / 2.0;
+            // Rotated squares and crosses reach past the unit circle's inscribed box.
+            let r = if o.rotation != 0.0 { r * 1.19 } else { r };
+            (r, r)
+        }
+    }
+}
+
+impl Renderer {
+    pub fn new() -> Renderer {
+        Renderer
+    }
+
+    /// Render to an RGB image. The scene is validated first.
+    pub fn render(&self, scene: &Scene) -> Result<RgbImage, WorldError> {
+        let pm = self.render_pixmap(scene)?;
+        Ok(pixmap_to_rgb(&pm))
+    }
+
+    /// Render to a tiny-skia pixmap (opaque, so premultiplied equals straight RGBA).
+    pub fn render_pixmap(&self, scene: &Scene) -> Result<Pixmap, WorldError> {
+        scene.validate()?;
+        let mut pm = Pixmap::new(scene.width, scene.height).ok_or_else(|| WorldError::InvalidSize {
+            width: scene.width,
+            height: scene.height,
+            why: "cannot allocate".into(),
+        })?;
+        draw_background(&mut pm, &scene.background, scene.min_side());
+        for o in &scene.objects {
+            draw_object(&mut pm, scene, o);
+        }
+        Ok(pm)
+    }
+}
+
+pub fn pixmap_to_rgb(pm: &Pixmap) -> RgbImage {
+    let mut rgb = Vec::with_capacity((pm.width() * pm.height() * 3) as usize);
+    for px in pm.data().chunks_exact(4) {
+        rgb.extend_from_slice(&px[..3]);
+    }
+    RgbImage::from_raw(pm.width(), pm.height(), rgb).expect("sizes match")
+}
+
+fn full_rect(pm: &Pixmap) -> Rect {
+    Rect::from_xywh(0.0, 0.0, pm.width() as f32, pm.height() as f32).expect("non-empty canvas")
+}
+
+fn direction_transform(dir: Direction, pm: &Pixmap) -> Transform {
+    match dir {
+        Direction::Horizontal => Transform::identity(),
+        Direction::Vertical => Transform::from_row(0.0, 1.0, 1.0, 0.0, 0.0, 0.0),
+        Direction::Diagonal => {
+            let (w, h) = (pm.width() as f32, pm.height() as f32);
+            Transform::from_rotate_at(45.0, w / 2.0, h / 2.0)
+        }
+    }
+}
+
+fn draw_background(pm: &mut Pixmap, bg: &Background, min_side: f32) {
+    let (w, h) = (pm.width() as f32, pm.height() as f32);
+    match bg {
+        Background::Solid { color } => pm.fill(sk(color.rgb())),
+        Background::Gradient { from, to, direction } => {
+            let (a, b) = match direction {
+                Direction::Horizontal => (Point::from_xy(0.0, 0.0), Point::from_xy(w, 0.0)),
+                Direction::Vertical => (Point::from_xy(0.0, 0.0), Point::from_xy(0.0, h)),
+                Direction::Diagonal => (Point::from_xy(0.0, 0.0), Point::from_xy(w, h)),
+            };
+            let stops = vec![GradientStop::new(0.0, sk(from.rgb())), GradientStop::new(1.0, sk(to.rgb()))];
+            let shader = LinearGradient::new(a, b, stops, SpreadMode::Pad, Transform::identity())
+                .unwrap_or(Shader::SolidColor(sk(from.rgb())));
+            let paint = Paint { shader, anti_alias: true, ..Paint::default() };
+            pm.fill_rect(full_rect(pm), &paint, Transform::identity(), None);
+        }
+        Background::Stripes { a, b, direction, period } => {
+            pm.fill(sk(a.rgb()));
+            let period_px = (period * min_side).max(2.0);
+            let paint = solid(b.rgb());
+            let t = direction_transform(*direction, pm);
+            // Cover the rotated canvas: a square of the diagonal around the centre.
+            let diag = (w * w + h * h).sqrt();
+            let (x0, y0) = ((w - diag) / 2.0, (h - diag) / 2.0);
+            let mut x = x0;
+            while x < x0 + diag {
+                if let Some(r) = Rect::from_xywh(x, y0, period_px / 2.0, diag) {
+                    pm.fill_rect(r, &paint, t, None);
+                }
+                x += period_px;
+            }
+        }
+        Background::Checker { a, b, cells } => {
+            pm.fill(sk(a.rgb()));
+            let cell = min_side / *cells as f32;
+            let paint = solid(b.rgb());
+            let (nx, ny) = ((w / cell).ceil() as i32, (h / cell).ceil() as i32);
+            for j in 0..ny {
+                for i in 0..nx {
+                    if (i + j) % 2 == 1 {
+                        if let Some(r) = Rect::from_xywh(i as f32 * cell, j as f32 * cell, cell, cell) {
+                            pm.fill_rect(r, &paint, Transform::identity(), None);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn draw_object(pm: &mut Pixmap, scene: &Scene, o: &Object) {
+    let cx = o.center[0] * scene.width as f32;
+    let cy = o.center[1] * scene.height as f32;
+    let r = o.size.extent() * scene.min_side() / 2.0;
+    match &o.kind {
+        ObjectKind::Shape { shape, color } => {
+            let (path, rule) = unit_path(*shape);
+            let t = Transform::from_translate(cx, cy).pre_rotate(o.rotation).pre_scale(r, r);
+            pm.fill_path(&path, &solid(color.rgb()), rule, t, None);
+        }
+        ObjectKind::Icon { icon } => {
+            // validate() has checked the name.
+            let Some(index) = assets::icon_index(icon) else { return };
+            let src = assets::icon(index).for_size(2.0 * r);
+            let s = 2.0 * r / src.width() as f32;
+            let t = Transform::from_translate(cx, cy).pre_rotate(o.rotation).pre_translate(-r, -r).pre_scale(s, s);
+            let paint = PixmapPaint { quality: FilterQuality::Bicubic, ..PixmapPaint::default() };
+            pm.draw_pixmap(0, 0, src.as_ref(), &paint, t, None);
+        }
+        ObjectKind::Text { text: s, color } => {
+            let lay = text::layout(s, o.size, scene.width, scene.height);
+            let paint = solid(color.rgb());
+            for (path, t) in text::placed_glyphs(s, &lay, (cx, cy), o.rotation) {
+                pm.fill_path(path, &paint, resvg::tiny_skia::FillRule::Winding, t, None);
+            }
+        }
+    }
+}
+
+/// A plain canvas of one background colour (used for blank baselines).
+pub fn blank(width: u32, height: u32, color: BgColor) -> RgbImage {
+    RgbImage::from_pixel(width, height, image::Rgb(color.rgb()))
+}

@@ -1,0 +1,321 @@
+//! Seeded random scenes from a controllable distribution, with their captions.
+
+use rand::seq::IndexedRandom;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::assets;
+use crate::canvas::AspectRatio;
+use crate::captions::{captions, Captions};
+use crate::colors::{BgColor, Color};
+use crate::render::object_half_extent;
+use crate::scene::{Background, Direction, Object, ObjectKind, Scene, ShapeKind, SizeClass};
+use crate::seed::{purpose, rng_for};
+
+/// Words text items are drawn from (besides random strings).
+pub const WORDS: &[&str] = &[
+    "CAT", "DOG", "SUN", "SKY", "RED", "BLUE", "HELLO", "WORLD", "SPROUT", "SEED", "TREE", "STAR", "MOON", "RAIN",
+    "LOVE", "OPEN", "STOP", "GO", "YES", "NO", "HI", "OK", "ART", "PLAY", "FISH", "BIRD", "CAKE", "MILK", "GOLD",
+    "ZERO", "ONE", "TWO", "TEN", "KING", "BOX", "SALE", "NEW", "HOT", "COOL", "WOW", "ZOO", "JAZZ", "MAP", "KEY",
+    "LAMP", "BOOK", "TOY", "HAT", "CUP", "PIE", "FROG", "WIND", "SNOW", "LEAF", "ROSE", "MINT", "PLUM", "EXIT",
+    "CAFE", "SHOP", "PARK", "HOME", "PIXEL", "DRAW", "PAINT", "QUIZ", "VIBE", "2026", "42", "7", "A1", "X9",
+];
+
+/// Where a scene's canvas size comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum CanvasChoice {
+    Fixed { width: u32, height: u32 },
+    Aspect { ratio: AspectRatio },
+    /// Any of the named aspect ratios, uniformly.
+    AnyAspect,
+}
+
+/// Whether objects may overlap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    Forbid,
+    Allow,
+}
+
+/// The distribution of scenes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SamplerConfig {
+    pub min_objects: usize,
+    pub max_objects: usize,
+    /// Probability that the scene holds one text item (counted among the objects).
+    pub text_prob: f32,
+    /// Probability that a non-text object is an icon rather than a shape.
+    pub icon_prob: f32,
+    /// Probability that an object repeats the kind and colour of an earlier one (counting).
+    pub repeat_prob: f32,
+    /// Probability that a shape is rotated.
+    pub rotate_prob: f32,
+    pub overlap: Overlap,
+    pub canvas: CanvasChoice,
+    /// Shorter side used when the canvas comes from an aspect ratio (about side² pixels).
+    pub base_side: u32,
+    /// Relative weights of solid, gradient, stripes and checker backgrounds.
+    pub background_weights: [f32; 4],
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig {
+            min_objects: 1,
+            max_objects: 4,
+            text_prob: 0.3,
+            icon_prob: 0.35,
+            repeat_prob: 0.2,
+            rotate_prob: 0.15,
+            overlap: Overlap::Forbid,
+            canvas: CanvasChoice::Fixed { width: 256, height: 256 },
+            base_side: 256,
+            background_weights: [0.4, 0.2, 0.2, 0.2],
+        }
+    }
+}
+
+impl SamplerConfig {
+    pub fn validate(&self) -> Result<(), crate::WorldError> {
+        let bad = |m: String| Err(crate::WorldError::InvalidScene(m));
+        if self.min_objects == 0 && self.max_objects == 0 {
+            return bad("sampler: max_objects must be at least 1".into());
+        }
+        if self.min_objects > self.max_objects || self.max_objects > crate::scene::MAX_OBJECTS {
+            return bad(format!(
+                "sampler: need min_objects <= max_objects <= {}, got {}..{}",
+                crate::scene::MAX_OBJECTS,
+                self.min_objects,
+                self.max_objects
+            ));
+        }
+        for (name, p) in [
+            ("text_prob", self.text_prob),
+            ("icon_prob", self.icon_prob),
+            ("repeat_prob", self.repeat_prob),
+            ("rotate_prob", self.rotate_prob),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return bad(format!("sampler: {name} {p} is outside 0..=1"));
+            }
+        }
+        if self.background_weights.iter().any(|w| !(*w >= 0.0)) || self.background_weights.iter().sum::<f32>() <= 0.0 {
+            return bad("sampler: background_weights must be non-negative and not all zero".into());
+        }
+        if let CanvasChoice::Fixed { width, height } = self.canvas {
+            crate::canvas::check_size(width, height)?;
+        }
+        crate::canvas::check_size(self.base_side, self.base_side)
+    }
+}
+
+/// One sample of the world.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sample {
+    pub scene: Scene,
+    pub captions: Captions,
+}
+
+/// A box in pixels: centre and half extents.
+#[derive(Debug, Clone, Copy)]
+pub struct PlacedBox {
+    pub cx: f32,
+    pub cy: f32,
+    pub hw: f32,
+    pub hh: f32,
+}
+
+impl PlacedBox {
+    pub fn overlaps(&self, o: &PlacedBox, gap: f32) -> bool {
+        (self.cx - o.cx).abs() < self.hw + o.hw + gap && (self.cy - o.cy).abs() < self.hh + o.hh + gap
+    }
+}
+
+/// Find a centre for a box of half extents `half` inside the canvas (with a margin), within the
+/// normalised ranges `xr`, `yr`, not overlapping `boxes` (plus `gap` pixels) unless overlap is
+/// allowed. `None` when 200 tries found no room.
+#[allow(clippy::too_many_arguments)]
+pub fn try_place<R: Rng>(
+    rng: &mut R,
+    width: u32,
+    height: u32,
+    half: (f32, f32),
+    boxes: &[PlacedBox],
+    overlap: Overlap,
+    xr: (f32, f32),
+    yr: (f32, f32),
+) -> Option<[f32; 2]> {
+    let (w, h) = (width as f32, height as f32);
+    let margin = 0.03 * w.min(h);
+    let gap = 0.05 * w.min(h);
+    let lo_x = (half.0 + margin).max(xr.0 * w);
+    let hi_x = (w - half.0 - margin).min(xr.1 * w);
+    let lo_y = (half.1 + margin).max(yr.0 * h);
+    let hi_y = (h - half.1 - margin).min(yr.1 * h);
+    if lo_x > hi_x || lo_y > hi_y {
+        return None;
+    }
+    for _ in 0..200 {
+        let cx = rng.random_range(lo_x..=hi_x);
+        let cy = rng.random_range(lo_y..=hi_y);
+        let b = PlacedBox { cx, cy, hw: half.0, hh: half.1 };
+        if overlap == Overlap::Allow || !boxes.iter().any(|o| o.overlaps(&b, gap)) {
+            return Some([cx / w, cy / h]);
+        }
+    }
+    None
+}
+
+pub fn random_background<R: Rng>(rng: &mut R, weights: [f32; 4]) -> Background {
+    let total: f32 = weights.iter().sum();
+    let mut t = rng.random_range(0.0..total);
+    let mut kind = 3;
+    for (i, w) in weights.iter().enumerate() {
+        if t < *w {
+            kind = i;
+            break;
+        }
+        t -= w;
+    }
+    let a = *BgColor::ALL.choose(rng).expect("colours");
+    let mut b = *BgColor::ALL.choose(rng).expect("colours");
+    while b == a {
+        b = *BgColor::ALL.choose(rng).expect("colours");
+    }
+    let direction = *Direction::ALL.choose(rng).expect("directions");
+    match kind {
+        0 => Background::Solid { color: a },
+        1 => Background::Gradient { from: a, to: b, direction },
+        2 => Background::Stripes { a, b, direction, period: rng.random_range(0.08..0.3) },
+        _ => Background::Checker { a, b, cells: rng.random_range(4..=12) },
+    }
+}
+
+pub fn random_text<R: Rng>(rng: &mut R) -> String {
+    if rng.random_bool(0.6) {
+        WORDS.choose(rng).expect("words").to_string()
+    } else {
+        let n = rng.random_range(1..=6);
+        const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+        (0..n).map(|_| *CHARS.choose(rng).expect("chars") as char).collect()
+    }
+}
+
+fn canvas_size<R: Rng>(cfg: &SamplerConfig, rng: &mut R) -> (u32, u32) {
+    match cfg.canvas {
+        CanvasChoice::Fixed { width, height } => (width, height),
+        CanvasChoice::Aspect { ratio } => ratio.canvas(cfg.base_side),
+        CanvasChoice::AnyAspect => AspectRatio::ALL.choose(rng).expect("ratios").canvas(cfg.base_side),
+    }
+}
+
+/// Draw scene `index` of stream `seed`. The same (config, seed, index) always gives the same scene.
+pub fn sample_scene(cfg: &SamplerConfig, seed: u64, index: u64) -> Scene {
+    let mut rng = rng_for(seed, purpose::SCENE, index);
+    let (width, height) = canvas_size(cfg, &mut rng);
+    sample_scene_sized(cfg, &mut rng, width, height)
+}
+
+/// Draw a scene on a given canvas from `rng`.
+pub fn sample_scene_sized<R: Rng>(cfg: &SamplerConfig, rng: &mut R, width: u32, height: u32) -> Scene {
+    let background = random_background(rng, cfg.background_weights);
+    let mut scene = Scene { width, height, background, objects: Vec::new() };
+    let n = rng.random_range(cfg.min_objects.max(1)..=cfg.max_objects.max(1));
+    let with_text = rng.random_bool(cfg.text_prob as f64);
+    let mut boxes: Vec<PlacedBox> = Vec::new();
+    for i in 0..n {
+        let size = *SizeClass::ALL.choose(rng).expect("sizes");
+        let kind = if with_text && i == n - 1 {
+            ObjectKind::Text { text: random_text(rng), color: *Color::ALL.choose(rng).expect("colours") }
+        } else if i > 0 && rng.random_bool(cfg.repeat_prob as f64) {
+            scene.objects[rng.random_range(0..i)].kind.clone()
+        } else if rng.random_bool(cfg.icon_prob as f64) {
+            ObjectKind::Icon { icon: assets::icon_name(rng.random_range(0..assets::icon_count())).to_string() }
+        } else {
+            ObjectKind::Shape {
+                shape: *ShapeKind::ALL.choose(rng).expect("shapes"),
+                color: *Color::ALL.choose(rng).expect("colours"),
+            }
+        };
+        let rotation = match kind {
+            ObjectKind::Shape { shape, .. } if shape.symmetry_deg() > 0.0 && rng.random_bool(cfg.rotate_prob as f64) => {
+                rng.random_range(5.0..shape.symmetry_deg() - 5.0).round()
+            }
+            _ => 0.0,
+        };
+        let mut obj = Object { kind, size, center: [0.5, 0.5], rotation };
+        let half = object_half_extent(&scene, &obj);
+        if let Some(c) = try_place(rng, width, height, half, &boxes, cfg.overlap, (0.0, 1.0), (0.0, 1.0)) {
+            obj.center = c;
+            boxes.push(PlacedBox { cx: c[0] * width as f32, cy: c[1] * height as f32, hw: half.0, hh: half.1 });
+            scene.objects.push(obj);
+        }
+    }
+    scene
+}
+
+/// Draw sample `index` (scene and captions) of stream `seed`.
+pub fn sample(cfg: &SamplerConfig, seed: u64, index: u64) -> Sample {
+    let scene = sample_scene(cfg, seed, index);
+    let mut rng = rng_for(seed, purpose::CAPTION, index);
+    let captions = captions(&scene, &mut rng);
+    Sample { scene, captions }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_and_varied() {
+        let cfg = SamplerConfig::default();
+        let a = sample(&cfg, 7, 3);
+        let b = sample(&cfg, 7, 3);
+        assert_eq!(a.scene, b.scene);
+        assert_eq!(a.captions, b.captions);
+        let c = sample(&cfg, 7, 4);
+        assert_ne!(a.scene, c.scene);
+    }
+
+    #[test]
+    fn respects_config() {
+        let cfg = SamplerConfig {
+            min_objects: 2,
+            max_objects: 3,
+            text_prob: 0.0,
+            canvas: CanvasChoice::AnyAspect,
+            ..SamplerConfig::default()
+        };
+        let mut shapes_seen = std::collections::HashSet::new();
+        for i in 0..300 {
+            let s = sample_scene(&cfg, 1, i);
+            s.validate().unwrap();
+            assert!(s.objects.len() <= 3 && !s.objects.is_empty());
+            assert!(s.objects.iter().all(|o| !matches!(o.kind, ObjectKind::Text { .. })));
+            // No overlap under the default policy.
+            let boxes: Vec<_> = s
+                .objects
+                .iter()
+                .map(|o| {
+                    let h = object_half_extent(&s, o);
+                    PlacedBox { cx: o.center[0] * s.width as f32, cy: o.center[1] * s.height as f32, hw: h.0, hh: h.1 }
+                })
+                .collect();
+            for (i, a) in boxes.iter().enumerate() {
+                for b in &boxes[i + 1..] {
+                    assert!(!a.overlaps(b, 0.0));
+                }
+            }
+            for o in &s.objects {
+                if let ObjectKind::Shape { shape, .. } = o.kind {
+                    shapes_seen.insert(shape);
+                }
+            }
+        }
+        assert_eq!(shapes_seen.len(), ShapeKind::ALL.len());
+        assert!(SamplerConfig { min_objects: 5, max_objects: 2, ..SamplerConfig::default() }.validate().is_err());
+    }
+}
