@@ -1,1 +1,34 @@
-fn main() {}
+//! `sprout`: the command-line front end.
+
+mod eval_cmd;
+mod progress;
+mod world_cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "sprout", version, about = "Sprout: image generation over a procedural world, with its own evaluator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The procedural world: render scenes with captions, list icons, re-render scene files.
+    World(world_cmd::WorldArgs),
+    /// WorldEval: score images against the prompt set (or self-check the reader).
+    Eval(eval_cmd::EvalArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::World(a) => world_cmd::run(a),
+        Command::Eval(a) => eval_cmd::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

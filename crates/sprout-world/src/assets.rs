@@ -35,7 +35,10 @@ pub fn icon_index(name: &str) -> Option<usize> {
 
 /// The words captions use for an icon (`red-apple` → `red apple`).
 pub fn icon_words(name: &str) -> String {
-    name.replace('-', " ")
+    match name {
+        "t-rex" | "jack-o-lantern" => name.to_string(),
+        _ => name.replace('-', " "),
+    }
 }
 
 /// Rasterised resolutions kept per icon; drawing picks the smallest one at least as large as

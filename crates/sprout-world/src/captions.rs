@@ -96,7 +96,7 @@ pub fn plural(noun: &str) -> String {
         None => (String::new(), noun),
     };
     let p = match last {
-        "fish" | "deer" | "sheep" | "moose" | "bison" | "shrimp" | "sushi" | "popcorn" | "broccoli" | "bread" => {
+        "fish" | "deer" | "sheep" | "moose" | "bison" | "shrimp" | "sushi" | "popcorn" | "broccoli" => {
             last.to_string()
         }
         "mouse" => "mice".into(),

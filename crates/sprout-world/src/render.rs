@@ -84,10 +84,12 @@ fn full_rect(pm: &Pixmap) -> Rect {
     Rect::from_xywh(0.0, 0.0, pm.width() as f32, pm.height() as f32).expect("non-empty canvas")
 }
 
+/// Stripes are drawn as vertical bands and then turned: vertical bands stay, horizontal ones
+/// swap the axes, diagonal ones rotate by 45° about the centre.
 fn direction_transform(dir: Direction, pm: &Pixmap) -> Transform {
     match dir {
-        Direction::Horizontal => Transform::identity(),
-        Direction::Vertical => Transform::from_row(0.0, 1.0, 1.0, 0.0, 0.0, 0.0),
+        Direction::Vertical => Transform::identity(),
+        Direction::Horizontal => Transform::from_row(0.0, 1.0, 1.0, 0.0, 0.0, 0.0),
         Direction::Diagonal => {
             let (w, h) = (pm.width() as f32, pm.height() as f32);
             Transform::from_rotate_at(45.0, w / 2.0, h / 2.0)
@@ -116,12 +118,11 @@ fn draw_background(pm: &mut Pixmap, bg: &Background, min_side: f32) {
             let period_px = (period * min_side).max(2.0);
             let paint = solid(b.rgb());
             let t = direction_transform(*direction, pm);
-            // Cover the rotated canvas: a square of the diagonal around the centre.
-            let diag = (w * w + h * h).sqrt();
-            let (x0, y0) = ((w - diag) / 2.0, (h - diag) / 2.0);
-            let mut x = x0;
-            while x < x0 + diag {
-                if let Some(r) = Rect::from_xywh(x, y0, period_px / 2.0, diag) {
+            // Bands over [-d, 2d] in both axes cover the canvas under any of the three turns.
+            let d = (w * w + h * h).sqrt();
+            let mut x = -d;
+            while x < 2.0 * d {
+                if let Some(r) = Rect::from_xywh(x, -d, period_px / 2.0, 3.0 * d) {
                     pm.fill_rect(r, &paint, t, None);
                 }
                 x += period_px;
@@ -177,4 +178,78 @@ fn draw_object(pm: &mut Pixmap, scene: &Scene, o: &Object) {
 /// A plain canvas of one background colour (used for blank baselines).
 pub fn blank(width: u32, height: u32, color: BgColor) -> RgbImage {
     RgbImage::from_pixel(width, height, image::Rgb(color.rgb()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::colors::Color;
+    use crate::scene::{ShapeKind, SizeClass};
+
+    fn px(img: &RgbImage, x: u32, y: u32) -> [u8; 3] {
+        img.get_pixel(x, y).0
+    }
+
+    #[test]
+    fn stripes_cover_the_canvas_in_their_direction() {
+        for (dir, w, h) in [(Direction::Horizontal, 288, 192), (Direction::Vertical, 192, 288), (Direction::Diagonal, 384, 192)] {
+            let scene = Scene {
+                width: w,
+                height: h,
+                background: Background::Stripes { a: BgColor::White, b: BgColor::PaleBlue, direction: dir, period: 0.25 },
+                objects: vec![],
+            };
+            let img = Renderer::new().render(&scene).unwrap();
+            let band = (0.25 * w.min(h) as f32) as u32;
+            let blue = BgColor::PaleBlue.rgb();
+            // Every column (horizontal stripes) or row (vertical stripes) shows both colours.
+            let has_blue = |pts: Vec<(u32, u32)>| pts.into_iter().any(|(x, y)| px(&img, x, y) == blue);
+            match dir {
+                Direction::Horizontal => {
+                    for x in [0, w / 2, w - 1] {
+                        assert!(has_blue((0..h).map(|y| (x, y)).collect()), "{dir:?} column {x}");
+                    }
+                    // Constant along a row.
+                    assert_eq!(px(&img, 0, band / 4), px(&img, w - 1, band / 4));
+                }
+                Direction::Vertical => {
+                    for y in [0, h / 2, h - 1] {
+                        assert!(has_blue((0..w).map(|x| (x, y)).collect()), "{dir:?} row {y}");
+                    }
+                    assert_eq!(px(&img, band / 4, 0), px(&img, band / 4, h - 1));
+                }
+                Direction::Diagonal => {
+                    // Half the canvas is blue, and the four corners are covered (not black).
+                    let bluish = img.pixels().filter(|p| p.0 == blue).count() as f32 / (w * h) as f32;
+                    assert!((0.35..0.65).contains(&bluish), "{bluish}");
+                    for (x, y) in [(0, 0), (w - 1, h - 1), (0, h - 1), (w - 1, 0)] {
+                        assert!([blue, [255, 255, 255]].contains(&px(&img, x, y)) || px(&img, x, y)[0] > 200);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shapes_land_where_the_scene_says() {
+        let scene = Scene {
+            width: 256,
+            height: 256,
+            background: Background::Solid { color: BgColor::White },
+            objects: vec![Object {
+                kind: ObjectKind::Shape { shape: ShapeKind::Square, color: Color::Red },
+                size: SizeClass::Large,
+                center: [0.25, 0.75],
+                rotation: 0.0,
+            }],
+        };
+        let img = Renderer::new().render(&scene).unwrap();
+        assert_eq!(px(&img, 64, 192), Color::Red.rgb());
+        assert_eq!(px(&img, 192, 64), [255, 255, 255]);
+        // The square's half side is 0.84 of the radius: 0.84 * 0.34 * 256 / 2 ≈ 36.6 px.
+        assert_eq!(px(&img, 64 + 35, 192), Color::Red.rgb());
+        assert_eq!(px(&img, 64 + 38, 192), [255, 255, 255]);
+        // Deterministic.
+        assert_eq!(img, Renderer::new().render(&scene).unwrap());
+    }
 }

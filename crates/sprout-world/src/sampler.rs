@@ -230,8 +230,8 @@ pub fn sample_scene_sized<R: Rng>(cfg: &SamplerConfig, rng: &mut R, width: u32, 
         let size = *SizeClass::ALL.choose(rng).expect("sizes");
         let kind = if with_text && i == n - 1 {
             ObjectKind::Text { text: random_text(rng), color: *Color::ALL.choose(rng).expect("colours") }
-        } else if i > 0 && rng.random_bool(cfg.repeat_prob as f64) {
-            scene.objects[rng.random_range(0..i)].kind.clone()
+        } else if !scene.objects.is_empty() && rng.random_bool(cfg.repeat_prob as f64) {
+            scene.objects[rng.random_range(0..scene.objects.len())].kind.clone()
         } else if rng.random_bool(cfg.icon_prob as f64) {
             ObjectKind::Icon { icon: assets::icon_name(rng.random_range(0..assets::icon_count())).to_string() }
         } else {
@@ -290,7 +290,7 @@ mod tests {
             ..SamplerConfig::default()
         };
         let mut shapes_seen = std::collections::HashSet::new();
-        for i in 0..300 {
+        for i in 0..2000 {
             let s = sample_scene(&cfg, 1, i);
             s.validate().unwrap();
             assert!(s.objects.len() <= 3 && !s.objects.is_empty());

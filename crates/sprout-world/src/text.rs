@@ -81,7 +81,8 @@ pub fn font_cache() -> &'static FontCache {
         let glyphs: Vec<(char, Glyph)> = ('A'..='Z').chain('0'..='9').map(|c| (c, build_glyph(&font, c))).collect();
         let h = font.outline(font.glyph_id('H')).expect("H has an outline");
         let upem = font.units_per_em().unwrap_or(1000.0);
-        FontCache { cap_height: (h.bounds.max.y - h.bounds.min.y) / upem, glyphs }
+        // ab_glyph's unscaled bounds keep the font's y-up order, so take the magnitude.
+        FontCache { cap_height: (h.bounds.max.y - h.bounds.min.y).abs() / upem, glyphs }
     })
 }
 
@@ -154,4 +155,24 @@ pub fn placed_glyphs(text: &str, lay: &TextLayout, center: (f32, f32), rotation:
         }
     }
     out
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_upright_and_sized() {
+        let fc = font_cache();
+        assert!((0.6..0.8).contains(&fc.cap_height), "cap height {} em", fc.cap_height);
+        let lay = layout("EF", SizeClass::Large, 256, 256);
+        assert!((lay.height - 0.14 * 256.0).abs() < 0.5, "{lay:?}");
+        let placed = placed_glyphs("EF", &lay, (128.0, 64.0), 0.0);
+        assert_eq!(placed.len(), 2);
+        // Left to right, not mirrored.
+        assert!(placed[0].1.sx > 0.0 && placed[0].1.sy > 0.0);
+        assert!(placed[0].1.tx < placed[1].1.tx);
+        // Long strings shrink to fit the width.
+        let wide = layout("WWWWWW", SizeClass::Large, 256, 256);
+        assert!(wide.width <= MAX_WIDTH_FRACTION * 256.0 + 0.01);
+    }
 }

@@ -1,0 +1,113 @@
+//! `sprout eval …`: the last line printed is the JSON summary.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{ArgGroup, Args, ValueEnum};
+use sprout_eval::run::{score_dir, self_check, Source};
+use sprout_eval::{Category, EvalError, PromptSet, Report};
+
+use crate::progress::bar;
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Baseline {
+    Blank,
+    Noise,
+    WrongPrompt,
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("what").required(true).args(["self_check", "images", "list"])))]
+pub struct EvalArgs {
+    /// Render ground truth for the prompt set and score it (proves the reader).
+    #[arg(long)]
+    self_check: bool,
+    /// With --self-check: blur (σ 1 px), noise (σ 0.03) and JPEG (q 70) the renders first.
+    #[arg(long, requires = "self_check")]
+    degrade: bool,
+    /// With --self-check: score a baseline that should fail instead of the ground truth.
+    #[arg(long, value_enum, requires = "self_check", conflicts_with = "degrade")]
+    baseline: Option<Baseline>,
+    /// Score a directory of images named by prompt id (`<id>.png` or `<id>_<k>.png`).
+    #[arg(long)]
+    images: Option<PathBuf>,
+    /// Print the prompt set (id, category, size, text) as JSON lines.
+    #[arg(long)]
+    list: bool,
+    /// Use only the first N prompts (round-robin over categories).
+    #[arg(long)]
+    count: Option<usize>,
+    /// Restrict to these categories (repeatable).
+    #[arg(long = "category")]
+    categories: Vec<String>,
+    /// With --self-check: keep the scored images here, named by prompt id.
+    #[arg(long)]
+    save: Option<PathBuf>,
+    /// Write the JSON report here (and a markdown table beside it, .md).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Seed of the ground-truth scenes and degradations.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+fn write_report(report: &Report, path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(report)?).with_context(|| format!("writing {}", path.display()))?;
+    let md = path.with_extension("md");
+    std::fs::write(&md, report.markdown()).with_context(|| format!("writing {}", md.display()))?;
+    eprintln!("report: {} and {}", path.display(), md.display());
+    Ok(())
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    let set = PromptSet::builtin();
+    let categories = a.categories.iter().map(|c| Category::parse(c)).collect::<Result<Vec<_>, _>>()?;
+    let prompts = set.select(a.count, &categories)?;
+    if a.list {
+        for p in &prompts {
+            println!("{}", serde_json::json!({"id": p.id, "category": p.category, "width": p.width, "height": p.height, "text": p.text}));
+        }
+        return Ok(());
+    }
+    let pb = bar(prompts.len() as u64, "eval");
+    let tick = || pb.inc(1);
+    let report = if let Some(dir) = &a.images {
+        if !dir.is_dir() {
+            bail!("--images {}: not a directory", dir.display());
+        }
+        score_dir(&set, &prompts, dir, &tick)?
+    } else {
+        let source = match a.baseline {
+            Some(Baseline::Blank) => Source::Blank,
+            Some(Baseline::Noise) => Source::Noise,
+            Some(Baseline::WrongPrompt) => Source::WrongPrompt,
+            None if a.degrade => Source::Degraded,
+            None => Source::GroundTruth,
+        };
+        self_check(&set, &prompts, source, a.seed, a.save.as_deref(), &tick)?
+    };
+    pb.finish_and_clear();
+    let report_path = a.report.clone().or_else(|| a.images.as_ref().map(|d| d.join("worldeval.json")))
+        .or_else(|| a.save.as_ref().map(|d| d.join("worldeval.json")));
+    if let Some(p) = &report_path {
+        write_report(&report, p)?;
+    }
+    print!("{}", report.markdown());
+    println!("{}", report.summary());
+    if !report.unreadable.is_empty() {
+        bail!("{} unreadable images (first: {}); the others were scored", report.unreadable.len(), report.unreadable[0]);
+    }
+    if let (Some(dir), Some(first)) = (&a.images, report.missing.first()) {
+        return Err(EvalError::MissingImages {
+            dir: dir.display().to_string(),
+            missing: report.missing.len(),
+            total: prompts.len(),
+            first: first.clone(),
+        }
+        .into());
+    }
+    Ok(())
+}
