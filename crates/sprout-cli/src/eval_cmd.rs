@@ -55,7 +55,8 @@ fn write_report(report: &Report, path: &Path) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    std::fs::write(path, serde_json::to_string_pretty(report)?).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(path, serde_json::to_string_pretty(report)?)
+        .with_context(|| format!("writing {}", path.display()))?;
     let md = path.with_extension("md");
     std::fs::write(&md, report.markdown()).with_context(|| format!("writing {}", md.display()))?;
     eprintln!("report: {} and {}", path.display(), md.display());
@@ -64,11 +65,18 @@ fn write_report(report: &Report, path: &Path) -> Result<()> {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let set = PromptSet::builtin();
-    let categories = a.categories.iter().map(|c| Category::parse(c)).collect::<Result<Vec<_>, _>>()?;
+    let categories = a
+        .categories
+        .iter()
+        .map(|c| Category::parse(c))
+        .collect::<Result<Vec<_>, _>>()?;
     let prompts = set.select(a.count, &categories)?;
     if a.list {
         for p in &prompts {
-            println!("{}", serde_json::json!({"id": p.id, "category": p.category, "width": p.width, "height": p.height, "text": p.text}));
+            println!(
+                "{}",
+                serde_json::json!({"id": p.id, "category": p.category, "width": p.width, "height": p.height, "text": p.text})
+            );
         }
         return Ok(());
     }
@@ -90,7 +98,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
         self_check(&set, &prompts, source, a.seed, a.save.as_deref(), &tick)?
     };
     pb.finish_and_clear();
-    let report_path = a.report.clone().or_else(|| a.images.as_ref().map(|d| d.join("worldeval.json")))
+    let report_path = a
+        .report
+        .clone()
+        .or_else(|| a.images.as_ref().map(|d| d.join("worldeval.json")))
         .or_else(|| a.save.as_ref().map(|d| d.join("worldeval.json")));
     if let Some(p) = &report_path {
         write_report(&report, p)?;
@@ -98,7 +109,11 @@ pub fn run(a: EvalArgs) -> Result<()> {
     print!("{}", report.markdown());
     println!("{}", report.summary());
     if !report.unreadable.is_empty() {
-        bail!("{} unreadable images (first: {}); the others were scored", report.unreadable.len(), report.unreadable[0]);
+        bail!(
+            "{} unreadable images (first: {}); the others were scored",
+            report.unreadable.len(),
+            report.unreadable[0]
+        );
     }
     if let (Some(dir), Some(first)) = (&a.images, report.missing.first()) {
         return Err(EvalError::MissingImages {

@@ -7,7 +7,11 @@ mod world_cmd;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "sprout", version, about = "Sprout: image generation over a procedural world, with its own evaluator")]
+#[command(
+    name = "sprout",
+    version,
+    about = "Sprout: image generation over a procedural world, with its own evaluator"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -62,10 +62,13 @@ pub fn run(a: WorldArgs) -> Result<()> {
     match a.command {
         WorldCommand::Render(r) => render(r),
         WorldCommand::Draw { scene, out } => {
-            let text = std::fs::read_to_string(&scene).with_context(|| format!("reading {}", scene.display()))?;
-            let s = Scene::from_json(&text).with_context(|| format!("scene file {}", scene.display()))?;
+            let text = std::fs::read_to_string(&scene)
+                .with_context(|| format!("reading {}", scene.display()))?;
+            let s = Scene::from_json(&text)
+                .with_context(|| format!("scene file {}", scene.display()))?;
             let img = Renderer::new().render(&s)?;
-            img.save(&out).with_context(|| format!("writing {}", out.display()))?;
+            img.save(&out)
+                .with_context(|| format!("writing {}", out.display()))?;
             println!("wrote {}", out.display());
             Ok(())
         }
@@ -80,12 +83,13 @@ pub fn run(a: WorldArgs) -> Result<()> {
 
 fn encode_png(img: &RgbImage) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
-    PngEncoder::new_with_quality(&mut buf, CompressionType::Fast, FilterType::Adaptive).write_image(
-        img.as_raw(),
-        img.width(),
-        img.height(),
-        image::ExtendedColorType::Rgb8,
-    )?;
+    PngEncoder::new_with_quality(&mut buf, CompressionType::Fast, FilterType::Adaptive)
+        .write_image(
+            img.as_raw(),
+            img.width(),
+            img.height(),
+            image::ExtendedColorType::Rgb8,
+        )?;
     Ok(buf)
 }
 
@@ -95,8 +99,10 @@ fn render(r: RenderArgs) -> Result<()> {
     }
     let mut cfg = match &r.sampler {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            serde_json::from_str::<SamplerConfig>(&text).with_context(|| format!("sampler config {}", p.display()))?
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_str::<SamplerConfig>(&text)
+                .with_context(|| format!("sampler config {}", p.display()))?
         }
         None => SamplerConfig::default(),
     };
@@ -104,7 +110,13 @@ fn render(r: RenderArgs) -> Result<()> {
         let (width, height) = parse_size(s)?;
         cfg.canvas = CanvasChoice::Fixed { width, height };
     } else if let Some(a) = &r.aspect {
-        cfg.canvas = if a == "any" { CanvasChoice::AnyAspect } else { CanvasChoice::Aspect { ratio: AspectRatio::parse(a)? } };
+        cfg.canvas = if a == "any" {
+            CanvasChoice::AnyAspect
+        } else {
+            CanvasChoice::Aspect {
+                ratio: AspectRatio::parse(a)?,
+            }
+        };
     }
     cfg.validate()?;
     std::fs::create_dir_all(&r.out).with_context(|| format!("creating {}", r.out.display()))?;
@@ -118,8 +130,10 @@ fn render(r: RenderArgs) -> Result<()> {
         for (i, img, meta) in rx {
             let png = encode_png(&img)?;
             let stem = out.join(format!("{i:06}"));
-            std::fs::write(stem.with_extension("png"), png).with_context(|| format!("writing {}.png", stem.display()))?;
-            std::fs::write(stem.with_extension("json"), meta).with_context(|| format!("writing {}.json", stem.display()))?;
+            std::fs::write(stem.with_extension("png"), png)
+                .with_context(|| format!("writing {}.png", stem.display()))?;
+            std::fs::write(stem.with_extension("json"), meta)
+                .with_context(|| format!("writing {}.json", stem.display()))?;
         }
         Ok(())
     });
@@ -132,14 +146,18 @@ fn render(r: RenderArgs) -> Result<()> {
         let img = renderer.render(&s.scene)?;
         render_time += t.elapsed();
         pixels += (img.width() * img.height()) as u64;
-        let meta = serde_json::to_string_pretty(&json!({"seed": r.seed, "index": i, "scene": s.scene, "captions": s.captions}))?;
+        let meta = serde_json::to_string_pretty(
+            &json!({"seed": r.seed, "index": i, "scene": s.scene, "captions": s.captions}),
+        )?;
         if tx.send((i, img, meta)).is_err() {
             break;
         }
         pb.inc(1);
     }
     drop(tx);
-    writer.join().map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
+    writer
+        .join()
+        .map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
     pb.finish_and_clear();
     let wall = start.elapsed().as_secs_f64();
     let rs = render_time.as_secs_f64();

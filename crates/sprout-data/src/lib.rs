@@ -1,1 +1,321 @@
+//! Training data: batched tensors of world samples, produced on the fly by worker threads.
+//!
+//! Sample `i` of a stream depends only on (seed, i), and batch `k` of a stream started at
+//! cursor `c` holds samples `c + k·B .. c + (k+1)·B`, so a run that saves its cursor resumes at
+//! exactly the sample where it stopped, whatever the number of workers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use candle_core::{Device, Tensor};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use sprout_world::sampler::{batch_canvas, sample_sized, SamplerConfig};
+use sprout_world::seed::{purpose, rng_for};
+use sprout_world::{CaptionLevel, Renderer, Scene};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum DataError {
+    #[error("invalid stream config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    World(#[from] sprout_world::WorldError),
+    #[error("tensor: {0}")]
+    Tensor(#[from] candle_core::Error),
+    #[error("a data worker stopped unexpectedly")]
+    WorkerGone,
+}
+
+/// Where the stream's samples come from and how they are batched.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamConfig {
+    pub seed: u64,
+    pub batch_size: usize,
+    pub sampler: SamplerConfig,
+    /// Relative weights of short, medium and long captions.
+    pub caption_weights: [f32; 3],
+    /// Worker threads producing batches.
+    pub workers: usize,
+    /// Batches each worker may have ready ahead of the consumer.
+    pub prefetch: usize,
+}
+
+impl Default for StreamConfig {
+    fn default() -> Self {
+        StreamConfig {
+            seed: 0,
+            batch_size: 32,
+            sampler: SamplerConfig::default(),
+            caption_weights: [0.4, 0.35, 0.25],
+            workers: 2,
+            prefetch: 2,
+        }
+    }
+}
+
+impl StreamConfig {
+    pub fn validate(&self) -> Result<(), DataError> {
+        if self.batch_size == 0 {
+            return Err(DataError::Config("batch_size must be at least 1".into()));
+        }
+        if self.workers == 0 || self.prefetch == 0 {
+            return Err(DataError::Config(
+                "workers and prefetch must be at least 1".into(),
+            ));
+        }
+        if self.caption_weights.iter().any(|w| w.is_nan() || *w < 0.0)
+            || self.caption_weights.iter().sum::<f32>() <= 0.0
+        {
+            return Err(DataError::Config(
+                "caption_weights must be non-negative and not all zero".into(),
+            ));
+        }
+        self.sampler.validate()?;
+        Ok(())
+    }
+}
+
+/// One batch: images as a `[B, 3, H, W]` f32 tensor scaled to [-1, 1], with their captions
+/// and scenes.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Index of the batch's first sample in the stream.
+    pub first_sample: u64,
+    pub images: Tensor,
+    pub captions: Vec<String>,
+    pub scenes: Vec<Scene>,
+}
+
+fn pick_level(weights: [f32; 3], seed: u64, index: u64) -> CaptionLevel {
+    let mut rng = rng_for(seed, purpose::CAPTION ^ 0xC0FFEE, index);
+    let total: f32 = weights.iter().sum();
+    let mut t = rng.random_range(0.0..total);
+    for (w, level) in weights.iter().zip(CaptionLevel::ALL) {
+        if t < *w {
+            return level;
+        }
+        t -= w;
+    }
+    CaptionLevel::Long
+}
+
+/// Build the batch whose first sample is `first`.
+pub fn make_batch(cfg: &StreamConfig, first: u64) -> Result<Batch, DataError> {
+    let (w, h) = batch_canvas(&cfg.sampler, cfg.seed, first);
+    let b = cfg.batch_size;
+    let plane = (w * h) as usize;
+    let mut data = vec![0f32; b * 3 * plane];
+    let mut captions = Vec::with_capacity(b);
+    let mut scenes = Vec::with_capacity(b);
+    let renderer = Renderer::new();
+    for k in 0..b {
+        let index = first + k as u64;
+        let s = sample_sized(&cfg.sampler, cfg.seed, index, w, h);
+        let img = renderer.render(&s.scene)?;
+        let base = k * 3 * plane;
+        for (p, px) in img.pixels().enumerate() {
+            for c in 0..3 {
+                data[base + c * plane + p] = px.0[c] as f32 / 127.5 - 1.0;
+            }
+        }
+        captions.push(
+            s.captions
+                .get(pick_level(cfg.caption_weights, cfg.seed, index))
+                .to_string(),
+        );
+        scenes.push(s.scene);
+    }
+    let images = Tensor::from_vec(data, (b, 3, h as usize, w as usize), &Device::Cpu)?;
+    Ok(Batch {
+        first_sample: first,
+        images,
+        captions,
+        scenes,
+    })
+}
+
+/// An endless, ordered, resumable stream of batches made by worker threads.
+pub struct DataStream {
+    cfg: StreamConfig,
+    start: u64,
+    next: u64,
+    receivers: Vec<Receiver<Result<Batch, DataError>>>,
+    stop: Arc<AtomicBool>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl DataStream {
+    /// Start a stream whose first batch begins at sample `cursor`.
+    pub fn new(cfg: StreamConfig, cursor: u64) -> Result<DataStream, DataError> {
+        cfg.validate()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut receivers = Vec::new();
+        let mut handles = Vec::new();
+        for w in 0..cfg.workers {
+            let (tx, rx) = sync_channel(cfg.prefetch);
+            let (cfg_w, stop_w) = (cfg.clone(), stop.clone());
+            handles.push(std::thread::spawn(move || {
+                let b = cfg_w.batch_size as u64;
+                let mut k = w as u64;
+                while !stop_w.load(Ordering::Relaxed) {
+                    let batch = make_batch(&cfg_w, cursor + k * b);
+                    if tx.send(batch).is_err() {
+                        break;
+                    }
+                    k += cfg_w.workers as u64;
+                }
+            }));
+            receivers.push(rx);
+        }
+        Ok(DataStream {
+            cfg,
+            start: cursor,
+            next: 0,
+            receivers,
+            stop,
+            handles,
+        })
+    }
+
+    /// The sample index the next batch starts at: save it to resume exactly here.
+    pub fn cursor(&self) -> u64 {
+        self.start + self.next * self.cfg.batch_size as u64
+    }
+
+    pub fn config(&self) -> &StreamConfig {
+        &self.cfg
+    }
+}
+
+impl Iterator for DataStream {
+    type Item = Result<Batch, DataError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let w = (self.next % self.cfg.workers as u64) as usize;
+        let item = self.receivers[w]
+            .recv()
+            .unwrap_or(Err(DataError::WorkerGone));
+        self.next += 1;
+        Some(item)
+    }
+}
+
+impl Drop for DataStream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Dropping the receivers unblocks workers waiting to send.
+        self.receivers.clear();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sprout_world::sampler::{sample, CanvasChoice};
+
+    fn cfg(workers: usize) -> StreamConfig {
+        StreamConfig {
+            seed: 11,
+            batch_size: 3,
+            workers,
+            sampler: SamplerConfig {
+                canvas: CanvasChoice::Fixed {
+                    width: 64,
+                    height: 64,
+                },
+                ..SamplerConfig::default()
+            },
+            ..StreamConfig::default()
+        }
+    }
+
+    fn take(cfg: StreamConfig, cursor: u64, n: usize) -> Vec<Batch> {
+        DataStream::new(cfg, cursor)
+            .unwrap()
+            .take(n)
+            .map(|b| b.unwrap())
+            .collect()
+    }
+
+    fn same(a: &Batch, b: &Batch) -> bool {
+        a.first_sample == b.first_sample
+            && a.captions == b.captions
+            && a.scenes == b.scenes
+            && a.images.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                == b.images.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    #[test]
+    fn resumes_exactly_and_ignores_worker_count() {
+        let full = take(cfg(2), 0, 5);
+        let mut s = DataStream::new(cfg(3), 0).unwrap();
+        for b in full.iter().take(2) {
+            assert!(same(b, &s.next().unwrap().unwrap()));
+        }
+        let cursor = s.cursor();
+        assert_eq!(cursor, 6);
+        drop(s);
+        let resumed = take(cfg(1), cursor, 3);
+        for (a, b) in full[2..].iter().zip(&resumed) {
+            assert!(
+                same(a, b),
+                "batch at {} differs after resume",
+                a.first_sample
+            );
+        }
+    }
+
+    #[test]
+    fn batches_hold_the_rendered_samples() {
+        let c = cfg(2);
+        let b = &take(c.clone(), 0, 1)[0];
+        assert_eq!(b.images.dims(), &[3, 3, 64, 64]);
+        let v = b.images.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(v.iter().all(|x| (-1.0..=1.0).contains(x)));
+        let s = sample(&c.sampler, c.seed, 1);
+        assert_eq!(b.scenes[1], s.scene);
+        assert!([&s.captions.short, &s.captions.medium, &s.captions.long].contains(&&b.captions[1]));
+        let img = Renderer::new().render(&s.scene).unwrap();
+        let px = img.get_pixel(10, 20).0;
+        let plane = 64 * 64;
+        for ch in 0..3 {
+            let got = v[3 * plane + ch * plane + 20 * 64 + 10];
+            assert!((got - (px[ch] as f32 / 127.5 - 1.0)).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn any_aspect_batches_share_a_canvas_and_vary_across_batches() {
+        let mut c = cfg(2);
+        c.sampler.canvas = CanvasChoice::AnyAspect;
+        c.sampler.base_side = 64;
+        let bs = take(c, 0, 8);
+        let shapes: std::collections::HashSet<_> =
+            bs.iter().map(|b| b.images.dims().to_vec()).collect();
+        assert!(shapes.len() > 1);
+        for b in &bs {
+            let d = b.images.dims();
+            assert!(b
+                .scenes
+                .iter()
+                .all(|s| s.width as usize == d[3] && s.height as usize == d[2]));
+        }
+    }
+
+    #[test]
+    fn bad_config_is_refused() {
+        let mut c = cfg(1);
+        c.batch_size = 0;
+        assert!(DataStream::new(c, 0).is_err());
+        let mut c = cfg(1);
+        c.caption_weights = [0.0; 3];
+        assert!(DataStream::new(c, 0).is_err());
+    }
+}

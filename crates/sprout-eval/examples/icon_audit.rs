@@ -9,10 +9,23 @@ use sprout_world::{assets, BgColor, Object, ObjectKind, Renderer, Scene, SizeCla
 fn main() {
     let reader = Reader::new();
     let bgs = [
-        Background::Solid { color: BgColor::White },
-        Background::Solid { color: BgColor::PaleGreen },
-        Background::Stripes { a: BgColor::Lavender, b: BgColor::Cream, direction: Direction::Diagonal, period: 0.15 },
-        Background::Checker { a: BgColor::PaleBlue, b: BgColor::PalePink, cells: 8 },
+        Background::Solid {
+            color: BgColor::White,
+        },
+        Background::Solid {
+            color: BgColor::PaleGreen,
+        },
+        Background::Stripes {
+            a: BgColor::Lavender,
+            b: BgColor::Cream,
+            direction: Direction::Diagonal,
+            period: 0.15,
+        },
+        Background::Checker {
+            a: BgColor::PaleBlue,
+            b: BgColor::PalePink,
+            cells: 8,
+        },
     ];
     for i in 0..assets::icon_count() {
         let name = assets::icon_name(i);
@@ -26,7 +39,9 @@ fn main() {
                         height: 256,
                         background: bg.clone(),
                         objects: vec![Object {
-                            kind: ObjectKind::Icon { icon: name.to_string() },
+                            kind: ObjectKind::Icon {
+                                icon: name.to_string(),
+                            },
                             size,
                             center: [0.4 + 0.05 * b as f32, 0.55],
                             rotation: 0.0,
@@ -38,15 +53,22 @@ fn main() {
                     }
                     let r = reader.read(&img);
                     total += 1;
-                    let good = r.objects.len() == 1 && matches!(&r.objects[0].kind, DetectedKind::Icon { icon } if icon == name);
+                    let good = r.objects.len() == 1
+                        && matches!(&r.objects[0].kind, DetectedKind::Icon { icon } if icon == name);
                     if good {
                         ok += 1;
                     } else {
-                        let seen: Vec<String> = r.objects.iter().map(|o| match &o.kind {
-                            DetectedKind::Icon { icon } => icon.clone(),
-                            DetectedKind::Shape { shape, color } => format!("{}:{}", color.name(), shape.name()),
-                            DetectedKind::Text { text, .. } => format!("text:{text}"),
-                        }).collect();
+                        let seen: Vec<String> = r
+                            .objects
+                            .iter()
+                            .map(|o| match &o.kind {
+                                DetectedKind::Icon { icon } => icon.clone(),
+                                DetectedKind::Shape { shape, color } => {
+                                    format!("{}:{}", color.name(), shape.name())
+                                }
+                                DetectedKind::Text { text, .. } => format!("text:{text}"),
+                            })
+                            .collect();
                         confusions.push(format!("[{}]", seen.join(",")));
                     }
                 }

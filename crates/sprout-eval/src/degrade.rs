@@ -26,14 +26,21 @@ pub fn noise<R: Rng>(img: &RgbImage, sigma: f32, rng: &mut R) -> RgbImage {
 
 pub fn jpeg(img: &RgbImage, quality: u8) -> RgbImage {
     let mut buf = Vec::new();
-    JpegEncoder::new_with_quality(&mut buf, quality).encode_image(img).expect("JPEG encoding to memory");
-    image::load_from_memory(&buf).expect("decoding our own JPEG").to_rgb8()
+    JpegEncoder::new_with_quality(&mut buf, quality)
+        .encode_image(img)
+        .expect("JPEG encoding to memory");
+    image::load_from_memory(&buf)
+        .expect("decoding our own JPEG")
+        .to_rgb8()
 }
 
 /// Blur (σ = 1 px), then noise (σ = 0.03), then JPEG (quality 70), seeded per image.
 pub fn degrade(img: &RgbImage, seed: u64, index: u64) -> RgbImage {
     let mut rng = rng_for(seed, purpose::DEGRADE, index);
-    jpeg(&noise(&blur(img, BLUR_SIGMA), NOISE_SIGMA, &mut rng), JPEG_QUALITY)
+    jpeg(
+        &noise(&blur(img, BLUR_SIGMA), NOISE_SIGMA, &mut rng),
+        JPEG_QUALITY,
+    )
 }
 
 /// Uniform random noise: a baseline that must score near zero.

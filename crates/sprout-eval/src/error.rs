@@ -12,7 +12,12 @@ pub enum EvalError {
     #[error("--count {got} is out of range: the prompt set has {max} prompts (use 1..={max})")]
     CountOutOfRange { got: usize, max: usize },
     #[error("{missing} of {total} prompts have no image in {dir} (first missing: {first})")]
-    MissingImages { dir: String, missing: usize, total: usize, first: String },
+    MissingImages {
+        dir: String,
+        missing: usize,
+        total: usize,
+        first: String,
+    },
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]

@@ -64,10 +64,13 @@ impl Category {
     }
 
     pub fn parse(s: &str) -> Result<Category, EvalError> {
-        Category::ALL.into_iter().find(|c| c.name() == s).ok_or_else(|| {
-            let names: Vec<_> = Category::ALL.iter().map(|c| c.name()).collect();
-            EvalError::UnknownCategory(s.to_string(), names.join(", "))
-        })
+        Category::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Category::ALL.iter().map(|c| c.name()).collect();
+                EvalError::UnknownCategory(s.to_string(), names.join(", "))
+            })
     }
 }
 
@@ -117,7 +120,12 @@ pub enum Relation {
 }
 
 impl Relation {
-    pub const ALL: [Relation; 4] = [Relation::LeftOf, Relation::RightOf, Relation::Above, Relation::Below];
+    pub const ALL: [Relation; 4] = [
+        Relation::LeftOf,
+        Relation::RightOf,
+        Relation::Above,
+        Relation::Below,
+    ];
 
     pub fn phrase(self) -> &'static str {
         match self {
@@ -170,12 +178,19 @@ impl PromptSet {
     }
 
     pub fn get(&self, id: &str) -> Result<&Prompt, EvalError> {
-        self.prompts.iter().find(|p| p.id == id).ok_or_else(|| EvalError::UnknownPrompt(id.to_string()))
+        self.prompts
+            .iter()
+            .find(|p| p.id == id)
+            .ok_or_else(|| EvalError::UnknownPrompt(id.to_string()))
     }
 
     /// The first `count` prompts in round-robin order over the categories (so any `count` ≥ 9
     /// covers all of them), optionally restricted to some categories.
-    pub fn select(&self, count: Option<usize>, categories: &[Category]) -> Result<Vec<&Prompt>, EvalError> {
+    pub fn select(
+        &self,
+        count: Option<usize>,
+        categories: &[Category],
+    ) -> Result<Vec<&Prompt>, EvalError> {
         let mut by_cat: Vec<Vec<&Prompt>> = Category::ALL
             .iter()
             .filter(|c| categories.is_empty() || categories.contains(c))
@@ -184,7 +199,9 @@ impl PromptSet {
         let total: usize = by_cat.iter().map(|v| v.len()).sum();
         let count = match count {
             None => total,
-            Some(n) if n == 0 || n > total => return Err(EvalError::CountOutOfRange { got: n, max: total }),
+            Some(n) if n == 0 || n > total => {
+                return Err(EvalError::CountOutOfRange { got: n, max: total })
+            }
             Some(n) => n,
         };
         let mut out = Vec::with_capacity(count);
@@ -234,7 +251,9 @@ fn text_string<R: Rng>(rng: &mut R) -> String {
     } else {
         const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
         let n = rng.random_range(2..=6);
-        (0..n).map(|_| *CHARS.choose(rng).expect("chars") as char).collect()
+        (0..n)
+            .map(|_| *CHARS.choose(rng).expect("chars") as char)
+            .collect()
     }
 }
 
@@ -250,22 +269,52 @@ pub fn generate() -> PromptSet {
         let mut attempts = 0;
         while i < PROMPTS_PER_CATEGORY {
             attempts += 1;
-            assert!(attempts < 100_000, "prompt generator cannot find distinct prompts for {cat:?}");
-            let frame = if rng.random_bool(0.3) { *FRAMES.choose(&mut rng).expect("frames") } else { "" };
+            assert!(
+                attempts < 100_000,
+                "prompt generator cannot find distinct prompts for {cat:?}"
+            );
+            let frame = if rng.random_bool(0.3) {
+                *FRAMES.choose(&mut rng).expect("frames")
+            } else {
+                ""
+            };
             let (mut width, mut height) = (256, 256);
             let (text, constraints) = match cat {
                 Category::SingleObject => {
                     let s = ShapeKind::ALL[i % ShapeKind::ALL.len()];
-                    let frames = ["a", "one", "an image of a", "a picture of a", "a drawing of a", "an image of one", "a picture of one", "a drawing of one"];
+                    let frames = [
+                        "a",
+                        "one",
+                        "an image of a",
+                        "a picture of a",
+                        "a drawing of a",
+                        "an image of one",
+                        "a picture of one",
+                        "a drawing of one",
+                    ];
                     let f = frames[(i / ShapeKind::ALL.len()) % frames.len()];
-                    let f = if f.ends_with(" a") || f == "a" { format!("{}{}", &f[..f.len() - 1], article(s.name())) } else { f.to_string() };
+                    let f = if f.ends_with(" a") || f == "a" {
+                        format!("{}{}", &f[..f.len() - 1], article(s.name()))
+                    } else {
+                        f.to_string()
+                    };
                     let body = format!("{f} {}", s.name());
-                    (body, vec![Constraint::Present { what: sel(Target::Shape { shape: s }, None) }])
+                    (
+                        body,
+                        vec![Constraint::Present {
+                            what: sel(Target::Shape { shape: s }, None),
+                        }],
+                    )
                 }
                 Category::Icon => {
-                    let t = Target::Icon { icon: icon_name(icon_order[i % icon_order.len()]).to_string() };
+                    let t = Target::Icon {
+                        icon: icon_name(icon_order[i % icon_order.len()]).to_string(),
+                    };
                     let s = sel(t, None);
-                    (format!("{frame}{}", s.phrase()), vec![Constraint::Present { what: s }])
+                    (
+                        format!("{frame}{}", s.phrase()),
+                        vec![Constraint::Present { what: s }],
+                    )
                 }
                 Category::TwoObject => {
                     let a = sel(target(&mut rng, 0.4), None);
@@ -275,7 +324,10 @@ pub fn generate() -> PromptSet {
                     }
                     (
                         format!("{frame}{} and {}", a.phrase(), b.phrase()),
-                        vec![Constraint::Present { what: a }, Constraint::Present { what: b }],
+                        vec![
+                            Constraint::Present { what: a },
+                            Constraint::Present { what: b },
+                        ],
                     )
                 }
                 Category::Counting => {
@@ -288,11 +340,22 @@ pub fn generate() -> PromptSet {
                         Some(c) => format!("{} {noun}", c.name()),
                         None => noun,
                     };
-                    (format!("{frame}{} {noun}", number_word(n)), vec![Constraint::Count { what: sel(t, c), n }])
+                    (
+                        format!("{frame}{} {noun}", number_word(n)),
+                        vec![Constraint::Count { what: sel(t, c), n }],
+                    )
                 }
                 Category::Colors => {
-                    let s = sel(Target::Shape { shape: shape(&mut rng) }, Some(color(&mut rng)));
-                    (format!("{frame}{}", s.phrase()), vec![Constraint::Present { what: s }])
+                    let s = sel(
+                        Target::Shape {
+                            shape: shape(&mut rng),
+                        },
+                        Some(color(&mut rng)),
+                    );
+                    (
+                        format!("{frame}{}", s.phrase()),
+                        vec![Constraint::Present { what: s }],
+                    )
                 }
                 Category::ColorAttr => {
                     let (s1, s2) = (shape(&mut rng), shape(&mut rng));
@@ -304,7 +367,10 @@ pub fn generate() -> PromptSet {
                     let b = sel(Target::Shape { shape: s2 }, Some(c2));
                     (
                         format!("{frame}{} and {}", a.phrase(), b.phrase()),
-                        vec![Constraint::Present { what: a }, Constraint::Present { what: b }],
+                        vec![
+                            Constraint::Present { what: a },
+                            Constraint::Present { what: b },
+                        ],
                     )
                 }
                 Category::Position => {
@@ -321,8 +387,13 @@ pub fn generate() -> PromptSet {
                 }
                 Category::Text => {
                     let t = text_string(&mut rng);
-                    let lead = ["the text", "the word", "the letters", "text reading"].choose(&mut rng).expect("leads");
-                    (format!("{lead} \"{t}\""), vec![Constraint::Text { text: t }])
+                    let lead = ["the text", "the word", "the letters", "text reading"]
+                        .choose(&mut rng)
+                        .expect("leads");
+                    (
+                        format!("{lead} \"{t}\""),
+                        vec![Constraint::Text { text: t }],
+                    )
                 }
                 Category::Aspect => {
                     let ratio = AspectRatio::ALL[i % AspectRatio::ALL.len()];
@@ -331,24 +402,42 @@ pub fn generate() -> PromptSet {
                     let c = matches!(t, Target::Shape { .. }).then(|| color(&mut rng));
                     let s = sel(t, c);
                     let lead = if rng.random_bool(0.5) {
-                        format!("{} {} {} image of", article(ratio.describe()), ratio.describe(), ratio.label())
+                        format!(
+                            "{} {} {} image of",
+                            article(ratio.describe()),
+                            ratio.describe(),
+                            ratio.label()
+                        )
                     } else {
                         format!("a {} image showing", ratio.label())
                     };
                     (
                         format!("{lead} {}", s.phrase()),
-                        vec![Constraint::Aspect { ratio }, Constraint::Present { what: s }],
+                        vec![
+                            Constraint::Aspect { ratio },
+                            Constraint::Present { what: s },
+                        ],
                     )
                 }
             };
             if !seen.insert(text.clone()) {
                 continue;
             }
-            prompts.push(Prompt { id: format!("{}_{i:03}", cat.name()), category: cat, text, width, height, constraints });
+            prompts.push(Prompt {
+                id: format!("{}_{i:03}", cat.name()),
+                category: cat,
+                text,
+                width,
+                height,
+                constraints,
+            });
             i += 1;
         }
     }
-    PromptSet { version: VERSION.to_string(), prompts }
+    PromptSet {
+        version: VERSION.to_string(),
+        prompts,
+    }
 }
 
 #[cfg(test)]
@@ -373,14 +462,20 @@ mod tests {
         let ids: HashSet<_> = set.prompts.iter().map(|p| &p.id).collect();
         assert_eq!(ids.len(), set.prompts.len());
         for c in Category::ALL {
-            assert_eq!(set.prompts.iter().filter(|p| p.category == c).count(), PROMPTS_PER_CATEGORY);
+            assert_eq!(
+                set.prompts.iter().filter(|p| p.category == c).count(),
+                PROMPTS_PER_CATEGORY
+            );
         }
         let pick = set.select(Some(20), &[]).unwrap();
         let cats: HashSet<_> = pick.iter().map(|p| p.category).collect();
         assert_eq!(cats.len(), 9);
         assert!(set.select(Some(0), &[]).is_err());
         assert!(set.select(Some(10_000), &[]).is_err());
-        assert_eq!(set.select(None, &[Category::Text]).unwrap().len(), PROMPTS_PER_CATEGORY);
+        assert_eq!(
+            set.select(None, &[Category::Text]).unwrap().len(),
+            PROMPTS_PER_CATEGORY
+        );
         assert!(Category::parse("colour").is_err());
         assert!(set.get("nope_000").is_err());
     }

@@ -49,14 +49,25 @@ impl Report {
     pub fn new(version: &str, source: &str, results: Vec<PromptResult>) -> Report {
         let mut categories = BTreeMap::new();
         for cat in Category::ALL {
-            let rs: Vec<&PromptResult> = results.iter().filter(|r| r.category == cat && r.images > 0).collect();
+            let rs: Vec<&PromptResult> = results
+                .iter()
+                .filter(|r| r.category == cat && r.images > 0)
+                .collect();
             if rs.is_empty() {
                 continue;
             }
-            let acc = rs.iter().map(|r| r.correct as f64 / r.images as f64).sum::<f64>() / rs.len() as f64;
+            let acc = rs
+                .iter()
+                .map(|r| r.correct as f64 / r.images as f64)
+                .sum::<f64>()
+                / rs.len() as f64;
             categories.insert(
                 cat.name().to_string(),
-                CategoryScore { prompts: rs.len(), images: rs.iter().map(|r| r.images).sum(), accuracy: acc },
+                CategoryScore {
+                    prompts: rs.len(),
+                    images: rs.iter().map(|r| r.images).sum(),
+                    accuracy: acc,
+                },
             );
         }
         let overall = if categories.is_empty() {
@@ -82,7 +93,10 @@ impl Report {
         for (k, v) in &self.categories {
             m.insert(k.clone(), json!(round4(v.accuracy)));
         }
-        m.insert("images".into(), json!(self.results.iter().map(|r| r.images).sum::<usize>()));
+        m.insert(
+            "images".into(),
+            json!(self.results.iter().map(|r| r.images).sum::<usize>()),
+        );
         m.insert("source".into(), json!(self.source));
         m.insert("version".into(), json!(self.version));
         Value::Object(m)
@@ -91,18 +105,42 @@ impl Report {
     pub fn markdown(&self) -> String {
         let mut s = format!("# WorldEval ({}) — {}\n\n| category | prompts | images | accuracy |\n|---|---:|---:|---:|\n", self.version, self.source);
         for (k, v) in &self.categories {
-            s.push_str(&format!("| {k} | {} | {} | {:.4} |\n", v.prompts, v.images, v.accuracy));
+            s.push_str(&format!(
+                "| {k} | {} | {} | {:.4} |\n",
+                v.prompts, v.images, v.accuracy
+            ));
         }
-        s.push_str(&format!("| **overall** (mean of categories) | | | **{:.4}** |\n", self.overall));
-        let failures: Vec<&PromptResult> = self.results.iter().filter(|r| r.correct < r.images).collect();
+        s.push_str(&format!(
+            "| **overall** (mean of categories) | | | **{:.4}** |\n",
+            self.overall
+        ));
+        let failures: Vec<&PromptResult> = self
+            .results
+            .iter()
+            .filter(|r| r.correct < r.images)
+            .collect();
         if !failures.is_empty() {
-            s.push_str(&format!("\n{} prompts with failures; first ones:\n\n", failures.len()));
+            s.push_str(&format!(
+                "\n{} prompts with failures; first ones:\n\n",
+                failures.len()
+            ));
             for r in failures.iter().take(20) {
-                s.push_str(&format!("- `{}` \"{}\": {}/{} — {}\n", r.id, r.prompt, r.correct, r.images, r.failed.join("; ")));
+                s.push_str(&format!(
+                    "- `{}` \"{}\": {}/{} — {}\n",
+                    r.id,
+                    r.prompt,
+                    r.correct,
+                    r.images,
+                    r.failed.join("; ")
+                ));
             }
         }
         if !self.missing.is_empty() {
-            s.push_str(&format!("\nMissing images: {} (first: `{}`)\n", self.missing.len(), self.missing[0]));
+            s.push_str(&format!(
+                "\nMissing images: {} (first: `{}`)\n",
+                self.missing.len(),
+                self.missing[0]
+            ));
         }
         s
     }
@@ -143,7 +181,12 @@ mod tests {
         let r = Report::new(
             "v",
             "t",
-            vec![mk(Category::Text, 2, 2), mk(Category::Colors, 1, 1), mk(Category::Colors, 0, 1), mk(Category::Colors, 0, 1)],
+            vec![
+                mk(Category::Text, 2, 2),
+                mk(Category::Colors, 1, 1),
+                mk(Category::Colors, 0, 1),
+                mk(Category::Colors, 0, 1),
+            ],
         );
         assert!((r.overall - (1.0 + 1.0 / 3.0) / 2.0).abs() < 1e-12);
         let s = r.summary();

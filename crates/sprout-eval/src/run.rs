@@ -43,11 +43,19 @@ impl Source {
 }
 
 fn index_of(set: &PromptSet, p: &Prompt) -> usize {
-    set.prompts.iter().position(|q| q.id == p.id).expect("prompt from this set")
+    set.prompts
+        .iter()
+        .position(|q| q.id == p.id)
+        .expect("prompt from this set")
 }
 
 /// The image the self-check scores for `p`.
-pub fn source_image(set: &PromptSet, p: &Prompt, source: Source, seed: u64) -> Result<RgbImage, EvalError> {
+pub fn source_image(
+    set: &PromptSet,
+    p: &Prompt,
+    source: Source,
+    seed: u64,
+) -> Result<RgbImage, EvalError> {
     let idx = index_of(set, p) as u64;
     let render = |q: &Prompt, i: u64| Renderer::new().render(&ground_truth(q, seed, i));
     Ok(match source {
@@ -56,8 +64,15 @@ pub fn source_image(set: &PromptSet, p: &Prompt, source: Source, seed: u64) -> R
         Source::Blank => sprout_world::render::blank(p.width, p.height, BgColor::White),
         Source::Noise => pure_noise(p.width, p.height, seed, idx),
         Source::WrongPrompt => {
-            let same: Vec<&Prompt> = set.prompts.iter().filter(|q| q.category == p.category).collect();
-            let k = same.iter().position(|q| q.id == p.id).expect("in its category");
+            let same: Vec<&Prompt> = set
+                .prompts
+                .iter()
+                .filter(|q| q.category == p.category)
+                .collect();
+            let k = same
+                .iter()
+                .position(|q| q.id == p.id)
+                .expect("in its category");
             let other = same[(k + same.len() / 2) % same.len()];
             render(other, index_of(set, other) as u64)?
         }
@@ -66,11 +81,20 @@ pub fn source_image(set: &PromptSet, p: &Prompt, source: Source, seed: u64) -> R
 
 /// Run `f` over `items` on all cores, keeping order.
 fn par_map<T: Sync, U: Send>(items: &[T], f: impl Fn(&T) -> U + Sync) -> Vec<U> {
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(items.len().max(1));
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .min(items.len().max(1));
     let chunk = items.len().div_ceil(threads).max(1);
     std::thread::scope(|s| {
-        let handles: Vec<_> = items.chunks(chunk).map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<U>>())).collect();
-        handles.into_iter().flat_map(|h| h.join().expect("worker thread")).collect()
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|c| s.spawn(|| c.iter().map(&f).collect::<Vec<U>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("worker thread"))
+            .collect()
     })
 }
 
@@ -108,7 +132,8 @@ pub fn self_check(
     let results = par_map(prompts, |p| -> Result<PromptResult, EvalError> {
         let img = source_image(set, p, source, seed)?;
         if let Some(dir) = save {
-            img.save(dir.join(format!("{}.png", p.id))).map_err(|e| EvalError::Io(std::io::Error::other(e)))?;
+            img.save(dir.join(format!("{}.png", p.id)))
+                .map_err(|e| EvalError::Io(std::io::Error::other(e)))?;
         }
         let r = score_one(&reader, p, std::slice::from_ref(&img));
         tick();
@@ -121,22 +146,40 @@ pub fn self_check(
 const IMAGE_EXTS: [&str; 4] = ["png", "jpg", "jpeg", "webp"];
 
 /// Files in `dir` that belong to prompt ids: `<id>.<ext>` or `<id>_<k>.<ext>`.
-fn files_by_prompt(dir: &Path, prompts: &[&Prompt]) -> Result<BTreeMap<String, Vec<PathBuf>>, EvalError> {
+fn files_by_prompt(
+    dir: &Path,
+    prompts: &[&Prompt],
+) -> Result<BTreeMap<String, Vec<PathBuf>>, EvalError> {
     let mut map: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     let ids: std::collections::HashSet<&str> = prompts.iter().map(|p| p.id.as_str()).collect();
-    let entries = std::fs::read_dir(dir).map_err(|e| EvalError::Io(std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()))))?;
+    let entries = std::fs::read_dir(dir).map_err(|e| {
+        EvalError::Io(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", dir.display()),
+        ))
+    })?;
     for e in entries {
         let path = e?.path();
-        let Some(ext) = path.extension().and_then(|x| x.to_str()) else { continue };
+        let Some(ext) = path.extension().and_then(|x| x.to_str()) else {
+            continue;
+        };
         if !IMAGE_EXTS.contains(&ext.to_ascii_lowercase().as_str()) {
             continue;
         }
-        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else { continue };
+        let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
         let id = if ids.contains(stem) {
             stem
         } else {
             match stem.rsplit_once('_') {
-                Some((head, k)) if ids.contains(head) && k.chars().all(|c| c.is_ascii_digit()) && !k.is_empty() => head,
+                Some((head, k))
+                    if ids.contains(head)
+                        && k.chars().all(|c| c.is_ascii_digit())
+                        && !k.is_empty() =>
+                {
+                    head
+                }
                 _ => continue,
             }
         };
@@ -150,7 +193,12 @@ fn files_by_prompt(dir: &Path, prompts: &[&Prompt]) -> Result<BTreeMap<String, V
 
 /// Score a directory of images named by prompt id. Missing and unreadable images are listed
 /// in the report (the caller decides to fail); everything readable is scored.
-pub fn score_dir(set: &PromptSet, prompts: &[&Prompt], dir: &Path, tick: &(dyn Fn() + Sync)) -> Result<Report, EvalError> {
+pub fn score_dir(
+    set: &PromptSet,
+    prompts: &[&Prompt],
+    dir: &Path,
+    tick: &(dyn Fn() + Sync),
+) -> Result<Report, EvalError> {
     let files = files_by_prompt(dir, prompts)?;
     let reader = Reader::new();
     let outcome = par_map(prompts, |p| {

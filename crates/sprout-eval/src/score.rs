@@ -22,7 +22,9 @@ pub fn matches(d: &Detection, s: &Sel) -> bool {
         (DetectedKind::Shape { shape, color }, Target::Shape { shape: want }) => {
             shape == want && s.color.is_none_or(|c| c == *color)
         }
-        (DetectedKind::Icon { icon }, Target::Icon { icon: want }) => icon == want && s.color.is_none(),
+        (DetectedKind::Icon { icon }, Target::Icon { icon: want }) => {
+            icon == want && s.color.is_none()
+        }
         _ => false,
     }
 }
@@ -41,14 +43,20 @@ fn holds(rel: Relation, a: &Detection, b: &Detection) -> bool {
 pub fn check(c: &Constraint, r: &Reading) -> bool {
     match c {
         Constraint::Present { what } => r.objects.iter().any(|d| matches(d, what)),
-        Constraint::Count { what, n } => r.objects.iter().filter(|d| matches(d, what)).count() == *n,
+        Constraint::Count { what, n } => {
+            r.objects.iter().filter(|d| matches(d, what)).count() == *n
+        }
         Constraint::Relation { a, relation, b } => r.objects.iter().enumerate().any(|(i, da)| {
             matches(da, a)
-                && r.objects.iter().enumerate().any(|(j, db)| i != j && matches(db, b) && holds(*relation, da, db))
+                && r.objects
+                    .iter()
+                    .enumerate()
+                    .any(|(j, db)| i != j && matches(db, b) && holds(*relation, da, db))
         }),
-        Constraint::Text { text } => {
-            r.objects.iter().any(|d| matches!(&d.kind, DetectedKind::Text { text: t, .. } if t == text))
-        }
+        Constraint::Text { text } => r
+            .objects
+            .iter()
+            .any(|d| matches!(&d.kind, DetectedKind::Text { text: t, .. } if t == text)),
         Constraint::Aspect { ratio } => AspectRatio::nearest(r.width, r.height) == *ratio,
     }
 }
@@ -72,11 +80,20 @@ mod tests {
 
     fn shape(shape: ShapeKind, color: Color, cx: f32, cy: f32) -> Detection {
         let (x, y) = ((cx * 100.0) as u32, (cy * 100.0) as u32);
-        detection(DetectedKind::Shape { shape, color }, [x - 5, y - 5, x + 5, y + 5], 100, 100, 0.1)
+        detection(
+            DetectedKind::Shape { shape, color },
+            [x - 5, y - 5, x + 5, y + 5],
+            100,
+            100,
+            0.1,
+        )
     }
 
     fn sel(shape: ShapeKind, color: Option<Color>) -> Sel {
-        Sel { target: Target::Shape { shape }, color }
+        Sel {
+            target: Target::Shape { shape },
+            color,
+        }
     }
 
     #[test]
@@ -95,21 +112,53 @@ mod tests {
         assert!(check(&c(ShapeKind::Circle, Some(Color::Red)), &r));
         assert!(!check(&c(ShapeKind::Circle, Some(Color::Blue)), &r));
         assert!(!check(&c(ShapeKind::Heart, None), &r));
-        let count = |n, col| Constraint::Count { what: sel(ShapeKind::Star, col), n };
+        let count = |n, col| Constraint::Count {
+            what: sel(ShapeKind::Star, col),
+            n,
+        };
         assert!(check(&count(2, None), &r));
         assert!(!check(&count(3, None), &r));
         assert!(!check(&count(1, None), &r));
         assert!(check(&count(1, Some(Color::Blue)), &r));
-        let rel = |a, relation, b| Constraint::Relation { a: sel(a, None), relation, b: sel(b, None) };
-        assert!(check(&rel(ShapeKind::Circle, Relation::LeftOf, ShapeKind::Star), &r));
-        assert!(!check(&rel(ShapeKind::Circle, Relation::RightOf, ShapeKind::Star), &r));
+        let rel = |a, relation, b| Constraint::Relation {
+            a: sel(a, None),
+            relation,
+            b: sel(b, None),
+        };
+        assert!(check(
+            &rel(ShapeKind::Circle, Relation::LeftOf, ShapeKind::Star),
+            &r
+        ));
+        assert!(!check(
+            &rel(ShapeKind::Circle, Relation::RightOf, ShapeKind::Star),
+            &r
+        ));
         // The green star is below the circle by 0.4; the blue one only by 0.05.
-        assert!(check(&rel(ShapeKind::Star, Relation::Below, ShapeKind::Circle), &r));
-        assert!(check(&rel(ShapeKind::Circle, Relation::Above, ShapeKind::Star), &r));
+        assert!(check(
+            &rel(ShapeKind::Star, Relation::Below, ShapeKind::Circle),
+            &r
+        ));
+        assert!(check(
+            &rel(ShapeKind::Circle, Relation::Above, ShapeKind::Star),
+            &r
+        ));
         // A relation needs two distinct objects.
-        assert!(!check(&rel(ShapeKind::Circle, Relation::LeftOf, ShapeKind::Circle), &r));
-        assert!(check(&Constraint::Aspect { ratio: AspectRatio::Square }, &r));
-        assert!(!check(&Constraint::Aspect { ratio: AspectRatio::R16x9 }, &r));
+        assert!(!check(
+            &rel(ShapeKind::Circle, Relation::LeftOf, ShapeKind::Circle),
+            &r
+        ));
+        assert!(check(
+            &Constraint::Aspect {
+                ratio: AspectRatio::Square
+            },
+            &r
+        ));
+        assert!(!check(
+            &Constraint::Aspect {
+                ratio: AspectRatio::R16x9
+            },
+            &r
+        ));
         assert!(!check(&Constraint::Text { text: "CAT".into() }, &r));
     }
 }

@@ -13,7 +13,9 @@ fn kind_for<R: Rng>(s: &Sel, rng: &mut R) -> ObjectKind {
     match &s.target {
         Target::Shape { shape } => ObjectKind::Shape {
             shape: *shape,
-            color: s.color.unwrap_or_else(|| *Color::ALL.choose(rng).expect("colours")),
+            color: s
+                .color
+                .unwrap_or_else(|| *Color::ALL.choose(rng).expect("colours")),
         },
         Target::Icon { icon } => ObjectKind::Icon { icon: icon.clone() },
     }
@@ -38,12 +40,31 @@ impl<R: Rng> Builder<R> {
         };
         sizes.extend([SizeClass::Medium, SizeClass::Small]);
         for size in sizes {
-            let mut o = Object { kind: kind.clone(), size, center: [0.5, 0.5], rotation: 0.0 };
+            let mut o = Object {
+                kind: kind.clone(),
+                size,
+                center: [0.5, 0.5],
+                rotation: 0.0,
+            };
             let half = object_half_extent(&self.scene, &o);
             let (w, h) = (self.scene.width, self.scene.height);
-            if let Some(c) = try_place(&mut self.rng, w, h, half, &self.boxes, Overlap::Forbid, zone.0, zone.1) {
+            if let Some(c) = try_place(
+                &mut self.rng,
+                w,
+                h,
+                half,
+                &self.boxes,
+                Overlap::Forbid,
+                zone.0,
+                zone.1,
+            ) {
                 o.center = c;
-                self.boxes.push(PlacedBox { cx: c[0] * w as f32, cy: c[1] * h as f32, hw: half.0, hh: half.1 });
+                self.boxes.push(PlacedBox {
+                    cx: c[0] * w as f32,
+                    cy: c[1] * h as f32,
+                    hw: half.0,
+                    hh: half.1,
+                });
                 self.scene.objects.push(o);
                 return Some(c);
             }
@@ -56,8 +77,17 @@ impl<R: Rng> Builder<R> {
 pub fn ground_truth(prompt: &Prompt, seed: u64, index: u64) -> Scene {
     let mut rng = rng_for(seed, purpose::EVAL_SCENE, index);
     let background = random_background(&mut rng, [0.4, 0.2, 0.2, 0.2]);
-    let scene = Scene { width: prompt.width, height: prompt.height, background, objects: Vec::new() };
-    let mut b = Builder { scene, boxes: Vec::new(), rng };
+    let scene = Scene {
+        width: prompt.width,
+        height: prompt.height,
+        background,
+        objects: Vec::new(),
+    };
+    let mut b = Builder {
+        scene,
+        boxes: Vec::new(),
+        rng,
+    };
     for c in &prompt.constraints {
         match c {
             Constraint::Present { what } => {
@@ -70,7 +100,11 @@ pub fn ground_truth(prompt: &Prompt, seed: u64, index: u64) -> Scene {
                     b.add(k.clone(), ANYWHERE);
                 }
             }
-            Constraint::Relation { a, relation, b: other } => {
+            Constraint::Relation {
+                a,
+                relation,
+                b: other,
+            } => {
                 let ka = kind_for(a, &mut b.rng);
                 let kb = kind_for(other, &mut b.rng);
                 // a goes to the near band, b to the far band on the relation's axis; both share
@@ -88,7 +122,13 @@ pub fn ground_truth(prompt: &Prompt, seed: u64, index: u64) -> Scene {
             }
             Constraint::Text { text } => {
                 let color = *Color::ALL.choose(&mut b.rng).expect("colours");
-                b.add(ObjectKind::Text { text: text.clone(), color }, ANYWHERE);
+                b.add(
+                    ObjectKind::Text {
+                        text: text.clone(),
+                        color,
+                    },
+                    ANYWHERE,
+                );
             }
             Constraint::Aspect { .. } => {}
         }

@@ -62,7 +62,8 @@ impl IconMips {
 
 fn rasterise(name: &str, svg: &[u8]) -> Result<IconMips, WorldError> {
     let err = |e: String| WorldError::IconRaster(name.to_string(), e);
-    let tree = usvg::Tree::from_data(svg, &usvg::Options::default()).map_err(|e| err(e.to_string()))?;
+    let tree =
+        usvg::Tree::from_data(svg, &usvg::Options::default()).map_err(|e| err(e.to_string()))?;
     let size = tree.size();
     let mut levels = Vec::new();
     for px in ICON_LEVELS {
@@ -70,7 +71,11 @@ fn rasterise(name: &str, svg: &[u8]) -> Result<IconMips, WorldError> {
         let s = px as f32 / size.width().max(size.height());
         let dx = (px as f32 - size.width() * s) / 2.0;
         let dy = (px as f32 - size.height() * s) / 2.0;
-        resvg::render(&tree, Transform::from_row(s, 0.0, 0.0, s, dx, dy), &mut pm.as_mut());
+        resvg::render(
+            &tree,
+            Transform::from_row(s, 0.0, 0.0, s, dx, dy),
+            &mut pm.as_mut(),
+        );
         levels.push(pm);
     }
     Ok(IconMips { levels })

@@ -167,7 +167,10 @@ mod tests {
             let lab = rgb_to_lab(bg.rgb());
             let chroma = (lab[1] * lab[1] + lab[2] * lab[2]).sqrt();
             assert!(lab[0] >= BG_MIN_L + 5.0, "{bg:?} too dark: {lab:?}");
-            assert!(chroma <= BG_MAX_CHROMA - 10.0, "{bg:?} too colourful: {lab:?}");
+            assert!(
+                chroma <= BG_MAX_CHROMA - 10.0,
+                "{bg:?} too colourful: {lab:?}"
+            );
             for bg2 in BgColor::ALL {
                 let (a, b) = (bg.rgb(), bg2.rgb());
                 let mid = [0, 1, 2].map(|i| ((a[i] as u16 + b[i] as u16) / 2) as u8);

@@ -3,8 +3,8 @@
 
 use image::RgbImage;
 use resvg::tiny_skia::{
-    Color as SkColor, FilterQuality, GradientStop, LinearGradient, Paint, Pixmap, PixmapPaint, Point, Rect, Shader,
-    SpreadMode, Transform,
+    Color as SkColor, FilterQuality, GradientStop, LinearGradient, Paint, Pixmap, PixmapPaint,
+    Point, Rect, Shader, SpreadMode, Transform,
 };
 
 use crate::assets;
@@ -59,11 +59,12 @@ impl Renderer {
     /// Render to a tiny-skia pixmap (opaque, so premultiplied equals straight RGBA).
     pub fn render_pixmap(&self, scene: &Scene) -> Result<Pixmap, WorldError> {
         scene.validate()?;
-        let mut pm = Pixmap::new(scene.width, scene.height).ok_or_else(|| WorldError::InvalidSize {
-            width: scene.width,
-            height: scene.height,
-            why: "cannot allocate".into(),
-        })?;
+        let mut pm =
+            Pixmap::new(scene.width, scene.height).ok_or_else(|| WorldError::InvalidSize {
+                width: scene.width,
+                height: scene.height,
+                why: "cannot allocate".into(),
+            })?;
         draw_background(&mut pm, &scene.background, scene.min_side());
         for o in &scene.objects {
             draw_object(&mut pm, scene, o);
@@ -101,19 +102,35 @@ fn draw_background(pm: &mut Pixmap, bg: &Background, min_side: f32) {
     let (w, h) = (pm.width() as f32, pm.height() as f32);
     match bg {
         Background::Solid { color } => pm.fill(sk(color.rgb())),
-        Background::Gradient { from, to, direction } => {
+        Background::Gradient {
+            from,
+            to,
+            direction,
+        } => {
             let (a, b) = match direction {
                 Direction::Horizontal => (Point::from_xy(0.0, 0.0), Point::from_xy(w, 0.0)),
                 Direction::Vertical => (Point::from_xy(0.0, 0.0), Point::from_xy(0.0, h)),
                 Direction::Diagonal => (Point::from_xy(0.0, 0.0), Point::from_xy(w, h)),
             };
-            let stops = vec![GradientStop::new(0.0, sk(from.rgb())), GradientStop::new(1.0, sk(to.rgb()))];
+            let stops = vec![
+                GradientStop::new(0.0, sk(from.rgb())),
+                GradientStop::new(1.0, sk(to.rgb())),
+            ];
             let shader = LinearGradient::new(a, b, stops, SpreadMode::Pad, Transform::identity())
                 .unwrap_or(Shader::SolidColor(sk(from.rgb())));
-            let paint = Paint { shader, anti_alias: true, ..Paint::default() };
+            let paint = Paint {
+                shader,
+                anti_alias: true,
+                ..Paint::default()
+            };
             pm.fill_rect(full_rect(pm), &paint, Transform::identity(), None);
         }
-        Background::Stripes { a, b, direction, period } => {
+        Background::Stripes {
+            a,
+            b,
+            direction,
+            period,
+        } => {
             pm.fill(sk(a.rgb()));
             let period_px = (period * min_side).max(2.0);
             let paint = solid(b.rgb());
@@ -136,7 +153,9 @@ fn draw_background(pm: &mut Pixmap, bg: &Background, min_side: f32) {
             for j in 0..ny {
                 for i in 0..nx {
                     if (i + j) % 2 == 1 {
-                        if let Some(r) = Rect::from_xywh(i as f32 * cell, j as f32 * cell, cell, cell) {
+                        if let Some(r) =
+                            Rect::from_xywh(i as f32 * cell, j as f32 * cell, cell, cell)
+                        {
                             pm.fill_rect(r, &paint, Transform::identity(), None);
                         }
                     }
@@ -153,16 +172,26 @@ fn draw_object(pm: &mut Pixmap, scene: &Scene, o: &Object) {
     match &o.kind {
         ObjectKind::Shape { shape, color } => {
             let (path, rule) = unit_path(*shape);
-            let t = Transform::from_translate(cx, cy).pre_rotate(o.rotation).pre_scale(r, r);
+            let t = Transform::from_translate(cx, cy)
+                .pre_rotate(o.rotation)
+                .pre_scale(r, r);
             pm.fill_path(&path, &solid(color.rgb()), rule, t, None);
         }
         ObjectKind::Icon { icon } => {
             // validate() has checked the name.
-            let Some(index) = assets::icon_index(icon) else { return };
+            let Some(index) = assets::icon_index(icon) else {
+                return;
+            };
             let src = assets::icon(index).for_size(2.0 * r);
             let s = 2.0 * r / src.width() as f32;
-            let t = Transform::from_translate(cx, cy).pre_rotate(o.rotation).pre_translate(-r, -r).pre_scale(s, s);
-            let paint = PixmapPaint { quality: FilterQuality::Bicubic, ..PixmapPaint::default() };
+            let t = Transform::from_translate(cx, cy)
+                .pre_rotate(o.rotation)
+                .pre_translate(-r, -r)
+                .pre_scale(s, s);
+            let paint = PixmapPaint {
+                quality: FilterQuality::Bicubic,
+                ..PixmapPaint::default()
+            };
             pm.draw_pixmap(0, 0, src.as_ref(), &paint, t, None);
         }
         ObjectKind::Text { text: s, color } => {
@@ -192,38 +221,58 @@ mod tests {
 
     #[test]
     fn stripes_cover_the_canvas_in_their_direction() {
-        for (dir, w, h) in [(Direction::Horizontal, 288, 192), (Direction::Vertical, 192, 288), (Direction::Diagonal, 384, 192)] {
+        for (dir, w, h) in [
+            (Direction::Horizontal, 288, 192),
+            (Direction::Vertical, 192, 288),
+            (Direction::Diagonal, 384, 192),
+        ] {
             let scene = Scene {
                 width: w,
                 height: h,
-                background: Background::Stripes { a: BgColor::White, b: BgColor::PaleBlue, direction: dir, period: 0.25 },
+                background: Background::Stripes {
+                    a: BgColor::White,
+                    b: BgColor::PaleBlue,
+                    direction: dir,
+                    period: 0.25,
+                },
                 objects: vec![],
             };
             let img = Renderer::new().render(&scene).unwrap();
             let band = (0.25 * w.min(h) as f32) as u32;
             let blue = BgColor::PaleBlue.rgb();
             // Every column (horizontal stripes) or row (vertical stripes) shows both colours.
-            let has_blue = |pts: Vec<(u32, u32)>| pts.into_iter().any(|(x, y)| px(&img, x, y) == blue);
+            let has_blue =
+                |pts: Vec<(u32, u32)>| pts.into_iter().any(|(x, y)| px(&img, x, y) == blue);
             match dir {
                 Direction::Horizontal => {
                     for x in [0, w / 2, w - 1] {
-                        assert!(has_blue((0..h).map(|y| (x, y)).collect()), "{dir:?} column {x}");
+                        assert!(
+                            has_blue((0..h).map(|y| (x, y)).collect()),
+                            "{dir:?} column {x}"
+                        );
                     }
                     // Constant along a row.
                     assert_eq!(px(&img, 0, band / 4), px(&img, w - 1, band / 4));
                 }
                 Direction::Vertical => {
                     for y in [0, h / 2, h - 1] {
-                        assert!(has_blue((0..w).map(|x| (x, y)).collect()), "{dir:?} row {y}");
+                        assert!(
+                            has_blue((0..w).map(|x| (x, y)).collect()),
+                            "{dir:?} row {y}"
+                        );
                     }
                     assert_eq!(px(&img, band / 4, 0), px(&img, band / 4, h - 1));
                 }
                 Direction::Diagonal => {
                     // Half the canvas is blue, and the four corners are covered (not black).
-                    let bluish = img.pixels().filter(|p| p.0 == blue).count() as f32 / (w * h) as f32;
+                    let bluish =
+                        img.pixels().filter(|p| p.0 == blue).count() as f32 / (w * h) as f32;
                     assert!((0.35..0.65).contains(&bluish), "{bluish}");
                     for (x, y) in [(0, 0), (w - 1, h - 1), (0, h - 1), (w - 1, 0)] {
-                        assert!([blue, [255, 255, 255]].contains(&px(&img, x, y)) || px(&img, x, y)[0] > 200);
+                        assert!(
+                            [blue, [255, 255, 255]].contains(&px(&img, x, y))
+                                || px(&img, x, y)[0] > 200
+                        );
                     }
                 }
             }
@@ -235,9 +284,14 @@ mod tests {
         let scene = Scene {
             width: 256,
             height: 256,
-            background: Background::Solid { color: BgColor::White },
+            background: Background::Solid {
+                color: BgColor::White,
+            },
             objects: vec![Object {
-                kind: ObjectKind::Shape { shape: ShapeKind::Square, color: Color::Red },
+                kind: ObjectKind::Shape {
+                    shape: ShapeKind::Square,
+                    color: Color::Red,
+                },
                 size: SizeClass::Large,
                 center: [0.25, 0.75],
                 rotation: 0.0,

@@ -14,19 +14,25 @@ use crate::seed::{purpose, rng_for};
 
 /// Words text items are drawn from (besides random strings).
 pub const WORDS: &[&str] = &[
-    "CAT", "DOG", "SUN", "SKY", "RED", "BLUE", "HELLO", "WORLD", "SPROUT", "SEED", "TREE", "STAR", "MOON", "RAIN",
-    "LOVE", "OPEN", "STOP", "GO", "YES", "NO", "HI", "OK", "ART", "PLAY", "FISH", "BIRD", "CAKE", "MILK", "GOLD",
-    "ZERO", "ONE", "TWO", "TEN", "KING", "BOX", "SALE", "NEW", "HOT", "COOL", "WOW", "ZOO", "JAZZ", "MAP", "KEY",
-    "LAMP", "BOOK", "TOY", "HAT", "CUP", "PIE", "FROG", "WIND", "SNOW", "LEAF", "ROSE", "MINT", "PLUM", "EXIT",
-    "CAFE", "SHOP", "PARK", "HOME", "PIXEL", "DRAW", "PAINT", "QUIZ", "VIBE", "2026", "42", "7", "A1", "X9",
+    "CAT", "DOG", "SUN", "SKY", "RED", "BLUE", "HELLO", "WORLD", "SPROUT", "SEED", "TREE", "STAR",
+    "MOON", "RAIN", "LOVE", "OPEN", "STOP", "GO", "YES", "NO", "HI", "OK", "ART", "PLAY", "FISH",
+    "BIRD", "CAKE", "MILK", "GOLD", "ZERO", "ONE", "TWO", "TEN", "KING", "BOX", "SALE", "NEW",
+    "HOT", "COOL", "WOW", "ZOO", "JAZZ", "MAP", "KEY", "LAMP", "BOOK", "TOY", "HAT", "CUP", "PIE",
+    "FROG", "WIND", "SNOW", "LEAF", "ROSE", "MINT", "PLUM", "EXIT", "CAFE", "SHOP", "PARK", "HOME",
+    "PIXEL", "DRAW", "PAINT", "QUIZ", "VIBE", "2026", "42", "7", "A1", "X9",
 ];
 
 /// Where a scene's canvas size comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CanvasChoice {
-    Fixed { width: u32, height: u32 },
-    Aspect { ratio: AspectRatio },
+    Fixed {
+        width: u32,
+        height: u32,
+    },
+    Aspect {
+        ratio: AspectRatio,
+    },
     /// Any of the named aspect ratios, uniformly.
     AnyAspect,
 }
@@ -71,7 +77,10 @@ impl Default for SamplerConfig {
             repeat_prob: 0.2,
             rotate_prob: 0.15,
             overlap: Overlap::Forbid,
-            canvas: CanvasChoice::Fixed { width: 256, height: 256 },
+            canvas: CanvasChoice::Fixed {
+                width: 256,
+                height: 256,
+            },
             base_side: 256,
             background_weights: [0.4, 0.2, 0.2, 0.2],
         }
@@ -102,7 +111,9 @@ impl SamplerConfig {
                 return bad(format!("sampler: {name} {p} is outside 0..=1"));
             }
         }
-        if self.background_weights.iter().any(|w| !(*w >= 0.0)) || self.background_weights.iter().sum::<f32>() <= 0.0 {
+        if self.background_weights.iter().any(|w| w.is_nan() || *w < 0.0)
+            || self.background_weights.iter().sum::<f32>() <= 0.0
+        {
             return bad("sampler: background_weights must be non-negative and not all zero".into());
         }
         if let CanvasChoice::Fixed { width, height } = self.canvas {
@@ -130,7 +141,8 @@ pub struct PlacedBox {
 
 impl PlacedBox {
     pub fn overlaps(&self, o: &PlacedBox, gap: f32) -> bool {
-        (self.cx - o.cx).abs() < self.hw + o.hw + gap && (self.cy - o.cy).abs() < self.hh + o.hh + gap
+        (self.cx - o.cx).abs() < self.hw + o.hw + gap
+            && (self.cy - o.cy).abs() < self.hh + o.hh + gap
     }
 }
 
@@ -161,7 +173,12 @@ pub fn try_place<R: Rng>(
     for _ in 0..200 {
         let cx = rng.random_range(lo_x..=hi_x);
         let cy = rng.random_range(lo_y..=hi_y);
-        let b = PlacedBox { cx, cy, hw: half.0, hh: half.1 };
+        let b = PlacedBox {
+            cx,
+            cy,
+            hw: half.0,
+            hh: half.1,
+        };
         if overlap == Overlap::Allow || !boxes.iter().any(|o| o.overlaps(&b, gap)) {
             return Some([cx / w, cy / h]);
         }
@@ -188,9 +205,22 @@ pub fn random_background<R: Rng>(rng: &mut R, weights: [f32; 4]) -> Background {
     let direction = *Direction::ALL.choose(rng).expect("directions");
     match kind {
         0 => Background::Solid { color: a },
-        1 => Background::Gradient { from: a, to: b, direction },
-        2 => Background::Stripes { a, b, direction, period: rng.random_range(0.08..0.3) },
-        _ => Background::Checker { a, b, cells: rng.random_range(4..=12) },
+        1 => Background::Gradient {
+            from: a,
+            to: b,
+            direction,
+        },
+        2 => Background::Stripes {
+            a,
+            b,
+            direction,
+            period: rng.random_range(0.08..0.3),
+        },
+        _ => Background::Checker {
+            a,
+            b,
+            cells: rng.random_range(4..=12),
+        },
     }
 }
 
@@ -200,7 +230,9 @@ pub fn random_text<R: Rng>(rng: &mut R) -> String {
     } else {
         let n = rng.random_range(1..=6);
         const CHARS: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
-        (0..n).map(|_| *CHARS.choose(rng).expect("chars") as char).collect()
+        (0..n)
+            .map(|_| *CHARS.choose(rng).expect("chars") as char)
+            .collect()
     }
 }
 
@@ -208,7 +240,10 @@ fn canvas_size<R: Rng>(cfg: &SamplerConfig, rng: &mut R) -> (u32, u32) {
     match cfg.canvas {
         CanvasChoice::Fixed { width, height } => (width, height),
         CanvasChoice::Aspect { ratio } => ratio.canvas(cfg.base_side),
-        CanvasChoice::AnyAspect => AspectRatio::ALL.choose(rng).expect("ratios").canvas(cfg.base_side),
+        CanvasChoice::AnyAspect => AspectRatio::ALL
+            .choose(rng)
+            .expect("ratios")
+            .canvas(cfg.base_side),
     }
 }
 
@@ -220,20 +255,37 @@ pub fn sample_scene(cfg: &SamplerConfig, seed: u64, index: u64) -> Scene {
 }
 
 /// Draw a scene on a given canvas from `rng`.
-pub fn sample_scene_sized<R: Rng>(cfg: &SamplerConfig, rng: &mut R, width: u32, height: u32) -> Scene {
+pub fn sample_scene_sized<R: Rng>(
+    cfg: &SamplerConfig,
+    rng: &mut R,
+    width: u32,
+    height: u32,
+) -> Scene {
     let background = random_background(rng, cfg.background_weights);
-    let mut scene = Scene { width, height, background, objects: Vec::new() };
+    let mut scene = Scene {
+        width,
+        height,
+        background,
+        objects: Vec::new(),
+    };
     let n = rng.random_range(cfg.min_objects.max(1)..=cfg.max_objects.max(1));
     let with_text = rng.random_bool(cfg.text_prob as f64);
     let mut boxes: Vec<PlacedBox> = Vec::new();
     for i in 0..n {
         let size = *SizeClass::ALL.choose(rng).expect("sizes");
         let kind = if with_text && i == n - 1 {
-            ObjectKind::Text { text: random_text(rng), color: *Color::ALL.choose(rng).expect("colours") }
+            ObjectKind::Text {
+                text: random_text(rng),
+                color: *Color::ALL.choose(rng).expect("colours"),
+            }
         } else if !scene.objects.is_empty() && rng.random_bool(cfg.repeat_prob as f64) {
-            scene.objects[rng.random_range(0..scene.objects.len())].kind.clone()
+            scene.objects[rng.random_range(0..scene.objects.len())]
+                .kind
+                .clone()
         } else if rng.random_bool(cfg.icon_prob as f64) {
-            ObjectKind::Icon { icon: assets::icon_name(rng.random_range(0..assets::icon_count())).to_string() }
+            ObjectKind::Icon {
+                icon: assets::icon_name(rng.random_range(0..assets::icon_count())).to_string(),
+            }
         } else {
             ObjectKind::Shape {
                 shape: *ShapeKind::ALL.choose(rng).expect("shapes"),
@@ -241,16 +293,37 @@ pub fn sample_scene_sized<R: Rng>(cfg: &SamplerConfig, rng: &mut R, width: u32, 
             }
         };
         let rotation = match kind {
-            ObjectKind::Shape { shape, .. } if shape.symmetry_deg() > 0.0 && rng.random_bool(cfg.rotate_prob as f64) => {
+            ObjectKind::Shape { shape, .. }
+                if shape.symmetry_deg() > 0.0 && rng.random_bool(cfg.rotate_prob as f64) =>
+            {
                 rng.random_range(5.0..shape.symmetry_deg() - 5.0).round()
             }
             _ => 0.0,
         };
-        let mut obj = Object { kind, size, center: [0.5, 0.5], rotation };
+        let mut obj = Object {
+            kind,
+            size,
+            center: [0.5, 0.5],
+            rotation,
+        };
         let half = object_half_extent(&scene, &obj);
-        if let Some(c) = try_place(rng, width, height, half, &boxes, cfg.overlap, (0.0, 1.0), (0.0, 1.0)) {
+        if let Some(c) = try_place(
+            rng,
+            width,
+            height,
+            half,
+            &boxes,
+            cfg.overlap,
+            (0.0, 1.0),
+            (0.0, 1.0),
+        ) {
             obj.center = c;
-            boxes.push(PlacedBox { cx: c[0] * width as f32, cy: c[1] * height as f32, hw: half.0, hh: half.1 });
+            boxes.push(PlacedBox {
+                cx: c[0] * width as f32,
+                cy: c[1] * height as f32,
+                hw: half.0,
+                hh: half.1,
+            });
             scene.objects.push(obj);
         }
     }
@@ -259,10 +332,28 @@ pub fn sample_scene_sized<R: Rng>(cfg: &SamplerConfig, rng: &mut R, width: u32, 
 
 /// Draw sample `index` (scene and captions) of stream `seed`.
 pub fn sample(cfg: &SamplerConfig, seed: u64, index: u64) -> Sample {
-    let scene = sample_scene(cfg, seed, index);
+    with_captions(sample_scene(cfg, seed, index), seed, index)
+}
+
+/// Draw sample `index` of stream `seed` on a given canvas (batches of one shape use this).
+pub fn sample_sized(cfg: &SamplerConfig, seed: u64, index: u64, width: u32, height: u32) -> Sample {
+    let mut rng = rng_for(seed, purpose::SCENE, index);
+    with_captions(
+        sample_scene_sized(cfg, &mut rng, width, height),
+        seed,
+        index,
+    )
+}
+
+fn with_captions(scene: Scene, seed: u64, index: u64) -> Sample {
     let mut rng = rng_for(seed, purpose::CAPTION, index);
     let captions = captions(&scene, &mut rng);
     Sample { scene, captions }
+}
+
+/// The canvas of a batch whose first sample is `index`: every sample of a batch shares it.
+pub fn batch_canvas(cfg: &SamplerConfig, seed: u64, index: u64) -> (u32, u32) {
+    canvas_size(cfg, &mut rng_for(seed, purpose::BATCH, index))
 }
 
 #[cfg(test)]
@@ -294,14 +385,22 @@ mod tests {
             let s = sample_scene(&cfg, 1, i);
             s.validate().unwrap();
             assert!(s.objects.len() <= 3 && !s.objects.is_empty());
-            assert!(s.objects.iter().all(|o| !matches!(o.kind, ObjectKind::Text { .. })));
+            assert!(s
+                .objects
+                .iter()
+                .all(|o| !matches!(o.kind, ObjectKind::Text { .. })));
             // No overlap under the default policy.
             let boxes: Vec<_> = s
                 .objects
                 .iter()
                 .map(|o| {
                     let h = object_half_extent(&s, o);
-                    PlacedBox { cx: o.center[0] * s.width as f32, cy: o.center[1] * s.height as f32, hw: h.0, hh: h.1 }
+                    PlacedBox {
+                        cx: o.center[0] * s.width as f32,
+                        cy: o.center[1] * s.height as f32,
+                        hw: h.0,
+                        hh: h.1,
+                    }
                 })
                 .collect();
             for (i, a) in boxes.iter().enumerate() {
@@ -316,6 +415,12 @@ mod tests {
             }
         }
         assert_eq!(shapes_seen.len(), ShapeKind::ALL.len());
-        assert!(SamplerConfig { min_objects: 5, max_objects: 2, ..SamplerConfig::default() }.validate().is_err());
+        assert!(SamplerConfig {
+            min_objects: 5,
+            max_objects: 2,
+            ..SamplerConfig::default()
+        }
+        .validate()
+        .is_err());
     }
 }

@@ -144,7 +144,11 @@ pub enum Direction {
 }
 
 impl Direction {
-    pub const ALL: [Direction; 3] = [Direction::Horizontal, Direction::Vertical, Direction::Diagonal];
+    pub const ALL: [Direction; 3] = [
+        Direction::Horizontal,
+        Direction::Vertical,
+        Direction::Diagonal,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -221,11 +225,21 @@ impl Scene {
             _ => {}
         }
         if self.objects.len() > MAX_OBJECTS {
-            return bad(format!("{} objects; at most {MAX_OBJECTS}", self.objects.len()));
+            return bad(format!(
+                "{} objects; at most {MAX_OBJECTS}",
+                self.objects.len()
+            ));
         }
         for (i, o) in self.objects.iter().enumerate() {
-            if !o.center.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)) {
-                return bad(format!("objects[{i}].center {:?} is outside 0..=1", o.center));
+            if !o
+                .center
+                .iter()
+                .all(|v| v.is_finite() && (0.0..=1.0).contains(v))
+            {
+                return bad(format!(
+                    "objects[{i}].center {:?} is outside 0..=1",
+                    o.center
+                ));
             }
             if !o.rotation.is_finite() {
                 return bad(format!("objects[{i}].rotation is not a number"));
@@ -279,13 +293,19 @@ mod tests {
             },
             objects: vec![
                 Object {
-                    kind: ObjectKind::Shape { shape: ShapeKind::Star, color: Color::Red },
+                    kind: ObjectKind::Shape {
+                        shape: ShapeKind::Star,
+                        color: Color::Red,
+                    },
                     size: SizeClass::Large,
                     center: [0.3, 0.5],
                     rotation: 12.0,
                 },
                 Object {
-                    kind: ObjectKind::Text { text: "CAT".into(), color: Color::Blue },
+                    kind: ObjectKind::Text {
+                        text: "CAT".into(),
+                        color: Color::Blue,
+                    },
                     size: SizeClass::Small,
                     center: [0.7, 0.2],
                     rotation: 0.0,
@@ -305,14 +325,23 @@ mod tests {
     #[test]
     fn malformed_scenes_name_the_field() {
         let mut s = scene();
-        s.objects[1].kind = ObjectKind::Text { text: "cat!".into(), color: Color::Blue };
+        s.objects[1].kind = ObjectKind::Text {
+            text: "cat!".into(),
+            color: Color::Blue,
+        };
         let e = s.validate().unwrap_err().to_string();
         assert!(e.contains("objects[1].text"), "{e}");
         let mut s = scene();
         s.objects[0].center = [1.5, 0.0];
-        assert!(s.validate().unwrap_err().to_string().contains("objects[0].center"));
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("objects[0].center"));
         let mut s = scene();
-        s.objects[0].kind = ObjectKind::Icon { icon: "no-such-icon".into() };
+        s.objects[0].kind = ObjectKind::Icon {
+            icon: "no-such-icon".into(),
+        };
         assert!(matches!(s.validate(), Err(WorldError::UnknownIcon(_))));
         assert!(Scene::from_json("{\"width\": 3}").is_err());
         let mut s = scene();

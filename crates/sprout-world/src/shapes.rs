@@ -19,7 +19,8 @@ fn polygon(points: &[(f32, f32)]) -> Path {
 fn regular(n: usize, r: f32, phase: f32) -> Vec<(f32, f32)> {
     (0..n)
         .map(|i| {
-            let a = phase + i as f32 * std::f32::consts::TAU / n as f32 - std::f32::consts::FRAC_PI_2;
+            let a =
+                phase + i as f32 * std::f32::consts::TAU / n as f32 - std::f32::consts::FRAC_PI_2;
             (r * a.cos(), r * a.sin())
         })
         .collect()
@@ -32,16 +33,27 @@ pub fn unit_path(kind: ShapeKind) -> (Path, FillRule) {
             PathBuilder::from_circle(0.0, 0.0, 1.0).expect("circle"),
             FillRule::Winding,
         ),
-        ShapeKind::Square => (polygon(&[(-0.84, -0.84), (0.84, -0.84), (0.84, 0.84), (-0.84, 0.84)]), FillRule::Winding),
+        ShapeKind::Square => (
+            polygon(&[(-0.84, -0.84), (0.84, -0.84), (0.84, 0.84), (-0.84, 0.84)]),
+            FillRule::Winding,
+        ),
         ShapeKind::Triangle => {
             // Equilateral, circumradius 1, centroid shifted down so the bounding box is centred.
-            let pts: Vec<_> = regular(3, 1.08, 0.0).into_iter().map(|(x, y)| (x, y + 0.27)).collect();
+            let pts: Vec<_> = regular(3, 1.08, 0.0)
+                .into_iter()
+                .map(|(x, y)| (x, y + 0.27))
+                .collect();
             (polygon(&pts), FillRule::Winding)
         }
         ShapeKind::Star => {
             let outer = regular(5, 1.0, 0.0);
             let inner = regular(5, 0.45, std::f32::consts::PI / 5.0);
-            let pts: Vec<_> = outer.into_iter().zip(inner).flat_map(|(o, i)| [o, i]).map(|(x, y)| (x, y + 0.05)).collect();
+            let pts: Vec<_> = outer
+                .into_iter()
+                .zip(inner)
+                .flat_map(|(o, i)| [o, i])
+                .map(|(x, y)| (x, y + 0.05))
+                .collect();
             (polygon(&pts), FillRule::Winding)
         }
         ShapeKind::Hexagon => (polygon(&regular(6, 1.0, 0.0)), FillRule::Winding),
@@ -65,8 +77,18 @@ pub fn unit_path(kind: ShapeKind) -> (Path, FillRule) {
             let (a, b) = (0.3, 0.92);
             (
                 polygon(&[
-                    (-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a),
-                    (a, b), (-a, b), (-a, a), (-b, a), (-b, -a), (-a, -a),
+                    (-a, -b),
+                    (a, -b),
+                    (a, -a),
+                    (b, -a),
+                    (b, a),
+                    (a, a),
+                    (a, b),
+                    (-a, b),
+                    (-a, a),
+                    (-b, a),
+                    (-b, -a),
+                    (-a, -a),
                 ]),
                 FillRule::Winding,
             )

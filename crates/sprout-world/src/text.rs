@@ -33,14 +33,20 @@ fn build_glyph(font: &FontRef<'_>, c: char) -> Glyph {
     let upem = font.units_per_em().unwrap_or(1000.0);
     let advance = font.h_advance_unscaled(id) / upem;
     let Some(outline) = font.outline(id) else {
-        return Glyph { path: None, advance, ink: (0.0, advance) };
+        return Glyph {
+            path: None,
+            advance,
+            ink: (0.0, advance),
+        };
     };
     let p = |pt: ab_glyph::Point| (pt.x / upem, -pt.y / upem);
     let mut pb = PathBuilder::new();
     let mut last: Option<(f32, f32)> = None;
     for curve in &outline.curves {
         let start = match curve {
-            OutlineCurve::Line(a, _) | OutlineCurve::Quad(a, _, _) | OutlineCurve::Cubic(a, _, _, _) => p(*a),
+            OutlineCurve::Line(a, _)
+            | OutlineCurve::Quad(a, _, _)
+            | OutlineCurve::Cubic(a, _, _, _) => p(*a),
         };
         if last != Some(start) {
             if last.is_some() {
@@ -69,7 +75,11 @@ fn build_glyph(font: &FontRef<'_>, c: char) -> Glyph {
     }
     pb.close();
     let ink = (outline.bounds.min.x / upem, outline.bounds.max.x / upem);
-    Glyph { path: pb.finish(), advance, ink }
+    Glyph {
+        path: pb.finish(),
+        advance,
+        ink,
+    }
 }
 
 /// The font's glyphs for A–Z and 0–9, built once.
@@ -78,11 +88,17 @@ pub fn font_cache() -> &'static FontCache {
     CACHE.get_or_init(|| {
         // The font is vendored and embedded; failing to parse it is a build defect.
         let font = FontRef::try_from_slice(FONT_BYTES).expect("vendored font parses");
-        let glyphs: Vec<(char, Glyph)> = ('A'..='Z').chain('0'..='9').map(|c| (c, build_glyph(&font, c))).collect();
+        let glyphs: Vec<(char, Glyph)> = ('A'..='Z')
+            .chain('0'..='9')
+            .map(|c| (c, build_glyph(&font, c)))
+            .collect();
         let h = font.outline(font.glyph_id('H')).expect("H has an outline");
         let upem = font.units_per_em().unwrap_or(1000.0);
         // ab_glyph's unscaled bounds keep the font's y-up order, so take the magnitude.
-        FontCache { cap_height: (h.bounds.max.y - h.bounds.min.y).abs() / upem, glyphs }
+        FontCache {
+            cap_height: (h.bounds.max.y - h.bounds.min.y).abs() / upem,
+            glyphs,
+        }
     })
 }
 
@@ -134,16 +150,27 @@ pub fn layout(text: &str, size: SizeClass, width: u32, height: u32) -> TextLayou
     if w_em * em_px > max_w {
         em_px = max_w / w_em;
     }
-    TextLayout { em_px, width: w_em * em_px, height: fc.cap_height * em_px }
+    TextLayout {
+        em_px,
+        width: w_em * em_px,
+        height: fc.cap_height * em_px,
+    }
 }
 
 /// Paths of each glyph placed so the ink box is centred on `center` (pixels).
-pub fn placed_glyphs(text: &str, lay: &TextLayout, center: (f32, f32), rotation: f32) -> Vec<(&'static Path, Transform)> {
+pub fn placed_glyphs(
+    text: &str,
+    lay: &TextLayout,
+    center: (f32, f32),
+    rotation: f32,
+) -> Vec<(&'static Path, Transform)> {
     let fc = font_cache();
     let (lo, hi) = fc.ink_span_em(text);
     let cx_em = (lo + hi) / 2.0;
     let cy_em = -fc.cap_height / 2.0;
-    let base = Transform::from_translate(center.0, center.1).pre_rotate(rotation).pre_scale(lay.em_px, lay.em_px);
+    let base = Transform::from_translate(center.0, center.1)
+        .pre_rotate(rotation)
+        .pre_scale(lay.em_px, lay.em_px);
     let mut out = Vec::new();
     let mut pen = 0.0;
     for c in text.chars() {
@@ -163,7 +190,11 @@ mod tests {
     #[test]
     fn layout_is_upright_and_sized() {
         let fc = font_cache();
-        assert!((0.6..0.8).contains(&fc.cap_height), "cap height {} em", fc.cap_height);
+        assert!(
+            (0.6..0.8).contains(&fc.cap_height),
+            "cap height {} em",
+            fc.cap_height
+        );
         let lay = layout("EF", SizeClass::Large, 256, 256);
         assert!((lay.height - 0.14 * 256.0).abs() < 0.5, "{lay:?}");
         let placed = placed_glyphs("EF", &lay, (128.0, 64.0), 0.0);

@@ -116,22 +116,45 @@ impl Reader {
                     _ => {}
                 }
             }
-            cands.push(Candidate { bbox: c.bbox, color, shape, glyph, icon });
+            cands.push(Candidate {
+                bbox: c.bbox,
+                color,
+                shape,
+                glyph,
+                icon,
+            });
         }
         let mut objects = text::assemble(&cands, w, h);
         objects.sort_by(|a, b| a.center[0].total_cmp(&b.center[0]));
-        Reading { width: w, height: h, objects }
+        Reading {
+            width: w,
+            height: h,
+            objects,
+        }
     }
 }
 
-pub(crate) fn detection(kind: DetectedKind, bbox: [u32; 4], w: u32, h: u32, cost: f32) -> Detection {
+pub(crate) fn detection(
+    kind: DetectedKind,
+    bbox: [u32; 4],
+    w: u32,
+    h: u32,
+    cost: f32,
+) -> Detection {
     let center = [
         (bbox[0] + bbox[2]) as f32 / 2.0 / w as f32,
         (bbox[1] + bbox[3]) as f32 / 2.0 / h as f32,
     ];
-    Detection { kind, bbox, center, cost }
+    Detection {
+        kind,
+        bbox,
+        center,
+        cost,
+    }
 }
 
 pub(crate) fn icon_kind(i: usize) -> DetectedKind {
-    DetectedKind::Icon { icon: assets::icon_name(i).to_string() }
+    DetectedKind::Icon {
+        icon: assets::icon_name(i).to_string(),
+    }
 }

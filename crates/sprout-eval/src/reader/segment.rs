@@ -20,12 +20,17 @@ pub struct LabImage {
 
 impl LabImage {
     pub fn new(img: &RgbImage) -> LabImage {
-        let mut cache: std::collections::HashMap<[u8; 3], [f32; 3]> = std::collections::HashMap::new();
+        let mut cache: std::collections::HashMap<[u8; 3], [f32; 3]> =
+            std::collections::HashMap::new();
         let lab = img
             .pixels()
             .map(|p| *cache.entry(p.0).or_insert_with(|| rgb_to_lab(p.0)))
             .collect();
-        LabImage { width: img.width(), height: img.height(), lab }
+        LabImage {
+            width: img.width(),
+            height: img.height(),
+            lab,
+        }
     }
 }
 
@@ -63,7 +68,11 @@ pub fn components(lab: &LabImage, min_area: usize) -> (Vec<Component>, Vec<u32>)
     let labels: Vec<u32> = labels.into_raw();
     let n = labels.iter().copied().max().unwrap_or(0) as usize;
     let mut comps: Vec<Component> = (0..=n)
-        .map(|l| Component { pixels: Vec::new(), bbox: [u32::MAX, u32::MAX, 0, 0], label: l as u32 })
+        .map(|l| Component {
+            pixels: Vec::new(),
+            bbox: [u32::MAX, u32::MAX, 0, 0],
+            label: l as u32,
+        })
         .collect();
     for (i, &l) in labels.iter().enumerate() {
         if l == 0 {
@@ -77,7 +86,11 @@ pub fn components(lab: &LabImage, min_area: usize) -> (Vec<Component>, Vec<u32>)
         c.bbox[2] = c.bbox[2].max(x + 1);
         c.bbox[3] = c.bbox[3].max(y + 1);
     }
-    let comps = comps.into_iter().skip(1).filter(|c| c.pixels.len() >= min_area).collect();
+    let comps = comps
+        .into_iter()
+        .skip(1)
+        .filter(|c| c.pixels.len() >= min_area)
+        .collect();
     (comps, labels)
 }
 
@@ -139,7 +152,11 @@ pub fn observe(lab: &LabImage, labels: &[u32], c: &Component) -> Observation {
             }
         }
     }
-    Observation { alpha, lab: cols, aspect: c.aspect() }
+    Observation {
+        alpha,
+        lab: cols,
+        aspect: c.aspect(),
+    }
 }
 
 /// Pixels of `c` at least `depth` steps (4-neighbourhood) inside it.
@@ -150,14 +167,22 @@ fn core(lab: &LabImage, labels: &[u32], c: &Component, depth: usize) -> Vec<u32>
     for _ in 0..depth {
         let inside = |i: i64, dx: i64, dy: i64, m: &std::collections::HashSet<u32>| {
             let (x, y) = (i % w + dx, i / w + dy);
-            x >= 0 && y >= 0 && x < w && y < h && m.contains(&((y * w + x) as u32)) && labels[(y * w + x) as usize] == c.label
+            x >= 0
+                && y >= 0
+                && x < w
+                && y < h
+                && m.contains(&((y * w + x) as u32))
+                && labels[(y * w + x) as usize] == c.label
         };
         let next: Vec<u32> = keep
             .iter()
             .copied()
             .filter(|&i| {
                 let i = i as i64;
-                inside(i, -1, 0, &member) && inside(i, 1, 0, &member) && inside(i, 0, -1, &member) && inside(i, 0, 1, &member)
+                inside(i, -1, 0, &member)
+                    && inside(i, 1, 0, &member)
+                    && inside(i, 0, -1, &member)
+                    && inside(i, 0, 1, &member)
             })
             .collect();
         member = next.iter().copied().collect();
@@ -192,8 +217,13 @@ pub fn dominant_color(lab: &LabImage, labels: &[u32], c: &Component, scale: f32)
             .expect("palette");
         votes[best] += 1.0 / (1.0 + d / 10.0);
     }
-    let k = (0..votes.len()).max_by(|a, b| votes[*a].total_cmp(&votes[*b])).expect("palette");
-    let spread = voters.iter().map(|&i| (delta_e(lab.lab[i as usize], palette[k]) / scale).min(1.0)).sum::<f32>()
+    let k = (0..votes.len())
+        .max_by(|a, b| votes[*a].total_cmp(&votes[*b]))
+        .expect("palette");
+    let spread = voters
+        .iter()
+        .map(|&i| (delta_e(lab.lab[i as usize], palette[k]) / scale).min(1.0))
+        .sum::<f32>()
         / voters.len().max(1) as f32;
     (Color::ALL[k], spread)
 }

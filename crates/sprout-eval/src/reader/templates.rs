@@ -6,7 +6,9 @@ use std::sync::OnceLock;
 
 use sprout_world::colors::{delta_e, is_background_like};
 use sprout_world::scene::Background;
-use sprout_world::{assets, BgColor, Color, Object, ObjectKind, Renderer, Scene, ShapeKind, SizeClass};
+use sprout_world::{
+    assets, BgColor, Color, Object, ObjectKind, Renderer, Scene, ShapeKind, SizeClass,
+};
 
 use super::segment::{observe, Component, LabImage, Observation, GRID};
 
@@ -31,16 +33,27 @@ pub struct Bank {
 
 /// Observation of all figure pixels of a rendered image, as one component.
 fn observe_all(scene: &Scene) -> Observation {
-    let img = Renderer::new().render(scene).expect("template scenes are valid");
+    let img = Renderer::new()
+        .render(scene)
+        .expect("template scenes are valid");
     let lab = LabImage::new(&img);
-    let mut comp = Component { pixels: Vec::new(), bbox: [u32::MAX, u32::MAX, 0, 0], label: 1 };
+    let mut comp = Component {
+        pixels: Vec::new(),
+        bbox: [u32::MAX, u32::MAX, 0, 0],
+        label: 1,
+    };
     let mut labels = vec![0u32; lab.lab.len()];
     for (i, l) in lab.lab.iter().enumerate() {
         if !is_background_like(*l) {
             let (x, y) = (i as u32 % lab.width, i as u32 / lab.width);
             labels[i] = 1;
             comp.pixels.push(i as u32);
-            comp.bbox = [comp.bbox[0].min(x), comp.bbox[1].min(y), comp.bbox[2].max(x + 1), comp.bbox[3].max(y + 1)];
+            comp.bbox = [
+                comp.bbox[0].min(x),
+                comp.bbox[1].min(y),
+                comp.bbox[2].max(x + 1),
+                comp.bbox[3].max(y + 1),
+            ];
         }
     }
     observe(&lab, &labels, &comp)
@@ -50,8 +63,15 @@ fn single(side: u32, kind: ObjectKind, rotation: f32) -> Scene {
     Scene {
         width: side,
         height: side,
-        background: Background::Solid { color: BgColor::White },
-        objects: vec![Object { kind, size: SizeClass::Large, center: [0.5, 0.5], rotation }],
+        background: Background::Solid {
+            color: BgColor::White,
+        },
+        objects: vec![Object {
+            kind,
+            size: SizeClass::Large,
+            center: [0.5, 0.5],
+            rotation,
+        }],
     }
 }
 
@@ -61,20 +81,53 @@ pub fn bank() -> &'static Bank {
         let mut templates = Vec::new();
         for shape in ShapeKind::ALL {
             let period = shape.symmetry_deg();
-            let steps = if period == 0.0 { 1 } else { (period / ROTATION_STEP).round() as usize };
+            let steps = if period == 0.0 {
+                1
+            } else {
+                (period / ROTATION_STEP).round() as usize
+            };
             for s in 0..steps {
                 let rot = s as f32 * ROTATION_STEP;
-                let obs = observe_all(&single(256, ObjectKind::Shape { shape, color: Color::Black }, rot));
-                templates.push(Template { hyp: Hyp::Shape(shape), obs });
+                let obs = observe_all(&single(
+                    256,
+                    ObjectKind::Shape {
+                        shape,
+                        color: Color::Black,
+                    },
+                    rot,
+                ));
+                templates.push(Template {
+                    hyp: Hyp::Shape(shape),
+                    obs,
+                });
             }
         }
         for c in ('A'..='Z').chain('0'..='9') {
-            let obs = observe_all(&single(384, ObjectKind::Text { text: c.to_string(), color: Color::Black }, 0.0));
-            templates.push(Template { hyp: Hyp::Glyph(c), obs });
+            let obs = observe_all(&single(
+                384,
+                ObjectKind::Text {
+                    text: c.to_string(),
+                    color: Color::Black,
+                },
+                0.0,
+            ));
+            templates.push(Template {
+                hyp: Hyp::Glyph(c),
+                obs,
+            });
         }
         for i in 0..assets::icon_count() {
-            let obs = observe_all(&single(256, ObjectKind::Icon { icon: assets::icon_name(i).to_string() }, 0.0));
-            templates.push(Template { hyp: Hyp::Icon(i), obs });
+            let obs = observe_all(&single(
+                256,
+                ObjectKind::Icon {
+                    icon: assets::icon_name(i).to_string(),
+                },
+                0.0,
+            ));
+            templates.push(Template {
+                hyp: Hyp::Icon(i),
+                obs,
+            });
         }
         Bank { templates }
     })
@@ -93,7 +146,12 @@ pub fn aspect_penalty(o: &Observation, t: &Observation) -> f32 {
 
 /// Mean absolute difference of coverage.
 pub fn mask_error(o: &Observation, t: &Observation) -> f32 {
-    o.alpha.iter().zip(&t.alpha).map(|(a, b)| (a - b).abs()).sum::<f32>() / (GRID * GRID) as f32
+    o.alpha
+        .iter()
+        .zip(&t.alpha)
+        .map(|(a, b)| (a - b).abs())
+        .sum::<f32>()
+        / (GRID * GRID) as f32
 }
 
 /// Colour disagreement where both cover the cell (icons carry their own colours).
@@ -112,4 +170,3 @@ pub fn color_error(o: &Observation, t: &Observation) -> f32 {
         COLOR_WEIGHT
     }
 }
-

@@ -14,8 +14,15 @@ fn same_line(a: &Candidate, b: &Candidate) -> bool {
     let (ha, hb) = (a.height(), b.height());
     let ratio = ha.max(hb) / ha.min(hb).max(1.0);
     let h = ha.max(hb);
-    let gap = if a.bbox[0] <= b.bbox[0] { b.bbox[0] as f32 - a.bbox[2] as f32 } else { a.bbox[0] as f32 - b.bbox[2] as f32 };
-    a.color == b.color && ratio <= LINE_HEIGHT_RATIO && (a.cy() - b.cy()).abs() <= LINE_ALIGN * h && gap <= LINE_GAP * h
+    let gap = if a.bbox[0] <= b.bbox[0] {
+        b.bbox[0] as f32 - a.bbox[2] as f32
+    } else {
+        a.bbox[0] as f32 - b.bbox[2] as f32
+    };
+    a.color == b.color
+        && ratio <= LINE_HEIGHT_RATIO
+        && (a.cy() - b.cy()).abs() <= LINE_ALIGN * h
+        && gap <= LINE_GAP * h
 }
 
 pub(crate) fn assemble(cands: &[Candidate], w: u32, h: u32) -> Vec<Detection> {
@@ -50,7 +57,9 @@ pub(crate) fn assemble(cands: &[Candidate], w: u32, h: u32) -> Vec<Detection> {
             if picks[i] == Pick::Glyph || cands[i].glyph.1 > REJECT_COST {
                 continue;
             }
-            if (0..cands.len()).any(|j| j != i && picks[j] == Pick::Glyph && same_line(&cands[i], &cands[j])) {
+            if (0..cands.len())
+                .any(|j| j != i && picks[j] == Pick::Glyph && same_line(&cands[i], &cands[j]))
+            {
                 picks[i] = Pick::Glyph;
                 changed = true;
             }
@@ -61,7 +70,9 @@ pub(crate) fn assemble(cands: &[Candidate], w: u32, h: u32) -> Vec<Detection> {
     }
     let mut out = Vec::new();
     // Lines: connected groups of glyphs under same_line, read left to right.
-    let glyphs: Vec<usize> = (0..cands.len()).filter(|&i| picks[i] == Pick::Glyph).collect();
+    let glyphs: Vec<usize> = (0..cands.len())
+        .filter(|&i| picks[i] == Pick::Glyph)
+        .collect();
     let mut group: Vec<usize> = (0..glyphs.len()).collect();
     fn find(g: &mut [usize], i: usize) -> usize {
         let mut r = i;
@@ -81,13 +92,13 @@ pub(crate) fn assemble(cands: &[Candidate], w: u32, h: u32) -> Vec<Detection> {
     }
     let mut lines: Vec<Vec<usize>> = Vec::new();
     let mut roots: Vec<usize> = Vec::new();
-    for a in 0..glyphs.len() {
+    for (a, &g) in glyphs.iter().enumerate() {
         let r = find(&mut group, a);
         match roots.iter().position(|x| *x == r) {
-            Some(k) => lines[k].push(glyphs[a]),
+            Some(k) => lines[k].push(g),
             None => {
                 roots.push(r);
-                lines.push(vec![glyphs[a]]);
+                lines.push(vec![g]);
             }
         }
     }
@@ -96,15 +107,35 @@ pub(crate) fn assemble(cands: &[Candidate], w: u32, h: u32) -> Vec<Detection> {
         let text: String = line.iter().map(|&i| cands[i].glyph.0).collect();
         let bbox = line.iter().fold([u32::MAX, u32::MAX, 0, 0], |b, &i| {
             let c = cands[i].bbox;
-            [b[0].min(c[0]), b[1].min(c[1]), b[2].max(c[2]), b[3].max(c[3])]
+            [
+                b[0].min(c[0]),
+                b[1].min(c[1]),
+                b[2].max(c[2]),
+                b[3].max(c[3]),
+            ]
         });
         let cost = line.iter().map(|&i| cands[i].glyph.1).sum::<f32>() / line.len() as f32;
         let color = cands[line[0]].color;
-        out.push(detection(DetectedKind::Text { text, color }, bbox, w, h, cost));
+        out.push(detection(
+            DetectedKind::Text { text, color },
+            bbox,
+            w,
+            h,
+            cost,
+        ));
     }
     for (c, p) in cands.iter().zip(&picks) {
         match p {
-            Pick::Shape => out.push(detection(DetectedKind::Shape { shape: c.shape.0, color: c.color }, c.bbox, w, h, c.shape.1)),
+            Pick::Shape => out.push(detection(
+                DetectedKind::Shape {
+                    shape: c.shape.0,
+                    color: c.color,
+                },
+                c.bbox,
+                w,
+                h,
+                c.shape.1,
+            )),
             Pick::Icon => out.push(detection(icon_kind(c.icon.0), c.bbox, w, h, c.icon.1)),
             Pick::Glyph | Pick::None => {}
         }
