@@ -40,6 +40,9 @@ pub struct EvalArgs {
     /// Restrict to these categories (repeatable).
     #[arg(long = "category")]
     categories: Vec<String>,
+    /// Only these prompt ids (repeatable).
+    #[arg(long = "prompt", conflicts_with_all = ["count", "categories"])]
+    prompt_ids: Vec<String>,
     /// With --self-check: keep the scored images here, named by prompt id.
     #[arg(long)]
     save: Option<PathBuf>,
@@ -70,7 +73,14 @@ pub fn run(a: EvalArgs) -> Result<()> {
         .iter()
         .map(|c| Category::parse(c))
         .collect::<Result<Vec<_>, _>>()?;
-    let prompts = set.select(a.count, &categories)?;
+    let prompts = if a.prompt_ids.is_empty() {
+        set.select(a.count, &categories)?
+    } else {
+        a.prompt_ids
+            .iter()
+            .map(|id| set.get(id))
+            .collect::<Result<Vec<_>, _>>()?
+    };
     if a.list {
         for p in &prompts {
             println!(
@@ -113,6 +123,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
             "{} unreadable images (first: {}); the others were scored",
             report.unreadable.len(),
             report.unreadable[0]
+        );
+    }
+    if let Some(first) = report.unknown.first() {
+        bail!(
+            "{} images are named after no prompt id (first: {first}); name them <id>.png or <id>_<k>.png",
+            report.unknown.len()
         );
     }
     if let (Some(dir), Some(first)) = (&a.images, report.missing.first()) {

@@ -116,6 +116,10 @@ fn bad_input_gets_a_clear_error_and_a_non_zero_exit() {
         ),
         (vec!["eval", "--images", "/no/such/dir"], "not a directory"),
         (
+            vec!["eval", "--self-check", "--prompt", "colors_999"],
+            "unknown prompt id \"colors_999\"",
+        ),
+        (
             vec!["world", "render", "--count", "0", "--out", d],
             "--count 0 is out of range",
         ),

@@ -43,6 +43,9 @@ pub struct Report {
     pub missing: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unreadable: Vec<String>,
+    /// Image files whose names match no prompt id of the set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unknown: Vec<String>,
 }
 
 impl Report {
@@ -83,6 +86,7 @@ impl Report {
             results,
             missing: Vec::new(),
             unreadable: Vec::new(),
+            unknown: Vec::new(),
         }
     }
 

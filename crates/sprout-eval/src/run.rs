@@ -145,13 +145,19 @@ pub fn self_check(
 
 const IMAGE_EXTS: [&str; 4] = ["png", "jpg", "jpeg", "webp"];
 
-/// Files in `dir` that belong to prompt ids: `<id>.<ext>` or `<id>_<k>.<ext>`.
+/// Image files in `dir` by prompt id (`<id>.<ext>` or `<id>_<k>.<ext>`), for the selected
+/// prompts; files named after no prompt of the set are returned as unknown.
+type DirFiles = (BTreeMap<String, Vec<PathBuf>>, Vec<String>);
+
 fn files_by_prompt(
     dir: &Path,
+    set: &PromptSet,
     prompts: &[&Prompt],
-) -> Result<BTreeMap<String, Vec<PathBuf>>, EvalError> {
+) -> Result<DirFiles, EvalError> {
     let mut map: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    let ids: std::collections::HashSet<&str> = prompts.iter().map(|p| p.id.as_str()).collect();
+    let mut unknown = Vec::new();
+    let selected: std::collections::HashSet<&str> = prompts.iter().map(|p| p.id.as_str()).collect();
+    let all: std::collections::HashSet<&str> = set.prompts.iter().map(|p| p.id.as_str()).collect();
     let entries = std::fs::read_dir(dir).map_err(|e| {
         EvalError::Io(std::io::Error::new(
             e.kind(),
@@ -169,37 +175,43 @@ fn files_by_prompt(
         let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
             continue;
         };
-        let id = if ids.contains(stem) {
+        let id = if all.contains(stem) {
             stem
         } else {
             match stem.rsplit_once('_') {
                 Some((head, k))
-                    if ids.contains(head)
-                        && k.chars().all(|c| c.is_ascii_digit())
-                        && !k.is_empty() =>
+                    if all.contains(head)
+                        && !k.is_empty()
+                        && k.chars().all(|c| c.is_ascii_digit()) =>
                 {
                     head
                 }
-                _ => continue,
+                _ => {
+                    unknown.push(path.display().to_string());
+                    continue;
+                }
             }
         };
-        map.entry(id.to_string()).or_default().push(path);
+        if selected.contains(id) {
+            map.entry(id.to_string()).or_default().push(path);
+        }
     }
     for v in map.values_mut() {
         v.sort();
     }
-    Ok(map)
+    unknown.sort();
+    Ok((map, unknown))
 }
 
-/// Score a directory of images named by prompt id. Missing and unreadable images are listed
-/// in the report (the caller decides to fail); everything readable is scored.
+/// Score a directory of images named by prompt id. Missing, unreadable and unknown-named
+/// images are listed in the report (the caller decides to fail); everything readable is scored.
 pub fn score_dir(
     set: &PromptSet,
     prompts: &[&Prompt],
     dir: &Path,
     tick: &(dyn Fn() + Sync),
 ) -> Result<Report, EvalError> {
-    let files = files_by_prompt(dir, prompts)?;
+    let (files, unknown) = files_by_prompt(dir, set, prompts)?;
     let reader = Reader::new();
     let outcome = par_map(prompts, |p| {
         let mut images = Vec::new();
@@ -227,5 +239,6 @@ pub fn score_dir(
     let mut report = Report::new(&set.version, &dir.display().to_string(), results);
     report.missing = missing;
     report.unreadable = unreadable;
+    report.unknown = unknown;
     Ok(report)
 }

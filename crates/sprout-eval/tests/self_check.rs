@@ -64,6 +64,7 @@ fn scoring_a_directory_matches_the_self_check_and_reports_gaps() {
     std::fs::write(dir.path().join("notes.txt"), b"ignored").unwrap();
     let r = score_dir(&set, &prompts, dir.path(), &|| {}).unwrap();
     assert!(r.missing.is_empty(), "{:?}", r.missing);
+    assert!(r.unknown.is_empty(), "{:?}", r.unknown);
     assert_eq!(r.unreadable.len(), 1, "{:?}", r.unreadable);
     assert!(r.unreadable[0].contains(&prompts[3].id));
     for (k, res) in r.results.iter().enumerate() {
@@ -83,4 +84,9 @@ fn scoring_a_directory_matches_the_self_check_and_reports_gaps() {
     std::fs::remove_file(dir.path().join(format!("{}.png", prompts[1].id))).unwrap();
     let r = score_dir(&set, &prompts, dir.path(), &|| {}).unwrap();
     assert_eq!(r.missing, vec![prompts[1].id.clone()]);
+    // An image named after no prompt is reported as unknown.
+    std::fs::write(dir.path().join("colors_999.png"), b"x").unwrap();
+    let r = score_dir(&set, &prompts, dir.path(), &|| {}).unwrap();
+    assert_eq!(r.unknown.len(), 1);
+    assert!(r.unknown[0].ends_with("colors_999.png"));
 }

@@ -1,6 +1,6 @@
 //! Seeded random scenes from a controllable distribution, with their captions.
 
-use rand::seq::IndexedRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +59,9 @@ pub struct SamplerConfig {
     pub repeat_prob: f32,
     /// Probability that a shape is rotated.
     pub rotate_prob: f32,
+    /// Probability that the second object is laid out in a clear spatial relation to the
+    /// first (left of, right of, above or below it, on the same lane), for position prompts.
+    pub relation_prob: f32,
     pub overlap: Overlap,
     pub canvas: CanvasChoice,
     /// Shorter side used when the canvas comes from an aspect ratio (about side² pixels).
@@ -76,6 +79,7 @@ impl Default for SamplerConfig {
             icon_prob: 0.35,
             repeat_prob: 0.2,
             rotate_prob: 0.15,
+            relation_prob: 0.3,
             overlap: Overlap::Forbid,
             canvas: CanvasChoice::Fixed {
                 width: 256,
@@ -106,12 +110,16 @@ impl SamplerConfig {
             ("icon_prob", self.icon_prob),
             ("repeat_prob", self.repeat_prob),
             ("rotate_prob", self.rotate_prob),
+            ("relation_prob", self.relation_prob),
         ] {
             if !(0.0..=1.0).contains(&p) {
                 return bad(format!("sampler: {name} {p} is outside 0..=1"));
             }
         }
-        if self.background_weights.iter().any(|w| w.is_nan() || *w < 0.0)
+        if self
+            .background_weights
+            .iter()
+            .any(|w| w.is_nan() || *w < 0.0)
             || self.background_weights.iter().sum::<f32>() <= 0.0
         {
             return bad("sampler: background_weights must be non-negative and not all zero".into());
@@ -270,6 +278,7 @@ pub fn sample_scene_sized<R: Rng>(
     };
     let n = rng.random_range(cfg.min_objects.max(1)..=cfg.max_objects.max(1));
     let with_text = rng.random_bool(cfg.text_prob as f64);
+    let relational = rng.random_bool(cfg.relation_prob as f64);
     let mut boxes: Vec<PlacedBox> = Vec::new();
     for i in 0..n {
         let size = *SizeClass::ALL.choose(rng).expect("sizes");
@@ -307,16 +316,17 @@ pub fn sample_scene_sized<R: Rng>(
             rotation,
         };
         let half = object_half_extent(&scene, &obj);
-        if let Some(c) = try_place(
-            rng,
-            width,
-            height,
-            half,
-            &boxes,
-            cfg.overlap,
-            (0.0, 1.0),
-            (0.0, 1.0),
-        ) {
+        let mut zones = match scene.objects.first() {
+            Some(first) if scene.objects.len() == 1 && relational => {
+                relation_zones(first.center, rng)
+            }
+            _ => Vec::new(),
+        };
+        zones.push(((0.0, 1.0), (0.0, 1.0)));
+        let placed = zones
+            .into_iter()
+            .find_map(|(xr, yr)| try_place(rng, width, height, half, &boxes, cfg.overlap, xr, yr));
+        if let Some(c) = placed {
             obj.center = c;
             boxes.push(PlacedBox {
                 cx: c[0] * width as f32,
@@ -328,6 +338,22 @@ pub fn sample_scene_sized<R: Rng>(
         }
     }
     scene
+}
+
+/// Centre ranges that put an object clearly left of, right of, above or below `anchor`
+/// (at least 0.2 of the canvas away on that axis, within 0.05 on the other), in random order.
+fn relation_zones<R: Rng>(anchor: [f32; 2], rng: &mut R) -> Vec<((f32, f32), (f32, f32))> {
+    let lane = |v: f32| ((v - 0.05).max(0.0), (v + 0.05).min(1.0));
+    let before = |v: f32| (0.0, (v - 0.2).max(0.0));
+    let after = |v: f32| ((v + 0.2).min(1.0), 1.0);
+    let mut zones = vec![
+        (before(anchor[0]), lane(anchor[1])),
+        (after(anchor[0]), lane(anchor[1])),
+        (lane(anchor[0]), before(anchor[1])),
+        (lane(anchor[0]), after(anchor[1])),
+    ];
+    zones.shuffle(rng);
+    zones
 }
 
 /// Draw sample `index` (scene and captions) of stream `seed`.
@@ -415,6 +441,27 @@ mod tests {
             }
         }
         assert_eq!(shapes_seen.len(), ShapeKind::ALL.len());
+        // With relation_prob = 1, the first two objects share a lane and stand apart on the other axis.
+        let rel = SamplerConfig {
+            min_objects: 2,
+            max_objects: 2,
+            relation_prob: 1.0,
+            text_prob: 0.0,
+            ..cfg.clone()
+        };
+        let mut related = 0;
+        for i in 0..200 {
+            let s = sample_scene(&rel, 5, i);
+            if s.objects.len() == 2 {
+                let (a, b) = (s.objects[0].center, s.objects[1].center);
+                let (dx, dy) = ((a[0] - b[0]).abs(), (a[1] - b[1]).abs());
+                related += ((dx >= 0.2 && dy <= 0.05) || (dy >= 0.2 && dx <= 0.05)) as usize;
+            }
+        }
+        assert!(
+            related >= 150,
+            "only {related} of 200 scenes laid out in a relation"
+        );
         assert!(SamplerConfig {
             min_objects: 5,
             max_objects: 2,
