@@ -142,29 +142,25 @@ fn bad_input_gets_a_clear_error_and_a_non_zero_exit() {
         assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
         assert!(!stderr(&o).contains("panicked"), "{args:?} panicked");
     }
+    // Malformed scene files: an invalid field is named, and broken JSON is called that.
     let bad = dir.path().join("bad.json");
-    std::fs::write(&bad, r#"{"width": 256, "height": 256, "background": {"type": "solid", "color": "white"}, "objects": [{"type": "text", "text": "hi!", "color": "red", "size": "small", "center": [0.5, 0.5]}]}"#).unwrap();
-    let o = sprout(&[
-        "world",
-        "draw",
-        bad.to_str().unwrap(),
-        "-o",
-        dir.path().join("x.png").to_str().unwrap(),
-    ]);
-    assert!(!o.status.success());
-    assert!(stderr(&o).contains("objects[0].text"), "{}", stderr(&o));
-    std::fs::write(&bad, "{not json").unwrap();
-    let o = sprout(&[
-        "world",
-        "draw",
-        bad.to_str().unwrap(),
-        "-o",
-        dir.path().join("x.png").to_str().unwrap(),
-    ]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("malformed scene JSON"),
-        "{}",
-        stderr(&o)
-    );
+    let out = dir.path().join("x.png");
+    let invalid_text = r#"{"width": 256, "height": 256, "background": {"type": "solid", "color": "white"},
+        "objects": [{"type": "text", "text": "hi!", "color": "red", "size": "small", "center": [0.5, 0.5]}]}"#;
+    for (content, want) in [
+        (invalid_text, "objects[0].text"),
+        ("{not json", "malformed scene JSON"),
+    ] {
+        std::fs::write(&bad, content).unwrap();
+        let o = sprout(&[
+            "world",
+            "draw",
+            bad.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(!o.status.success());
+        assert!(stderr(&o).contains(want), "{}", stderr(&o));
+        assert!(!out.exists());
+    }
 }

@@ -2,7 +2,7 @@
 //! size on several backgrounds, clean and degraded, and prints one line per icon:
 //! `name correct/total confusions...` (used to curate the vendored set).
 use sprout_eval::degrade::degrade;
-use sprout_eval::reader::{DetectedKind, Reader};
+use sprout_eval::reader::Reader;
 use sprout_world::scene::{Background, Direction};
 use sprout_world::{assets, BgColor, Object, ObjectKind, Renderer, Scene, SizeClass};
 
@@ -54,7 +54,7 @@ fn main() {
                     let r = reader.read(&img);
                     total += 1;
                     let good = r.objects.len() == 1
-                        && matches!(&r.objects[0].kind, DetectedKind::Icon { icon } if icon == name);
+                        && matches!(&r.objects[0].kind, ObjectKind::Icon { icon } if icon == name);
                     if good {
                         ok += 1;
                     } else {
@@ -62,11 +62,11 @@ fn main() {
                             .objects
                             .iter()
                             .map(|o| match &o.kind {
-                                DetectedKind::Icon { icon } => icon.clone(),
-                                DetectedKind::Shape { shape, color } => {
+                                ObjectKind::Icon { icon } => icon.clone(),
+                                ObjectKind::Shape { shape, color } => {
                                     format!("{}:{}", color.name(), shape.name())
                                 }
-                                DetectedKind::Text { text, .. } => format!("text:{text}"),
+                                ObjectKind::Text { text, .. } => format!("text:{text}"),
                             })
                             .collect();
                         confusions.push(format!("[{}]", seen.join(",")));

@@ -12,5 +12,5 @@ pub mod truth;
 
 pub use error::EvalError;
 pub use prompts::{Category, Constraint, Prompt, PromptSet, Sel, Target};
-pub use reader::{DetectedKind, Detection, Reader, Reading};
+pub use reader::{Detection, Reader, Reading};
 pub use report::Report;

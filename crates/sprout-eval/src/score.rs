@@ -12,17 +12,18 @@
 use sprout_world::AspectRatio;
 
 use crate::prompts::{Constraint, Prompt, Relation, Sel, Target};
-use crate::reader::{DetectedKind, Detection, Reading};
+use crate::reader::{Detection, Reading};
+use sprout_world::ObjectKind;
 
 /// Smallest centre offset, as a fraction of the image side, for a spatial relation to hold.
 pub const POSITION_MARGIN: f32 = 0.1;
 
 pub fn matches(d: &Detection, s: &Sel) -> bool {
     match (&d.kind, &s.target) {
-        (DetectedKind::Shape { shape, color }, Target::Shape { shape: want }) => {
+        (ObjectKind::Shape { shape, color }, Target::Shape { shape: want }) => {
             shape == want && s.color.is_none_or(|c| c == *color)
         }
-        (DetectedKind::Icon { icon }, Target::Icon { icon: want }) => {
+        (ObjectKind::Icon { icon }, Target::Icon { icon: want }) => {
             icon == want && s.color.is_none()
         }
         _ => false,
@@ -56,7 +57,7 @@ pub fn check(c: &Constraint, r: &Reading) -> bool {
         Constraint::Text { text } => r
             .objects
             .iter()
-            .any(|d| matches!(&d.kind, DetectedKind::Text { text: t, .. } if t == text)),
+            .any(|d| matches!(&d.kind, ObjectKind::Text { text: t, .. } if t == text)),
         Constraint::Aspect { ratio } => AspectRatio::nearest(r.width, r.height) == *ratio,
     }
 }
@@ -81,7 +82,7 @@ mod tests {
     fn shape(shape: ShapeKind, color: Color, cx: f32, cy: f32) -> Detection {
         let (x, y) = ((cx * 100.0) as u32, (cy * 100.0) as u32);
         detection(
-            DetectedKind::Shape { shape, color },
+            ObjectKind::Shape { shape, color },
             [x - 5, y - 5, x + 5, y + 5],
             100,
             100,

@@ -13,7 +13,7 @@ mod text;
 
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
-use sprout_world::{assets, Color, ShapeKind};
+use sprout_world::{assets, Color, ObjectKind, ShapeKind};
 
 use segment::{components, dominant_color, observe, LabImage};
 use templates::{aspect_penalty, bank, color_error, mask_error, Hyp, COLOR_SCALE, COLOR_WEIGHT};
@@ -24,17 +24,10 @@ pub const REJECT_COST: f32 = 0.32;
 pub const MIN_AREA_FRACTION: f32 = 0.00025;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum DetectedKind {
-    Shape { shape: ShapeKind, color: Color },
-    Icon { icon: String },
-    Text { text: String, color: Color },
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Detection {
+    /// What was read, in the scene spec's own terms.
     #[serde(flatten)]
-    pub kind: DetectedKind,
+    pub kind: ObjectKind,
     /// x0, y0, x1, y1 in pixels (end exclusive).
     pub bbox: [u32; 4],
     /// Box centre, normalised to the image.
@@ -134,13 +127,7 @@ impl Reader {
     }
 }
 
-pub(crate) fn detection(
-    kind: DetectedKind,
-    bbox: [u32; 4],
-    w: u32,
-    h: u32,
-    cost: f32,
-) -> Detection {
+pub(crate) fn detection(kind: ObjectKind, bbox: [u32; 4], w: u32, h: u32, cost: f32) -> Detection {
     let center = [
         (bbox[0] + bbox[2]) as f32 / 2.0 / w as f32,
         (bbox[1] + bbox[3]) as f32 / 2.0 / h as f32,
@@ -153,8 +140,8 @@ pub(crate) fn detection(
     }
 }
 
-pub(crate) fn icon_kind(i: usize) -> DetectedKind {
-    DetectedKind::Icon {
+pub(crate) fn icon_kind(i: usize) -> ObjectKind {
+    ObjectKind::Icon {
         icon: assets::icon_name(i).to_string(),
     }
 }

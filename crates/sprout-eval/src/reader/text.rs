@@ -1,7 +1,7 @@
 //! Turning per-component candidates into objects: the best single-component reading, and
 //! glyphs joined into lines of text.
 
-use super::{detection, icon_kind, Candidate, DetectedKind, Detection, REJECT_COST};
+use super::{detection, icon_kind, Candidate, Detection, ObjectKind, REJECT_COST};
 
 /// Height ratio within which two glyphs may belong to one line.
 const LINE_HEIGHT_RATIO: f32 = 1.4;
@@ -117,7 +117,7 @@ pub(crate) fn assemble(cands: &[Candidate], w: u32, h: u32) -> Vec<Detection> {
         let cost = line.iter().map(|&i| cands[i].glyph.1).sum::<f32>() / line.len() as f32;
         let color = cands[line[0]].color;
         out.push(detection(
-            DetectedKind::Text { text, color },
+            ObjectKind::Text { text, color },
             bbox,
             w,
             h,
@@ -127,7 +127,7 @@ pub(crate) fn assemble(cands: &[Candidate], w: u32, h: u32) -> Vec<Detection> {
     for (c, p) in cands.iter().zip(&picks) {
         match p {
             Pick::Shape => out.push(detection(
-                DetectedKind::Shape {
+                ObjectKind::Shape {
                     shape: c.shape.0,
                     color: c.color,
                 },
