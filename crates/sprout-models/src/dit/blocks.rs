@@ -1,0 +1,283 @@
+//! The transformer blocks of the MMDiT: double-stream (separate weights for text and image
+//! tokens, joint attention) and single-stream (one fused block over the joint sequence).
+
+use candle_core::{Result, Tensor, D};
+use candle_nn::{Linear, Module, VarBuilder};
+
+use super::config::DitConfig;
+use crate::ops::{attention, layer_norm, modulate, rms_norm, rope_interleaved};
+
+const NORM_EPS: f64 = 1e-6;
+
+/// Rotary tables shared by every block of one forward pass.
+pub struct Rope {
+    pub cos: Tensor,
+    pub sin: Tensor,
+}
+
+/// adaLN-Zero modulation: `lin(silu(vec))` split into 3 (single) or 6 (double) vectors.
+#[derive(Debug, Clone)]
+pub struct Modulation {
+    lin: Linear,
+    chunks: usize,
+}
+
+impl Modulation {
+    pub fn new(dim: usize, double: bool, vb: VarBuilder) -> Result<Self> {
+        let chunks = if double { 6 } else { 3 };
+        Ok(Modulation {
+            lin: candle_nn::linear(dim, chunks * dim, vb.pp("lin"))?,
+            chunks,
+        })
+    }
+
+    /// The modulation vectors, each (B, 1, dim).
+    pub fn forward(&self, vec: &Tensor) -> Result<Vec<Tensor>> {
+        self.lin
+            .forward(&vec.silu()?)?
+            .unsqueeze(1)?
+            .chunk(self.chunks, D::Minus1)
+    }
+}
+
+/// RMS norms of queries and keys with learned scales.
+#[derive(Debug, Clone)]
+pub struct QkNorm {
+    query_scale: Tensor,
+    key_scale: Tensor,
+}
+
+impl QkNorm {
+    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+        let init = candle_nn::Init::Const(1.0);
+        Ok(QkNorm {
+            query_scale: vb.pp("query_norm").get_with_hints(dim, "scale", init)?,
+            key_scale: vb.pp("key_norm").get_with_hints(dim, "scale", init)?,
+        })
+    }
+
+    pub fn forward(&self, q: &Tensor, k: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((
+            rms_norm(q, &self.query_scale, NORM_EPS)?,
+            rms_norm(k, &self.key_scale, NORM_EPS)?,
+        ))
+    }
+}
+
+/// Split fused qkv (B, L, 3·H·D) into q, k, v of (B, H, L, D).
+fn split_qkv(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, l, three_hd) = qkv.dims3()?;
+    let d = three_hd / 3 / heads;
+    let qkv = qkv.reshape((b, l, 3, heads, d))?.permute((2, 0, 3, 1, 4))?;
+    Ok((
+        qkv.get(0)?.contiguous()?,
+        qkv.get(1)?.contiguous()?,
+        qkv.get(2)?.contiguous()?,
+    ))
+}
+
+/// Joint attention over (B, H, L, D) inputs with rotary positions; returns (B, L, H·D).
+fn rope_attention(q: &Tensor, k: &Tensor, v: &Tensor, rope: &Rope) -> Result<Tensor> {
+    let q = rope_interleaved(q, &rope.cos, &rope.sin)?;
+    let k = rope_interleaved(k, &rope.cos, &rope.sin)?;
+    let x = attention(&q, &k, v, None)?;
+    let (b, h, l, d) = x.dims4()?;
+    x.transpose(1, 2)?.reshape((b, l, h * d))
+}
+
+#[derive(Debug, Clone)]
+struct SelfAttention {
+    qkv: Linear,
+    norm: QkNorm,
+    proj: Linear,
+}
+
+impl SelfAttention {
+    fn new(cfg: &DitConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(SelfAttention {
+            qkv: candle_nn::linear_b(h, 3 * h, cfg.qkv_bias, vb.pp("qkv"))?,
+            norm: QkNorm::new(cfg.head_dim(), vb.pp("norm"))?,
+            proj: candle_nn::linear(h, h, vb.pp("proj"))?,
+        })
+    }
+
+    fn qkv(&self, x: &Tensor, heads: usize) -> Result<(Tensor, Tensor, Tensor)> {
+        let (q, k, v) = split_qkv(&self.qkv.forward(x)?, heads)?;
+        let (q, k) = self.norm.forward(&q, &k)?;
+        Ok((q, k, v))
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl Mlp {
+    fn new(cfg: &DitConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(Mlp {
+            fc1: candle_nn::linear(cfg.hidden_size, cfg.mlp_hidden(), vb.pp("0"))?,
+            fc2: candle_nn::linear(cfg.mlp_hidden(), cfg.hidden_size, vb.pp("2"))?,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward(x)?.gelu()?)
+    }
+}
+
+/// One stream (text or image) of a double block.
+#[derive(Debug, Clone)]
+struct Stream {
+    modulation: Modulation,
+    attn: SelfAttention,
+    mlp: Mlp,
+}
+
+impl Stream {
+    fn new(cfg: &DitConfig, prefix: &str, vb: &VarBuilder) -> Result<Self> {
+        Ok(Stream {
+            modulation: Modulation::new(cfg.hidden_size, true, vb.pp(format!("{prefix}_mod")))?,
+            attn: SelfAttention::new(cfg, vb.pp(format!("{prefix}_attn")))?,
+            mlp: Mlp::new(cfg, vb.pp(format!("{prefix}_mlp")))?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DoubleStreamBlock {
+    img: Stream,
+    txt: Stream,
+    heads: usize,
+}
+
+impl DoubleStreamBlock {
+    pub fn new(cfg: &DitConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(DoubleStreamBlock {
+            img: Stream::new(cfg, "img", &vb)?,
+            txt: Stream::new(cfg, "txt", &vb)?,
+            heads: cfg.num_heads,
+        })
+    }
+
+    pub fn forward(
+        &self,
+        img: &Tensor,
+        txt: &Tensor,
+        vec: &Tensor,
+        rope: &Rope,
+    ) -> Result<(Tensor, Tensor)> {
+        let im = self.img.modulation.forward(vec)?;
+        let tm = self.txt.modulation.forward(vec)?;
+        let img_in = modulate(&layer_norm(img, NORM_EPS)?, &im[0], &im[1])?;
+        let txt_in = modulate(&layer_norm(txt, NORM_EPS)?, &tm[0], &tm[1])?;
+        let (iq, ik, iv) = self.img.attn.qkv(&img_in, self.heads)?;
+        let (tq, tk, tv) = self.txt.attn.qkv(&txt_in, self.heads)?;
+        let q = Tensor::cat(&[tq, iq], 2)?;
+        let k = Tensor::cat(&[tk, ik], 2)?;
+        let v = Tensor::cat(&[tv, iv], 2)?;
+        let attn = rope_attention(&q, &k, &v, rope)?;
+        let lt = txt.dim(1)?;
+        let txt_attn = attn.narrow(1, 0, lt)?;
+        let img_attn = attn.narrow(1, lt, attn.dim(1)? - lt)?;
+        let img = (img
+            + self
+                .img
+                .attn
+                .proj
+                .forward(&img_attn)?
+                .broadcast_mul(&im[2])?)?;
+        let img_mlp =
+            self.img
+                .mlp
+                .forward(&modulate(&layer_norm(&img, NORM_EPS)?, &im[3], &im[4])?)?;
+        let img = (img + img_mlp.broadcast_mul(&im[5])?)?;
+        let txt = (txt
+            + self
+                .txt
+                .attn
+                .proj
+                .forward(&txt_attn)?
+                .broadcast_mul(&tm[2])?)?;
+        let txt_mlp =
+            self.txt
+                .mlp
+                .forward(&modulate(&layer_norm(&txt, NORM_EPS)?, &tm[3], &tm[4])?)?;
+        let txt = (txt + txt_mlp.broadcast_mul(&tm[5])?)?;
+        Ok((img, txt))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SingleStreamBlock {
+    linear1: Linear,
+    linear2: Linear,
+    norm: QkNorm,
+    modulation: Modulation,
+    hidden: usize,
+    heads: usize,
+}
+
+impl SingleStreamBlock {
+    pub fn new(cfg: &DitConfig, vb: VarBuilder) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let m = cfg.mlp_hidden();
+        Ok(SingleStreamBlock {
+            linear1: candle_nn::linear(h, 3 * h + m, vb.pp("linear1"))?,
+            linear2: candle_nn::linear(h + m, h, vb.pp("linear2"))?,
+            norm: QkNorm::new(cfg.head_dim(), vb.pp("norm"))?,
+            modulation: Modulation::new(h, false, vb.pp("modulation"))?,
+            hidden: h,
+            heads: cfg.num_heads,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, vec: &Tensor, rope: &Rope) -> Result<Tensor> {
+        let m = self.modulation.forward(vec)?;
+        let x_in = modulate(&layer_norm(x, NORM_EPS)?, &m[0], &m[1])?;
+        let h1 = self.linear1.forward(&x_in)?;
+        let qkv = h1.narrow(D::Minus1, 0, 3 * self.hidden)?;
+        let mlp = h1.narrow(
+            D::Minus1,
+            3 * self.hidden,
+            h1.dim(D::Minus1)? - 3 * self.hidden,
+        )?;
+        let (q, k, v) = split_qkv(&qkv, self.heads)?;
+        let (q, k) = self.norm.forward(&q, &k)?;
+        let attn = rope_attention(&q, &k, &v, rope)?;
+        let out = self
+            .linear2
+            .forward(&Tensor::cat(&[attn, mlp.gelu()?], D::Minus1)?)?;
+        x + out.broadcast_mul(&m[2])?
+    }
+}
+
+/// Final adaLN (shift, then scale) and projection back to token channels.
+#[derive(Debug, Clone)]
+pub struct LastLayer {
+    linear: Linear,
+    ada: Linear,
+}
+
+impl LastLayer {
+    pub fn new(hidden: usize, out: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(LastLayer {
+            linear: candle_nn::linear(hidden, out, vb.pp("linear"))?,
+            ada: candle_nn::linear(hidden, 2 * hidden, vb.pp("adaLN_modulation.1"))?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor, vec: &Tensor) -> Result<Tensor> {
+        let m = self
+            .ada
+            .forward(&vec.silu()?)?
+            .unsqueeze(1)?
+            .chunk(2, D::Minus1)?;
+        self.linear
+            .forward(&modulate(&layer_norm(x, NORM_EPS)?, &m[0], &m[1])?)
+    }
+}

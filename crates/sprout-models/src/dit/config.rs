@@ -1,0 +1,187 @@
+//! DiT configuration with named presets: Sprout's native model and FLUX.1.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ModelError, Result};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DitConfig {
+    /// Channels of the autoencoder's latent.
+    pub latent_channels: usize,
+    /// Side of the square latent patch that becomes one token (FLUX: 2, native: 1).
+    pub patch_size: usize,
+    /// Width of the pooled text vector (FLUX: CLIP-L pooled, 768).
+    pub vec_in_dim: usize,
+    /// Width of the text token states (FLUX: T5-XXL, 4096).
+    pub context_in_dim: usize,
+    pub hidden_size: usize,
+    pub mlp_ratio: f64,
+    pub num_heads: usize,
+    /// Double-stream blocks.
+    pub depth: usize,
+    /// Single-stream blocks.
+    pub depth_single_blocks: usize,
+    /// Rotary dimensions per position axis (image index, row, column); sums to the head dim.
+    pub axes_dim: Vec<usize>,
+    pub theta: usize,
+    pub qkv_bias: bool,
+    /// Guidance-distilled models take the guidance scale as an input (FLUX.1 dev).
+    pub guidance_embed: bool,
+}
+
+impl DitConfig {
+    /// FLUX.1 [schnell].
+    pub fn flux_schnell() -> DitConfig {
+        DitConfig {
+            latent_channels: 16,
+            patch_size: 2,
+            vec_in_dim: 768,
+            context_in_dim: 4096,
+            hidden_size: 3072,
+            mlp_ratio: 4.0,
+            num_heads: 24,
+            depth: 19,
+            depth_single_blocks: 38,
+            axes_dim: vec![16, 56, 56],
+            theta: 10_000,
+            qkv_bias: true,
+            guidance_embed: false,
+        }
+    }
+
+    /// FLUX.1 [dev] (and Kontext [dev]): schnell's shape plus the guidance embedding.
+    pub fn flux_dev() -> DitConfig {
+        DitConfig {
+            guidance_embed: true,
+            ..DitConfig::flux_schnell()
+        }
+    }
+
+    /// Sprout's small native model over its 32-channel f32 autoencoder.
+    pub fn native_small() -> DitConfig {
+        DitConfig {
+            latent_channels: 32,
+            patch_size: 1,
+            vec_in_dim: 256,
+            context_in_dim: 256,
+            hidden_size: 256,
+            mlp_ratio: 4.0,
+            num_heads: 4,
+            depth: 2,
+            depth_single_blocks: 6,
+            axes_dim: vec![8, 28, 28],
+            theta: 10_000,
+            qkv_bias: true,
+            guidance_embed: false,
+        }
+    }
+
+    /// A tiny config for tests.
+    pub fn tiny() -> DitConfig {
+        DitConfig {
+            latent_channels: 4,
+            patch_size: 1,
+            vec_in_dim: 16,
+            context_in_dim: 16,
+            hidden_size: 32,
+            mlp_ratio: 2.0,
+            num_heads: 2,
+            depth: 1,
+            depth_single_blocks: 1,
+            axes_dim: vec![4, 6, 6],
+            theta: 10_000,
+            qkv_bias: true,
+            guidance_embed: false,
+        }
+    }
+
+    pub fn by_name(name: &str) -> Result<DitConfig> {
+        match name {
+            "flux-schnell" => Ok(DitConfig::flux_schnell()),
+            "flux-dev" | "flux-kontext" => Ok(DitConfig::flux_dev()),
+            "native-small" => Ok(DitConfig::native_small()),
+            "tiny" => Ok(DitConfig::tiny()),
+            _ => Err(ModelError::Config(format!(
+                "unknown DiT preset {name:?}; presets: flux-schnell, flux-dev, flux-kontext, native-small, tiny"
+            ))),
+        }
+    }
+
+    /// Channels of one token: latent channels times the patch area.
+    pub fn in_channels(&self) -> usize {
+        self.latent_channels * self.patch_size * self.patch_size
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_heads
+    }
+
+    pub fn mlp_hidden(&self) -> usize {
+        (self.hidden_size as f64 * self.mlp_ratio) as usize
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(ModelError::Config(m));
+        if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
+            return bad(format!(
+                "hidden_size {} is not a multiple of num_heads {}",
+                self.hidden_size, self.num_heads
+            ));
+        }
+        if self.axes_dim.len() != 3 || self.axes_dim.iter().sum::<usize>() != self.head_dim() {
+            return bad(format!(
+                "axes_dim {:?} must have 3 entries summing to the head dim {}",
+                self.axes_dim,
+                self.head_dim()
+            ));
+        }
+        if self.axes_dim.iter().any(|d| d % 2 != 0) {
+            return bad(format!("axes_dim {:?} must be even", self.axes_dim));
+        }
+        if self.patch_size == 0 || self.latent_channels == 0 {
+            return bad("patch_size and latent_channels must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// Parameter count (for MFU and model cards).
+    pub fn num_params(&self) -> usize {
+        let h = self.hidden_size;
+        let m = self.mlp_hidden();
+        let lin = |i: usize, o: usize| i * o + o;
+        let mlp_emb = |i: usize| lin(i, h) + lin(h, h);
+        let attn = lin(h, 3 * h) + 2 * self.head_dim() + lin(h, h);
+        let double = 2 * (lin(h, 6 * h) + attn + lin(h, m) + lin(m, h));
+        let single = lin(h, 3 * h + m) + lin(h + m, h) + 2 * self.head_dim() + lin(h, 3 * h);
+        lin(self.in_channels(), h)
+            + mlp_emb(256)
+            + mlp_emb(self.vec_in_dim)
+            + if self.guidance_embed { mlp_emb(256) } else { 0 }
+            + lin(self.context_in_dim, h)
+            + self.depth * double
+            + self.depth_single_blocks * single
+            + lin(h, 2 * h)
+            + lin(h, self.in_channels())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_are_valid_and_flux_has_its_known_size() {
+        for c in [
+            DitConfig::flux_schnell(),
+            DitConfig::flux_dev(),
+            DitConfig::native_small(),
+            DitConfig::tiny(),
+        ] {
+            c.validate().unwrap();
+        }
+        // FLUX.1 has about 11.9 B parameters.
+        let n = DitConfig::flux_dev().num_params() as f64 / 1e9;
+        assert!((11.8..12.0).contains(&n), "{n}");
+        assert!(DitConfig::by_name("flux-pro").is_err());
+    }
+}

@@ -1,0 +1,346 @@
+//! The MMDiT: FLUX.1's architecture, one implementation for every preset.
+//!
+//! Token sequence: text tokens, then the target image's latent tokens, then any number of
+//! reference images' latent tokens (image index 1..K on the first rotary axis). The output
+//! is the velocity for the target tokens only.
+
+pub mod blocks;
+pub mod config;
+pub mod embed;
+
+use candle_core::{Result, Tensor};
+use candle_nn::{Linear, Module, VarBuilder};
+
+use blocks::{DoubleStreamBlock, LastLayer, Rope, SingleStreamBlock};
+pub use config::DitConfig;
+use embed::{rope_tables, MlpEmbedder};
+
+use crate::ops::timestep_embedding;
+
+#[derive(Debug, Clone)]
+pub struct Dit {
+    cfg: DitConfig,
+    img_in: Linear,
+    txt_in: Linear,
+    time_in: MlpEmbedder,
+    vector_in: MlpEmbedder,
+    guidance_in: Option<MlpEmbedder>,
+    double_blocks: Vec<DoubleStreamBlock>,
+    single_blocks: Vec<SingleStreamBlock>,
+    final_layer: LastLayer,
+}
+
+/// Reference images for in-context conditioning: their tokens and position ids.
+pub struct References<'a> {
+    pub tokens: &'a Tensor,
+    pub ids: &'a Tensor,
+}
+
+/// One forward pass's inputs.
+pub struct DitInput<'a> {
+    /// Target latent tokens (B, L_img, in_channels).
+    pub img: &'a Tensor,
+    /// Their position ids (B or 1, L_img, 3).
+    pub img_ids: &'a Tensor,
+    /// Text token states (B, L_txt, context_in_dim).
+    pub txt: &'a Tensor,
+    /// Their position ids (B or 1, L_txt, 3).
+    pub txt_ids: &'a Tensor,
+    /// Flow time in [0, 1] (B,).
+    pub timesteps: &'a Tensor,
+    /// Pooled text vector (B, vec_in_dim).
+    pub y: &'a Tensor,
+    /// Guidance scale (B,), for guidance-distilled presets.
+    pub guidance: Option<&'a Tensor>,
+    pub references: Option<References<'a>>,
+}
+
+impl Dit {
+    /// Build from a VarBuilder whose keys are FLUX's module paths (`img_in.weight`,
+    /// `double_blocks.0.img_attn.qkv.weight`, …); every tensor's shape is checked on load.
+    pub fn new(cfg: &DitConfig, vb: VarBuilder) -> crate::error::Result<Self> {
+        cfg.validate()?;
+        let h = cfg.hidden_size;
+        let double_blocks = (0..cfg.depth)
+            .map(|i| DoubleStreamBlock::new(cfg, vb.pp(format!("double_blocks.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        let single_blocks = (0..cfg.depth_single_blocks)
+            .map(|i| SingleStreamBlock::new(cfg, vb.pp(format!("single_blocks.{i}"))))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Dit {
+            img_in: candle_nn::linear(cfg.in_channels(), h, vb.pp("img_in"))?,
+            txt_in: candle_nn::linear(cfg.context_in_dim, h, vb.pp("txt_in"))?,
+            time_in: MlpEmbedder::new(256, h, vb.pp("time_in"))?,
+            vector_in: MlpEmbedder::new(cfg.vec_in_dim, h, vb.pp("vector_in"))?,
+            guidance_in: if cfg.guidance_embed {
+                Some(MlpEmbedder::new(256, h, vb.pp("guidance_in"))?)
+            } else {
+                None
+            },
+            double_blocks,
+            single_blocks,
+            final_layer: LastLayer::new(h, cfg.in_channels(), vb.pp("final_layer"))?,
+            cfg: cfg.clone(),
+        })
+    }
+
+    pub fn config(&self) -> &DitConfig {
+        &self.cfg
+    }
+
+    pub fn forward(&self, x: &DitInput) -> Result<Tensor> {
+        let (b, l_img, _) = x.img.dims3()?;
+        let mut img = self.img_in.forward(x.img)?;
+        let mut ids = vec![x.txt_ids.clone(), x.img_ids.clone()];
+        if let Some(r) = &x.references {
+            img = Tensor::cat(&[img, self.img_in.forward(r.tokens)?], 1)?;
+            ids.push(r.ids.clone());
+        }
+        let ids: Vec<Tensor> = ids
+            .iter()
+            .map(|t| t.broadcast_as((b, t.dim(1)?, 3)))
+            .collect::<Result<_>>()?;
+        let ids = Tensor::cat(&ids, 1)?;
+        let mut vec = self
+            .time_in
+            .forward(&timestep_embedding(x.timesteps, 256, 1000.0)?)?;
+        if let Some(g_in) = &self.guidance_in {
+            let g = x.guidance.ok_or_else(|| {
+                candle_core::Error::Msg("this model needs a guidance value".into())
+            })?;
+            vec = (vec + g_in.forward(&timestep_embedding(g, 256, 1000.0)?)?)?;
+        }
+        let vec = (vec + self.vector_in.forward(x.y)?)?;
+        let mut txt = self.txt_in.forward(x.txt)?;
+        let (cos, sin) = rope_tables(&ids, &self.cfg.axes_dim, self.cfg.theta)?;
+        let rope = Rope { cos, sin };
+        for block in &self.double_blocks {
+            (img, txt) = block.forward(&img, &txt, &vec, &rope)?;
+        }
+        let l_txt = txt.dim(1)?;
+        let mut joint = Tensor::cat(&[txt, img], 1)?;
+        for block in &self.single_blocks {
+            joint = block.forward(&joint, &vec, &rope)?;
+        }
+        let img = joint.narrow(1, l_txt, l_img)?;
+        self.final_layer.forward(&img, &vec)
+    }
+}
+
+/// Shape helper: (B, L, C) of a latent batch after patchify.
+pub fn token_shape(
+    cfg: &DitConfig,
+    b: usize,
+    latent_h: usize,
+    latent_w: usize,
+) -> (usize, usize, usize) {
+    let p = cfg.patch_size;
+    (b, (latent_h / p) * (latent_w / p), cfg.in_channels())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::embed::{grid_ids, patchify, text_ids, unpatchify};
+    use super::*;
+    use candle_core::{DType, Device};
+    use candle_nn::VarMap;
+
+    fn tiny() -> (Dit, VarMap) {
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        (Dit::new(&DitConfig::tiny(), vb).unwrap(), vm)
+    }
+
+    fn inputs(b: usize, dev: &Device) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor) {
+        let cfg = DitConfig::tiny();
+        let lat = Tensor::randn(0f32, 1.0, (b, cfg.latent_channels, 4, 6), dev).unwrap();
+        let img = patchify(&lat, cfg.patch_size).unwrap();
+        let img_ids = grid_ids(0, 4, 6, dev).unwrap();
+        let txt = Tensor::randn(0f32, 1.0, (b, 5, cfg.context_in_dim), dev).unwrap();
+        let txt_ids = text_ids(5, dev).unwrap();
+        let t = Tensor::rand(0f32, 1.0, b, dev).unwrap();
+        let y = Tensor::randn(0f32, 1.0, (b, cfg.vec_in_dim), dev).unwrap();
+        (img, img_ids, txt, txt_ids, t, y)
+    }
+
+    #[test]
+    fn forward_shapes_and_weight_keys() {
+        let dev = Device::Cpu;
+        let (dit, vm) = tiny();
+        let (img, img_ids, txt, txt_ids, t, y) = inputs(2, &dev);
+        let input = DitInput {
+            img: &img,
+            img_ids: &img_ids,
+            txt: &txt,
+            txt_ids: &txt_ids,
+            timesteps: &t,
+            y: &y,
+            guidance: None,
+            references: None,
+        };
+        let out = dit.forward(&input).unwrap();
+        assert_eq!(out.dims(), img.dims());
+        assert_eq!(unpatchify(&out, 1, 4, 6).unwrap().dims(), &[2, 4, 4, 6]);
+        let keys: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
+        for k in [
+            "img_in.weight",
+            "double_blocks.0.img_attn.qkv.weight",
+            "double_blocks.0.txt_attn.norm.key_norm.scale",
+            "double_blocks.0.img_mlp.2.bias",
+            "single_blocks.0.linear1.weight",
+            "single_blocks.0.modulation.lin.weight",
+            "final_layer.adaLN_modulation.1.weight",
+            "time_in.in_layer.weight",
+            "vector_in.out_layer.bias",
+        ] {
+            assert!(keys.iter().any(|x| x == k), "missing {k}");
+        }
+        let n: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
+        assert_eq!(n, DitConfig::tiny().num_params());
+    }
+
+    #[test]
+    fn samples_do_not_depend_on_their_batch() {
+        let dev = Device::Cpu;
+        let (dit, _) = tiny();
+        let (img, img_ids, txt, txt_ids, t, y) = inputs(3, &dev);
+        let full = dit
+            .forward(&DitInput {
+                img: &img,
+                img_ids: &img_ids,
+                txt: &txt,
+                txt_ids: &txt_ids,
+                timesteps: &t,
+                y: &y,
+                guidance: None,
+                references: None,
+            })
+            .unwrap();
+        let one = |i: usize| {
+            let n = |x: &Tensor| x.narrow(0, i, 1).unwrap();
+            dit.forward(&DitInput {
+                img: &n(&img),
+                img_ids: &img_ids,
+                txt: &n(&txt),
+                txt_ids: &txt_ids,
+                timesteps: &n(&t),
+                y: &n(&y),
+                guidance: None,
+                references: None,
+            })
+            .unwrap()
+        };
+        for i in 0..3 {
+            let d = (full.narrow(0, i, 1).unwrap() - one(i))
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-5, "sample {i} differs by {d}");
+        }
+    }
+
+    #[test]
+    fn reference_tokens_are_accepted_and_change_the_output() {
+        let dev = Device::Cpu;
+        let (dit, vm) = tiny();
+        // Zero-initialised adaLN gates would hide any effect; give every weight a random value.
+        for v in vm.all_vars() {
+            v.set(&Tensor::randn(0f32, 0.3, v.shape(), &dev).unwrap())
+                .unwrap();
+        }
+        let (img, img_ids, txt, txt_ids, t, y) = inputs(2, &dev);
+        let base = DitInput {
+            img: &img,
+            img_ids: &img_ids,
+            txt: &txt,
+            txt_ids: &txt_ids,
+            timesteps: &t,
+            y: &y,
+            guidance: None,
+            references: None,
+        };
+        let plain = dit.forward(&base).unwrap();
+        // Two references of different sizes, image indices 1 and 2.
+        let r1 = patchify(&Tensor::randn(0f32, 1.0, (2, 4, 2, 2), &dev).unwrap(), 1).unwrap();
+        let r2 = patchify(&Tensor::randn(0f32, 1.0, (2, 4, 4, 2), &dev).unwrap(), 1).unwrap();
+        let tokens = Tensor::cat(&[r1, r2], 1).unwrap();
+        let ids = Tensor::cat(
+            &[
+                grid_ids(1, 2, 2, &dev).unwrap(),
+                grid_ids(2, 4, 2, &dev).unwrap(),
+            ],
+            1,
+        )
+        .unwrap();
+        let with = dit
+            .forward(&DitInput {
+                references: Some(References {
+                    tokens: &tokens,
+                    ids: &ids,
+                }),
+                ..base
+            })
+            .unwrap();
+        assert_eq!(with.dims(), plain.dims());
+        let d = (with - plain)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d > 1e-4, "references had no effect");
+    }
+
+    #[test]
+    fn guidance_presets_require_guidance() {
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let cfg = DitConfig {
+            guidance_embed: true,
+            ..DitConfig::tiny()
+        };
+        let dit = Dit::new(&cfg, vb).unwrap();
+        let (img, img_ids, txt, txt_ids, t, y) = inputs(1, &Device::Cpu);
+        let input = DitInput {
+            img: &img,
+            img_ids: &img_ids,
+            txt: &txt,
+            txt_ids: &txt_ids,
+            timesteps: &t,
+            y: &y,
+            guidance: None,
+            references: None,
+        };
+        assert!(dit
+            .forward(&input)
+            .unwrap_err()
+            .to_string()
+            .contains("guidance"));
+    }
+
+    #[test]
+    fn wrong_weight_shapes_name_the_tensor() {
+        let dev = Device::Cpu;
+        let (_, vm) = tiny();
+        let mut ts: std::collections::HashMap<String, Tensor> = vm
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        ts.insert(
+            "img_in.weight".to_string(),
+            Tensor::zeros((32, 5), DType::F32, &dev).unwrap(),
+        );
+        let vb = VarBuilder::from_tensors(ts, DType::F32, &dev);
+        let e = Dit::new(&DitConfig::tiny(), vb).unwrap_err().to_string();
+        assert!(e.contains("img_in.weight"), "{e}");
+    }
+}

@@ -1,0 +1,16 @@
+//! Sprout's networks on candle.
+//!
+//! - [`dit`]: one MMDiT implementation (double-stream then single-stream blocks, adaLN-Zero,
+//!   RMS QK-norm, 3-axis rotary positions) whose config presets describe both Sprout's small
+//!   native model and FLUX.1; weight keys equal FLUX's module paths.
+//! - [`ae`]: the deep-compression autoencoder (f32: 256² → 8×8 latents).
+//! - [`text`]: the text-encoder trait, Sprout's word-piece tokenizer and small encoder.
+//! - [`ops`]: the differentiable building blocks the hot path uses.
+
+pub mod ae;
+pub mod dit;
+mod error;
+pub mod ops;
+pub mod text;
+
+pub use error::ModelError;
