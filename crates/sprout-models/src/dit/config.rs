@@ -122,7 +122,7 @@ impl DitConfig {
 
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::Config(m));
-        if self.num_heads == 0 || self.hidden_size % self.num_heads != 0 {
+        if self.num_heads == 0 || !self.hidden_size.is_multiple_of(self.num_heads) {
             return bad(format!(
                 "hidden_size {} is not a multiple of num_heads {}",
                 self.hidden_size, self.num_heads
@@ -135,7 +135,7 @@ impl DitConfig {
                 self.head_dim()
             ));
         }
-        if self.axes_dim.iter().any(|d| d % 2 != 0) {
+        if self.axes_dim.iter().any(|d| !d.is_multiple_of(2)) {
             return bad(format!("axes_dim {:?} must be even", self.axes_dim));
         }
         if self.patch_size == 0 || self.latent_channels == 0 {
