@@ -9,10 +9,12 @@ use crate::ops::{attention, layer_norm, modulate, rms_norm, rope_interleaved};
 
 const NORM_EPS: f64 = 1e-6;
 
-/// Rotary tables shared by every block of one forward pass.
+/// What every block of one forward pass shares: rotary tables and the optional additive
+/// key mask (B, 1, 1, L) that hides text padding.
 pub struct Rope {
     pub cos: Tensor,
     pub sin: Tensor,
+    pub mask: Option<Tensor>,
 }
 
 /// adaLN-Zero modulation: `lin(silu(vec))` split into 3 (single) or 6 (double) vectors.
@@ -80,7 +82,7 @@ fn split_qkv(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor, Tensor)> {
 fn rope_attention(q: &Tensor, k: &Tensor, v: &Tensor, rope: &Rope) -> Result<Tensor> {
     let q = rope_interleaved(q, &rope.cos, &rope.sin)?;
     let k = rope_interleaved(k, &rope.cos, &rope.sin)?;
-    let x = attention(&q, &k, v, None)?;
+    let x = attention(&q, &k, v, rope.mask.as_ref())?;
     let (b, h, l, d) = x.dims4()?;
     x.transpose(1, 2)?.reshape((b, l, h * d))
 }

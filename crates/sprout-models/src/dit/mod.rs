@@ -52,6 +52,9 @@ pub struct DitInput<'a> {
     pub y: &'a Tensor,
     /// Guidance scale (B,), for guidance-distilled presets.
     pub guidance: Option<&'a Tensor>,
+    /// Text mask (B, L_txt): 1 for real tokens, 0 for padding that attention must ignore.
+    /// FLUX attends to every text token (None).
+    pub txt_mask: Option<&'a Tensor>,
     pub references: Option<References<'a>>,
 }
 
@@ -113,7 +116,21 @@ impl Dit {
         let vec = (vec + self.vector_in.forward(x.y)?)?;
         let mut txt = self.txt_in.forward(x.txt)?;
         let (cos, sin) = rope_tables(&ids, &self.cfg.axes_dim, self.cfg.theta)?;
-        let rope = Rope { cos, sin };
+        let mask = match x.txt_mask {
+            Some(m) => {
+                let rest = ids.dim(1)? - m.dim(1)?;
+                let full = Tensor::cat(
+                    &[
+                        m.to_dtype(img.dtype())?,
+                        Tensor::ones((b, rest), img.dtype(), img.device())?,
+                    ],
+                    1,
+                )?;
+                Some(((full - 1.0)? * 1e9)?.unsqueeze(1)?.unsqueeze(1)?)
+            }
+            None => None,
+        };
+        let rope = Rope { cos, sin, mask };
         for block in &self.double_blocks {
             (img, txt) = block.forward(&img, &txt, &vec, &rope)?;
         }
@@ -176,6 +193,7 @@ mod tests {
             timesteps: &t,
             y: &y,
             guidance: None,
+            txt_mask: None,
             references: None,
         };
         let out = dit.forward(&input).unwrap();
@@ -213,6 +231,7 @@ mod tests {
                 timesteps: &t,
                 y: &y,
                 guidance: None,
+                txt_mask: None,
                 references: None,
             })
             .unwrap();
@@ -226,6 +245,7 @@ mod tests {
                 timesteps: &n(&t),
                 y: &n(&y),
                 guidance: None,
+                txt_mask: None,
                 references: None,
             })
             .unwrap()
@@ -261,6 +281,7 @@ mod tests {
             timesteps: &t,
             y: &y,
             guidance: None,
+            txt_mask: None,
             references: None,
         };
         let plain = dit.forward(&base).unwrap();
@@ -298,6 +319,58 @@ mod tests {
     }
 
     #[test]
+    fn masked_text_padding_changes_nothing() {
+        let dev = Device::Cpu;
+        let (dit, vm) = tiny();
+        for v in vm.all_vars() {
+            v.set(&Tensor::randn(0f32, 0.3, v.shape(), &dev).unwrap())
+                .unwrap();
+        }
+        let (img, img_ids, txt, txt_ids, t, y) = inputs(1, &dev);
+        let base = DitInput {
+            img: &img,
+            img_ids: &img_ids,
+            txt: &txt,
+            txt_ids: &txt_ids,
+            timesteps: &t,
+            y: &y,
+            guidance: None,
+            txt_mask: None,
+            references: None,
+        };
+        let plain = dit.forward(&base).unwrap();
+        // Three junk padding tokens, masked out.
+        let pad = Tensor::randn(0f32, 1.0, (1, 3, 16), &dev).unwrap();
+        let txt2 = Tensor::cat(&[&txt, &pad], 1).unwrap();
+        let ids2 = text_ids(8, &dev).unwrap();
+        let mask = Tensor::cat(
+            &[
+                Tensor::ones((1, 5), DType::F32, &dev).unwrap(),
+                Tensor::zeros((1, 3), DType::F32, &dev).unwrap(),
+            ],
+            1,
+        )
+        .unwrap();
+        let padded = dit
+            .forward(&DitInput {
+                txt: &txt2,
+                txt_ids: &ids2,
+                txt_mask: Some(&mask),
+                ..base
+            })
+            .unwrap();
+        let d = (plain - padded)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(d < 1e-5, "{d}");
+    }
+
+    #[test]
     fn guidance_presets_require_guidance() {
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
@@ -315,6 +388,7 @@ mod tests {
             timesteps: &t,
             y: &y,
             guidance: None,
+            txt_mask: None,
             references: None,
         };
         assert!(dit
