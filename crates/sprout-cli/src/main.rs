@@ -2,6 +2,7 @@
 
 mod eval_cmd;
 mod progress;
+mod train_cmd;
 mod world_cmd;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,8 @@ enum Command {
     World(world_cmd::WorldArgs),
     /// WorldEval: score images against the prompt set (or self-check the reader).
     Eval(eval_cmd::EvalArgs),
+    /// Train the autoencoder or the DiT from a TOML config (resumable).
+    Train(train_cmd::TrainArgs),
 }
 
 fn main() {
@@ -30,6 +33,7 @@ fn main() {
     let result = match cli.command {
         Command::World(a) => world_cmd::run(a),
         Command::Eval(a) => eval_cmd::run(a),
+        Command::Train(a) => train_cmd::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

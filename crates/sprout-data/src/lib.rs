@@ -1,8 +1,13 @@
 //! Training data: batched tensors of world samples, produced on the fly by worker threads.
 //!
-//! Sample `i` of a stream depends only on (seed, i), and batch `k` of a stream started at
-//! cursor `c` holds samples `c + k·B .. c + (k+1)·B`, so a run that saves its cursor resumes at
-//! exactly the sample where it stopped, whatever the number of workers.
+//! Sample `i` of a stream depends only on (seed, i); batch `k`'s canvas (and, with a pixel
+//! budget, its size) depends only on (seed, k). A stream position is (next batch, next
+//! sample), so a run that saves it resumes at exactly the sample where it stopped, whatever
+//! the number of workers.
+//!
+//! With `pixel_budget`, every batch holds as many samples of its canvas as fit the budget
+//! (greedy packing: small canvases give large batches), so steps cost about the same whatever
+//! the mix of shapes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -42,6 +47,9 @@ pub struct StreamConfig {
     pub workers: usize,
     /// Batches each worker may have ready ahead of the consumer.
     pub prefetch: usize,
+    /// When set, a batch holds `max(1, pixel_budget / (width·height))` samples instead of
+    /// `batch_size`.
+    pub pixel_budget: Option<u64>,
 }
 
 impl Default for StreamConfig {
@@ -53,14 +61,17 @@ impl Default for StreamConfig {
             caption_weights: [0.4, 0.35, 0.25],
             workers: 2,
             prefetch: 2,
+            pixel_budget: None,
         }
     }
 }
 
 impl StreamConfig {
     pub fn validate(&self) -> Result<(), DataError> {
-        if self.batch_size == 0 {
-            return Err(DataError::Config("batch_size must be at least 1".into()));
+        if self.batch_size == 0 || self.pixel_budget == Some(0) {
+            return Err(DataError::Config(
+                "batch_size and pixel_budget must be at least 1".into(),
+            ));
         }
         if self.workers == 0 || self.prefetch == 0 {
             return Err(DataError::Config(
@@ -103,10 +114,37 @@ fn pick_level(weights: [f32; 3], seed: u64, index: u64) -> CaptionLevel {
     CaptionLevel::Long
 }
 
-/// Build the batch whose first sample is `first`.
-pub fn make_batch(cfg: &StreamConfig, first: u64) -> Result<Batch, DataError> {
-    let (w, h) = batch_canvas(&cfg.sampler, cfg.seed, first);
-    let b = cfg.batch_size;
+/// Where a stream stands: the next batch's index and its first sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct StreamPos {
+    pub batch: u64,
+    pub sample: u64,
+}
+
+impl StreamConfig {
+    /// Canvas and sample count of batch `k`.
+    pub fn batch_shape(&self, k: u64) -> (u32, u32, usize) {
+        let (w, h) = batch_canvas(&self.sampler, self.seed, k);
+        let n = match self.pixel_budget {
+            Some(budget) => (budget / (w as u64 * h as u64)).max(1) as usize,
+            None => self.batch_size,
+        };
+        (w, h, n)
+    }
+
+    /// The position after batch `pos.batch`.
+    pub fn advance(&self, pos: StreamPos) -> StreamPos {
+        StreamPos {
+            batch: pos.batch + 1,
+            sample: pos.sample + self.batch_shape(pos.batch).2 as u64,
+        }
+    }
+}
+
+/// Build the batch at `pos`.
+pub fn make_batch(cfg: &StreamConfig, pos: StreamPos) -> Result<Batch, DataError> {
+    let (w, h, b) = cfg.batch_shape(pos.batch);
+    let first = pos.sample;
     let plane = (w * h) as usize;
     let mut data = vec![0f32; b * 3 * plane];
     let mut captions = Vec::with_capacity(b);
@@ -141,7 +179,7 @@ pub fn make_batch(cfg: &StreamConfig, first: u64) -> Result<Batch, DataError> {
 /// An endless, ordered, resumable stream of batches made by worker threads.
 pub struct DataStream {
     cfg: StreamConfig,
-    start: u64,
+    pos: StreamPos,
     next: u64,
     receivers: Vec<Receiver<Result<Batch, DataError>>>,
     stop: Arc<AtomicBool>,
@@ -149,8 +187,8 @@ pub struct DataStream {
 }
 
 impl DataStream {
-    /// Start a stream whose first batch begins at sample `cursor`.
-    pub fn new(cfg: StreamConfig, cursor: u64) -> Result<DataStream, DataError> {
+    /// Start a stream at `pos` (`StreamPos::default()` for a fresh one).
+    pub fn new(cfg: StreamConfig, pos: StreamPos) -> Result<DataStream, DataError> {
         cfg.validate()?;
         let stop = Arc::new(AtomicBool::new(false));
         let mut receivers = Vec::new();
@@ -159,21 +197,24 @@ impl DataStream {
             let (tx, rx) = sync_channel(cfg.prefetch);
             let (cfg_w, stop_w) = (cfg.clone(), stop.clone());
             handles.push(std::thread::spawn(move || {
-                let b = cfg_w.batch_size as u64;
-                let mut k = w as u64;
+                // Walk the plan; build only this worker's batches (every workers-th one).
+                let mut p = pos;
+                let mut k = 0u64;
                 while !stop_w.load(Ordering::Relaxed) {
-                    let batch = make_batch(&cfg_w, cursor + k * b);
-                    if tx.send(batch).is_err() {
+                    if k % cfg_w.workers as u64 == w as u64
+                        && tx.send(make_batch(&cfg_w, p)).is_err()
+                    {
                         break;
                     }
-                    k += cfg_w.workers as u64;
+                    p = cfg_w.advance(p);
+                    k += 1;
                 }
             }));
             receivers.push(rx);
         }
         Ok(DataStream {
             cfg,
-            start: cursor,
+            pos,
             next: 0,
             receivers,
             stop,
@@ -181,9 +222,9 @@ impl DataStream {
         })
     }
 
-    /// The sample index the next batch starts at: save it to resume exactly here.
-    pub fn cursor(&self) -> u64 {
-        self.start + self.next * self.cfg.batch_size as u64
+    /// Where the next batch starts: save it to resume exactly here.
+    pub fn position(&self) -> StreamPos {
+        self.pos
     }
 
     pub fn config(&self) -> &StreamConfig {
@@ -200,6 +241,7 @@ impl Iterator for DataStream {
             .recv()
             .unwrap_or(Err(DataError::WorkerGone));
         self.next += 1;
+        self.pos = self.cfg.advance(self.pos);
         Some(item)
     }
 }
@@ -236,8 +278,8 @@ mod tests {
         }
     }
 
-    fn take(cfg: StreamConfig, cursor: u64, n: usize) -> Vec<Batch> {
-        DataStream::new(cfg, cursor)
+    fn take(cfg: StreamConfig, pos: StreamPos, n: usize) -> Vec<Batch> {
+        DataStream::new(cfg, pos)
             .unwrap()
             .take(n)
             .map(|b| b.unwrap())
@@ -254,15 +296,21 @@ mod tests {
 
     #[test]
     fn resumes_exactly_and_ignores_worker_count() {
-        let full = take(cfg(2), 0, 5);
-        let mut s = DataStream::new(cfg(3), 0).unwrap();
+        let full = take(cfg(2), StreamPos::default(), 5);
+        let mut s = DataStream::new(cfg(3), StreamPos::default()).unwrap();
         for b in full.iter().take(2) {
             assert!(same(b, &s.next().unwrap().unwrap()));
         }
-        let cursor = s.cursor();
-        assert_eq!(cursor, 6);
+        let pos = s.position();
+        assert_eq!(
+            pos,
+            StreamPos {
+                batch: 2,
+                sample: 6
+            }
+        );
         drop(s);
-        let resumed = take(cfg(1), cursor, 3);
+        let resumed = take(cfg(1), pos, 3);
         for (a, b) in full[2..].iter().zip(&resumed) {
             assert!(
                 same(a, b),
@@ -275,7 +323,7 @@ mod tests {
     #[test]
     fn batches_hold_the_rendered_samples() {
         let c = cfg(2);
-        let b = &take(c.clone(), 0, 1)[0];
+        let b = &take(c.clone(), StreamPos::default(), 1)[0];
         assert_eq!(b.images.dims(), &[3, 3, 64, 64]);
         let v = b.images.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!(v.iter().all(|x| (-1.0..=1.0).contains(x)));
@@ -296,7 +344,7 @@ mod tests {
         let mut c = cfg(2);
         c.sampler.canvas = CanvasChoice::AnyAspect;
         c.sampler.base_side = 64;
-        let bs = take(c, 0, 8);
+        let bs = take(c, StreamPos::default(), 8);
         let shapes: std::collections::HashSet<_> =
             bs.iter().map(|b| b.images.dims().to_vec()).collect();
         assert!(shapes.len() > 1);
@@ -310,12 +358,38 @@ mod tests {
     }
 
     #[test]
+    fn pixel_budget_packs_batches_and_resumes() {
+        let mut c = cfg(2);
+        c.sampler.canvas = CanvasChoice::AnyAspect;
+        c.sampler.base_side = 64;
+        c.pixel_budget = Some(6 * 64 * 64);
+        let full = take(c.clone(), StreamPos::default(), 6);
+        let mut next = 0;
+        for b in &full {
+            let d = b.images.dims();
+            let px = (d[2] * d[3]) as u64;
+            assert_eq!(d[0] as u64, (6 * 64 * 64 / px).max(1));
+            assert!(d[0] as u64 * px <= 6 * 64 * 64);
+            assert_eq!(b.first_sample, next);
+            next += d[0] as u64;
+        }
+        let mut s = DataStream::new(c.clone(), StreamPos::default()).unwrap();
+        s.next();
+        s.next();
+        s.next();
+        let resumed = take(c, s.position(), 3);
+        for (a, b) in full[3..].iter().zip(&resumed) {
+            assert!(same(a, b));
+        }
+    }
+
+    #[test]
     fn bad_config_is_refused() {
         let mut c = cfg(1);
         c.batch_size = 0;
-        assert!(DataStream::new(c, 0).is_err());
+        assert!(DataStream::new(c, StreamPos::default()).is_err());
         let mut c = cfg(1);
         c.caption_weights = [0.0; 3];
-        assert!(DataStream::new(c, 0).is_err());
+        assert!(DataStream::new(c, StreamPos::default()).is_err());
     }
 }

@@ -76,6 +76,18 @@ fn conv(cin: usize, cout: usize, k: usize, vb: VarBuilder) -> Result<Conv2d> {
     candle_nn::conv2d(cin, cout, k, cfg, vb)
 }
 
+/// A convolution initialised to zero: residual branches and resolution changes start as
+/// their parameter-free shortcuts.
+fn zero_conv(cin: usize, cout: usize, k: usize, vb: VarBuilder) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding: k / 2,
+        ..Default::default()
+    };
+    let w = vb.get_with_hints((cout, cin, k, k), "weight", candle_nn::Init::Const(0.0))?;
+    let b = vb.get_with_hints(cout, "bias", candle_nn::Init::Const(0.0))?;
+    Ok(Conv2d::new(w, Some(b), cfg))
+}
+
 /// RMS norm over channels of a (B, C, H, W) map, learned per-channel scale.
 #[derive(Debug, Clone)]
 struct ChannelNorm {
@@ -112,7 +124,7 @@ impl ResBlock {
         Ok(ResBlock {
             norm: ChannelNorm::new(c, vb.pp("norm"))?,
             conv1: conv(c, mid, k, vb.pp("conv1"))?,
-            conv2: conv(mid, c, k, vb.pp("conv2"))?,
+            conv2: zero_conv(mid, c, k, vb.pp("conv2"))?,
         })
     }
 }
@@ -148,7 +160,7 @@ struct Down {
 impl Down {
     fn new(cin: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Down {
-            proj: conv(4 * cin, cout, 1, vb.pp("proj"))?,
+            proj: zero_conv(4 * cin, cout, 1, vb.pp("proj"))?,
             cout,
         })
     }
@@ -172,7 +184,7 @@ struct Up {
 impl Up {
     fn new(cin: usize, cout: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Up {
-            proj: conv(cin, 4 * cout, 1, vb.pp("proj"))?,
+            proj: zero_conv(cin, 4 * cout, 1, vb.pp("proj"))?,
             cin,
             cout,
         })
@@ -225,7 +237,7 @@ impl Encoder {
             s16: blocks(cfg.encoder_blocks[1], w16, 3, vb.pp("s16"))?,
             down32: Down::new(w16, w32, vb.pp("down32"))?,
             s32: blocks(cfg.encoder_blocks[2], w32, 3, vb.pp("s32"))?,
-            out: conv(w32, cfg.latent_channels, 1, vb.pp("out"))?,
+            out: zero_conv(w32, cfg.latent_channels, 1, vb.pp("out"))?,
             latent: cfg.latent_channels,
         })
     }
@@ -251,7 +263,7 @@ impl Decoder {
     fn new(cfg: &AeConfig, vb: VarBuilder) -> Result<Self> {
         let [w8, w16, w32] = cfg.widths;
         Ok(Decoder {
-            stem: conv(cfg.latent_channels, w32, 1, vb.pp("stem"))?,
+            stem: zero_conv(cfg.latent_channels, w32, 1, vb.pp("stem"))?,
             s32: blocks(cfg.decoder_blocks[0], w32, 3, vb.pp("s32"))?,
             up16: Up::new(w32, w16, vb.pp("up16"))?,
             s16: blocks(cfg.decoder_blocks[1], w16, 3, vb.pp("s16"))?,

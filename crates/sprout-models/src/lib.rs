@@ -10,6 +10,7 @@
 pub mod ae;
 pub mod dit;
 mod error;
+pub mod init;
 pub mod ops;
 pub mod text;
 

@@ -377,9 +377,9 @@ fn with_captions(scene: Scene, seed: u64, index: u64) -> Sample {
     Sample { scene, captions }
 }
 
-/// The canvas of a batch whose first sample is `index`: every sample of a batch shares it.
-pub fn batch_canvas(cfg: &SamplerConfig, seed: u64, index: u64) -> (u32, u32) {
-    canvas_size(cfg, &mut rng_for(seed, purpose::BATCH, index))
+/// The canvas of batch `batch`: every sample of a batch shares it.
+pub fn batch_canvas(cfg: &SamplerConfig, seed: u64, batch: u64) -> (u32, u32) {
+    canvas_size(cfg, &mut rng_for(seed, purpose::BATCH, batch))
 }
 
 #[cfg(test)]

@@ -1,0 +1,164 @@
+//! A model bundle: the autoencoder, DiT and text encoder of one model, each a safetensors
+//! file whose keys are module paths, with a JSON config per component and `model.json`.
+//!
+//! ```text
+//! model.json          name, component configs, sampling defaults, training summary
+//! ae.safetensors      autoencoder (encoder.*, decoder.*)
+//! dit.safetensors     MMDiT (FLUX module paths)
+//! text.safetensors    text encoder
+//! tokenizer.json      word-piece tokenizer
+//! ```
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+use sprout_models::ae::{AeConfig, Autoencoder};
+use sprout_models::dit::{Dit, DitConfig};
+use sprout_models::text::{SmallTextEncoder, TextConfig};
+use tokenizers::Tokenizer;
+
+use crate::flow::{Sampler, ShiftConfig};
+use crate::PipelineError;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BundleMeta {
+    pub name: String,
+    pub ae: AeConfig,
+    pub dit: DitConfig,
+    pub text: TextConfig,
+    #[serde(default)]
+    pub shift: ShiftConfig,
+    pub default_steps: usize,
+    pub default_guidance: f64,
+    pub sampler: Sampler,
+    /// Largest canvas side the model accepts.
+    pub max_side: u32,
+    /// Free-form training summary (steps, samples, data).
+    #[serde(default)]
+    pub trained: serde_json::Value,
+}
+
+pub struct Bundle {
+    pub meta: BundleMeta,
+    pub ae: Autoencoder,
+    pub dit: Dit,
+    pub text: SmallTextEncoder,
+}
+
+/// Reject NaN or infinite weights, naming the tensor.
+pub fn check_finite(
+    file: &str,
+    tensors: &std::collections::HashMap<String, Tensor>,
+) -> Result<(), PipelineError> {
+    for (name, t) in tensors {
+        let s = t
+            .to_dtype(DType::F32)?
+            .abs()?
+            .sum_all()?
+            .to_scalar::<f32>()?;
+        if !s.is_finite() {
+            return Err(PipelineError::Weights(format!(
+                "{file}: tensor {name} holds NaN or infinite values"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Read a safetensors file into F32 tensors, with a clear error naming the file.
+pub fn read_tensors(
+    path: &Path,
+    device: &Device,
+) -> Result<std::collections::HashMap<String, Tensor>, PipelineError> {
+    if !path.is_file() {
+        return Err(PipelineError::Weights(format!(
+            "missing weight file {}",
+            path.display()
+        )));
+    }
+    let t = candle_core::safetensors::load(path, device).map_err(|e| {
+        PipelineError::Weights(format!(
+            "{}: not a readable safetensors file ({e})",
+            path.display()
+        ))
+    })?;
+    let t = t
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
+        .collect::<Result<_, candle_core::Error>>()?;
+    check_finite(&path.display().to_string(), &t)?;
+    Ok(t)
+}
+
+/// Parse tensors from an in-memory safetensors image (the embedded default).
+pub fn parse_tensors(
+    name: &str,
+    bytes: &[u8],
+    device: &Device,
+) -> Result<std::collections::HashMap<String, Tensor>, PipelineError> {
+    let t = candle_core::safetensors::load_buffer(bytes, device).map_err(|e| {
+        PipelineError::Weights(format!("{name}: not a readable safetensors image ({e})"))
+    })?;
+    let t = t
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_dtype(DType::F32)?)))
+        .collect::<Result<_, candle_core::Error>>()?;
+    check_finite(name, &t)?;
+    Ok(t)
+}
+
+fn vb(t: std::collections::HashMap<String, Tensor>, device: &Device) -> VarBuilder<'static> {
+    VarBuilder::from_tensors(t, DType::F32, device)
+}
+
+pub fn load_ae(dir: &Path, device: &Device) -> Result<Autoencoder, PipelineError> {
+    let cfg_path = dir.join("ae.json");
+    let text = std::fs::read_to_string(&cfg_path)
+        .map_err(|e| PipelineError::Weights(format!("{}: {e}", cfg_path.display())))?;
+    let cfg: AeConfig = serde_json::from_str(&text)
+        .map_err(|e| PipelineError::Weights(format!("{}: {e}", cfg_path.display())))?;
+    let t = read_tensors(&dir.join("ae.safetensors"), device)?;
+    Autoencoder::new(&cfg, vb(t, device))
+        .map_err(|e| PipelineError::Weights(format!("ae.safetensors: {e}")))
+}
+
+impl Bundle {
+    pub fn from_parts(
+        meta: BundleMeta,
+        ae: std::collections::HashMap<String, Tensor>,
+        dit: std::collections::HashMap<String, Tensor>,
+        text: std::collections::HashMap<String, Tensor>,
+        tokenizer: Tokenizer,
+        device: &Device,
+    ) -> Result<Bundle, PipelineError> {
+        let w = |f: &str, e: sprout_models::ModelError| PipelineError::Weights(format!("{f}: {e}"));
+        Ok(Bundle {
+            ae: Autoencoder::new(&meta.ae, vb(ae, device)).map_err(|e| w("ae.safetensors", e))?,
+            dit: Dit::new(&meta.dit, vb(dit, device)).map_err(|e| w("dit.safetensors", e))?,
+            text: SmallTextEncoder::new(&meta.text, tokenizer, vb(text, device))
+                .map_err(|e| w("text.safetensors", e))?,
+            meta,
+        })
+    }
+
+    pub fn load_dir(dir: &Path, device: &Device) -> Result<Bundle, PipelineError> {
+        let meta_path = dir.join("model.json");
+        let text = std::fs::read_to_string(&meta_path)
+            .map_err(|e| PipelineError::Weights(format!("{}: {e}", meta_path.display())))?;
+        let meta: BundleMeta = serde_json::from_str(&text)
+            .map_err(|e| PipelineError::Weights(format!("{}: {e}", meta_path.display())))?;
+        let tok_path = dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::from_file(&tok_path)
+            .map_err(|e| PipelineError::Weights(format!("{}: {e}", tok_path.display())))?;
+        Bundle::from_parts(
+            meta,
+            read_tensors(&dir.join("ae.safetensors"), device)?,
+            read_tensors(&dir.join("dit.safetensors"), device)?,
+            read_tensors(&dir.join("text.safetensors"), device)?,
+            tokenizer,
+            device,
+        )
+    }
+}

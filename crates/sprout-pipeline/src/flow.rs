@@ -1,0 +1,228 @@
+//! Rectified flow: the interpolation, the velocity target, timestep sampling and shifting,
+//! the sampling schedule, and the Euler and Heun samplers.
+//!
+//! Convention (FLUX / SD3): `x_t = (1 − t)·x₀ + t·ε`, t = 1 is pure noise, and the network
+//! predicts the velocity `v = ε − x₀`, so `dx/dt = v` and sampling integrates from t = 1 to 0.
+
+use candle_core::{Result, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// The resolution-dependent shift: `mu` grows linearly with the number of image tokens,
+/// through (base_len, base_shift) and (max_len, max_shift), as FLUX does.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ShiftConfig {
+    pub base_len: f64,
+    pub base_shift: f64,
+    pub max_len: f64,
+    pub max_shift: f64,
+}
+
+impl Default for ShiftConfig {
+    fn default() -> Self {
+        // FLUX.1's values.
+        ShiftConfig {
+            base_len: 256.0,
+            base_shift: 0.5,
+            max_len: 4096.0,
+            max_shift: 1.15,
+        }
+    }
+}
+
+impl ShiftConfig {
+    pub fn mu(&self, image_tokens: usize) -> f64 {
+        let m = (self.max_shift - self.base_shift) / (self.max_len - self.base_len);
+        let b = self.base_shift - m * self.base_len;
+        m * image_tokens as f64 + b
+    }
+}
+
+/// `e^mu / (e^mu + (1/t − 1))`: moves t towards 1 (more noise) for larger images.
+pub fn time_shift(mu: f64, t: f64) -> f64 {
+    if t <= 0.0 {
+        return 0.0;
+    }
+    if t >= 1.0 {
+        return 1.0;
+    }
+    mu.exp() / (mu.exp() + (1.0 / t - 1.0))
+}
+
+/// Training timestep from a standard normal draw `n`: logit-normal `sigmoid(n)`, then shifted.
+pub fn train_timestep(n: f64, mu: f64) -> f64 {
+    time_shift(mu, 1.0 / (1.0 + (-n).exp()))
+}
+
+/// The sampling schedule: `steps + 1` times from 1 to 0, evenly spaced then shifted.
+pub fn schedule(steps: usize, mu: f64) -> Vec<f64> {
+    (0..=steps)
+        .map(|i| time_shift(mu, 1.0 - i as f64 / steps as f64))
+        .collect()
+}
+
+/// `x_t` and the velocity target for data `x0`, noise `eps` and times `t` (B,).
+pub fn interpolate(x0: &Tensor, eps: &Tensor, t: &Tensor) -> Result<(Tensor, Tensor)> {
+    let shape: Vec<usize> = std::iter::once(x0.dim(0)?)
+        .chain(std::iter::repeat_n(1, x0.rank() - 1))
+        .collect();
+    let t = t.reshape(shape)?;
+    let xt = (x0.broadcast_mul(&(1.0 - &t)?)? + eps.broadcast_mul(&t)?)?;
+    let v = (eps - x0)?;
+    Ok((xt, v))
+}
+
+/// Mean squared error between predicted and target velocity.
+pub fn flow_loss(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    (pred - target)?.sqr()?.mean_all()
+}
+
+/// One Euler step from `t` to `t_next` with velocity `v`.
+pub fn euler_step(x: &Tensor, v: &Tensor, t: f64, t_next: f64) -> Result<Tensor> {
+    x + (v * (t_next - t))?
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Sampler {
+    Euler,
+    /// Heun's second-order method (one extra evaluation per step, except the last).
+    Heun,
+}
+
+impl Sampler {
+    pub fn parse(s: &str) -> std::result::Result<Sampler, String> {
+        match s {
+            "euler" => Ok(Sampler::Euler),
+            "heun" => Ok(Sampler::Heun),
+            _ => Err(format!("unknown sampler {s:?}; samplers: euler, heun")),
+        }
+    }
+}
+
+/// Integrate from noise `x` along `times` with velocity function `f(x, t)`; `on_step` is
+/// called after each step with (step index, current x).
+pub fn sample(
+    x: Tensor,
+    times: &[f64],
+    sampler: Sampler,
+    mut f: impl FnMut(&Tensor, f64) -> Result<Tensor>,
+    mut on_step: impl FnMut(usize, &Tensor) -> Result<()>,
+) -> Result<Tensor> {
+    let mut x = x;
+    for (i, w) in times.windows(2).enumerate() {
+        let (t, tn) = (w[0], w[1]);
+        let v = f(&x, t)?;
+        x = match sampler {
+            Sampler::Euler => euler_step(&x, &v, t, tn)?,
+            Sampler::Heun if tn > 0.0 => {
+                let x1 = euler_step(&x, &v, t, tn)?;
+                let v1 = f(&x1, tn)?;
+                euler_step(&x, &((v + v1)? * 0.5)?, t, tn)?
+            }
+            Sampler::Heun => euler_step(&x, &v, t, tn)?,
+        };
+        on_step(i, &x)?;
+    }
+    Ok(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn shift_closed_form() {
+        let s = ShiftConfig::default();
+        assert!((s.mu(256) - 0.5).abs() < 1e-12 && (s.mu(4096) - 1.15).abs() < 1e-12);
+        // mu = ln 3: t = 0.5 → 3 / (3 + 1) = 0.75.
+        assert!((time_shift(3f64.ln(), 0.5) - 0.75).abs() < 1e-12);
+        assert_eq!(time_shift(1.0, 0.0), 0.0);
+        assert_eq!(time_shift(1.0, 1.0), 1.0);
+        // n = 0 → sigmoid 0.5 → unshifted 0.5.
+        assert!((train_timestep(0.0, 0.0) - 0.5).abs() < 1e-12);
+        let sch = schedule(4, 0.0);
+        assert_eq!(sch, vec![1.0, 0.75, 0.5, 0.25, 0.0]);
+    }
+
+    #[test]
+    fn interpolation_loss_and_euler_by_hand() {
+        let dev = Device::Cpu;
+        let x0 = Tensor::new(&[[1f32, 2.], [3., 4.]], &dev).unwrap();
+        let eps = Tensor::new(&[[0f32, 0.], [1., -1.]], &dev).unwrap();
+        let t = Tensor::new(&[0.25f32, 0.5], &dev).unwrap();
+        let (xt, v) = interpolate(&x0, &eps, &t).unwrap();
+        // Row 0: 0.75·[1,2]; row 1: 0.5·[3,4] + 0.5·[1,-1] = [2, 1.5].
+        assert_eq!(
+            xt.to_vec2::<f32>().unwrap(),
+            vec![vec![0.75, 1.5], vec![2.0, 1.5]]
+        );
+        assert_eq!(
+            v.to_vec2::<f32>().unwrap(),
+            vec![vec![-1., -2.], vec![-2., -5.]]
+        );
+        let pred = Tensor::new(&[[0f32, -2.], [-2., -1.]], &dev).unwrap();
+        // Errors 1, 0, 0, 4 → squares 1, 0, 0, 16 → mean 4.25.
+        assert_eq!(
+            flow_loss(&pred, &v).unwrap().to_scalar::<f32>().unwrap(),
+            4.25
+        );
+        // Euler from t = 0.5 to 0.25 with v: x + (−0.25)·v.
+        let x = euler_step(&xt, &v, 0.5, 0.25)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(x, vec![vec![1.0, 2.0], vec![2.5, 2.75]]);
+    }
+
+    #[test]
+    fn exact_velocity_recovers_the_data_with_any_sampler() {
+        // For a single data point x0 the exact velocity field is (x − x0)/t; both samplers
+        // must land on x0 from any noise.
+        let dev = Device::Cpu;
+        let x0 = Tensor::new(&[0.3f32, -1.2, 2.0], &dev).unwrap();
+        let noise = Tensor::new(&[1.0f32, 0.5, -0.7], &dev).unwrap();
+        for sampler in [Sampler::Euler, Sampler::Heun] {
+            let out = sample(
+                noise.clone(),
+                &schedule(8, 0.5),
+                sampler,
+                |x, t| (x - &x0)? / t,
+                |_, _| Ok(()),
+            )
+            .unwrap();
+            let d = (out - &x0)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(d < 1e-5, "{sampler:?}: {d}");
+        }
+    }
+
+    #[test]
+    fn heun_is_second_order() {
+        // dx/dt = x from t = 1 to 0 (x(0) = x(1)/e): Heun's error shrinks ~4x when steps double.
+        let dev = Device::Cpu;
+        let err = |sampler, steps| {
+            let x = Tensor::new(&[1f64], &dev).unwrap();
+            let out = sample(
+                x,
+                &schedule(steps, 0.0),
+                sampler,
+                |x, _| Ok(x.clone()),
+                |_, _| Ok(()),
+            )
+            .unwrap();
+            (out.to_vec1::<f64>().unwrap()[0] - (-1f64).exp()).abs()
+        };
+        let (e1, e2) = (err(Sampler::Heun, 8), err(Sampler::Heun, 16));
+        assert!(e1 / e2 > 3.5, "{e1} {e2}");
+        let (f1, f2) = (err(Sampler::Euler, 8), err(Sampler::Euler, 16));
+        assert!((1.7..2.3).contains(&(f1 / f2)), "{f1} {f2}");
+        assert!(e2 < f2);
+    }
+}

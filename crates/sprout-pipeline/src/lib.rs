@@ -1,0 +1,20 @@
+//! From prompt to pixels: rectified-flow sampling over the MMDiT and the autoencoder.
+
+pub mod bundle;
+pub mod flow;
+pub mod noise;
+
+use thiserror::Error;
+
+/// Errors of the pipeline, each naming what is wrong.
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    #[error("{0}")]
+    Weights(String),
+    #[error("invalid request: {0}")]
+    Request(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+    #[error(transparent)]
+    Model(#[from] sprout_models::ModelError),
+}

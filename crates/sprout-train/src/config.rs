@@ -1,0 +1,254 @@
+//! Training configuration, read from TOML.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::optim::OptimConfig;
+use crate::TrainError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// The autoencoder (reconstruction).
+    Ae,
+    /// The DiT and text encoder (rectified flow over frozen autoencoder latents).
+    Dit,
+}
+
+/// A training stage: a number of steps at a canvas size (the report trains at low
+/// resolution first, then higher).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stage {
+    pub steps: u64,
+    /// Shorter-side scale of the canvas (about side² pixels).
+    pub side: u32,
+    /// `square` or `any` (all named aspect ratios, bucketed per step).
+    #[serde(default = "square")]
+    pub aspect: String,
+    /// Samples per step (fixed batches) ...
+    #[serde(default)]
+    pub batch: Option<usize>,
+    /// ... or a pixel budget per step (greedy packing: batch = budget / canvas pixels).
+    #[serde(default)]
+    pub pixel_budget: Option<u64>,
+}
+
+fn square() -> String {
+    "square".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AeSection {
+    pub preset: String,
+    /// Train on random crops of this side (0 = whole images).
+    pub crop: u32,
+    /// L1 weight added to the MSE reconstruction loss.
+    pub l1: f64,
+}
+
+impl Default for AeSection {
+    fn default() -> Self {
+        AeSection {
+            preset: "native".into(),
+            crop: 128,
+            l1: 0.5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DitSection {
+    pub preset: String,
+    /// A trained autoencoder: an exported bundle directory or an AE run's checkpoint directory.
+    pub ae: PathBuf,
+    pub text_dim: usize,
+    pub text_layers: usize,
+    pub text_heads: usize,
+    pub text_max_len: usize,
+    /// Probability of training on the empty caption (classifier-free guidance).
+    pub caption_dropout: f64,
+    /// Captions sampled to build the tokenizer's vocabulary.
+    pub vocab_samples: u64,
+}
+
+impl Default for DitSection {
+    fn default() -> Self {
+        DitSection {
+            preset: "native-small".into(),
+            ae: PathBuf::new(),
+            text_dim: 256,
+            text_layers: 4,
+            text_heads: 4,
+            text_max_len: 48,
+            caption_dropout: 0.1,
+            vocab_samples: 20_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DataSection {
+    pub workers: usize,
+    pub caption_weights: [f32; 3],
+    pub text_prob: f32,
+    pub icon_prob: f32,
+    pub min_objects: usize,
+    pub max_objects: usize,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        DataSection {
+            workers: 1,
+            caption_weights: [0.5, 0.35, 0.15],
+            text_prob: 0.3,
+            icon_prob: 0.35,
+            min_objects: 1,
+            max_objects: 4,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub kind: Kind,
+    /// Checkpoint directory (outside the repository for long runs).
+    pub out: PathBuf,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default = "log_every")]
+    pub log_every: u64,
+    #[serde(default = "ckpt_every")]
+    pub ckpt_every: u64,
+    #[serde(default)]
+    pub optim: OptimConfig,
+    #[serde(default)]
+    pub ae: AeSection,
+    #[serde(default)]
+    pub dit: DitSection,
+    #[serde(default)]
+    pub data: DataSection,
+    #[serde(rename = "stage")]
+    pub stages: Vec<Stage>,
+}
+
+fn log_every() -> u64 {
+    10
+}
+
+fn ckpt_every() -> u64 {
+    200
+}
+
+impl TrainConfig {
+    pub fn from_toml(text: &str) -> Result<TrainConfig, TrainError> {
+        let cfg: TrainConfig =
+            toml::from_str(text).map_err(|e| TrainError::Config(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        if self.log_every == 0 || self.ckpt_every == 0 {
+            return bad("log_every and ckpt_every must be at least 1".into());
+        }
+        if self.stages.is_empty() {
+            return bad("at least one [[stage]] is needed".into());
+        }
+        for (i, s) in self.stages.iter().enumerate() {
+            if s.steps == 0 {
+                return bad(format!("stage {i}: steps must be positive"));
+            }
+            if s.batch.is_some() == s.pixel_budget.is_some() {
+                return bad(format!(
+                    "stage {i}: give exactly one of batch and pixel_budget"
+                ));
+            }
+            if s.aspect != "square" && s.aspect != "any" {
+                return bad(format!(
+                    "stage {i}: aspect {:?} must be \"square\" or \"any\"",
+                    s.aspect
+                ));
+            }
+            if !s.side.is_multiple_of(32) || s.side == 0 {
+                return bad(format!(
+                    "stage {i}: side {} must be a positive multiple of 32",
+                    s.side
+                ));
+            }
+        }
+        if self.kind == Kind::Ae && !self.ae.crop.is_multiple_of(32) {
+            return bad(format!("ae.crop {} must be a multiple of 32", self.ae.crop));
+        }
+        if self.kind == Kind::Dit && self.dit.ae.as_os_str().is_empty() {
+            return bad("dit.ae must name a trained autoencoder directory".into());
+        }
+        if !(0.0..1.0).contains(&self.dit.caption_dropout) {
+            return bad(format!(
+                "dit.caption_dropout {} must be in [0, 1)",
+                self.dit.caption_dropout
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn total_steps(&self) -> u64 {
+        self.stages.iter().map(|s| s.steps).sum()
+    }
+
+    /// The stage of global step `step` and the step it starts at.
+    pub fn stage_at(&self, step: u64) -> (usize, u64) {
+        let mut start = 0;
+        for (i, s) in self.stages.iter().enumerate() {
+            if step < start + s.steps {
+                return (i, start);
+            }
+            start += s.steps;
+        }
+        (
+            self.stages.len() - 1,
+            start - self.stages.last().map(|s| s.steps).unwrap_or(0),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects() {
+        let text = r#"
+            kind = "ae"
+            out = "/tmp/x"
+            [optim]
+            lr = 0.001
+            [[stage]]
+            steps = 10
+            side = 128
+            batch = 4
+            [[stage]]
+            steps = 5
+            side = 256
+            aspect = "any"
+            pixel_budget = 65536
+        "#;
+        let c = TrainConfig::from_toml(text).unwrap();
+        assert_eq!(c.total_steps(), 15);
+        assert_eq!(c.stage_at(9), (0, 0));
+        assert_eq!(c.stage_at(10), (1, 10));
+        assert_eq!(c.optim.lr, 0.001);
+        assert_eq!(c.optim.beta1, 0.9);
+        let e = TrainConfig::from_toml(&text.replace("batch = 4", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stage 0"), "{e}");
+        assert!(TrainConfig::from_toml(&text.replace("side = 128", "side = 100")).is_err());
+        assert!(TrainConfig::from_toml("kind = \"gan\"").is_err());
+    }
+}

@@ -1,0 +1,184 @@
+//! DiT training: rectified flow over frozen autoencoder latents, with the text encoder
+//! trained jointly and captions dropped for classifier-free guidance.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use rand::Rng;
+use rand_distr::StandardNormal;
+use sprout_data::Batch;
+use sprout_models::ae::Autoencoder;
+use sprout_models::dit::embed::{grid_ids, patchify, text_ids};
+use sprout_models::dit::{Dit, DitConfig, DitInput};
+use sprout_models::init::seeded_varbuilder;
+use sprout_models::text::{build_tokenizer, SmallTextEncoder, TextConfig};
+use sprout_pipeline::bundle::load_ae;
+use sprout_pipeline::flow::{flow_loss, interpolate, train_timestep, ShiftConfig};
+use sprout_pipeline::noise::noise_batch;
+use sprout_world::seed::{mix64, rng_for};
+use tokenizers::Tokenizer;
+
+use crate::config::TrainConfig;
+use crate::run::Task;
+use crate::vocab::world_vocabulary;
+use crate::TrainError;
+
+const TIMESTEP: u64 = 0x7135;
+const DROPOUT: u64 = 0xD209;
+const NOISE: u64 = 0x9015;
+
+pub struct DitTask {
+    pub ae: Autoencoder,
+    pub dit: Dit,
+    pub text: SmallTextEncoder,
+    pub dit_vars: VarMap,
+    pub text_vars: VarMap,
+    pub tokenizer: Tokenizer,
+    pub shift: ShiftConfig,
+    dropout: f64,
+    seed: u64,
+}
+
+impl DitTask {
+    pub fn new(cfg: &TrainConfig) -> Result<DitTask, TrainError> {
+        let dev = Device::Cpu;
+        let ae = load_ae(&cfg.dit.ae, &dev)?;
+        let dit_cfg = DitConfig::by_name(&cfg.dit.preset)?;
+        if dit_cfg.latent_channels != ae.cfg.latent_channels {
+            return Err(TrainError::Config(format!(
+                "DiT preset {} expects {} latent channels, the autoencoder in {} has {}",
+                cfg.dit.preset,
+                dit_cfg.latent_channels,
+                cfg.dit.ae.display(),
+                ae.cfg.latent_channels
+            )));
+        }
+        let vocab = world_vocabulary(cfg.dit.vocab_samples);
+        let tokenizer = build_tokenizer(vocab.iter().map(|s| s.as_str()))?;
+        let tcfg = TextConfig {
+            vocab_size: tokenizer.get_vocab_size(true),
+            dim: cfg.dit.text_dim,
+            layers: cfg.dit.text_layers,
+            heads: cfg.dit.text_heads,
+            max_len: cfg.dit.text_max_len,
+        };
+        let dit_cfg = DitConfig {
+            context_in_dim: tcfg.dim,
+            vec_in_dim: tcfg.dim,
+            ..dit_cfg
+        };
+        let dit_vars = VarMap::new();
+        let text_vars = VarMap::new();
+        let dit = Dit::new(
+            &dit_cfg,
+            seeded_varbuilder(&dit_vars, cfg.seed, DType::F32, &dev),
+        )?;
+        let text = SmallTextEncoder::new(
+            &tcfg,
+            tokenizer.clone(),
+            seeded_varbuilder(&text_vars, cfg.seed ^ 0x7E47, DType::F32, &dev),
+        )?;
+        Ok(DitTask {
+            ae,
+            dit,
+            text,
+            dit_vars,
+            text_vars,
+            tokenizer,
+            shift: ShiftConfig::default(),
+            dropout: cfg.dit.caption_dropout,
+            seed: cfg.seed,
+        })
+    }
+}
+
+fn vars(prefix: &str, vm: &VarMap) -> Vec<(String, Var)> {
+    vm.data()
+        .lock()
+        .expect("varmap")
+        .iter()
+        .map(|(k, v)| (format!("{prefix}.{k}"), v.clone()))
+        .collect()
+}
+
+impl Task for DitTask {
+    fn params(&self) -> Vec<(String, Var)> {
+        let mut p = vars("dit", &self.dit_vars);
+        p.extend(vars("text", &self.text_vars));
+        p
+    }
+
+    fn loss(
+        &mut self,
+        batch: &Batch,
+        step: u64,
+    ) -> Result<(Tensor, BTreeMap<String, f64>), TrainError> {
+        let dev = Device::Cpu;
+        let z = self.ae.encode(&batch.images)?.detach();
+        let (b, c, h, w) = z.dims4()?;
+        let captions: Vec<String> = batch
+            .captions
+            .iter()
+            .enumerate()
+            .map(|(i, cap)| {
+                let mut rng = rng_for(self.seed, DROPOUT, mix64(step) ^ i as u64);
+                if rng.random_bool(self.dropout) {
+                    String::new()
+                } else {
+                    cap.clone()
+                }
+            })
+            .collect();
+        let emb = sprout_models::text::TextEncoder::encode(&self.text, &captions, &dev)?;
+        let seeds: Vec<u64> = (0..b)
+            .map(|i| mix64(mix64(self.seed ^ NOISE) ^ mix64(step)) ^ i as u64)
+            .collect();
+        let eps = noise_batch(&seeds, &[c, h, w], &dev)?;
+        let p = self.dit.config().patch_size;
+        let mu = self.shift.mu((h / p) * (w / p));
+        let ts: Vec<f32> = (0..b)
+            .map(|i| {
+                let mut rng = rng_for(self.seed, TIMESTEP, mix64(step) ^ i as u64);
+                train_timestep(rng.sample::<f64, _>(StandardNormal), mu) as f32
+            })
+            .collect();
+        let t = Tensor::from_vec(ts, b, &dev)?;
+        let (xt, v) = interpolate(&z, &eps, &t)?;
+        let img = patchify(&xt, p)?;
+        let img_ids = grid_ids(0, h / p, w / p, &dev)?;
+        let txt_ids = text_ids(emb.states.dim(1)?, &dev)?;
+        let pred = self.dit.forward(&DitInput {
+            img: &img,
+            img_ids: &img_ids,
+            txt: &emb.states,
+            txt_ids: &txt_ids,
+            timesteps: &t,
+            y: &emb.pooled,
+            guidance: None,
+            txt_mask: Some(&emb.mask),
+            references: None,
+        })?;
+        let loss = flow_loss(&pred, &patchify(&v, p)?)?;
+        Ok((loss, BTreeMap::new()))
+    }
+
+    fn extra_files(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (
+                "dit.json",
+                serde_json::to_string_pretty(self.dit.config()).expect("json"),
+            ),
+            (
+                "text.json",
+                serde_json::to_string_pretty(&self.text.cfg).expect("json"),
+            ),
+            (
+                "tokenizer.json",
+                self.tokenizer
+                    .to_string(false)
+                    .expect("tokenizer serialises"),
+            ),
+        ]
+    }
+}

@@ -1,0 +1,259 @@
+//! The training loop shared by every task.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::time::Instant;
+
+use candle_core::{Tensor, Var};
+use serde::Serialize;
+use serde_json::json;
+use sprout_data::{Batch, DataStream, StreamConfig, StreamPos};
+use sprout_world::sampler::{CanvasChoice, SamplerConfig};
+use sprout_world::AspectRatio;
+
+use crate::ckpt;
+use crate::config::{Kind, Stage, TrainConfig};
+use crate::optim::{AdamW, Ema};
+use crate::TrainError;
+
+/// What a model being trained provides to the loop.
+pub trait Task {
+    /// Trainable parameters, named `component.module.path`.
+    fn params(&self) -> Vec<(String, Var)>;
+    /// Loss of one batch at global step `step`, plus metrics to log.
+    fn loss(
+        &mut self,
+        batch: &Batch,
+        step: u64,
+    ) -> Result<(Tensor, BTreeMap<String, f64>), TrainError>;
+    /// Files (name, content) saved with each checkpoint: configs, tokenizer.
+    fn extra_files(&self) -> Vec<(&'static str, String)>;
+}
+
+pub struct Options {
+    pub resume: bool,
+    /// Stop (with a checkpoint) after this global step, before the configured end.
+    pub stop_after: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLine {
+    pub step: u64,
+    pub total: u64,
+    pub stage: usize,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub samples: u64,
+    pub samples_per_s: f64,
+    pub elapsed_s: f64,
+    #[serde(flatten)]
+    pub metrics: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub steps: u64,
+    pub samples: u64,
+    pub last_loss: f64,
+    pub checkpoint: String,
+}
+
+/// The stream for stage `i`: its own seed, canvas choice and batching.
+pub fn stream_config(cfg: &TrainConfig, i: usize, stage: &Stage) -> StreamConfig {
+    let sampler = SamplerConfig {
+        canvas: if stage.aspect == "any" {
+            CanvasChoice::AnyAspect
+        } else {
+            CanvasChoice::Aspect {
+                ratio: AspectRatio::Square,
+            }
+        },
+        base_side: stage.side,
+        text_prob: cfg.data.text_prob,
+        icon_prob: cfg.data.icon_prob,
+        min_objects: cfg.data.min_objects,
+        max_objects: cfg.data.max_objects,
+        ..SamplerConfig::default()
+    };
+    StreamConfig {
+        seed: cfg.seed.wrapping_add(1000 * i as u64),
+        batch_size: stage.batch.unwrap_or(1),
+        pixel_budget: stage.pixel_budget,
+        sampler,
+        caption_weights: cfg.data.caption_weights,
+        workers: cfg.data.workers.max(1),
+        prefetch: 2,
+    }
+}
+
+fn named(params: &[(String, Var)]) -> HashMap<String, Tensor> {
+    params
+        .iter()
+        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+        .collect()
+}
+
+/// Run (or resume) training; `on_log` sees every `log_every`-th step.
+pub fn run_task<T: Task>(
+    cfg: &TrainConfig,
+    task: &mut T,
+    opts: &Options,
+    mut on_log: impl FnMut(&LogLine),
+) -> Result<Summary, TrainError> {
+    let params = task.params();
+    let mut opt = AdamW::new(cfg.optim.clone(), params.clone())?;
+    let mut ema = Ema::new(cfg.optim.ema_decay, opt.params());
+    let total = cfg.total_steps();
+    let mut step = 0u64;
+    let mut pos = StreamPos::default();
+    let mut samples = 0u64;
+    let mut prior_elapsed = 0f64;
+    if opts.resume {
+        let Some(dir) = ckpt::find(&cfg.out) else {
+            return Err(TrainError::Checkpoint(format!(
+                "--resume: no checkpoint in {}",
+                cfg.out.display()
+            )));
+        };
+        let state = ckpt::load_state(&dir)?;
+        let saved: TrainConfig = serde_json::from_value(state["config"].clone())
+            .map_err(|e| TrainError::Checkpoint(format!("state.json config: {e}")))?;
+        if saved.kind != cfg.kind || saved.seed != cfg.seed || saved.stages != cfg.stages {
+            return Err(TrainError::Checkpoint("the checkpoint was made with a different kind, seed or stages; start a new run in another directory".into()));
+        }
+        let model = ckpt::load_tensors(&dir, "model")?;
+        for (n, v) in opt.params() {
+            let t = model
+                .get(n)
+                .ok_or_else(|| TrainError::Checkpoint(format!("model.safetensors lacks {n}")))?;
+            if t.dims() != v.dims() {
+                return Err(TrainError::Checkpoint(format!(
+                    "{n}: checkpoint shape {:?}, model {:?}",
+                    t.dims(),
+                    v.dims()
+                )));
+            }
+            v.set(t)?;
+        }
+        ema.load(&ckpt::load_tensors(&dir, "ema")?)?;
+        let t = state["optim_t"].as_u64().unwrap_or(0);
+        opt.load_state(&ckpt::load_tensors(&dir, "optim")?, t)?;
+        step = state["step"].as_u64().unwrap_or(0);
+        pos = serde_json::from_value(state["stream"].clone())
+            .map_err(|e| TrainError::Checkpoint(format!("stream position: {e}")))?;
+        samples = state["samples"].as_u64().unwrap_or(0);
+        prior_elapsed = state["elapsed_s"].as_f64().unwrap_or(0.0);
+    }
+    std::fs::create_dir_all(&cfg.out)?;
+    let mut metrics_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(cfg.out.join("metrics.jsonl"))?;
+    let start = Instant::now();
+    let mut last_loss = f64::NAN;
+    let save = |step: u64,
+                pos: StreamPos,
+                samples: u64,
+                opt: &AdamW,
+                ema: &Ema,
+                task: &T,
+                elapsed: f64|
+     -> Result<(), TrainError> {
+        let state = json!({"step": step, "stream": pos, "samples": samples, "optim_t": opt.t, "elapsed_s": elapsed, "config": cfg});
+        ckpt::save(
+            &cfg.out,
+            &[
+                ("model", named(opt.params())),
+                ("ema", ema.tensors()),
+                ("optim", opt.state()),
+            ],
+            &task.extra_files(),
+            &state,
+        )
+    };
+    let end = opts.stop_after.map(|s| s.min(total)).unwrap_or(total);
+    let (mut window_samples, mut window_start) = (0u64, Instant::now());
+    while step < end {
+        let (si, sstart) = cfg.stage_at(step);
+        let stage = &cfg.stages[si];
+        let stage_end = (sstart + stage.steps).min(end);
+        let mut stream = DataStream::new(stream_config(cfg, si, stage), pos)?;
+        while step < stage_end {
+            let batch = stream.next().expect("endless stream")?;
+            let lr = cfg.optim.lr_at(step, total);
+            let (loss, metrics) = task.loss(&batch, step)?;
+            let lv = loss.to_scalar::<f32>()? as f64;
+            if !lv.is_finite() {
+                return Err(TrainError::Diverged { step, loss: lv });
+            }
+            let grads = loss.backward()?;
+            let grad_norm = opt.step(&grads, lr)?;
+            ema.update(opt.params(), opt.t)?;
+            step += 1;
+            pos = stream.position();
+            let b = batch.images.dim(0)? as u64;
+            samples += b;
+            window_samples += b;
+            last_loss = lv;
+            if step.is_multiple_of(cfg.log_every) || step == end {
+                let line = LogLine {
+                    step,
+                    total,
+                    stage: si,
+                    loss: lv,
+                    lr,
+                    grad_norm,
+                    samples,
+                    samples_per_s: window_samples as f64 / window_start.elapsed().as_secs_f64(),
+                    elapsed_s: prior_elapsed + start.elapsed().as_secs_f64(),
+                    metrics,
+                };
+                writeln!(
+                    metrics_file,
+                    "{}",
+                    serde_json::to_string(&line).expect("json")
+                )?;
+                on_log(&line);
+                (window_samples, window_start) = (0, Instant::now());
+            }
+            if step.is_multiple_of(cfg.ckpt_every) || step == stage_end {
+                save(
+                    step,
+                    if step == sstart + stage.steps {
+                        StreamPos::default()
+                    } else {
+                        pos
+                    },
+                    samples,
+                    &opt,
+                    &ema,
+                    task,
+                    prior_elapsed + start.elapsed().as_secs_f64(),
+                )?;
+            }
+        }
+        // A new stage starts its own stream from the beginning.
+        if step == sstart + stage.steps {
+            pos = StreamPos::default();
+        }
+    }
+    Ok(Summary {
+        steps: step,
+        samples,
+        last_loss,
+        checkpoint: ckpt::latest(&cfg.out).display().to_string(),
+    })
+}
+
+/// Train (or resume) the model a config describes.
+pub fn train(
+    cfg: &TrainConfig,
+    opts: &Options,
+    on_log: impl FnMut(&LogLine),
+) -> Result<Summary, TrainError> {
+    match cfg.kind {
+        Kind::Ae => run_task(cfg, &mut crate::ae_task::AeTask::new(cfg)?, opts, on_log),
+        Kind::Dit => run_task(cfg, &mut crate::dit_task::DitTask::new(cfg)?, opts, on_log),
+    }
+}
