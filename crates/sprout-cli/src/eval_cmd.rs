@@ -17,7 +17,7 @@ enum Baseline {
 }
 
 #[derive(Args)]
-#[command(group(ArgGroup::new("what").required(true).args(["self_check", "images", "list"])))]
+#[command(group(ArgGroup::new("what").required(true).args(["self_check", "images", "list", "model"])))]
 pub struct EvalArgs {
     /// Render ground truth for the prompt set and score it (proves the reader).
     #[arg(long)]
@@ -34,6 +34,18 @@ pub struct EvalArgs {
     /// Print the prompt set (id, category, size, text) as JSON lines.
     #[arg(long)]
     list: bool,
+    /// Generate the prompt set with this model (`default` or a bundle directory) and score it.
+    #[arg(long)]
+    model: Option<String>,
+    /// With --model: sampling steps (model default if omitted).
+    #[arg(long, requires = "model")]
+    steps: Option<usize>,
+    /// With --model: guidance scale (model default if omitted).
+    #[arg(long, requires = "model")]
+    guidance: Option<f64>,
+    /// With --model: euler or heun (model default if omitted).
+    #[arg(long, requires = "model")]
+    sampler: Option<String>,
     /// Use only the first N prompts (round-robin over categories).
     #[arg(long)]
     count: Option<usize>,
@@ -92,7 +104,48 @@ pub fn run(a: EvalArgs) -> Result<()> {
     }
     let pb = bar(prompts.len() as u64, "eval");
     let tick = || pb.inc(1);
-    let report = if let Some(dir) = &a.images {
+    let report = if let Some(name) = &a.model {
+        let model = crate::generate_cmd::load_model(name)?;
+        let sampler = match &a.sampler {
+            Some(s) => sprout_pipeline::flow::Sampler::parse(s).map_err(anyhow::Error::msg)?,
+            None => model.meta.sampler,
+        };
+        let steps = a.steps.unwrap_or(model.meta.default_steps);
+        let guidance = a.guidance.unwrap_or(model.meta.default_guidance);
+        if let Some(dir) = &a.save {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let source = format!(
+            "model {name} ({} steps, guidance {guidance}, {sampler:?})",
+            steps
+        )
+        .to_lowercase();
+        sprout_eval::run::score_generated(
+            &set,
+            &prompts,
+            &source,
+            |index, p| -> Result<Vec<image::RgbImage>> {
+                let req = sprout_pipeline::generate::Request {
+                    prompt: p.text.clone(),
+                    n: 1,
+                    seed: a.seed.wrapping_add(1000 * index as u64),
+                    steps,
+                    guidance,
+                    width: p.width,
+                    height: p.height,
+                    sampler,
+                };
+                let imgs = sprout_pipeline::generate::generate(&model, &req, |_, _| {})?;
+                if let Some(dir) = &a.save {
+                    for img in &imgs {
+                        img.save(dir.join(format!("{}.png", p.id)))?;
+                    }
+                }
+                Ok(imgs)
+            },
+            &tick,
+        )?
+    } else if let Some(dir) = &a.images {
         if !dir.is_dir() {
             bail!("--images {}: not a directory", dir.display());
         }

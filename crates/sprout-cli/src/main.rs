@@ -1,6 +1,7 @@
 //! `sprout`: the command-line front end.
 
 mod eval_cmd;
+mod generate_cmd;
 mod progress;
 mod train_cmd;
 mod world_cmd;
@@ -20,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate images from a prompt (embedded default model unless --model says otherwise).
+    Generate(generate_cmd::GenerateArgs),
     /// The procedural world: render scenes with captions, list icons, re-render scene files.
     World(world_cmd::WorldArgs),
     /// WorldEval: score images against the prompt set (or self-check the reader).
@@ -31,6 +34,7 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Generate(a) => generate_cmd::run(a),
         Command::World(a) => world_cmd::run(a),
         Command::Eval(a) => eval_cmd::run(a),
         Command::Train(a) => train_cmd::run(a),

@@ -242,3 +242,22 @@ pub fn score_dir(
     report.unknown = unknown;
     Ok(report)
 }
+
+/// Score images produced on demand (e.g. by a model) for each prompt, in prompt order.
+/// `make` returns the images of one prompt; `tick` runs after each prompt.
+pub fn score_generated<E>(
+    set: &PromptSet,
+    prompts: &[&Prompt],
+    source: &str,
+    mut make: impl FnMut(usize, &Prompt) -> Result<Vec<RgbImage>, E>,
+    tick: &(dyn Fn() + Sync),
+) -> Result<Report, E> {
+    let reader = Reader::new();
+    let mut results = Vec::with_capacity(prompts.len());
+    for p in prompts {
+        let images = make(index_of(set, p), p)?;
+        results.push(score_one(&reader, p, &images));
+        tick();
+    }
+    Ok(Report::new(&set.version, source, results))
+}

@@ -1,7 +1,9 @@
 //! From prompt to pixels: rectified-flow sampling over the MMDiT and the autoencoder.
 
 pub mod bundle;
+pub mod embedded;
 pub mod flow;
+pub mod generate;
 pub mod noise;
 
 use thiserror::Error;

@@ -1,0 +1,145 @@
+//! `sprout generate PROMPT [-n N] [--seed S] [--steps K] [--guidance G] [--size WxH | --aspect RATIO] -o OUT.png`
+
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use clap::Args;
+use image::RgbImage;
+use sprout_pipeline::bundle::Bundle;
+use sprout_pipeline::flow::Sampler;
+use sprout_pipeline::generate::{generate, Request};
+use sprout_world::canvas::parse_size;
+use sprout_world::AspectRatio;
+
+use crate::progress::bar;
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// What to draw.
+    prompt: String,
+    /// Number of images (image i uses seed + i).
+    #[arg(short = 'n', long, default_value_t = 1)]
+    n: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Sampling steps (model default if omitted).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Classifier-free guidance scale (model default if omitted; 1 disables it).
+    #[arg(long)]
+    guidance: Option<f64>,
+    /// Canvas WxH (multiples of 32).
+    #[arg(long, conflicts_with = "aspect")]
+    size: Option<String>,
+    /// Aspect ratio (1:1, 4:3, 3:4, 3:2, 2:3, 16:9, 9:16, 2:1, 1:2) at about 256² pixels.
+    #[arg(long)]
+    aspect: Option<String>,
+    /// euler or heun (model default if omitted).
+    #[arg(long)]
+    sampler: Option<String>,
+    /// `default` (embedded) or a model bundle directory.
+    #[arg(long, default_value = "default")]
+    model: String,
+    /// Output PNG (with several images: OUT_0.png, OUT_1.png, …).
+    #[arg(short = 'o', long)]
+    out: PathBuf,
+}
+
+/// Load `default` (embedded) or a bundle directory.
+pub fn load_model(name: &str) -> Result<Bundle> {
+    let dev = Device::Cpu;
+    if name == "default" {
+        return Ok(sprout_pipeline::embedded::load(&dev)?);
+    }
+    let dir = Path::new(name);
+    if !dir.is_dir() {
+        bail!("unknown model {name:?}: expected `default` or a model bundle directory");
+    }
+    Ok(Bundle::load_dir(dir, &dev)?)
+}
+
+/// Write a PNG with text chunks describing how it was made.
+pub fn write_png(path: &Path, img: &RgbImage, meta: &[(&str, String)]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut enc = png::Encoder::new(BufWriter::new(file), img.width(), img.height());
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    for (k, v) in meta {
+        enc.add_itxt_chunk(k.to_string(), v.clone())?;
+    }
+    let mut w = enc.write_header()?;
+    w.write_image_data(img.as_raw())?;
+    w.finish()?;
+    Ok(())
+}
+
+pub fn output_paths(out: &Path, n: usize) -> Vec<PathBuf> {
+    if n == 1 {
+        return vec![out.to_path_buf()];
+    }
+    let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("out");
+    let ext = out.extension().and_then(|s| s.to_str()).unwrap_or("png");
+    (0..n)
+        .map(|i| out.with_file_name(format!("{stem}_{i}.{ext}")))
+        .collect()
+}
+
+pub fn run(a: GenerateArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let (width, height) = match (&a.size, &a.aspect) {
+        (Some(s), _) => parse_size(s)?,
+        (None, Some(r)) => AspectRatio::parse(r)?.canvas(256),
+        (None, None) => (256, 256),
+    };
+    let model = load_model(&a.model)?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let sampler = match &a.sampler {
+        Some(s) => Sampler::parse(s).map_err(anyhow::Error::msg)?,
+        None => model.meta.sampler,
+    };
+    let req = Request {
+        prompt: a.prompt.clone(),
+        n: a.n,
+        seed: a.seed,
+        steps: a.steps.unwrap_or(model.meta.default_steps),
+        guidance: a.guidance.unwrap_or(model.meta.default_guidance),
+        width,
+        height,
+        sampler,
+    };
+    req.validate(&model)?;
+    let pb = bar(0, "generate");
+    let images = generate(&model, &req, |done, total| {
+        pb.set_length(total as u64);
+        pb.set_position(done as u64);
+    })?;
+    pb.finish_and_clear();
+    let paths = output_paths(&a.out, images.len());
+    for (i, (img, path)) in images.iter().zip(&paths).enumerate() {
+        let meta = [
+            ("prompt", req.prompt.clone()),
+            ("seed", (req.seed + i as u64).to_string()),
+            ("steps", req.steps.to_string()),
+            ("guidance", req.guidance.to_string()),
+            ("sampler", format!("{:?}", req.sampler).to_lowercase()),
+            ("size", format!("{width}x{height}")),
+            ("model", format!("{} ({})", a.model, model.meta.name)),
+            ("software", format!("sprout {}", env!("CARGO_PKG_VERSION"))),
+        ];
+        write_png(path, img, &meta)?;
+        println!("wrote {}", path.display());
+    }
+    eprintln!(
+        "model load {:.3} s, total {:.3} s",
+        load_s,
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

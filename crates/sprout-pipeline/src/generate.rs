@@ -1,0 +1,180 @@
+//! Text-to-image generation with a model bundle.
+
+use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
+use sprout_models::ae::DOWNSCALE;
+use sprout_models::dit::embed::{grid_ids, patchify, text_ids, unpatchify};
+use sprout_models::dit::DitInput;
+use sprout_models::text::TextEncoder;
+
+use crate::bundle::Bundle;
+use crate::flow::{sample, schedule, Sampler};
+use crate::noise::noise_batch;
+use crate::PipelineError;
+
+/// Largest number of images one request may ask for.
+pub const MAX_IMAGES: usize = 16;
+/// Largest number of sampling steps.
+pub const MAX_STEPS: usize = 1000;
+
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub prompt: String,
+    pub n: usize,
+    pub seed: u64,
+    pub steps: usize,
+    pub guidance: f64,
+    pub width: u32,
+    pub height: u32,
+    pub sampler: Sampler,
+}
+
+impl Request {
+    /// Check every field against the model; the error names the field.
+    pub fn validate(&self, bundle: &Bundle) -> Result<(), PipelineError> {
+        let bad = |m: String| Err(PipelineError::Request(m));
+        if self.prompt.trim().is_empty() {
+            return bad("prompt is empty".into());
+        }
+        if self.n == 0 || self.n > MAX_IMAGES {
+            return bad(format!("n = {} is out of range (1..={MAX_IMAGES})", self.n));
+        }
+        if self.steps == 0 || self.steps > MAX_STEPS {
+            return bad(format!(
+                "steps = {} is out of range (1..={MAX_STEPS})",
+                self.steps
+            ));
+        }
+        if !self.guidance.is_finite() || self.guidance < 0.0 || self.guidance > 50.0 {
+            return bad(format!(
+                "guidance = {} is out of range (0..=50)",
+                self.guidance
+            ));
+        }
+        let max = bundle.meta.max_side;
+        for (name, v) in [("width", self.width), ("height", self.height)] {
+            if v == 0 || !v.is_multiple_of(DOWNSCALE as u32) {
+                return bad(format!(
+                    "{name} {v} is not a positive multiple of {DOWNSCALE}"
+                ));
+            }
+            if v > max {
+                return bad(format!("{name} {v} exceeds this model's maximum of {max}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Latents (n, C, h, w) → RGB images.
+pub fn to_images(x: &Tensor) -> Result<Vec<RgbImage>, PipelineError> {
+    let (n, _, h, w) = x.dims4()?;
+    let x = ((x.clamp(-1f32, 1f32)? + 1.0)? * 127.5)?
+        .round()?
+        .to_dtype(DType::U8)?;
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let chw = x
+            .get(i)?
+            .permute((1, 2, 0))?
+            .flatten_all()?
+            .to_vec1::<u8>()?;
+        out.push(RgbImage::from_raw(w as u32, h as u32, chw).expect("sizes match"));
+    }
+    Ok(out)
+}
+
+/// Generate `req.n` images; image `i` uses noise from seed `req.seed + i`, so it does not
+/// depend on `n`. `on_step(done, total)` reports progress.
+pub fn generate(
+    bundle: &Bundle,
+    req: &Request,
+    mut on_step: impl FnMut(usize, usize),
+) -> Result<Vec<RgbImage>, PipelineError> {
+    req.validate(bundle)?;
+    let dev = Device::Cpu;
+    let cfg = bundle.dit.config();
+    let (h, w) = (
+        req.height as usize / DOWNSCALE,
+        req.width as usize / DOWNSCALE,
+    );
+    let p = cfg.patch_size;
+    let seeds: Vec<u64> = (0..req.n as u64)
+        .map(|i| req.seed.wrapping_add(i))
+        .collect();
+    let x = noise_batch(&seeds, &[cfg.latent_channels, h, w], &dev)?;
+    let cfg_on = req.guidance != 1.0;
+    let mut prompts = vec![req.prompt.clone(); req.n];
+    if cfg_on {
+        prompts.extend(std::iter::repeat_n(String::new(), req.n));
+    }
+    let emb = bundle.text.encode(&prompts, &dev)?;
+    for (name, t) in [("text states", &emb.states), ("pooled text", &emb.pooled)] {
+        if !t.abs()?.sum_all()?.to_scalar::<f32>()?.is_finite() {
+            return Err(PipelineError::Weights(format!(
+                "the text encoder produced NaN {name}"
+            )));
+        }
+    }
+    let img_ids = grid_ids(0, h / p, w / p, &dev)?;
+    let txt_ids = text_ids(emb.states.dim(1)?, &dev)?;
+    let mu = bundle.meta.shift.mu((h / p) * (w / p));
+    let times = schedule(req.steps, mu);
+    let evals = match req.sampler {
+        Sampler::Euler => req.steps,
+        Sampler::Heun => 2 * req.steps - 1,
+    };
+    let mut done = 0;
+    let velocity = |x: &Tensor, t: f64| -> candle_core::Result<Tensor> {
+        let tokens = patchify(x, p)?;
+        let (tokens, rows) = if cfg_on {
+            (Tensor::cat(&[&tokens, &tokens], 0)?, 2 * req.n)
+        } else {
+            (tokens, req.n)
+        };
+        let tt = Tensor::full(t as f32, rows, &dev)?;
+        let v = bundle.dit.forward(&DitInput {
+            img: &tokens,
+            img_ids: &img_ids,
+            txt: &emb.states,
+            txt_ids: &txt_ids,
+            timesteps: &tt,
+            y: &emb.pooled,
+            guidance: None,
+            txt_mask: Some(&emb.mask),
+            references: None,
+        })?;
+        let v = if cfg_on {
+            let (c, u) = (v.narrow(0, 0, req.n)?, v.narrow(0, req.n, req.n)?);
+            (&u + ((c - &u)? * req.guidance)?)?
+        } else {
+            v
+        };
+        unpatchify(&v, p, h, w)
+    };
+    let z = sample(
+        x,
+        &times,
+        req.sampler,
+        |x, t| {
+            let v = velocity(x, t);
+            done += 1;
+            on_step(done.min(evals), evals);
+            v
+        },
+        |_, x| {
+            if x.abs()?.sum_all()?.to_scalar::<f32>()?.is_finite() {
+                Ok(())
+            } else {
+                candle_core::bail!("latents became NaN during sampling")
+            }
+        },
+    )?;
+    let big = h * w > 32 * 32;
+    let img = if big {
+        bundle.ae.decode_tiled(&z, 16, 4)?
+    } else {
+        bundle.ae.decode(&z)?
+    };
+    to_images(&img)
+}
