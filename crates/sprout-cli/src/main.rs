@@ -1,5 +1,6 @@
 //! `sprout`: the command-line front end.
 
+mod bench_cmd;
 mod eval_cmd;
 mod generate_cmd;
 mod progress;
@@ -29,6 +30,8 @@ enum Command {
     Eval(eval_cmd::EvalArgs),
     /// Train the autoencoder or the DiT from a TOML config (resumable).
     Train(train_cmd::TrainArgs),
+    /// Measure step latency, throughput and MFU on this machine.
+    Bench(bench_cmd::BenchArgs),
 }
 
 fn main() {
@@ -38,6 +41,7 @@ fn main() {
         Command::World(a) => world_cmd::run(a),
         Command::Eval(a) => eval_cmd::run(a),
         Command::Train(a) => train_cmd::run(a),
+        Command::Bench(a) => bench_cmd::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

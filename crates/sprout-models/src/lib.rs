@@ -10,8 +10,10 @@
 pub mod ae;
 pub mod dit;
 mod error;
+pub mod fused;
 pub mod init;
 pub mod ops;
+pub mod probe;
 pub mod text;
 
 pub use error::ModelError;

@@ -1,10 +1,16 @@
-//! Differentiable building blocks, composed from candle primitives so that candle's autograd
-//! differentiates them (candle-nn's fused softmax / norm / rotary kernels have no backward).
+//! Differentiable building blocks. On the CPU with f32 they run as fused kernels with
+//! hand-written backward passes ([`crate::fused`]); elsewhere they are composed from candle
+//! primitives so candle's autograd differentiates them (candle-nn's fused softmax / norm /
+//! rotary kernels have no backward). The `*_composed` versions are the reference.
 
 use candle_core::{DType, Result, Tensor, D};
 
 /// Softmax over the last dimension, stabilised by the row maximum.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    crate::fused::softmax_last_dim(x).unwrap_or_else(|| softmax_last_dim_composed(x))
+}
+
+pub fn softmax_last_dim_composed(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     let s = e.sum_keepdim(D::Minus1)?;
@@ -13,16 +19,75 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 
 /// RMS norm over the last dimension with a learned per-channel `scale`.
 pub fn rms_norm(x: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
+    crate::fused::rms_norm(x, scale, eps).unwrap_or_else(|| rms_norm_composed(x, scale, eps))
+}
+
+pub fn rms_norm_composed(x: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     x.broadcast_div(&(ms + eps)?.sqrt()?)?.broadcast_mul(scale)
 }
 
 /// Layer norm over the last dimension without affine parameters (FLUX's pre-norms).
 pub fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
+    crate::fused::layer_norm(x, eps).unwrap_or_else(|| layer_norm_composed(x, eps))
+}
+
+pub fn layer_norm_composed(x: &Tensor, eps: f64) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
     xc.broadcast_div(&(var + eps)?.sqrt()?)
+}
+
+/// A linear layer that multiplies all leading dimensions at once as one 2-D GEMM.
+///
+/// candle-nn's `Linear` broadcasts the weight over the batch, so its backward computes one
+/// weight gradient per batch element and then sums them (a slow reduction); flattening to
+/// (rows, in) makes the weight gradient a single GEMM.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+}
+
+impl candle_core::Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (inp, out) = (self.weight.dim(1)?, self.weight.dim(0)?);
+        let rows: usize = dims[..dims.len() - 1].iter().product();
+        let y = x.reshape((rows, inp))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut shape = dims;
+        *shape.last_mut().expect("rank >= 1") = out;
+        y.reshape(shape)
+    }
+}
+
+/// `candle_nn::linear_b`'s parameters and initialisation, with [`Linear`]'s forward.
+pub fn linear_b(inp: usize, out: usize, bias: bool, vb: candle_nn::VarBuilder) -> Result<Linear> {
+    let l = candle_nn::linear_b(inp, out, bias, vb)?;
+    Ok(Linear {
+        weight: l.weight().clone(),
+        bias: l.bias().cloned(),
+    })
+}
+
+pub fn linear(inp: usize, out: usize, vb: candle_nn::VarBuilder) -> Result<Linear> {
+    linear_b(inp, out, true, vb)
+}
+
+/// GELU with the tanh approximation (FLUX's MLP activation).
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    crate::fused::gelu(x).unwrap_or_else(|| x.gelu())
 }
 
 /// `x * (1 + scale) + shift`, with `shift`, `scale` of shape (B, 1, C) broadcast over tokens.
@@ -33,6 +98,11 @@ pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
 /// Rotary embedding on interleaved pairs: for each pair (x₀, x₁) and angle θ,
 /// (x₀ cos θ − x₁ sin θ, x₀ sin θ + x₁ cos θ). `x`: (B, H, L, D); `cos`, `sin`: (B, 1, L, D/2).
 pub fn rope_interleaved(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    crate::fused::rope_interleaved(x, cos, sin)
+        .unwrap_or_else(|| rope_interleaved_composed(x, cos, sin))
+}
+
+pub fn rope_interleaved_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let (b, h, l, d) = x.dims4()?;
     let pairs = x.reshape((b, h, l, d / 2, 2))?;
     let x0 = pairs.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
@@ -184,6 +254,83 @@ mod tests {
         let y = attention(&y, &layer_norm(&y, 1e-6).unwrap(), &y, None).unwrap();
         let g = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
         assert!(g.get(&x).is_some() && g.get(&scale).is_some());
+    }
+
+    #[test]
+    fn fused_kernels_match_composed_values_and_gradients() {
+        let dev = Device::Cpu;
+        let x = Var::randn(0f32, 1.5, (2, 3, 5, 8), &dev).unwrap();
+        let scale = Var::randn(1f32, 0.2, 8, &dev).unwrap();
+        let ang = Tensor::randn(0f32, 2.0, (2, 1, 5, 4), &dev).unwrap();
+        let (c, s) = (ang.cos().unwrap(), ang.sin().unwrap());
+        let w = Tensor::randn(0f32, 1.0, (2, 3, 5, 8), &dev).unwrap();
+        type F = Box<dyn Fn(&Tensor, &Tensor) -> Result<Tensor>>;
+        let pairs: Vec<(&str, F, F)> = vec![
+            (
+                "softmax",
+                Box::new(|x, _| softmax_last_dim(x)),
+                Box::new(|x, _| softmax_last_dim_composed(x)),
+            ),
+            ("gelu", Box::new(|x, _| gelu(x)), Box::new(|x, _| x.gelu())),
+            (
+                "layer_norm",
+                Box::new(|x, _| layer_norm(x, 1e-6)),
+                Box::new(|x, _| layer_norm_composed(x, 1e-6)),
+            ),
+            (
+                "rms_norm",
+                Box::new(|x, s| rms_norm(x, s, 1e-6)),
+                Box::new(|x, s| rms_norm_composed(x, s, 1e-6)),
+            ),
+            (
+                "rope",
+                {
+                    let (c, s) = (c.clone(), s.clone());
+                    Box::new(move |x, _| rope_interleaved(x, &c, &s))
+                },
+                {
+                    let (c, s) = (c.clone(), s.clone());
+                    Box::new(move |x, _| rope_interleaved_composed(x, &c, &s))
+                },
+            ),
+        ];
+        for (name, fused, composed) in pairs {
+            // A transposed (non-contiguous) input exercises the contiguity handling too.
+            let xt = x
+                .as_tensor()
+                .transpose(2, 3)
+                .unwrap()
+                .transpose(2, 3)
+                .unwrap();
+            let a = fused(&xt, scale.as_tensor()).unwrap();
+            let b = composed(&xt, scale.as_tensor()).unwrap();
+            close(&a, &b, 2e-5);
+            let ga = (a * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            let gb = (b * &w).unwrap().sum_all().unwrap().backward().unwrap();
+            close(ga.get(&x).unwrap(), gb.get(&x).unwrap(), 2e-4);
+            if name == "rms_norm" {
+                close(ga.get(&scale).unwrap(), gb.get(&scale).unwrap(), 2e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn flattened_linear_matches_candle_linear() {
+        let dev = Device::Cpu;
+        let vm = candle_nn::VarMap::new();
+        let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev);
+        let ours = linear(6, 5, vb.pp("l")).unwrap();
+        let theirs = candle_nn::Linear::new(
+            ours.weight().clone(),
+            Some(vm.data().lock().unwrap()["l.bias"].as_tensor().clone()),
+        );
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 4, 6), &dev).unwrap();
+        use candle_core::Module;
+        close(
+            &ours.forward(&x).unwrap(),
+            &theirs.forward(&x).unwrap(),
+            1e-5,
+        );
     }
 
     #[test]

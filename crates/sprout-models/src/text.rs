@@ -8,8 +8,9 @@
 
 use std::collections::BTreeSet;
 
+use crate::ops::Linear;
 use candle_core::{Device, Module, Result, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokenizers::Tokenizer;
@@ -136,11 +137,11 @@ impl EncoderLayer {
         let d = cfg.dim;
         Ok(EncoderLayer {
             ln1: layer_norm(d, vb.pp("ln1"))?,
-            qkv: candle_nn::linear(d, 3 * d, vb.pp("qkv"))?,
-            proj: candle_nn::linear(d, d, vb.pp("proj"))?,
+            qkv: crate::ops::linear(d, 3 * d, vb.pp("qkv"))?,
+            proj: crate::ops::linear(d, d, vb.pp("proj"))?,
             ln2: layer_norm(d, vb.pp("ln2"))?,
-            fc1: candle_nn::linear(d, 4 * d, vb.pp("fc1"))?,
-            fc2: candle_nn::linear(4 * d, d, vb.pp("fc2"))?,
+            fc1: crate::ops::linear(d, 4 * d, vb.pp("fc1"))?,
+            fc2: crate::ops::linear(4 * d, d, vb.pp("fc2"))?,
             heads: cfg.heads,
         })
     }
@@ -164,7 +165,7 @@ impl EncoderLayer {
         let x = (x + self.proj.forward(&a)?)?;
         let h = self
             .fc2
-            .forward(&self.fc1.forward(&ln(&x, &self.ln2)?)?.gelu()?)?;
+            .forward(&crate::ops::gelu(&self.fc1.forward(&ln(&x, &self.ln2)?)?)?)?;
         x + h
     }
 }

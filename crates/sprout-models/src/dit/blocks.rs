@@ -1,8 +1,9 @@
 //! The transformer blocks of the MMDiT: double-stream (separate weights for text and image
 //! tokens, joint attention) and single-stream (one fused block over the joint sequence).
 
+use crate::ops::Linear;
 use candle_core::{Result, Tensor, D};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
 
 use super::config::DitConfig;
 use crate::ops::{attention, layer_norm, modulate, rms_norm, rope_interleaved};
@@ -28,7 +29,7 @@ impl Modulation {
     pub fn new(dim: usize, double: bool, vb: VarBuilder) -> Result<Self> {
         let chunks = if double { 6 } else { 3 };
         Ok(Modulation {
-            lin: candle_nn::linear(dim, chunks * dim, vb.pp("lin"))?,
+            lin: crate::ops::linear(dim, chunks * dim, vb.pp("lin"))?,
             chunks,
         })
     }
@@ -98,9 +99,9 @@ impl SelfAttention {
     fn new(cfg: &DitConfig, vb: VarBuilder) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(SelfAttention {
-            qkv: candle_nn::linear_b(h, 3 * h, cfg.qkv_bias, vb.pp("qkv"))?,
+            qkv: crate::ops::linear_b(h, 3 * h, cfg.qkv_bias, vb.pp("qkv"))?,
             norm: QkNorm::new(cfg.head_dim(), vb.pp("norm"))?,
-            proj: candle_nn::linear(h, h, vb.pp("proj"))?,
+            proj: crate::ops::linear(h, h, vb.pp("proj"))?,
         })
     }
 
@@ -120,15 +121,15 @@ struct Mlp {
 impl Mlp {
     fn new(cfg: &DitConfig, vb: VarBuilder) -> Result<Self> {
         Ok(Mlp {
-            fc1: candle_nn::linear(cfg.hidden_size, cfg.mlp_hidden(), vb.pp("0"))?,
-            fc2: candle_nn::linear(cfg.mlp_hidden(), cfg.hidden_size, vb.pp("2"))?,
+            fc1: crate::ops::linear(cfg.hidden_size, cfg.mlp_hidden(), vb.pp("0"))?,
+            fc2: crate::ops::linear(cfg.mlp_hidden(), cfg.hidden_size, vb.pp("2"))?,
         })
     }
 }
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&self.fc1.forward(x)?.gelu()?)
+        self.fc2.forward(&crate::ops::gelu(&self.fc1.forward(x)?)?)
     }
 }
 
@@ -229,8 +230,8 @@ impl SingleStreamBlock {
         let h = cfg.hidden_size;
         let m = cfg.mlp_hidden();
         Ok(SingleStreamBlock {
-            linear1: candle_nn::linear(h, 3 * h + m, vb.pp("linear1"))?,
-            linear2: candle_nn::linear(h + m, h, vb.pp("linear2"))?,
+            linear1: crate::ops::linear(h, 3 * h + m, vb.pp("linear1"))?,
+            linear2: crate::ops::linear(h + m, h, vb.pp("linear2"))?,
             norm: QkNorm::new(cfg.head_dim(), vb.pp("norm"))?,
             modulation: Modulation::new(h, false, vb.pp("modulation"))?,
             hidden: h,
@@ -253,7 +254,7 @@ impl SingleStreamBlock {
         let attn = rope_attention(&q, &k, &v, rope)?;
         let out = self
             .linear2
-            .forward(&Tensor::cat(&[attn, mlp.gelu()?], D::Minus1)?)?;
+            .forward(&Tensor::cat(&[attn, crate::ops::gelu(&mlp)?], D::Minus1)?)?;
         x + out.broadcast_mul(&m[2])?
     }
 }
@@ -268,8 +269,8 @@ pub struct LastLayer {
 impl LastLayer {
     pub fn new(hidden: usize, out: usize, vb: VarBuilder) -> Result<Self> {
         Ok(LastLayer {
-            linear: candle_nn::linear(hidden, out, vb.pp("linear"))?,
-            ada: candle_nn::linear(hidden, 2 * hidden, vb.pp("adaLN_modulation.1"))?,
+            linear: crate::ops::linear(hidden, out, vb.pp("linear"))?,
+            ada: crate::ops::linear(hidden, 2 * hidden, vb.pp("adaLN_modulation.1"))?,
         })
     }
 

@@ -144,6 +144,26 @@ impl DitConfig {
         Ok(())
     }
 
+    /// Forward FLOPs for `batch` samples of `img` image tokens and `txt` text tokens
+    /// (matmuls and attention; norms and activations are negligible).
+    pub fn forward_flops(&self, batch: usize, img: usize, txt: usize) -> f64 {
+        let (h, m) = (self.hidden_size as f64, self.mlp_hidden() as f64);
+        let (li, lt, b) = (img as f64, txt as f64, batch as f64);
+        let l = li + lt;
+        // Per token of one stream in a double block: modulation excluded (per sample), qkv 3h²,
+        // proj h², mlp 2hm.
+        let per_token_double = 2.0 * (3.0 * h * h + h * h + 2.0 * h * m);
+        let per_token_single = 2.0 * (h * (3.0 * h + m) + (h + m) * h);
+        let attn = 4.0 * l * l * h;
+        let double = per_token_double * l + attn;
+        let single = per_token_single * l + attn;
+        let embed = 2.0
+            * (li * self.in_channels() as f64 * h
+                + lt * self.context_in_dim as f64 * h
+                + li * self.in_channels() as f64 * h);
+        b * (self.depth as f64 * double + self.depth_single_blocks as f64 * single + embed)
+    }
+
     /// Parameter count (for MFU and model cards).
     pub fn num_params(&self) -> usize {
         let h = self.hidden_size;

@@ -1,7 +1,8 @@
 //! Embedders: the timestep/vector MLP, and rotary tables over three position axes.
 
+use crate::ops::Linear;
 use candle_core::{DType, Device, Result, Tensor, D};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
 
 /// `out_layer(silu(in_layer(x)))` (FLUX's MLPEmbedder).
 #[derive(Debug, Clone)]
@@ -13,8 +14,8 @@ pub struct MlpEmbedder {
 impl MlpEmbedder {
     pub fn new(in_dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
         Ok(MlpEmbedder {
-            in_layer: candle_nn::linear(in_dim, hidden, vb.pp("in_layer"))?,
-            out_layer: candle_nn::linear(hidden, hidden, vb.pp("out_layer"))?,
+            in_layer: crate::ops::linear(in_dim, hidden, vb.pp("in_layer"))?,
+            out_layer: crate::ops::linear(hidden, hidden, vb.pp("out_layer"))?,
         })
     }
 }

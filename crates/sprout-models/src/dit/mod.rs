@@ -8,8 +8,9 @@ pub mod blocks;
 pub mod config;
 pub mod embed;
 
+use crate::ops::Linear;
 use candle_core::{Result, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
 
 use blocks::{DoubleStreamBlock, LastLayer, Rope, SingleStreamBlock};
 pub use config::DitConfig;
@@ -71,8 +72,8 @@ impl Dit {
             .map(|i| SingleStreamBlock::new(cfg, vb.pp(format!("single_blocks.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         Ok(Dit {
-            img_in: candle_nn::linear(cfg.in_channels(), h, vb.pp("img_in"))?,
-            txt_in: candle_nn::linear(cfg.context_in_dim, h, vb.pp("txt_in"))?,
+            img_in: crate::ops::linear(cfg.in_channels(), h, vb.pp("img_in"))?,
+            txt_in: crate::ops::linear(cfg.context_in_dim, h, vb.pp("txt_in"))?,
             time_in: MlpEmbedder::new(256, h, vb.pp("time_in"))?,
             vector_in: MlpEmbedder::new(cfg.vec_in_dim, h, vb.pp("vector_in"))?,
             guidance_in: if cfg.guidance_embed {

@@ -1,0 +1,257 @@
+//! `sprout bench [--train]`: step latency, throughput and MFU on this machine, measured in
+//! one run next to this machine's f32 matmul peak. Prints a table, then one JSON line.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use clap::Args;
+use serde_json::{json, Map, Value};
+use sprout_models::ae::{AeConfig, Autoencoder};
+use sprout_models::dit::embed::{grid_ids, text_ids};
+use sprout_models::dit::{Dit, DitConfig, DitInput};
+use sprout_models::init::seeded_varbuilder;
+use sprout_models::probe::{Probe, ProbeConfig};
+use sprout_train::optim::{AdamW, OptimConfig};
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Also measure training steps (the probe shape and the native DiT).
+    #[arg(long)]
+    train: bool,
+    /// Timed repetitions per row (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Model for the end-to-end generate row: `default` or a bundle directory (skipped if absent).
+    #[arg(long, default_value = "default")]
+    model: String,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Median seconds of `f` over `n` runs after one warm-up.
+fn time(n: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n.max(1) {
+        let t = Instant::now();
+        f()?;
+        v.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(v))
+}
+
+fn matmul_peak(dev: &Device) -> Result<f64> {
+    let n = 1024;
+    let a = Tensor::randn(0f32, 1.0, (n, n), dev)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), dev)?;
+    let s = time(5, || {
+        a.matmul(&b)?;
+        Ok(())
+    })?;
+    Ok(2.0 * (n as f64).powi(3) / s)
+}
+
+struct Row {
+    name: String,
+    seconds: f64,
+    per_s: Option<(f64, &'static str)>,
+    flops: Option<f64>,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let dev = Device::Cpu;
+    let peak = matmul_peak(&dev)?;
+    let mut rows: Vec<Row> = Vec::new();
+    let cfg = DitConfig::native_small();
+    let vm = VarMap::new();
+    let dit = Dit::new(&cfg, seeded_varbuilder(&vm, 0, DType::F32, &dev))?;
+    let (li, lt) = (64usize, 32usize);
+    let make = |b: usize| -> Result<(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)> {
+        Ok((
+            Tensor::randn(0f32, 1.0, (b, li, cfg.in_channels()), &dev)?,
+            grid_ids(0, 8, 8, &dev)?,
+            Tensor::randn(0f32, 1.0, (b, lt, cfg.context_in_dim), &dev)?,
+            text_ids(lt, &dev)?,
+            Tensor::rand(0f32, 1.0, b, &dev)?,
+            Tensor::randn(0f32, 1.0, (b, cfg.vec_in_dim), &dev)?,
+        ))
+    };
+    if a.train {
+        let p = ProbeConfig::standard();
+        let pvm = VarMap::new();
+        let probe = Probe::new(&p, seeded_varbuilder(&pvm, 0, DType::F32, &dev))?;
+        let params: Vec<_> = pvm
+            .data()
+            .lock()
+            .expect("vars")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut opt = AdamW::new(OptimConfig::default(), params)?;
+        let x = Tensor::randn(0f32, 1.0, (p.batch, p.tokens, p.dim), &dev)?;
+        let s = time(a.repeat, || {
+            let loss = probe.forward(&x)?.sqr()?.mean_all()?;
+            opt.step(&loss.backward()?, 1e-4)?;
+            Ok(())
+        })?;
+        rows.push(Row {
+            name: "probe train step (d256 L8, 96 tok x 32)".into(),
+            seconds: s,
+            per_s: Some((p.batch as f64 / s, "samples/s")),
+            flops: Some(3.0 * p.forward_flops()),
+        });
+        let b = 32;
+        let (img, img_ids, txt, txt_ids, t, y) = make(b)?;
+        let params: Vec<_> = vm
+            .data()
+            .lock()
+            .expect("vars")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut opt = AdamW::new(OptimConfig::default(), params)?;
+        let s = time(a.repeat, || {
+            let out = dit.forward(&DitInput {
+                img: &img,
+                img_ids: &img_ids,
+                txt: &txt,
+                txt_ids: &txt_ids,
+                timesteps: &t,
+                y: &y,
+                guidance: None,
+                txt_mask: None,
+                references: None,
+            })?;
+            opt.step(&out.sqr()?.mean_all()?.backward()?, 1e-4)?;
+            Ok(())
+        })?;
+        rows.push(Row {
+            name: format!(
+                "native DiT train step ({:.1}M, {li}+{lt} tok x {b})",
+                cfg.num_params() as f64 / 1e6
+            ),
+            seconds: s,
+            per_s: Some((b as f64 / s, "samples/s")),
+            flops: Some(3.0 * cfg.forward_flops(b, li, lt)),
+        });
+    }
+    // Sampling: one DiT evaluation with classifier-free guidance (batch 2) at 256².
+    let (img, img_ids, txt, txt_ids, t, y) = make(2)?;
+    let s = time(a.repeat, || {
+        dit.forward(&DitInput {
+            img: &img,
+            img_ids: &img_ids,
+            txt: &txt,
+            txt_ids: &txt_ids,
+            timesteps: &t,
+            y: &y,
+            guidance: None,
+            txt_mask: None,
+            references: None,
+        })?;
+        Ok(())
+    })?;
+    rows.push(Row {
+        name: "native DiT sampling step 256² (CFG batch 2)".into(),
+        seconds: s,
+        per_s: Some(((2 * li) as f64 / s, "tokens/s")),
+        flops: Some(cfg.forward_flops(2, li, lt)),
+    });
+    let avm = VarMap::new();
+    let ae = Autoencoder::new(
+        &AeConfig::native(),
+        seeded_varbuilder(&avm, 0, DType::F32, &dev),
+    )?;
+    let z = Tensor::randn(0f32, 1.0, (1, 32, 8, 8), &dev)?;
+    let s = time(a.repeat, || {
+        ae.decode(&z)?;
+        Ok(())
+    })?;
+    rows.push(Row {
+        name: "autoencoder decode 256²".into(),
+        seconds: s,
+        per_s: None,
+        flops: None,
+    });
+    if a.model != "default" || sprout_pipeline::embedded::available() {
+        let t0 = Instant::now();
+        let model = crate::generate_cmd::load_model(&a.model)?;
+        let load = t0.elapsed().as_secs_f64();
+        let req = sprout_pipeline::generate::Request {
+            prompt: "a red circle to the left of a blue star".into(),
+            n: 1,
+            seed: 0,
+            steps: model.meta.default_steps,
+            guidance: model.meta.default_guidance,
+            width: 256,
+            height: 256,
+            sampler: model.meta.sampler,
+        };
+        let s = time(a.repeat, || {
+            sprout_pipeline::generate::generate(&model, &req, |_, _| {})?;
+            Ok(())
+        })?;
+        rows.push(Row {
+            name: format!("model load ({})", a.model),
+            seconds: load,
+            per_s: None,
+            flops: None,
+        });
+        rows.push(Row {
+            name: format!("generate 256² e2e ({} steps, {:?})", req.steps, req.sampler)
+                .to_lowercase(),
+            seconds: s + load,
+            per_s: None,
+            flops: None,
+        });
+    }
+    println!("| bench | seconds | throughput | GFLOP | MFU |\n|---|---:|---:|---:|---:|");
+    println!(
+        "| f32 matmul peak (1024³) | | {:.1} GFLOP/s | | |",
+        peak / 1e9
+    );
+    let mut out = Map::new();
+    out.insert(
+        "matmul_peak_gflops".into(),
+        json!((peak / 1e7).round() / 100.0),
+    );
+    for r in &rows {
+        let mfu = r.flops.map(|f| f / r.seconds / peak);
+        println!(
+            "| {} | {:.4} | {} | {} | {} |",
+            r.name,
+            r.seconds,
+            r.per_s
+                .map(|(v, u)| format!("{v:.1} {u}"))
+                .unwrap_or_default(),
+            r.flops
+                .map(|f| format!("{:.1}", f / 1e9))
+                .unwrap_or_default(),
+            mfu.map(|m| format!("{:.1}%", 100.0 * m))
+                .unwrap_or_default()
+        );
+        let key: String = r
+            .name
+            .split(" (")
+            .next()
+            .unwrap_or(&r.name)
+            .replace([' ', '²'], "_")
+            .to_lowercase();
+        let mut v = Map::new();
+        v.insert("seconds".into(), json!(r.seconds));
+        if let Some((x, u)) = r.per_s {
+            v.insert(u.replace('/', "_per_"), json!(x));
+        }
+        if let Some(m) = mfu {
+            v.insert("mfu".into(), json!(m));
+        }
+        out.insert(key, Value::Object(v));
+    }
+    println!("{}", Value::Object(out));
+    Ok(())
+}
