@@ -17,7 +17,7 @@ enum Baseline {
 }
 
 #[derive(Args)]
-#[command(group(ArgGroup::new("what").required(true).args(["self_check", "images", "list", "model"])))]
+#[command(group(ArgGroup::new("what").required(true).args(["self_check", "images", "list", "model", "ae"])))]
 pub struct EvalArgs {
     /// Render ground truth for the prompt set and score it (proves the reader).
     #[arg(long)]
@@ -37,6 +37,10 @@ pub struct EvalArgs {
     /// Generate the prompt set with this model (`default` or a bundle directory) and score it.
     #[arg(long)]
     model: Option<String>,
+    /// Reconstruct held-out 256² world images with the autoencoder in this directory (`ae.json`
+    /// + `ae.safetensors`, or a model bundle) and report PSNR and SSIM.
+    #[arg(long)]
+    ae: Option<std::path::PathBuf>,
     /// With --model: sampling steps (model default if omitted).
     #[arg(long, requires = "model")]
     steps: Option<usize>,
@@ -79,6 +83,13 @@ fn write_report(report: &Report, path: &Path) -> Result<()> {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
+    if let Some(dir) = &a.ae {
+        let ae = sprout_pipeline::bundle::load_ae(dir, &candle_core::Device::Cpu)?;
+        let n = a.count.unwrap_or(64);
+        let score = sprout_train::ae_eval::evaluate_ae(&ae, n)?;
+        println!("{}", serde_json::to_string(&score)?);
+        return Ok(());
+    }
     let set = PromptSet::builtin();
     let categories = a
         .categories

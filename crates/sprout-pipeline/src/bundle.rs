@@ -113,12 +113,23 @@ fn vb(t: std::collections::HashMap<String, Tensor>, device: &Device) -> VarBuild
     VarBuilder::from_tensors(t, DType::F32, device)
 }
 
+/// The autoencoder of an autoencoder export (`ae.json` + `ae.safetensors`) or of a model
+/// bundle (`model.json` + `ae.safetensors`).
 pub fn load_ae(dir: &Path, device: &Device) -> Result<Autoencoder, PipelineError> {
-    let cfg_path = dir.join("ae.json");
-    let text = std::fs::read_to_string(&cfg_path)
-        .map_err(|e| PipelineError::Weights(format!("{}: {e}", cfg_path.display())))?;
-    let cfg: AeConfig = serde_json::from_str(&text)
-        .map_err(|e| PipelineError::Weights(format!("{}: {e}", cfg_path.display())))?;
+    let read = |p: &Path| {
+        std::fs::read_to_string(p)
+            .map_err(|e| PipelineError::Weights(format!("{}: {e}", p.display())))
+    };
+    let cfg: AeConfig = if dir.join("ae.json").is_file() {
+        let p = dir.join("ae.json");
+        serde_json::from_str(&read(&p)?)
+            .map_err(|e| PipelineError::Weights(format!("{}: {e}", p.display())))?
+    } else {
+        let p = dir.join("model.json");
+        let meta: BundleMeta = serde_json::from_str(&read(&p)?)
+            .map_err(|e| PipelineError::Weights(format!("{}: {e}", p.display())))?;
+        meta.ae
+    };
     let t = read_tensors(&dir.join("ae.safetensors"), device)?;
     Autoencoder::new(&cfg, vb(t, device))
         .map_err(|e| PipelineError::Weights(format!("ae.safetensors: {e}")))

@@ -5,6 +5,7 @@
 //! checkpoints of everything that determines the rest of the run (weights, moments, EMA,
 //! stream position, step), so `--resume` continues bit-exactly.
 
+pub mod ae_eval;
 pub mod ae_task;
 pub mod ckpt;
 pub mod config;
