@@ -34,7 +34,26 @@ enum Command {
     Bench(bench_cmd::BenchArgs),
 }
 
+/// Keep freed tensor buffers in the heap instead of returning them to the kernel.
+///
+/// Training allocates and frees many multi-megabyte tensors per step; with glibc's default
+/// thresholds each one is a fresh `mmap` whose pages fault in again, which cost a third of a
+/// DiT step's time here (`sprout bench --train`: 2.0 s → 1.5 s with this).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn tune_allocator() {
+    // SAFETY: mallopt only adjusts allocator parameters; called before any other thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 256 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 fn main() {
+    tune_allocator();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => generate_cmd::run(a),

@@ -85,6 +85,17 @@ pub fn linear(inp: usize, out: usize, vb: candle_nn::VarBuilder) -> Result<Linea
     linear_b(inp, out, true, vb)
 }
 
+/// A linear layer initialised to zero (adaLN-Zero modulation and the final projection: every
+/// block starts as the identity and the model's first output is zero). Loaded weights replace
+/// the initial values as usual.
+pub fn linear_zero(inp: usize, out: usize, vb: candle_nn::VarBuilder) -> Result<Linear> {
+    let zero = candle_nn::Init::Const(0.0);
+    Ok(Linear {
+        weight: vb.get_with_hints((out, inp), "weight", zero)?,
+        bias: Some(vb.get_with_hints(out, "bias", zero)?),
+    })
+}
+
 /// GELU with the tanh approximation (FLUX's MLP activation).
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
     crate::fused::gelu(x).unwrap_or_else(|| x.gelu())

@@ -29,7 +29,7 @@ impl Modulation {
     pub fn new(dim: usize, double: bool, vb: VarBuilder) -> Result<Self> {
         let chunks = if double { 6 } else { 3 };
         Ok(Modulation {
-            lin: crate::ops::linear(dim, chunks * dim, vb.pp("lin"))?,
+            lin: crate::ops::linear_zero(dim, chunks * dim, vb.pp("lin"))?,
             chunks,
         })
     }
@@ -269,8 +269,8 @@ pub struct LastLayer {
 impl LastLayer {
     pub fn new(hidden: usize, out: usize, vb: VarBuilder) -> Result<Self> {
         Ok(LastLayer {
-            linear: crate::ops::linear(hidden, out, vb.pp("linear"))?,
-            ada: crate::ops::linear(hidden, 2 * hidden, vb.pp("adaLN_modulation.1"))?,
+            linear: crate::ops::linear_zero(hidden, out, vb.pp("linear"))?,
+            ada: crate::ops::linear_zero(hidden, 2 * hidden, vb.pp("adaLN_modulation.1"))?,
         })
     }
 

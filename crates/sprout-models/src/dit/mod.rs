@@ -182,6 +182,35 @@ mod tests {
     }
 
     #[test]
+    fn adaln_zero_starts_at_zero_output() {
+        let dev = Device::Cpu;
+        let (dit, _) = tiny();
+        let (img, img_ids, txt, txt_ids, t, y) = inputs(2, &dev);
+        let out = dit
+            .forward(&DitInput {
+                img: &img,
+                img_ids: &img_ids,
+                txt: &txt,
+                txt_ids: &txt_ids,
+                timesteps: &t,
+                y: &y,
+                guidance: None,
+                txt_mask: None,
+                references: None,
+            })
+            .unwrap();
+        assert_eq!(
+            out.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
+    }
+
+    #[test]
     fn forward_shapes_and_weight_keys() {
         let dev = Device::Cpu;
         let (dit, vm) = tiny();
@@ -221,7 +250,12 @@ mod tests {
     #[test]
     fn samples_do_not_depend_on_their_batch() {
         let dev = Device::Cpu;
-        let (dit, _) = tiny();
+        let (dit, vm) = tiny();
+        // Zero-initialised adaLN gates would make every output zero; use random weights.
+        for v in vm.all_vars() {
+            v.set(&Tensor::randn(0f32, 0.3, v.shape(), &dev).unwrap())
+                .unwrap();
+        }
         let (img, img_ids, txt, txt_ids, t, y) = inputs(3, &dev);
         let full = dit
             .forward(&DitInput {
