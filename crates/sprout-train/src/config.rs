@@ -120,6 +120,10 @@ pub struct TrainConfig {
     pub out: PathBuf,
     #[serde(default)]
     pub seed: u64,
+    /// Start from another run's EMA weights (its `out` directory) instead of a fresh
+    /// initialisation; optimizer and schedule start anew. Ignored by `--resume`.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
     #[serde(default = "log_every")]
     pub log_every: u64,
     #[serde(default = "ckpt_every")]

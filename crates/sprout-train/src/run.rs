@@ -102,6 +102,26 @@ pub fn run_task<T: Task>(
     mut on_log: impl FnMut(&LogLine),
 ) -> Result<Summary, TrainError> {
     let params = task.params();
+    if let (Some(from), false) = (&cfg.init_from, opts.resume) {
+        let dir = ckpt::find(from).ok_or_else(|| {
+            TrainError::Checkpoint(format!("init_from: no checkpoint in {}", from.display()))
+        })?;
+        let ema = ckpt::load_tensors(&dir, "ema")?;
+        for (n, v) in &params {
+            let t = ema.get(n).ok_or_else(|| {
+                TrainError::Checkpoint(format!("init_from {}: lacks {n}", dir.display()))
+            })?;
+            if t.dims() != v.dims() {
+                return Err(TrainError::Checkpoint(format!(
+                    "init_from {}: {n} has shape {:?}, model {:?}",
+                    dir.display(),
+                    t.dims(),
+                    v.dims()
+                )));
+            }
+            v.set(t)?;
+        }
+    }
     let mut opt = AdamW::new(cfg.optim.clone(), params.clone())?;
     let mut ema = Ema::new(cfg.optim.ema_decay, opt.params());
     let total = cfg.total_steps();

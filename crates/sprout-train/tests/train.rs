@@ -287,3 +287,44 @@ fn one_config_trains_identically_twice() {
     }
     assert_eq!(bad, 0);
 }
+
+#[test]
+fn init_from_starts_at_another_runs_ema_weights() {
+    let a = tempfile::tempdir().unwrap();
+    train(
+        &ae_config(a.path()),
+        &Options {
+            resume: false,
+            stop_after: Some(2),
+        },
+        |_| {},
+    )
+    .unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let mut cfg = ae_config(b.path());
+    cfg.init_from = Some(a.path().to_path_buf());
+    cfg.optim.lr = 0.0; // no movement: the new run's weights stay at the source's EMA
+    cfg.optim.weight_decay = 0.0;
+    train(
+        &cfg,
+        &Options {
+            resume: false,
+            stop_after: Some(1),
+        },
+        |_| {},
+    )
+    .unwrap();
+    let src = ckpt::load_tensors(&ckpt::find(a.path()).unwrap(), "ema").unwrap();
+    let dst = ckpt::load_tensors(&ckpt::find(b.path()).unwrap(), "model").unwrap();
+    for (k, v) in &src {
+        let d = (v - &dst[k])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(d, 0.0, "{k}");
+    }
+}
