@@ -32,15 +32,17 @@ pub struct AeTask {
     crop: u32,
     l1: f64,
     seed: u64,
+    device: Device,
 }
 
 impl AeTask {
     pub fn new(cfg: &TrainConfig) -> Result<AeTask, TrainError> {
         let ae_cfg = ae_preset(&cfg.ae.preset)?;
         let varmap = VarMap::new();
+        let device = cfg.device()?;
         let ae = Autoencoder::new(
             &ae_cfg,
-            seeded_varbuilder(&varmap, cfg.seed, DType::F32, &Device::Cpu),
+            seeded_varbuilder(&varmap, cfg.seed, DType::F32, &device),
         )?;
         Ok(AeTask {
             ae,
@@ -48,11 +50,13 @@ impl AeTask {
             crop: cfg.ae.crop,
             l1: cfg.ae.l1,
             seed: cfg.seed,
+            device,
         })
     }
 
     /// A random crop (the same offset for the whole batch), keyed by step.
     fn crop(&self, x: &Tensor, step: u64) -> Result<Tensor, TrainError> {
+        let x = &x.to_device(&self.device)?;
         let (_, _, h, w) = x.dims4()?;
         let c = self.crop as usize;
         if c == 0 || (c >= h && c >= w) {

@@ -124,6 +124,9 @@ pub struct TrainConfig {
     /// initialisation; optimizer and schedule start anew. Ignored by `--resume`.
     #[serde(default)]
     pub init_from: Option<PathBuf>,
+    /// `cpu`, or `cuda` (`cuda:N`) in a build with the `cuda` feature.
+    #[serde(default = "cpu")]
+    pub device: String,
     #[serde(default = "log_every")]
     pub log_every: u64,
     #[serde(default = "ckpt_every")]
@@ -138,6 +141,10 @@ pub struct TrainConfig {
     pub data: DataSection,
     #[serde(rename = "stage")]
     pub stages: Vec<Stage>,
+}
+
+fn cpu() -> String {
+    "cpu".into()
 }
 
 fn log_every() -> u64 {
@@ -201,6 +208,25 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// The device the config asks for.
+    pub fn device(&self) -> Result<candle_core::Device, TrainError> {
+        match self.device.as_str() {
+            "cpu" => Ok(candle_core::Device::Cpu),
+            d if d == "cuda" || d.starts_with("cuda:") => {
+                let idx = d
+                    .strip_prefix("cuda:")
+                    .map(|n| n.parse::<usize>())
+                    .transpose()
+                    .map_err(|_| TrainError::Config(format!("bad device {d:?}")))?;
+                candle_core::Device::new_cuda(idx.unwrap_or(0))
+                    .map_err(|e| TrainError::Config(format!("device {d:?} is not available ({e}); build with --features cuda on a machine with a GPU")))
+            }
+            d => Err(TrainError::Config(format!(
+                "unknown device {d:?}; use \"cpu\" or \"cuda\""
+            ))),
+        }
+    }
+
     pub fn total_steps(&self) -> u64 {
         self.stages.iter().map(|s| s.steps).sum()
     }
@@ -254,5 +280,12 @@ mod tests {
         assert!(e.contains("stage 0"), "{e}");
         assert!(TrainConfig::from_toml(&text.replace("side = 128", "side = 100")).is_err());
         assert!(TrainConfig::from_toml("kind = \"gan\"").is_err());
+        assert!(matches!(c.device(), Ok(candle_core::Device::Cpu)));
+        let gpu = TrainConfig { device: "cuda".into(), ..c.clone() };
+        if !candle_core::utils::cuda_is_available() {
+            assert!(gpu.device().unwrap_err().to_string().contains("not available"));
+        }
+        let bad = TrainConfig { device: "tpu".into(), ..c };
+        assert!(bad.device().unwrap_err().to_string().contains("unknown device"));
     }
 }

@@ -38,11 +38,12 @@ pub struct DitTask {
     pub shift: ShiftConfig,
     dropout: f64,
     seed: u64,
+    device: Device,
 }
 
 impl DitTask {
     pub fn new(cfg: &TrainConfig) -> Result<DitTask, TrainError> {
-        let dev = Device::Cpu;
+        let dev = cfg.device()?;
         let ae = load_ae(&cfg.dit.ae, &dev)?;
         let dit_cfg = DitConfig::by_name(&cfg.dit.preset)?;
         if dit_cfg.latent_channels != ae.cfg.latent_channels {
@@ -89,6 +90,7 @@ impl DitTask {
             shift: ShiftConfig::default(),
             dropout: cfg.dit.caption_dropout,
             seed: cfg.seed,
+            device: dev,
         })
     }
 }
@@ -114,8 +116,8 @@ impl Task for DitTask {
         batch: &Batch,
         step: u64,
     ) -> Result<(Tensor, BTreeMap<String, f64>), TrainError> {
-        let dev = Device::Cpu;
-        let z = self.ae.encode(&batch.images)?.detach();
+        let dev = self.device.clone();
+        let z = self.ae.encode(&batch.images.to_device(&dev)?)?.detach();
         let (b, c, h, w) = z.dims4()?;
         let captions: Vec<String> = batch
             .captions

@@ -87,11 +87,31 @@ pub fn stream_config(cfg: &TrainConfig, i: usize, stage: &Stage) -> StreamConfig
     }
 }
 
-fn named(params: &[(String, Var)]) -> HashMap<String, Tensor> {
-    params
+/// Named tensors on the CPU (checkpoints are written from host memory).
+fn named(params: &[(String, Var)]) -> Result<HashMap<String, Tensor>, TrainError> {
+    Ok(params
         .iter()
-        .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
-        .collect()
+        .map(|(n, v)| {
+            Ok((
+                n.clone(),
+                v.as_tensor().to_device(&candle_core::Device::Cpu)?,
+            ))
+        })
+        .collect::<candle_core::Result<_>>()?)
+}
+
+fn on_cpu(t: HashMap<String, Tensor>) -> Result<HashMap<String, Tensor>, TrainError> {
+    on_device(t, &candle_core::Device::Cpu)
+}
+
+/// Checkpoint tensors moved to `dev`.
+fn on_device(
+    t: HashMap<String, Tensor>,
+    dev: &candle_core::Device,
+) -> Result<HashMap<String, Tensor>, TrainError> {
+    Ok(t.into_iter()
+        .map(|(n, v)| Ok((n, v.to_device(dev)?)))
+        .collect::<candle_core::Result<_>>()?)
 }
 
 /// Run (or resume) training; `on_log` sees every `log_every`-th step.
@@ -102,11 +122,15 @@ pub fn run_task<T: Task>(
     mut on_log: impl FnMut(&LogLine),
 ) -> Result<Summary, TrainError> {
     let params = task.params();
+    let dev = params
+        .first()
+        .map(|(_, v)| v.device().clone())
+        .unwrap_or(candle_core::Device::Cpu);
     if let (Some(from), false) = (&cfg.init_from, opts.resume) {
         let dir = ckpt::find(from).ok_or_else(|| {
             TrainError::Checkpoint(format!("init_from: no checkpoint in {}", from.display()))
         })?;
-        let ema = ckpt::load_tensors(&dir, "ema")?;
+        let ema = on_device(ckpt::load_tensors(&dir, "ema")?, &dev)?;
         for (n, v) in &params {
             let t = ema.get(n).ok_or_else(|| {
                 TrainError::Checkpoint(format!("init_from {}: lacks {n}", dir.display()))
@@ -142,7 +166,7 @@ pub fn run_task<T: Task>(
         if saved.kind != cfg.kind || saved.seed != cfg.seed || saved.stages != cfg.stages {
             return Err(TrainError::Checkpoint("the checkpoint was made with a different kind, seed or stages; start a new run in another directory".into()));
         }
-        let model = ckpt::load_tensors(&dir, "model")?;
+        let model = on_device(ckpt::load_tensors(&dir, "model")?, &dev)?;
         for (n, v) in opt.params() {
             let t = model
                 .get(n)
@@ -156,9 +180,9 @@ pub fn run_task<T: Task>(
             }
             v.set(t)?;
         }
-        ema.load(&ckpt::load_tensors(&dir, "ema")?)?;
+        ema.load(&on_device(ckpt::load_tensors(&dir, "ema")?, &dev)?)?;
         let t = state["optim_t"].as_u64().unwrap_or(0);
-        opt.load_state(&ckpt::load_tensors(&dir, "optim")?, t)?;
+        opt.load_state(&on_device(ckpt::load_tensors(&dir, "optim")?, &dev)?, t)?;
         step = state["step"].as_u64().unwrap_or(0);
         pos = serde_json::from_value(state["stream"].clone())
             .map_err(|e| TrainError::Checkpoint(format!("stream position: {e}")))?;
@@ -184,9 +208,9 @@ pub fn run_task<T: Task>(
         ckpt::save(
             &cfg.out,
             &[
-                ("model", named(opt.params())),
-                ("ema", ema.tensors()),
-                ("optim", opt.state()),
+                ("model", named(opt.params())?),
+                ("ema", on_cpu(ema.tensors())?),
+                ("optim", on_cpu(opt.state())?),
             ],
             &task.extra_files(),
             &state,
