@@ -281,11 +281,25 @@ mod tests {
         assert!(TrainConfig::from_toml(&text.replace("side = 128", "side = 100")).is_err());
         assert!(TrainConfig::from_toml("kind = \"gan\"").is_err());
         assert!(matches!(c.device(), Ok(candle_core::Device::Cpu)));
-        let gpu = TrainConfig { device: "cuda".into(), ..c.clone() };
+        let gpu = TrainConfig {
+            device: "cuda".into(),
+            ..c.clone()
+        };
         if !candle_core::utils::cuda_is_available() {
-            assert!(gpu.device().unwrap_err().to_string().contains("not available"));
+            assert!(gpu
+                .device()
+                .unwrap_err()
+                .to_string()
+                .contains("not available"));
         }
-        let bad = TrainConfig { device: "tpu".into(), ..c };
-        assert!(bad.device().unwrap_err().to_string().contains("unknown device"));
+        let bad = TrainConfig {
+            device: "tpu".into(),
+            ..c
+        };
+        assert!(bad
+            .device()
+            .unwrap_err()
+            .to_string()
+            .contains("unknown device"));
     }
 }
