@@ -145,17 +145,6 @@ impl Dit {
     }
 }
 
-/// Shape helper: (B, L, C) of a latent batch after patchify.
-pub fn token_shape(
-    cfg: &DitConfig,
-    b: usize,
-    latent_h: usize,
-    latent_w: usize,
-) -> (usize, usize, usize) {
-    let p = cfg.patch_size;
-    (b, (latent_h / p) * (latent_w / p), cfg.in_channels())
-}
-
 #[cfg(test)]
 mod tests {
     use super::embed::{grid_ids, patchify, text_ids, unpatchify};
