@@ -274,6 +274,17 @@ mod tests {
             })
             .unwrap()
         };
+        // Batched and single matmuls may block their sums differently (the gemm kernel
+        // depends on the CPU and the row count), so allow f32 rounding relative to the
+        // output's magnitude; a real dependence on other samples is orders larger.
+        let scale = full
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .max(1.0);
         for i in 0..3 {
             let d = (full.narrow(0, i, 1).unwrap() - one(i))
                 .unwrap()
@@ -283,7 +294,10 @@ mod tests {
                 .unwrap()
                 .to_scalar::<f32>()
                 .unwrap();
-            assert!(d < 1e-5, "sample {i} differs by {d}");
+            assert!(
+                d < 1e-4 * scale,
+                "sample {i} differs by {d} (scale {scale})"
+            );
         }
     }
 
