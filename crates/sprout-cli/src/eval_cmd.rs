@@ -50,6 +50,10 @@ pub struct EvalArgs {
     /// With --model: euler or heun (model default if omitted).
     #[arg(long, requires = "model")]
     sampler: Option<String>,
+    /// With --model: prompts of the same canvas size generated together in one batch
+    /// (results do not depend on it beyond float rounding; larger is faster).
+    #[arg(long, requires = "model", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+    batch: u16,
     /// Use only the first N prompts (round-robin over categories).
     #[arg(long)]
     count: Option<usize>,
@@ -131,28 +135,52 @@ pub fn run(a: EvalArgs) -> Result<()> {
             steps
         )
         .to_lowercase();
+        let request = |index: usize, p: &sprout_eval::Prompt| sprout_pipeline::generate::Request {
+            prompt: p.text.clone(),
+            n: 1,
+            seed: a.seed.wrapping_add(1000 * index as u64),
+            steps,
+            guidance,
+            width: p.width,
+            height: p.height,
+            sampler,
+        };
+        // Generated lazily in batches: a prompt not yet generated is generated together
+        // with the following prompts of the same canvas size.
+        let mut cache: std::collections::HashMap<String, Vec<image::RgbImage>> =
+            std::collections::HashMap::new();
         sprout_eval::run::score_generated(
             &set,
             &prompts,
             &source,
-            |index, p| -> Result<Vec<image::RgbImage>> {
-                let req = sprout_pipeline::generate::Request {
-                    prompt: p.text.clone(),
-                    n: 1,
-                    seed: a.seed.wrapping_add(1000 * index as u64),
-                    steps,
-                    guidance,
-                    width: p.width,
-                    height: p.height,
-                    sampler,
-                };
-                let imgs = sprout_pipeline::generate::generate(&model, &req, |_, _| {})?;
-                if let Some(dir) = &a.save {
-                    for img in &imgs {
-                        img.save(dir.join(format!("{}.png", p.id)))?;
+            |_, p| -> Result<Vec<image::RgbImage>> {
+                if !cache.contains_key(&p.id) {
+                    let at = prompts.iter().position(|q| q.id == p.id).unwrap_or(0);
+                    let group: Vec<&sprout_eval::Prompt> = prompts[at..]
+                        .iter()
+                        .copied()
+                        .filter(|q| {
+                            (q.width, q.height) == (p.width, p.height) && !cache.contains_key(&q.id)
+                        })
+                        .take(a.batch as usize)
+                        .collect();
+                    let reqs: Vec<_> = group
+                        .iter()
+                        .map(|q| request(sprout_eval::run::index_of(&set, q), q))
+                        .collect();
+                    let imgs = sprout_pipeline::generate::generate_many(&model, &reqs, |_, _| {})?;
+                    for (q, im) in group.iter().zip(imgs) {
+                        if let Some(dir) = &a.save {
+                            for img in &im {
+                                img.save(dir.join(format!("{}.png", q.id)))?;
+                            }
+                        }
+                        cache.insert(q.id.clone(), im);
                     }
                 }
-                Ok(imgs)
+                cache
+                    .remove(&p.id)
+                    .with_context(|| format!("no image was generated for prompt {}", p.id))
             },
             &tick,
         )?

@@ -42,7 +42,8 @@ impl Source {
     }
 }
 
-fn index_of(set: &PromptSet, p: &Prompt) -> usize {
+/// Position of `p` in the full prompt set (seeds derive from it, not from a selection).
+pub fn index_of(set: &PromptSet, p: &Prompt) -> usize {
     set.prompts
         .iter()
         .position(|q| q.id == p.id)

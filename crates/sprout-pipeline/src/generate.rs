@@ -89,9 +89,46 @@ pub fn to_images(x: &Tensor) -> Result<Vec<RgbImage>, PipelineError> {
 pub fn generate(
     bundle: &Bundle,
     req: &Request,
-    mut on_step: impl FnMut(usize, usize),
+    on_step: impl FnMut(usize, usize),
 ) -> Result<Vec<RgbImage>, PipelineError> {
-    req.validate(bundle)?;
+    let mut out = generate_many(bundle, std::slice::from_ref(req), on_step)?;
+    Ok(out.swap_remove(0))
+}
+
+/// Generate several requests that share a canvas size, step count, guidance and sampler in
+/// one batch (prompts and seeds may differ); returns each request's images in order. Every
+/// image depends only on its own prompt and seed, so batching never changes a result
+/// beyond float rounding.
+pub fn generate_many(
+    bundle: &Bundle,
+    reqs: &[Request],
+    mut on_step: impl FnMut(usize, usize),
+) -> Result<Vec<Vec<RgbImage>>, PipelineError> {
+    let Some(req) = reqs.first() else {
+        return Ok(Vec::new());
+    };
+    for r in reqs {
+        r.validate(bundle)?;
+        if (r.width, r.height, r.steps, r.sampler)
+            != (req.width, req.height, req.steps, req.sampler)
+            || r.guidance != req.guidance
+        {
+            return Err(PipelineError::Request(format!(
+                "requests batched together must share size, steps, guidance and sampler \
+                 ({}x{}, {} steps, guidance {}, {:?} vs {}x{}, {} steps, guidance {}, {:?})",
+                req.width,
+                req.height,
+                req.steps,
+                req.guidance,
+                req.sampler,
+                r.width,
+                r.height,
+                r.steps,
+                r.guidance,
+                r.sampler
+            )));
+        }
+    }
     let dev = Device::Cpu;
     let cfg = bundle.dit.config();
     let (h, w) = (
@@ -99,14 +136,19 @@ pub fn generate(
         req.width as usize / DOWNSCALE,
     );
     let p = cfg.patch_size;
-    let seeds: Vec<u64> = (0..req.n as u64)
-        .map(|i| req.seed.wrapping_add(i))
+    let seeds: Vec<u64> = reqs
+        .iter()
+        .flat_map(|r| (0..r.n as u64).map(|i| r.seed.wrapping_add(i)))
         .collect();
+    let n = seeds.len();
     let x = noise_batch(&seeds, &[cfg.latent_channels, h, w], &dev)?;
     let cfg_on = req.guidance != 1.0;
-    let mut prompts = vec![req.prompt.clone(); req.n];
+    let mut prompts: Vec<String> = reqs
+        .iter()
+        .flat_map(|r| std::iter::repeat_n(r.prompt.clone(), r.n))
+        .collect();
     if cfg_on {
-        prompts.extend(std::iter::repeat_n(String::new(), req.n));
+        prompts.extend(std::iter::repeat_n(String::new(), n));
     }
     let emb = bundle.text.encode(&prompts, &dev)?;
     for (name, t) in [("text states", &emb.states), ("pooled text", &emb.pooled)] {
@@ -128,9 +170,9 @@ pub fn generate(
     let velocity = |x: &Tensor, t: f64| -> candle_core::Result<Tensor> {
         let tokens = patchify(x, p)?;
         let (tokens, rows) = if cfg_on {
-            (Tensor::cat(&[&tokens, &tokens], 0)?, 2 * req.n)
+            (Tensor::cat(&[&tokens, &tokens], 0)?, 2 * n)
         } else {
-            (tokens, req.n)
+            (tokens, n)
         };
         let tt = Tensor::full(t as f32, rows, &dev)?;
         let v = bundle.dit.forward(&DitInput {
@@ -145,7 +187,7 @@ pub fn generate(
             references: None,
         })?;
         let v = if cfg_on {
-            let (c, u) = (v.narrow(0, 0, req.n)?, v.narrow(0, req.n, req.n)?);
+            let (c, u) = (v.narrow(0, 0, n)?, v.narrow(0, n, n)?);
             (&u + ((c - &u)? * req.guidance)?)?
         } else {
             v
@@ -176,5 +218,9 @@ pub fn generate(
     } else {
         bundle.ae.decode(&z)?
     };
-    to_images(&img)
+    let mut images = to_images(&img)?.into_iter();
+    Ok(reqs
+        .iter()
+        .map(|r| images.by_ref().take(r.n).collect())
+        .collect())
 }
