@@ -116,17 +116,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             .collect();
         let mut opt = AdamW::new(OptimConfig::default(), params)?;
         let s = time(a.repeat, || {
-            let out = dit.forward(&DitInput {
-                img: &img,
-                img_ids: &img_ids,
-                txt: &txt,
-                txt_ids: &txt_ids,
-                timesteps: &t,
-                y: &y,
-                guidance: None,
-                txt_mask: None,
-                references: None,
-            })?;
+            let out = dit.forward(&DitInput::new(&img, &img_ids, &txt, &txt_ids, &t, &y))?;
             opt.step(&out.sqr()?.mean_all()?.backward()?, 1e-4)?;
             Ok(())
         })?;
@@ -143,17 +133,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     // Sampling: one DiT evaluation with classifier-free guidance (batch 2) at 256².
     let (img, img_ids, txt, txt_ids, t, y) = make(2)?;
     let s = time(a.repeat, || {
-        dit.forward(&DitInput {
-            img: &img,
-            img_ids: &img_ids,
-            txt: &txt,
-            txt_ids: &txt_ids,
-            timesteps: &t,
-            y: &y,
-            guidance: None,
-            txt_mask: None,
-            references: None,
-        })?;
+        dit.forward(&DitInput::new(&img, &img_ids, &txt, &txt_ids, &t, &y))?;
         Ok(())
     })?;
     rows.push(Row {

@@ -2,16 +2,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
-use sprout_models::ae::{AeConfig, Autoencoder};
-use sprout_models::dit::{Dit, DitConfig};
-use sprout_models::init::seeded_varbuilder;
-use sprout_models::text::{build_tokenizer, SmallTextEncoder, TextConfig};
-use sprout_pipeline::bundle::BundleMeta;
-use sprout_pipeline::flow::{Sampler, ShiftConfig};
+use std::process::{Command, Output};
 
 fn sprout(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sprout"))
@@ -20,57 +13,11 @@ fn sprout(args: &[&str]) -> Output {
         .expect("runs")
 }
 
-fn save(vm: &VarMap, path: &Path) {
-    let t: HashMap<String, Tensor> = vm
-        .data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().to_dtype(DType::BF16).unwrap()))
-        .collect();
-    candle_core::safetensors::save(&t, path).unwrap();
-}
-
 fn write_tiny_bundle(dir: &Path) {
-    let dev = Device::Cpu;
-    let tok = build_tokenizer(["a", "red", "circle"]).unwrap();
-    let text = TextConfig::tiny(tok.get_vocab_size(true));
-    let dit = DitConfig {
-        context_in_dim: text.dim,
-        vec_in_dim: text.dim,
-        ..DitConfig::tiny()
-    };
-    let ae = AeConfig::tiny();
-    let (va, vd, vt) = (VarMap::new(), VarMap::new(), VarMap::new());
-    Autoencoder::new(&ae, seeded_varbuilder(&va, 1, DType::F32, &dev)).unwrap();
-    Dit::new(&dit, seeded_varbuilder(&vd, 2, DType::F32, &dev)).unwrap();
-    SmallTextEncoder::new(
-        &text,
-        tok.clone(),
-        seeded_varbuilder(&vt, 3, DType::F32, &dev),
-    )
-    .unwrap();
-    save(&va, &dir.join("ae.safetensors"));
-    save(&vd, &dir.join("dit.safetensors"));
-    save(&vt, &dir.join("text.safetensors"));
-    std::fs::write(dir.join("tokenizer.json"), tok.to_string(false).unwrap()).unwrap();
-    let meta = BundleMeta {
-        name: "tiny".into(),
-        ae,
-        dit,
-        text,
-        shift: ShiftConfig::default(),
-        default_steps: 2,
-        default_guidance: 2.0,
-        sampler: Sampler::Heun,
-        max_side: 512,
-        trained: serde_json::Value::Null,
-    };
-    std::fs::write(
-        dir.join("model.json"),
-        serde_json::to_string(&meta).unwrap(),
-    )
-    .unwrap();
+    sprout_pipeline::testing::tiny_bundle(&["a", "red", "circle"], 1)
+        .unwrap()
+        .write_dir(dir)
+        .unwrap();
 }
 
 fn stderr(o: &Output) -> String {

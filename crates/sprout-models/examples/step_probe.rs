@@ -33,17 +33,7 @@ fn main() {
     for it in 0..3 {
         let t0 = Instant::now();
         let out = dit
-            .forward(&DitInput {
-                img: &img,
-                img_ids: &img_ids,
-                txt: &txt,
-                txt_ids: &txt_ids,
-                timesteps: &tt,
-                y: &y,
-                guidance: None,
-                txt_mask: None,
-                references: None,
-            })
+            .forward(&DitInput::new(&img, &img_ids, &txt, &txt_ids, &tt, &y))
             .unwrap();
         let loss = out.sqr().unwrap().mean_all().unwrap();
         let f = t0.elapsed().as_secs_f64();

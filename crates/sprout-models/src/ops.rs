@@ -5,6 +5,16 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
+/// Largest absolute element of `x` (as f32), e.g. to compare tensors or check a bound.
+pub fn max_abs(x: &Tensor) -> Result<f32> {
+    x.abs()?.max_all()?.to_dtype(DType::F32)?.to_scalar::<f32>()
+}
+
+/// Largest absolute elementwise difference of two tensors of one shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    max_abs(&(a - b)?)
+}
+
 /// Softmax over the last dimension, stabilised by the row maximum.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     crate::fused::softmax_last_dim(x).unwrap_or_else(|| softmax_last_dim_composed(x))

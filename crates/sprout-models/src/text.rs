@@ -346,14 +346,8 @@ mod tests {
         );
         // The first prompt's pooled vector does not depend on the padding a longer prompt forces.
         let alone = enc.encode(&prompts[..1], &Device::Cpu).unwrap();
-        let d = (alone.pooled - e.pooled.narrow(0, 0, 1).unwrap())
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d =
+            crate::ops::max_abs_diff(&alone.pooled, &e.pooled.narrow(0, 0, 1).unwrap()).unwrap();
         assert!(d < 1e-5, "{d}");
         // Truncation at max_len.
         let long = vec!["a ".repeat(100)];

@@ -9,6 +9,7 @@
 //! tokenizer.json      word-piece tokenizer
 //! ```
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
@@ -133,6 +134,54 @@ pub fn load_ae(dir: &Path, device: &Device) -> Result<Autoencoder, PipelineError
     let t = read_tensors(&dir.join("ae.safetensors"), device)?;
     Autoencoder::new(&cfg, vb(t, device))
         .map_err(|e| PipelineError::Weights(format!("ae.safetensors: {e}")))
+}
+
+/// A bundle's files in memory: what `write_dir` writes and `Bundle::from_parts` builds from.
+pub struct BundleParts {
+    pub meta: BundleMeta,
+    pub ae: HashMap<String, Tensor>,
+    pub dit: HashMap<String, Tensor>,
+    pub text: HashMap<String, Tensor>,
+    pub tokenizer: Tokenizer,
+}
+
+impl BundleParts {
+    /// Write the bundle to `dir` (created if missing), weights as bf16 safetensors.
+    pub fn write_dir(&self, dir: &Path) -> Result<(), PipelineError> {
+        let io = |what: &str, e: &dyn std::fmt::Display| {
+            PipelineError::Weights(format!("writing {}: {e}", dir.join(what).display()))
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io("", &e))?;
+        for (file, t) in [
+            ("ae.safetensors", &self.ae),
+            ("dit.safetensors", &self.dit),
+            ("text.safetensors", &self.text),
+        ] {
+            let bf16 = t
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), v.to_dtype(DType::BF16)?)))
+                .collect::<candle_core::Result<HashMap<_, _>>>()?;
+            candle_core::safetensors::save(&bf16, dir.join(file)).map_err(|e| io(file, &e))?;
+        }
+        let tok = self
+            .tokenizer
+            .to_string(false)
+            .map_err(|e| io("tokenizer.json", &e))?;
+        std::fs::write(dir.join("tokenizer.json"), tok).map_err(|e| io("tokenizer.json", &e))?;
+        let meta = serde_json::to_string_pretty(&self.meta).expect("BundleMeta serialises");
+        std::fs::write(dir.join("model.json"), meta).map_err(|e| io("model.json", &e))
+    }
+
+    pub fn into_bundle(self, device: &Device) -> Result<Bundle, PipelineError> {
+        Bundle::from_parts(
+            self.meta,
+            self.ae,
+            self.dit,
+            self.text,
+            self.tokenizer,
+            device,
+        )
+    }
 }
 
 impl Bundle {

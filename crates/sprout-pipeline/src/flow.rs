@@ -191,14 +191,7 @@ mod tests {
                 |_, _| Ok(()),
             )
             .unwrap();
-            let d = (out - &x0)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = sprout_models::ops::max_abs_diff(&out, &x0).unwrap();
             assert!(d < 1e-5, "{sampler:?}: {d}");
         }
     }

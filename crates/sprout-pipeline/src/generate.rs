@@ -176,15 +176,8 @@ pub fn generate_many(
         };
         let tt = Tensor::full(t as f32, rows, &dev)?;
         let v = bundle.dit.forward(&DitInput {
-            img: &tokens,
-            img_ids: &img_ids,
-            txt: &emb.states,
-            txt_ids: &txt_ids,
-            timesteps: &tt,
-            y: &emb.pooled,
-            guidance: None,
             txt_mask: Some(&emb.mask),
-            references: None,
+            ..DitInput::new(&tokens, &img_ids, &emb.states, &txt_ids, &tt, &emb.pooled)
         })?;
         let v = if cfg_on {
             let (c, u) = (v.narrow(0, 0, n)?, v.narrow(0, n, n)?);

@@ -5,6 +5,7 @@ pub mod embedded;
 pub mod flow;
 pub mod generate;
 pub mod noise;
+pub mod testing;
 
 use thiserror::Error;
 

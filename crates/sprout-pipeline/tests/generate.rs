@@ -2,62 +2,16 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarMap;
-use sprout_models::ae::{AeConfig, Autoencoder};
-use sprout_models::dit::{Dit, DitConfig};
-use sprout_models::init::seeded_varbuilder;
-use sprout_models::text::{build_tokenizer, SmallTextEncoder, TextConfig};
-use sprout_pipeline::bundle::{Bundle, BundleMeta};
-use sprout_pipeline::flow::{Sampler, ShiftConfig};
+use candle_core::{Device, Tensor};
+use sprout_pipeline::bundle::Bundle;
+use sprout_pipeline::flow::Sampler;
 use sprout_pipeline::generate::{generate, generate_many, Request};
-
-fn tensors(vm: &VarMap) -> HashMap<String, Tensor> {
-    vm.data()
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
-        .collect()
-}
+use sprout_pipeline::testing::tiny_bundle as tiny_bundle_parts;
 
 fn tiny_bundle() -> Bundle {
-    let dev = Device::Cpu;
-    let tok = build_tokenizer(["a", "red", "circle", "blue", "star"]).unwrap();
-    let text = TextConfig::tiny(tok.get_vocab_size(true));
-    let dit = DitConfig {
-        context_in_dim: text.dim,
-        vec_in_dim: text.dim,
-        ..DitConfig::tiny()
-    };
-    let ae = AeConfig::tiny();
-    let (va, vd, vt) = (VarMap::new(), VarMap::new(), VarMap::new());
-    Autoencoder::new(&ae, seeded_varbuilder(&va, 1, DType::F32, &dev)).unwrap();
-    Dit::new(&dit, seeded_varbuilder(&vd, 2, DType::F32, &dev)).unwrap();
-    SmallTextEncoder::new(
-        &text,
-        tok.clone(),
-        seeded_varbuilder(&vt, 3, DType::F32, &dev),
-    )
-    .unwrap();
-    // adaLN gates start at zero-free random values here, so the DiT output depends on its inputs.
-    for v in vd.all_vars() {
-        v.set(&(v.as_tensor() + Tensor::randn(0f32, 0.05, v.shape(), &dev).unwrap()).unwrap())
-            .unwrap();
-    }
-    let meta = BundleMeta {
-        name: "tiny".into(),
-        ae,
-        dit,
-        text,
-        shift: ShiftConfig::default(),
-        default_steps: 3,
-        default_guidance: 3.0,
-        sampler: Sampler::Euler,
-        max_side: 256,
-        trained: serde_json::Value::Null,
-    };
-    Bundle::from_parts(meta, tensors(&va), tensors(&vd), tensors(&vt), tok, &dev).unwrap()
+    let mut parts = tiny_bundle_parts(&["a", "red", "circle", "blue", "star"], 1).unwrap();
+    parts.meta.max_side = 256;
+    parts.into_bundle(&Device::Cpu).unwrap()
 }
 
 fn req(n: usize, seed: u64) -> Request {
@@ -228,4 +182,42 @@ fn corrupted_and_mis_shaped_weights_are_refused_by_name() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("tensor w holds NaN"), "{e}");
+}
+
+#[test]
+fn a_written_bundle_loads_back_with_its_config_and_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let parts = tiny_bundle_parts(&["a", "red", "circle"], 9).unwrap();
+    parts.write_dir(dir.path()).unwrap();
+    let loaded = Bundle::load_dir(dir.path(), &Device::Cpu).unwrap();
+    assert_eq!(loaded.meta, parts.meta);
+    for (file, tensors) in [
+        ("ae", &parts.ae),
+        ("dit", &parts.dit),
+        ("text", &parts.text),
+    ] {
+        let back = sprout_pipeline::bundle::read_tensors(
+            &dir.path().join(format!("{file}.safetensors")),
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(back.len(), tensors.len(), "{file}");
+        for (k, v) in tensors {
+            // Stored as bf16: 8 significant bits.
+            let d = sprout_models::ops::max_abs_diff(&back[k], v).unwrap();
+            let m = sprout_models::ops::max_abs(v).unwrap();
+            assert!(d <= m / 128.0 + 1e-12, "{file}/{k}: {d} vs {m}");
+        }
+    }
+    let img = generate(
+        &loaded,
+        &Request {
+            width: 64,
+            height: 64,
+            ..req(1, 3)
+        },
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(img[0].dimensions(), (64, 64));
 }

@@ -151,15 +151,8 @@ impl Task for DitTask {
         let img_ids = grid_ids(0, h / p, w / p, &dev)?;
         let txt_ids = text_ids(emb.states.dim(1)?, &dev)?;
         let pred = self.dit.forward(&DitInput {
-            img: &img,
-            img_ids: &img_ids,
-            txt: &emb.states,
-            txt_ids: &txt_ids,
-            timesteps: &t,
-            y: &emb.pooled,
-            guidance: None,
             txt_mask: Some(&emb.mask),
-            references: None,
+            ..DitInput::new(&img, &img_ids, &emb.states, &txt_ids, &t, &emb.pooled)
         })?;
         let loss = flow_loss(&pred, &patchify(&v, p)?)?;
         Ok((loss, BTreeMap::new()))

@@ -317,14 +317,7 @@ fn init_from_starts_at_another_runs_ema_weights() {
     let src = ckpt::load_tensors(&ckpt::find(a.path()).unwrap(), "ema").unwrap();
     let dst = ckpt::load_tensors(&ckpt::find(b.path()).unwrap(), "model").unwrap();
     for (k, v) in &src {
-        let d = (v - &dst[k])
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = sprout_models::ops::max_abs_diff(v, &dst[k]).unwrap();
         assert_eq!(d, 0.0, "{k}");
     }
 }

@@ -59,6 +59,30 @@ pub struct DitInput<'a> {
     pub references: Option<References<'a>>,
 }
 
+impl<'a> DitInput<'a> {
+    /// An input with no guidance, no text mask and no reference images.
+    pub fn new(
+        img: &'a Tensor,
+        img_ids: &'a Tensor,
+        txt: &'a Tensor,
+        txt_ids: &'a Tensor,
+        timesteps: &'a Tensor,
+        y: &'a Tensor,
+    ) -> Self {
+        DitInput {
+            img,
+            img_ids,
+            txt,
+            txt_ids,
+            timesteps,
+            y,
+            guidance: None,
+            txt_mask: None,
+            references: None,
+        }
+    }
+}
+
 impl Dit {
     /// Build from a VarBuilder whose keys are FLUX's module paths (`img_in.weight`,
     /// `double_blocks.0.img_attn.qkv.weight`, …); every tensor's shape is checked on load.
@@ -176,27 +200,9 @@ mod tests {
         let (dit, _) = tiny();
         let (img, img_ids, txt, txt_ids, t, y) = inputs(2, &dev);
         let out = dit
-            .forward(&DitInput {
-                img: &img,
-                img_ids: &img_ids,
-                txt: &txt,
-                txt_ids: &txt_ids,
-                timesteps: &t,
-                y: &y,
-                guidance: None,
-                txt_mask: None,
-                references: None,
-            })
+            .forward(&DitInput::new(&img, &img_ids, &txt, &txt_ids, &t, &y))
             .unwrap();
-        assert_eq!(
-            out.abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap(),
-            0.0
-        );
+        assert_eq!(crate::ops::max_abs(&out).unwrap(), 0.0);
     }
 
     #[test]
@@ -204,17 +210,7 @@ mod tests {
         let dev = Device::Cpu;
         let (dit, vm) = tiny();
         let (img, img_ids, txt, txt_ids, t, y) = inputs(2, &dev);
-        let input = DitInput {
-            img: &img,
-            img_ids: &img_ids,
-            txt: &txt,
-            txt_ids: &txt_ids,
-            timesteps: &t,
-            y: &y,
-            guidance: None,
-            txt_mask: None,
-            references: None,
-        };
+        let input = DitInput::new(&img, &img_ids, &txt, &txt_ids, &t, &y);
         let out = dit.forward(&input).unwrap();
         assert_eq!(out.dims(), img.dims());
         assert_eq!(unpatchify(&out, 1, 4, 6).unwrap().dims(), &[2, 4, 4, 6]);
@@ -247,53 +243,26 @@ mod tests {
         }
         let (img, img_ids, txt, txt_ids, t, y) = inputs(3, &dev);
         let full = dit
-            .forward(&DitInput {
-                img: &img,
-                img_ids: &img_ids,
-                txt: &txt,
-                txt_ids: &txt_ids,
-                timesteps: &t,
-                y: &y,
-                guidance: None,
-                txt_mask: None,
-                references: None,
-            })
+            .forward(&DitInput::new(&img, &img_ids, &txt, &txt_ids, &t, &y))
             .unwrap();
         let one = |i: usize| {
             let n = |x: &Tensor| x.narrow(0, i, 1).unwrap();
-            dit.forward(&DitInput {
-                img: &n(&img),
-                img_ids: &img_ids,
-                txt: &n(&txt),
-                txt_ids: &txt_ids,
-                timesteps: &n(&t),
-                y: &n(&y),
-                guidance: None,
-                txt_mask: None,
-                references: None,
-            })
+            dit.forward(&DitInput::new(
+                &n(&img),
+                &img_ids,
+                &n(&txt),
+                &txt_ids,
+                &n(&t),
+                &n(&y),
+            ))
             .unwrap()
         };
         // Batched and single matmuls may block their sums differently (the gemm kernel
         // depends on the CPU and the row count), so allow f32 rounding relative to the
         // output's magnitude; a real dependence on other samples is orders larger.
-        let scale = full
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .max(1.0);
+        let scale = crate::ops::max_abs(&full).unwrap().max(1.0);
         for i in 0..3 {
-            let d = (full.narrow(0, i, 1).unwrap() - one(i))
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let d = crate::ops::max_abs_diff(&full.narrow(0, i, 1).unwrap(), &one(i)).unwrap();
             assert!(
                 d < 1e-4 * scale,
                 "sample {i} differs by {d} (scale {scale})"
@@ -311,17 +280,7 @@ mod tests {
                 .unwrap();
         }
         let (img, img_ids, txt, txt_ids, t, y) = inputs(2, &dev);
-        let base = DitInput {
-            img: &img,
-            img_ids: &img_ids,
-            txt: &txt,
-            txt_ids: &txt_ids,
-            timesteps: &t,
-            y: &y,
-            guidance: None,
-            txt_mask: None,
-            references: None,
-        };
+        let base = DitInput::new(&img, &img_ids, &txt, &txt_ids, &t, &y);
         let plain = dit.forward(&base).unwrap();
         // Two references of different sizes, image indices 1 and 2.
         let r1 = patchify(&Tensor::randn(0f32, 1.0, (2, 4, 2, 2), &dev).unwrap(), 1).unwrap();
@@ -345,14 +304,7 @@ mod tests {
             })
             .unwrap();
         assert_eq!(with.dims(), plain.dims());
-        let d = (with - plain)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = crate::ops::max_abs_diff(&with, &plain).unwrap();
         assert!(d > 1e-4, "references had no effect");
     }
 
@@ -365,17 +317,7 @@ mod tests {
                 .unwrap();
         }
         let (img, img_ids, txt, txt_ids, t, y) = inputs(1, &dev);
-        let base = DitInput {
-            img: &img,
-            img_ids: &img_ids,
-            txt: &txt,
-            txt_ids: &txt_ids,
-            timesteps: &t,
-            y: &y,
-            guidance: None,
-            txt_mask: None,
-            references: None,
-        };
+        let base = DitInput::new(&img, &img_ids, &txt, &txt_ids, &t, &y);
         let plain = dit.forward(&base).unwrap();
         // Three junk padding tokens, masked out.
         let pad = Tensor::randn(0f32, 1.0, (1, 3, 16), &dev).unwrap();
@@ -397,14 +339,7 @@ mod tests {
                 ..base
             })
             .unwrap();
-        let d = (plain - padded)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let d = crate::ops::max_abs_diff(&plain, &padded).unwrap();
         assert!(d < 1e-5, "{d}");
     }
 
@@ -418,17 +353,7 @@ mod tests {
         };
         let dit = Dit::new(&cfg, vb).unwrap();
         let (img, img_ids, txt, txt_ids, t, y) = inputs(1, &Device::Cpu);
-        let input = DitInput {
-            img: &img,
-            img_ids: &img_ids,
-            txt: &txt,
-            txt_ids: &txt_ids,
-            timesteps: &t,
-            y: &y,
-            guidance: None,
-            txt_mask: None,
-            references: None,
-        };
+        let input = DitInput::new(&img, &img_ids, &txt, &txt_ids, &t, &y);
         assert!(dit
             .forward(&input)
             .unwrap_err()
