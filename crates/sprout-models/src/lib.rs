@@ -10,10 +10,12 @@
 pub mod ae;
 pub mod dit;
 mod error;
+pub mod flux;
 pub mod fused;
 pub mod init;
 pub mod ops;
 pub mod probe;
 pub mod text;
+pub mod tiling;
 
 pub use error::ModelError;

@@ -1,0 +1,6 @@
+//! FLUX.1 on Sprout's MMDiT: the weight layouts users have (Black Forest Labs single files,
+//! diffusers snapshot directories), converted to the module paths of [`crate::dit`], and the
+//! FLUX autoencoder.
+
+pub mod convert;
+pub mod vae;

@@ -1,0 +1,223 @@
+//! Parity with the reference implementation (diffusers / transformers, see
+//! `tools/flux-parity/make_fixtures.py`): tiny random FLUX models in both weight layouts,
+//! run by Sprout's code on the reference's inputs, must reproduce the reference's outputs.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_nn::VarBuilder;
+use sprout_models::dit::embed::{grid_ids, patchify};
+use sprout_models::dit::{Dit, DitInput, References};
+use sprout_models::flux::convert::{
+    is_diffusers_transformer, transformer_from_diffusers, vae_from_diffusers,
+    DiffusersTransformerConfig,
+};
+use sprout_models::flux::vae::{FluxVae, FluxVaeConfig};
+use sprout_models::ops::max_abs_diff;
+
+/// f32 parity bound (issue: ≤ 1e-4 max abs error).
+const TOL: f32 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/flux")
+        .join(name)
+}
+
+/// Tensors as f32, and the `config` JSON the tool stored in the file's metadata.
+fn load(name: &str) -> (HashMap<String, Tensor>, serde_json::Value) {
+    let bytes = std::fs::read(fixture(name)).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let cfg = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("config"))
+        .map(|c| serde_json::from_str(c).unwrap())
+        .unwrap_or(serde_json::Value::Null);
+    let t = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.to_dtype(DType::F32).unwrap()))
+        .collect();
+    (t, cfg)
+}
+
+fn vb(t: HashMap<String, Tensor>) -> VarBuilder<'static> {
+    VarBuilder::from_tensors(t, DType::F32, &Device::Cpu)
+}
+
+fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let d = max_abs_diff(got, want).unwrap();
+    let scale = sprout_models::ops::max_abs(want).unwrap();
+    eprintln!("{what}: max abs error {d:.2e} (reference max |x| {scale:.2})");
+    assert!(d <= TOL, "{what}: max abs error {d:e} > {TOL:e}");
+}
+
+fn transformer(variant: &str, layout: &str) -> Dit {
+    let (w, cfg) = load(&format!("transformer_{variant}_{layout}.safetensors"));
+    let cfg: DiffusersTransformerConfig = serde_json::from_value(cfg).unwrap();
+    let cfg = cfg.to_dit().unwrap();
+    let keys: Vec<&str> = w.keys().map(|k| k.as_str()).collect();
+    let diffusers = is_diffusers_transformer(&keys);
+    assert_eq!(diffusers, layout == "diffusers");
+    let w = if diffusers {
+        transformer_from_diffusers(w, &cfg).unwrap()
+    } else {
+        w
+    };
+    Dit::new(&cfg, vb(w)).unwrap()
+}
+
+#[test]
+fn transformer_matches_the_reference_in_both_layouts_with_and_without_guidance() {
+    for variant in ["schnell", "dev"] {
+        let (io, _) = load(&format!("transformer_{variant}_io.safetensors"));
+        // Sprout's patchify packs latents as the reference does.
+        assert_close(
+            "packed latents",
+            &patchify(&io["latents"], 2).unwrap(),
+            &io["img"],
+        );
+        let img_ids = grid_ids(0, 4, 3, &Device::Cpu).unwrap();
+        assert_close("image ids", &img_ids.squeeze(0).unwrap(), &io["img_ids"]);
+        let txt_ids = io["txt_ids"].unsqueeze(0).unwrap();
+        for layout in ["bfl", "diffusers"] {
+            let dit = transformer(variant, layout);
+            let input = DitInput {
+                guidance: io.get("guidance"),
+                ..DitInput::new(
+                    &io["img"],
+                    &img_ids,
+                    &io["txt"],
+                    &txt_ids,
+                    &io["timesteps"],
+                    &io["y"],
+                )
+            };
+            let out = dit.forward(&input).unwrap();
+            assert_close(&format!("{variant}/{layout} forward"), &out, &io["out"]);
+        }
+    }
+}
+
+#[test]
+fn kontext_with_two_reference_images_matches_the_reference() {
+    let (io, _) = load("transformer_dev_io.safetensors");
+    let refs = [&io["ref0"], &io["ref1"]];
+    let tokens: Vec<Tensor> = refs.iter().map(|r| patchify(r, 2).unwrap()).collect();
+    let ids: Vec<Tensor> = refs
+        .iter()
+        .enumerate()
+        .map(|(k, r)| {
+            let (_, _, h, w) = r.dims4().unwrap();
+            grid_ids(k + 1, h / 2, w / 2, &Device::Cpu).unwrap()
+        })
+        .collect();
+    for (k, id) in ids.iter().enumerate() {
+        assert_close(
+            "reference ids",
+            &id.squeeze(0).unwrap(),
+            &io[&format!("ref{k}_ids")],
+        );
+    }
+    let tokens = Tensor::cat(&tokens, 1).unwrap();
+    let ids = Tensor::cat(&ids, 1).unwrap();
+    let img_ids = grid_ids(0, 4, 3, &Device::Cpu).unwrap();
+    let txt_ids = io["txt_ids"].unsqueeze(0).unwrap();
+    for layout in ["bfl", "diffusers"] {
+        let dit = transformer("dev", layout);
+        let out = dit
+            .forward(&DitInput {
+                guidance: Some(&io["guidance"]),
+                references: Some(References {
+                    tokens: &tokens,
+                    ids: &ids,
+                }),
+                ..DitInput::new(
+                    &io["img"],
+                    &img_ids,
+                    &io["txt"],
+                    &txt_ids,
+                    &io["timesteps"],
+                    &io["y"],
+                )
+            })
+            .unwrap();
+        assert_close(&format!("kontext/{layout}"), &out, &io["kontext_out"]);
+    }
+}
+
+#[test]
+fn flux_autoencoder_matches_the_reference_in_both_layouts() {
+    let (io, _) = load("vae_io.safetensors");
+    for layout in ["bfl", "diffusers"] {
+        let (w, c) = load(&format!("vae_{layout}.safetensors"));
+        let w = if layout == "diffusers" {
+            vae_from_diffusers(w, 2, 1).unwrap()
+        } else {
+            w
+        };
+        let cfg = FluxVaeConfig {
+            ch: 32,
+            ch_mult: vec![1, 2],
+            num_res_blocks: 1,
+            z_channels: c["latent_channels"].as_u64().unwrap() as usize,
+            scale_factor: c["scaling_factor"].as_f64().unwrap(),
+            shift_factor: c["shift_factor"].as_f64().unwrap(),
+        };
+        let vae = FluxVae::new(&cfg, vb(w)).unwrap();
+        assert_close(
+            &format!("vae/{layout} encode"),
+            &vae.encode(&io["image"]).unwrap(),
+            &io["latents"],
+        );
+        assert_close(
+            &format!("vae/{layout} decode"),
+            &vae.decode(&io["z"]).unwrap(),
+            &io["decoded"],
+        );
+    }
+}
+
+#[test]
+fn clip_text_encoder_matches_the_reference() {
+    use candle_transformers::models::clip::text_model::{
+        Activation, ClipTextConfig, ClipTextTransformer,
+    };
+    let (w, c) = load("clip.safetensors");
+    let (io, _) = load("clip_io.safetensors");
+    let n = |k: &str| c[k].as_u64().unwrap() as usize;
+    let cfg = ClipTextConfig {
+        vocab_size: n("vocab_size"),
+        embed_dim: n("hidden_size"),
+        activation: Activation::QuickGelu,
+        intermediate_size: n("intermediate_size"),
+        max_position_embeddings: n("max_position_embeddings"),
+        pad_with: None,
+        num_hidden_layers: n("num_hidden_layers"),
+        num_attention_heads: n("num_attention_heads"),
+        projection_dim: n("projection_dim"),
+    };
+    let clip = ClipTextTransformer::new(vb(w).pp("text_model"), &cfg).unwrap();
+    let ids = io["input_ids"].to_dtype(DType::U32).unwrap();
+    let states = clip.forward_with_mask(&ids, usize::MAX).unwrap();
+    assert_close("clip states", &states, &io["last_hidden_state"]);
+    assert_close("clip pooled", &clip.forward(&ids).unwrap(), &io["pooled"]);
+}
+
+#[test]
+fn t5_encoder_matches_the_reference() {
+    use candle_transformers::models::t5::{Config, T5EncoderModel};
+    let (w, c) = load("t5.safetensors");
+    let (io, _) = load("t5_io.safetensors");
+    let cfg: Config = serde_json::from_value(c).unwrap();
+    let mut t5 = T5EncoderModel::load(vb(w), &cfg).unwrap();
+    let ids = io["input_ids"].to_dtype(DType::U32).unwrap();
+    assert_close(
+        "t5 states",
+        &t5.forward(&ids).unwrap(),
+        &io["last_hidden_state"],
+    );
+}

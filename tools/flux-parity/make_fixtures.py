@@ -1,0 +1,319 @@
+"""Parity fixtures for Sprout's FLUX.1 code, made with the reference implementation.
+
+Builds tiny random-initialised models from fixed seeds with diffusers / transformers
+(FluxTransformer2DModel with and without guidance embedding, AutoencoderKL in the FLUX
+configuration, CLIP and T5 text encoders), runs them on fixed inputs and writes weights
+(diffusers naming and Black Forest Labs naming) plus inputs and outputs as safetensors into
+crates/sprout-models/tests/fixtures/flux/. Needs no download; CI never runs it.
+
+    python -m venv venv && venv/bin/pip install torch diffusers transformers safetensors
+    venv/bin/python tools/flux-parity/make_fixtures.py
+"""
+
+import json
+import math
+import os
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+OUT = os.path.join(os.path.dirname(__file__), "..", "..", "crates", "sprout-models", "tests", "fixtures", "flux")
+
+torch.use_deterministic_algorithms(True)
+torch.set_default_dtype(torch.float32)
+
+
+def save(name, tensors, meta=None, dtype=torch.float32):
+    """Weights are stored as bf16 (they are bf16-representable by construction, see
+    `randomise`), inputs and outputs as f32."""
+    path = os.path.join(OUT, name)
+    save_file({k: v.detach().contiguous().to(dtype) for k, v in tensors.items()}, path,
+              metadata={k: json.dumps(v) for k, v in (meta or {}).items()})
+    print(f"{name}: {len(tensors)} tensors, {os.path.getsize(path)} bytes")
+
+
+def randomise(module, seed, std=0.2):
+    """Every parameter gets seeded random values (zero-initialised gates would hide bugs),
+    rounded to bf16 so that the fixture can store them in half the bytes while the reference
+    still computes in f32 with exactly the stored values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(module.named_parameters()):
+            if name.endswith("norm.weight") or "norm" in name.split(".")[-2] and name.endswith("weight"):
+                p.copy_((1.0 + 0.1 * torch.randn(p.shape, generator=g)).bfloat16().float())
+            else:
+                p.copy_((std * torch.randn(p.shape, generator=g)).bfloat16().float())
+
+
+# ---------------------------------------------------------------- transformer
+
+
+def flux_diffusers_to_bfl(sd, num_layers, num_single_layers):
+    """diffusers FluxTransformer2DModel keys → the Black Forest Labs checkpoint layout
+    (the inverse of diffusers' conversion script)."""
+    out = {}
+
+    def mv(src, dst):
+        for suffix in ("weight", "bias"):
+            if f"{src}.{suffix}" in sd:
+                out[f"{dst}.{suffix}"] = sd[f"{src}.{suffix}"]
+
+    def cat(srcs, dst):
+        for suffix in ("weight", "bias"):
+            if f"{srcs[0]}.{suffix}" in sd:
+                out[f"{dst}.{suffix}"] = torch.cat([sd[f"{s}.{suffix}"] for s in srcs], 0)
+
+    mv("x_embedder", "img_in")
+    mv("context_embedder", "txt_in")
+    mv("time_text_embed.timestep_embedder.linear_1", "time_in.in_layer")
+    mv("time_text_embed.timestep_embedder.linear_2", "time_in.out_layer")
+    mv("time_text_embed.text_embedder.linear_1", "vector_in.in_layer")
+    mv("time_text_embed.text_embedder.linear_2", "vector_in.out_layer")
+    mv("time_text_embed.guidance_embedder.linear_1", "guidance_in.in_layer")
+    mv("time_text_embed.guidance_embedder.linear_2", "guidance_in.out_layer")
+    for i in range(num_layers):
+        d, b = f"transformer_blocks.{i}", f"double_blocks.{i}"
+        mv(f"{d}.norm1.linear", f"{b}.img_mod.lin")
+        mv(f"{d}.norm1_context.linear", f"{b}.txt_mod.lin")
+        cat([f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v"], f"{b}.img_attn.qkv")
+        cat([f"{d}.attn.add_q_proj", f"{d}.attn.add_k_proj", f"{d}.attn.add_v_proj"], f"{b}.txt_attn.qkv")
+        out[f"{b}.img_attn.norm.query_norm.scale"] = sd[f"{d}.attn.norm_q.weight"]
+        out[f"{b}.img_attn.norm.key_norm.scale"] = sd[f"{d}.attn.norm_k.weight"]
+        out[f"{b}.txt_attn.norm.query_norm.scale"] = sd[f"{d}.attn.norm_added_q.weight"]
+        out[f"{b}.txt_attn.norm.key_norm.scale"] = sd[f"{d}.attn.norm_added_k.weight"]
+        mv(f"{d}.attn.to_out.0", f"{b}.img_attn.proj")
+        mv(f"{d}.attn.to_add_out", f"{b}.txt_attn.proj")
+        mv(f"{d}.ff.net.0.proj", f"{b}.img_mlp.0")
+        mv(f"{d}.ff.net.2", f"{b}.img_mlp.2")
+        mv(f"{d}.ff_context.net.0.proj", f"{b}.txt_mlp.0")
+        mv(f"{d}.ff_context.net.2", f"{b}.txt_mlp.2")
+    for i in range(num_single_layers):
+        d, b = f"single_transformer_blocks.{i}", f"single_blocks.{i}"
+        mv(f"{d}.norm.linear", f"{b}.modulation.lin")
+        cat([f"{d}.attn.to_q", f"{d}.attn.to_k", f"{d}.attn.to_v", f"{d}.proj_mlp"], f"{b}.linear1")
+        mv(f"{d}.proj_out", f"{b}.linear2")
+        out[f"{b}.norm.query_norm.scale"] = sd[f"{d}.attn.norm_q.weight"]
+        out[f"{b}.norm.key_norm.scale"] = sd[f"{d}.attn.norm_k.weight"]
+    # AdaLayerNormContinuous emits (scale, shift); BFL's final layer chunks (shift, scale).
+    for suffix in ("weight", "bias"):
+        scale, shift = sd[f"norm_out.linear.{suffix}"].chunk(2, 0)
+        out[f"final_layer.adaLN_modulation.1.{suffix}"] = torch.cat([shift, scale], 0)
+    mv("proj_out", "final_layer.linear")
+    assert sum(v.numel() for v in out.values()) == sum(v.numel() for v in sd.values()), "lost weights"
+    return out
+
+
+def pack(z, p=2):
+    """(B, C, H, W) latents → (B, H/p·W/p, C·p·p) tokens, FLUX order (c, ph, pw)."""
+    b, c, h, w = z.shape
+    z = z.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return z.reshape(b, (h // p) * (w // p), c * p * p)
+
+
+def grid_ids(index, h, w):
+    ids = torch.zeros(h, w, 3)
+    ids[..., 0] = index
+    ids[..., 1] = torch.arange(h)[:, None]
+    ids[..., 2] = torch.arange(w)[None, :]
+    return ids.reshape(h * w, 3)
+
+
+TINY = dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=24, pooled_projection_dim=20, axes_dims_rope=(4, 6, 6))
+
+
+def transformer_fixtures():
+    from diffusers import FluxTransformer2DModel
+
+    g = torch.Generator().manual_seed(1234)
+    latents = torch.randn(2, 4, 8, 6, generator=g)  # 4 channels, 2×2 patches → 16 per token
+    refs = [torch.randn(2, 4, 4, 4, generator=g), torch.randn(2, 4, 6, 2, generator=g)]
+    txt = torch.randn(2, 5, TINY["joint_attention_dim"], generator=g)
+    pooled = torch.randn(2, TINY["pooled_projection_dim"], generator=g)
+    timesteps = torch.tensor([0.3, 0.85])
+    guidance = torch.tensor([3.5, 5.0])
+    img = pack(latents)
+    img_ids = grid_ids(0, 4, 3)
+    txt_ids = torch.zeros(5, 3)
+    for variant, guided, seed in (("schnell", False, 11), ("dev", True, 12)):
+        model = FluxTransformer2DModel(guidance_embeds=guided, **TINY).eval()
+        randomise(model, seed, std=0.1)
+        sd = model.state_dict()
+        with torch.no_grad():
+            out = model(hidden_states=img, encoder_hidden_states=txt, pooled_projections=pooled,
+                        timestep=timesteps, img_ids=img_ids, txt_ids=txt_ids,
+                        guidance=guidance if guided else None, return_dict=False)[0]
+        cfg = dict(TINY, guidance_embeds=guided)
+        save(f"transformer_{variant}_diffusers.safetensors", sd, {"config": cfg}, torch.bfloat16)
+        save(f"transformer_{variant}_bfl.safetensors",
+             flux_diffusers_to_bfl(sd, TINY["num_layers"], TINY["num_single_layers"]), {"config": cfg},
+             torch.bfloat16)
+        io = dict(latents=latents, img=img, img_ids=img_ids, txt=txt, txt_ids=txt_ids, y=pooled,
+                  timesteps=timesteps, out=out)
+        if guided:
+            io["guidance"] = guidance
+            # Kontext: reference latents enter as extra tokens after the target, with image index
+            # k on the first rotary axis; the output keeps the target tokens only.
+            ref_tokens = [pack(r) for r in refs]
+            ref_ids = [grid_ids(k + 1, r.shape[2] // 2, r.shape[3] // 2) for k, r in enumerate(refs)]
+            with torch.no_grad():
+                full = model(hidden_states=torch.cat([img] + ref_tokens, 1), encoder_hidden_states=txt,
+                             pooled_projections=pooled, timestep=timesteps,
+                             img_ids=torch.cat([img_ids] + ref_ids, 0), txt_ids=txt_ids, guidance=guidance,
+                             return_dict=False)[0]
+            io["ref0"], io["ref1"] = refs
+            io["ref0_ids"], io["ref1_ids"] = ref_ids
+            io["kontext_out"] = full[:, : img.shape[1]]
+        save(f"transformer_{variant}_io.safetensors", io)
+
+
+# ---------------------------------------------------------------- scheduler
+
+
+def scheduler_fixtures():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    out = {}
+    # schnell: 4 steps, no shift. dev: 28 steps, shift from the image's token count (1024² → 4096).
+    for name, steps, dynamic, seq in (("schnell", 4, False, 4096), ("dev", 28, True, 4096), ("dev_512", 28, True, 1024)):
+        sched = FlowMatchEulerDiscreteScheduler(
+            shift=1.0, use_dynamic_shifting=dynamic, base_shift=0.5, max_shift=1.15,
+            base_image_seq_len=256, max_image_seq_len=4096)
+        sigmas = torch.linspace(1.0, 1.0 / steps, steps).numpy()
+        mu = calculate_shift(seq, 256, 4096, 0.5, 1.15) if dynamic else None
+        sched.set_timesteps(sigmas=sigmas, mu=mu)
+        out[f"{name}_sigmas"] = sched.sigmas.float()
+        out[f"{name}_mu"] = torch.tensor([mu if mu is not None else 0.0])
+    g = torch.Generator().manual_seed(99)
+    x = torch.randn(1, 12, 16, generator=g)
+    v = torch.randn(1, 12, 16, generator=g)
+    sched = FlowMatchEulerDiscreteScheduler(shift=1.0)
+    sched.set_timesteps(sigmas=torch.linspace(1.0, 0.25, 4).numpy())
+    sched._step_index = 1
+    out["step_x"], out["step_v"] = x, v
+    out["step_sigma"], out["step_sigma_next"] = sched.sigmas[1:2].float(), sched.sigmas[2:3].float()
+    out["step_out"] = sched.step(v, sched.timesteps[1], x, return_dict=False)[0]
+    save("scheduler.safetensors", out)
+
+
+# ---------------------------------------------------------------- autoencoder
+
+
+def vae_diffusers_to_bfl(sd, levels, layers):
+    """diffusers AutoencoderKL keys → the Black Forest Labs `ae.safetensors` layout."""
+    out = {}
+
+    def mv(src, dst, conv=False):
+        for suffix in ("weight", "bias"):
+            k = f"{src}.{suffix}"
+            if k in sd:
+                t = sd[k]
+                if conv and suffix == "weight" and t.dim() == 2:
+                    t = t[:, :, None, None]
+                out[f"{dst}.{suffix}"] = t
+
+    def resnet(src, dst):
+        for a in ("norm1", "conv1", "norm2", "conv2"):
+            mv(f"{src}.{a}", f"{dst}.{a}")
+        mv(f"{src}.conv_shortcut", f"{dst}.nin_shortcut")
+
+    def mid(side):
+        resnet(f"{side}.mid_block.resnets.0", f"{side}.mid.block_1")
+        resnet(f"{side}.mid_block.resnets.1", f"{side}.mid.block_2")
+        a = f"{side}.mid_block.attentions.0"
+        mv(f"{a}.group_norm", f"{side}.mid.attn_1.norm")
+        mv(f"{a}.to_q", f"{side}.mid.attn_1.q", conv=True)
+        mv(f"{a}.to_k", f"{side}.mid.attn_1.k", conv=True)
+        mv(f"{a}.to_v", f"{side}.mid.attn_1.v", conv=True)
+        mv(f"{a}.to_out.0", f"{side}.mid.attn_1.proj_out", conv=True)
+
+    mv("encoder.conv_in", "encoder.conv_in")
+    for i in range(levels):
+        for j in range(layers):
+            resnet(f"encoder.down_blocks.{i}.resnets.{j}", f"encoder.down.{i}.block.{j}")
+        mv(f"encoder.down_blocks.{i}.downsamplers.0.conv", f"encoder.down.{i}.downsample.conv")
+    mid("encoder")
+    mv("encoder.conv_norm_out", "encoder.norm_out")
+    mv("encoder.conv_out", "encoder.conv_out")
+    mv("decoder.conv_in", "decoder.conv_in")
+    mid("decoder")
+    for i in range(levels):
+        for j in range(layers + 1):
+            resnet(f"decoder.up_blocks.{i}.resnets.{j}", f"decoder.up.{levels - 1 - i}.block.{j}")
+        mv(f"decoder.up_blocks.{i}.upsamplers.0.conv", f"decoder.up.{levels - 1 - i}.upsample.conv")
+    mv("decoder.conv_norm_out", "decoder.norm_out")
+    mv("decoder.conv_out", "decoder.conv_out")
+    assert sum(v.numel() for v in out.values()) == sum(v.numel() for v in sd.values()), "lost weights"
+    return out
+
+
+def vae_fixtures():
+    from diffusers import AutoencoderKL
+
+    cfg = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+               up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64), layers_per_block=1,
+               latent_channels=8, norm_num_groups=32, sample_size=32, scaling_factor=0.3611,
+               shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False, mid_block_add_attention=True)
+    vae = AutoencoderKL(**cfg).eval()
+    randomise(vae, 21, std=0.1)
+    g = torch.Generator().manual_seed(5)
+    image = torch.rand(1, 3, 32, 48, generator=g) * 2 - 1
+    with torch.no_grad():
+        mean = vae.encode(image).latent_dist.mode()
+        latents = (mean - cfg["shift_factor"]) * cfg["scaling_factor"]
+        z = torch.randn(1, 8, 4, 6, generator=g)
+        decoded = vae.decode(z / cfg["scaling_factor"] + cfg["shift_factor"]).sample
+    sd = vae.state_dict()
+    meta = {"config": {k: v for k, v in cfg.items()}}
+    save("vae_diffusers.safetensors", sd, meta, torch.bfloat16)
+    save("vae_bfl.safetensors", vae_diffusers_to_bfl(sd, 2, 1), meta, torch.bfloat16)
+    save("vae_io.safetensors", dict(image=image, latents=latents, z=z, decoded=decoded))
+
+
+# ---------------------------------------------------------------- text encoders
+
+
+def text_fixtures():
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    clip_cfg = CLIPTextConfig(vocab_size=100, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                              num_attention_heads=4, max_position_embeddings=16, hidden_act="quick_gelu",
+                              projection_dim=32, bos_token_id=98, eos_token_id=99, pad_token_id=99)
+    clip = CLIPTextModel(clip_cfg).eval()
+    randomise(clip, 31, std=0.1)
+    # FLUX pads CLIP prompts with the end token; the pooled state is the first end token's.
+    ids = torch.tensor([[98, 5, 17, 42, 99, 99, 99, 99], [98, 7, 8, 9, 10, 11, 99, 99]])
+    with torch.no_grad():
+        o = clip(input_ids=ids)
+    save("clip.safetensors", {f"text_model.{k}" if not k.startswith("text_model.") else k: v
+                              for k, v in clip.state_dict().items()},
+         {"config": {k: getattr(clip_cfg, k) for k in ("vocab_size", "hidden_size", "intermediate_size",
+                                                       "num_hidden_layers", "num_attention_heads",
+                                                       "max_position_embeddings", "hidden_act",
+                                                       "projection_dim", "eos_token_id")}},
+         torch.bfloat16)
+    save("clip_io.safetensors", dict(input_ids=ids.float(), last_hidden_state=o.last_hidden_state,
+                                     pooled=o.pooler_output))
+
+    t5_cfg = T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+                      relative_attention_num_buckets=8, relative_attention_max_distance=20,
+                      feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False,
+                      tie_word_embeddings=False, dropout_rate=0.0)
+    t5 = T5EncoderModel(t5_cfg).eval()
+    randomise(t5, 41, std=0.1)
+    ids = torch.tensor([[3, 14, 15, 92, 65, 35, 1, 0, 0, 0], [27, 18, 28, 1, 0, 0, 0, 0, 0, 0]])
+    with torch.no_grad():
+        o = t5(input_ids=ids)
+    # The token embedding is tied: checkpoints store it once, as `shared.weight`.
+    sd = {k: v for k, v in t5.state_dict().items() if k != "encoder.embed_tokens.weight"}
+    save("t5.safetensors", sd, {"config": t5_cfg.to_dict()}, torch.bfloat16)
+    save("t5_io.safetensors", dict(input_ids=ids.float(), last_hidden_state=o.last_hidden_state))
+
+
+if __name__ == "__main__":
+    os.makedirs(OUT, exist_ok=True)
+    which = sys.argv[1:] or ["transformer", "scheduler", "vae", "text"]
+    for w in which:
+        globals()[f"{w}_fixtures"]()
