@@ -9,10 +9,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 use sprout_models::dit::embed::{grid_ids, patchify};
 use sprout_models::dit::{Dit, DitInput, References};
-use sprout_models::flux::convert::{
-    is_diffusers_transformer, transformer_from_diffusers, vae_from_diffusers,
-    DiffusersTransformerConfig,
-};
+use sprout_models::flux::convert::{is_diffusers_transformer, DiffusersTransformerConfig, Renamed};
 use sprout_models::flux::vae::{FluxVae, FluxVaeConfig};
 use sprout_models::ops::max_abs_diff;
 
@@ -47,6 +44,11 @@ fn vb(t: HashMap<String, Tensor>) -> VarBuilder<'static> {
     VarBuilder::from_tensors(t, DType::F32, &Device::Cpu)
 }
 
+/// diffusers names read through the renaming backend, as a diffusers snapshot is loaded.
+fn renamed(r: Renamed<HashMap<String, Tensor>>) -> VarBuilder<'static> {
+    VarBuilder::from_backend(Box::new(r), DType::F32, Device::Cpu)
+}
+
 fn assert_close(what: &str, got: &Tensor, want: &Tensor) {
     assert_eq!(got.dims(), want.dims(), "{what}: shape");
     let d = max_abs_diff(got, want).unwrap();
@@ -59,15 +61,14 @@ fn transformer(variant: &str, layout: &str) -> Dit {
     let (w, cfg) = load(&format!("transformer_{variant}_{layout}.safetensors"));
     let cfg: DiffusersTransformerConfig = serde_json::from_value(cfg).unwrap();
     let cfg = cfg.to_dit().unwrap();
-    let keys: Vec<&str> = w.keys().map(|k| k.as_str()).collect();
-    let diffusers = is_diffusers_transformer(&keys);
+    let diffusers = is_diffusers_transformer(w.keys().map(|k| k.as_str()));
     assert_eq!(diffusers, layout == "diffusers");
-    let w = if diffusers {
-        transformer_from_diffusers(w, &cfg).unwrap()
+    let vb = if diffusers {
+        renamed(Renamed::transformer(w))
     } else {
-        w
+        vb(w)
     };
-    Dit::new(&cfg, vb(w)).unwrap()
+    Dit::new(&cfg, vb).unwrap()
 }
 
 #[test]
@@ -155,9 +156,9 @@ fn flux_autoencoder_matches_the_reference_in_both_layouts() {
     for layout in ["bfl", "diffusers"] {
         let (w, c) = load(&format!("vae_{layout}.safetensors"));
         let w = if layout == "diffusers" {
-            vae_from_diffusers(w, 2, 1).unwrap()
+            renamed(Renamed::vae(w, 2))
         } else {
-            w
+            vb(w)
         };
         let cfg = FluxVaeConfig {
             ch: 32,
@@ -167,7 +168,7 @@ fn flux_autoencoder_matches_the_reference_in_both_layouts() {
             scale_factor: c["scaling_factor"].as_f64().unwrap(),
             shift_factor: c["shift_factor"].as_f64().unwrap(),
         };
-        let vae = FluxVae::new(&cfg, vb(w)).unwrap();
+        let vae = FluxVae::new(&cfg, w).unwrap();
         assert_close(
             &format!("vae/{layout} encode"),
             &vae.encode(&io["image"]).unwrap(),
@@ -220,4 +221,65 @@ fn t5_encoder_matches_the_reference() {
         &t5.forward(&ids).unwrap(),
         &io["last_hidden_state"],
     );
+}
+
+/// The renaming covers the diffusers files exactly: the sources of all BFL tensors are all
+/// the diffusers tensors, each used once.
+#[test]
+fn renaming_uses_every_diffusers_tensor_once() {
+    use sprout_models::flux::convert::{transformer_source, vae_source, Source};
+    let sources = |s: Source| match s {
+        Source::Key(k) | Source::SwapHalves(k) | Source::Conv1x1(k) => vec![k],
+        Source::Cat(ks) => ks,
+    };
+    for (bfl, diffusers, map) in [
+        (
+            "transformer_dev_bfl.safetensors",
+            "transformer_dev_diffusers.safetensors",
+            &transformer_source as &dyn Fn(&str) -> Option<Source>,
+        ),
+        (
+            "vae_bfl.safetensors",
+            "vae_diffusers.safetensors",
+            &|n: &str| vae_source(n, 2),
+        ),
+    ] {
+        let mut used: Vec<String> = load(bfl)
+            .0
+            .keys()
+            .flat_map(|k| sources(map(k).unwrap_or_else(|| panic!("{bfl}: no source for {k}"))))
+            .collect();
+        used.sort();
+        let mut want: Vec<String> = load(diffusers).0.into_keys().collect();
+        want.sort();
+        assert_eq!(used, want, "{bfl}");
+    }
+}
+
+#[test]
+fn missing_or_mis_shaped_diffusers_tensors_are_named() {
+    let (w, cfg) = load("transformer_dev_diffusers.safetensors");
+    let cfg: DiffusersTransformerConfig = serde_json::from_value(cfg).unwrap();
+    let cfg = cfg.to_dit().unwrap();
+    let mut missing = w.clone();
+    missing.remove("transformer_blocks.1.attn.to_k.weight");
+    let e = Dit::new(&cfg, renamed(Renamed::transformer(missing)))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("transformer_blocks.1.attn.to_k.weight")
+            && e.contains("double_blocks.1.img_attn.qkv"),
+        "{e}"
+    );
+    let mut wrong = w;
+    wrong.insert(
+        "single_transformer_blocks.0.proj_mlp.weight".into(),
+        Tensor::zeros((3, 32), DType::F32, &Device::Cpu).unwrap(),
+    );
+    let e = Dit::new(&cfg, renamed(Renamed::transformer(wrong)))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("single_blocks.0.linear1.weight"), "{e}");
 }

@@ -1,11 +1,13 @@
-//! diffusers → Black Forest Labs weight names. Sprout's MMDiT uses the BFL module paths
-//! (`double_blocks.N.img_attn.qkv`), so a diffusers snapshot is renamed on load: separate
-//! q/k/v projections are concatenated, and the final norm's (scale, shift) halves swapped to
-//! BFL's (shift, scale). The autoencoder's diffusers names map to BFL's `ae.safetensors`.
+//! diffusers → Black Forest Labs weight names. Sprout's MMDiT and the FLUX autoencoder use
+//! BFL's module paths (`double_blocks.N.img_attn.qkv`, `encoder.down.0.block.0.conv1`), so a
+//! diffusers snapshot is read through [`Renamed`], a VarBuilder backend that builds each BFL
+//! tensor on request from its diffusers sources: separate q/k/v projections concatenated,
+//! the final norm's (scale, shift) halves swapped to BFL's (shift, scale), attention
+//! projections reshaped to 1×1 convolutions. Tensors are converted one at a time, as the
+//! model asks for them, so a memory-mapped snapshot is never copied whole.
 
-use std::collections::HashMap;
-
-use candle_core::Tensor;
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
 use serde::Deserialize;
 
 use crate::dit::DitConfig;
@@ -62,256 +64,274 @@ impl DiffusersTransformerConfig {
     }
 }
 
-/// Moves and concatenations from one naming to the other; every source tensor must be used
-/// exactly once, so a file with unexpected keys is refused by name rather than half-loaded.
-struct Renamer {
-    src: HashMap<String, Tensor>,
-    out: HashMap<String, Tensor>,
+/// How one BFL tensor is made from diffusers tensors.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    Key(String),
+    /// Concatenated along the output dimension (fused q/k/v[/mlp] projections).
+    Cat(Vec<String>),
+    /// The two halves of the output dimension exchanged.
+    SwapHalves(String),
+    /// A linear weight (out, in) used as a 1×1 convolution (out, in, 1, 1).
+    Conv1x1(String),
 }
 
-impl Renamer {
-    fn take(&mut self, key: &str) -> Result<Tensor> {
-        self.src
-            .remove(key)
-            .ok_or_else(|| ModelError::Config(format!("missing tensor {key}")))
-    }
+/// Split `module.param` at the last dot.
+fn split(name: &str) -> Option<(&str, &str)> {
+    name.rsplit_once('.')
+}
 
-    /// `src.{weight,bias}` → `dst.{weight,bias}` (the bias only where present).
-    fn mv(&mut self, src: &str, dst: &str) -> Result<()> {
-        let w = self.take(&format!("{src}.weight"))?;
-        self.out.insert(format!("{dst}.weight"), w);
-        if let Some(b) = self.src.remove(&format!("{src}.bias")) {
-            self.out.insert(format!("{dst}.bias"), b);
+/// `double_blocks.7.rest` → (7, "rest").
+fn indexed<'a>(name: &'a str, prefix: &str) -> Option<(usize, &'a str)> {
+    let rest = name.strip_prefix(prefix)?.strip_prefix('.')?;
+    let (i, rest) = rest.split_once('.')?;
+    Some((i.parse().ok()?, rest))
+}
+
+/// The diffusers source of a BFL transformer tensor, or None for a name FLUX does not have.
+pub fn transformer_source(bfl: &str) -> Option<Source> {
+    let (module, param) = split(bfl)?;
+    let key = |m: String| Some(Source::Key(format!("{m}.{param}")));
+    let embed = |e: &str, layer: &str| {
+        let l = match layer {
+            "in_layer" => "linear_1",
+            "out_layer" => "linear_2",
+            _ => return None,
+        };
+        key(format!("time_text_embed.{e}.{l}"))
+    };
+    if let Some((i, m)) = indexed(module, "double_blocks") {
+        let d = format!("transformer_blocks.{i}");
+        let cat = |parts: [&str; 3]| {
+            Some(Source::Cat(
+                parts
+                    .iter()
+                    .map(|p| format!("{d}.attn.{p}.{param}"))
+                    .collect(),
+            ))
+        };
+        let norm =
+            |n: &str| (param == "scale").then(|| Source::Key(format!("{d}.attn.{n}.weight")));
+        return match m {
+            "img_mod.lin" => key(format!("{d}.norm1.linear")),
+            "txt_mod.lin" => key(format!("{d}.norm1_context.linear")),
+            "img_attn.qkv" => cat(["to_q", "to_k", "to_v"]),
+            "txt_attn.qkv" => cat(["add_q_proj", "add_k_proj", "add_v_proj"]),
+            "img_attn.norm.query_norm" => norm("norm_q"),
+            "img_attn.norm.key_norm" => norm("norm_k"),
+            "txt_attn.norm.query_norm" => norm("norm_added_q"),
+            "txt_attn.norm.key_norm" => norm("norm_added_k"),
+            "img_attn.proj" => key(format!("{d}.attn.to_out.0")),
+            "txt_attn.proj" => key(format!("{d}.attn.to_add_out")),
+            "img_mlp.0" => key(format!("{d}.ff.net.0.proj")),
+            "img_mlp.2" => key(format!("{d}.ff.net.2")),
+            "txt_mlp.0" => key(format!("{d}.ff_context.net.0.proj")),
+            "txt_mlp.2" => key(format!("{d}.ff_context.net.2")),
+            _ => None,
+        };
+    }
+    if let Some((i, m)) = indexed(module, "single_blocks") {
+        let d = format!("single_transformer_blocks.{i}");
+        let norm =
+            |n: &str| (param == "scale").then(|| Source::Key(format!("{d}.attn.{n}.weight")));
+        return match m {
+            "modulation.lin" => key(format!("{d}.norm.linear")),
+            "linear1" => Some(Source::Cat(
+                ["attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"]
+                    .iter()
+                    .map(|p| format!("{d}.{p}.{param}"))
+                    .collect(),
+            )),
+            "linear2" => key(format!("{d}.proj_out")),
+            "norm.query_norm" => norm("norm_q"),
+            "norm.key_norm" => norm("norm_k"),
+            _ => None,
+        };
+    }
+    match module {
+        "img_in" => key("x_embedder".into()),
+        "txt_in" => key("context_embedder".into()),
+        "final_layer.linear" => key("proj_out".into()),
+        // diffusers' AdaLayerNormContinuous emits (scale, shift); BFL's last layer (shift, scale).
+        "final_layer.adaLN_modulation.1" => {
+            Some(Source::SwapHalves(format!("norm_out.linear.{param}")))
         }
-        Ok(())
-    }
-
-    /// Concatenate the outputs of several linear layers into one (`q`, `k`, `v`[, `mlp`]).
-    fn cat(&mut self, srcs: &[String], dst: &str) -> Result<()> {
-        for suffix in ["weight", "bias"] {
-            if suffix == "bias" && !self.src.contains_key(&format!("{}.bias", srcs[0])) {
-                continue;
+        _ => {
+            let (e, layer) = module.split_once('.')?;
+            match e {
+                "time_in" => embed("timestep_embedder", layer),
+                "vector_in" => embed("text_embedder", layer),
+                "guidance_in" => embed("guidance_embedder", layer),
+                _ => None,
             }
-            let parts = srcs
-                .iter()
-                .map(|s| self.take(&format!("{s}.{suffix}")))
-                .collect::<Result<Vec<_>>>()?;
-            self.out
-                .insert(format!("{dst}.{suffix}"), Tensor::cat(&parts, 0)?);
         }
-        Ok(())
     }
+}
 
-    fn finish(self) -> Result<HashMap<String, Tensor>> {
-        if let Some(k) = self.src.keys().min() {
-            return Err(ModelError::Config(format!(
-                "unexpected tensor {k} ({} left unconverted)",
-                self.src.len()
+/// The diffusers source of a BFL autoencoder tensor for a VAE of `levels` resolution levels
+/// (FLUX: 4). diffusers counts decoder levels from the latent side, BFL from the image side.
+pub fn vae_source(bfl: &str, levels: usize) -> Option<Source> {
+    let (module, param) = split(bfl)?;
+    let (side, rest) = module.split_once('.')?;
+    if side != "encoder" && side != "decoder" {
+        return None;
+    }
+    let resnet = |base: String, r: &str| -> Option<Source> {
+        let r = match r {
+            "nin_shortcut" => "conv_shortcut",
+            "norm1" | "conv1" | "norm2" | "conv2" => r,
+            _ => return None,
+        };
+        Some(Source::Key(format!("{side}.{base}.{r}.{param}")))
+    };
+    let up_index = |u: usize| levels.checked_sub(u + 1);
+    if let Some(m) = rest.strip_prefix("mid.") {
+        let (part, r) = m.split_once('.')?;
+        return match part {
+            "block_1" => resnet("mid_block.resnets.0".into(), r),
+            "block_2" => resnet("mid_block.resnets.1".into(), r),
+            "attn_1" => {
+                let a = format!("{side}.mid_block.attentions.0");
+                let to = match r {
+                    "norm" => return Some(Source::Key(format!("{a}.group_norm.{param}"))),
+                    "q" => "to_q",
+                    "k" => "to_k",
+                    "v" => "to_v",
+                    "proj_out" => "to_out.0",
+                    _ => return None,
+                };
+                let k = format!("{a}.{to}.{param}");
+                Some(if param == "weight" {
+                    Source::Conv1x1(k)
+                } else {
+                    Source::Key(k)
+                })
+            }
+            _ => None,
+        };
+    }
+    if let Some((i, m)) = indexed(rest, "down") {
+        if m == "downsample.conv" {
+            return Some(Source::Key(format!(
+                "{side}.down_blocks.{i}.downsamplers.0.conv.{param}"
             )));
         }
-        Ok(self.out)
+        let (j, r) = indexed(m, "block")?;
+        return resnet(format!("down_blocks.{i}.resnets.{j}"), r);
+    }
+    if let Some((u, m)) = indexed(rest, "up") {
+        let i = up_index(u)?;
+        if m == "upsample.conv" {
+            return Some(Source::Key(format!(
+                "{side}.up_blocks.{i}.upsamplers.0.conv.{param}"
+            )));
+        }
+        let (j, r) = indexed(m, "block")?;
+        return resnet(format!("up_blocks.{i}.resnets.{j}"), r);
+    }
+    let m = match rest {
+        "conv_in" | "conv_out" => rest,
+        "norm_out" => "conv_norm_out",
+        _ => return None,
+    };
+    Some(Source::Key(format!("{side}.{m}.{param}")))
+}
+
+/// A VarBuilder backend that serves BFL names from a backend holding diffusers names, with
+/// every result's shape checked against what the model expects (the error names both).
+pub struct Renamed<B> {
+    inner: B,
+    source: Box<dyn Fn(&str) -> Option<Source> + Send + Sync>,
+}
+
+impl<B: SimpleBackend> Renamed<B> {
+    pub fn transformer(inner: B) -> Self {
+        Renamed {
+            inner,
+            source: Box::new(transformer_source),
+        }
+    }
+
+    pub fn vae(inner: B, levels: usize) -> Self {
+        Renamed {
+            inner,
+            source: Box::new(move |n| vae_source(n, levels)),
+        }
+    }
+
+    fn build(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let src = (self.source)(name).ok_or_else(|| {
+            candle_core::Error::Msg(format!("no diffusers tensor corresponds to {name}"))
+        })?;
+        let get = |k: &str| {
+            if !self.inner.contains_tensor(k) {
+                candle_core::bail!("missing tensor {k} (for {name})");
+            }
+            self.inner.get_unchecked(k, dtype, dev)
+        };
+        match src {
+            Source::Key(k) => get(&k),
+            Source::Cat(keys) => {
+                let parts = keys
+                    .iter()
+                    .map(|k| get(k))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&parts, 0)
+            }
+            Source::SwapHalves(k) => {
+                let t = get(&k)?;
+                let half = t.dim(0)? / 2;
+                Tensor::cat(&[t.narrow(0, half, half)?, t.narrow(0, 0, half)?], 0)
+            }
+            Source::Conv1x1(k) => {
+                let t = get(&k)?;
+                if t.rank() == 2 {
+                    t.unsqueeze(2)?.unsqueeze(3)
+                } else {
+                    Ok(t)
+                }
+            }
+        }
     }
 }
 
-/// A diffusers `FluxTransformer2DModel` state dict → BFL names for `cfg`'s block counts.
-pub fn transformer_from_diffusers(
-    src: HashMap<String, Tensor>,
-    cfg: &DitConfig,
-) -> Result<HashMap<String, Tensor>> {
-    let mut r = Renamer {
-        src,
-        out: HashMap::new(),
-    };
-    r.mv("x_embedder", "img_in")?;
-    r.mv("context_embedder", "txt_in")?;
-    let embed = "time_text_embed";
-    r.mv(
-        &format!("{embed}.timestep_embedder.linear_1"),
-        "time_in.in_layer",
-    )?;
-    r.mv(
-        &format!("{embed}.timestep_embedder.linear_2"),
-        "time_in.out_layer",
-    )?;
-    r.mv(
-        &format!("{embed}.text_embedder.linear_1"),
-        "vector_in.in_layer",
-    )?;
-    r.mv(
-        &format!("{embed}.text_embedder.linear_2"),
-        "vector_in.out_layer",
-    )?;
-    if cfg.guidance_embed {
-        r.mv(
-            &format!("{embed}.guidance_embedder.linear_1"),
-            "guidance_in.in_layer",
-        )?;
-        r.mv(
-            &format!("{embed}.guidance_embedder.linear_2"),
-            "guidance_in.out_layer",
-        )?;
-    }
-    for i in 0..cfg.depth {
-        let (d, b) = (
-            format!("transformer_blocks.{i}"),
-            format!("double_blocks.{i}"),
-        );
-        let a = format!("{d}.attn");
-        r.mv(&format!("{d}.norm1.linear"), &format!("{b}.img_mod.lin"))?;
-        r.mv(
-            &format!("{d}.norm1_context.linear"),
-            &format!("{b}.txt_mod.lin"),
-        )?;
-        let qkv = |p: &str| ["q", "k", "v"].map(|x| format!("{a}.{}", p.replace('X', x)));
-        r.cat(&qkv("to_X"), &format!("{b}.img_attn.qkv"))?;
-        r.cat(&qkv("add_X_proj"), &format!("{b}.txt_attn.qkv"))?;
-        for (src, dst) in [
-            ("norm_q", "img_attn.norm.query_norm"),
-            ("norm_k", "img_attn.norm.key_norm"),
-            ("norm_added_q", "txt_attn.norm.query_norm"),
-            ("norm_added_k", "txt_attn.norm.key_norm"),
-        ] {
-            let t = r.take(&format!("{a}.{src}.weight"))?;
-            r.out.insert(format!("{b}.{dst}.scale"), t);
+impl<B: SimpleBackend> SimpleBackend for Renamed<B> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.build(name, dtype, dev)?;
+        if t.shape() != &s {
+            candle_core::bail!(
+                "tensor {name} (from {:?}) has shape {:?}, the model expects {:?}",
+                (self.source)(name),
+                t.dims(),
+                s.dims()
+            );
         }
-        r.mv(&format!("{a}.to_out.0"), &format!("{b}.img_attn.proj"))?;
-        r.mv(&format!("{a}.to_add_out"), &format!("{b}.txt_attn.proj"))?;
-        r.mv(&format!("{d}.ff.net.0.proj"), &format!("{b}.img_mlp.0"))?;
-        r.mv(&format!("{d}.ff.net.2"), &format!("{b}.img_mlp.2"))?;
-        r.mv(
-            &format!("{d}.ff_context.net.0.proj"),
-            &format!("{b}.txt_mlp.0"),
-        )?;
-        r.mv(&format!("{d}.ff_context.net.2"), &format!("{b}.txt_mlp.2"))?;
+        Ok(t)
     }
-    for i in 0..cfg.depth_single_blocks {
-        let (d, b) = (
-            format!("single_transformer_blocks.{i}"),
-            format!("single_blocks.{i}"),
-        );
-        r.mv(&format!("{d}.norm.linear"), &format!("{b}.modulation.lin"))?;
-        let parts = ["attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"].map(|x| format!("{d}.{x}"));
-        r.cat(&parts, &format!("{b}.linear1"))?;
-        r.mv(&format!("{d}.proj_out"), &format!("{b}.linear2"))?;
-        for (src, dst) in [("norm_q", "query_norm"), ("norm_k", "key_norm")] {
-            let t = r.take(&format!("{d}.attn.{src}.weight"))?;
-            r.out.insert(format!("{b}.norm.{dst}.scale"), t);
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.build(name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        match (self.source)(name) {
+            Some(Source::Key(k) | Source::SwapHalves(k) | Source::Conv1x1(k)) => {
+                self.inner.contains_tensor(&k)
+            }
+            Some(Source::Cat(keys)) => keys.iter().all(|k| self.inner.contains_tensor(k)),
+            None => false,
         }
     }
-    // diffusers' AdaLayerNormContinuous emits (scale, shift); BFL's last layer (shift, scale).
-    for suffix in ["weight", "bias"] {
-        let t = r.take(&format!("norm_out.linear.{suffix}"))?;
-        let half = t.dim(0)? / 2;
-        let swapped = Tensor::cat(&[t.narrow(0, half, half)?, t.narrow(0, 0, half)?], 0)?;
-        r.out
-            .insert(format!("final_layer.adaLN_modulation.1.{suffix}"), swapped);
-    }
-    r.mv("proj_out", "final_layer.linear")?;
-    r.finish()
 }
 
 /// Whether a transformer state dict uses diffusers names (else BFL's).
-pub fn is_diffusers_transformer(keys: &[&str]) -> bool {
-    keys.iter().any(|k| k.starts_with("transformer_blocks."))
-}
-
-/// A diffusers `AutoencoderKL` state dict → BFL `ae.safetensors` names, for `levels`
-/// resolution levels of `layers` residual blocks each (FLUX: 4 and 2). The mid-block
-/// attention's linear projections become BFL's 1×1 convolutions.
-pub fn vae_from_diffusers(
-    src: HashMap<String, Tensor>,
-    levels: usize,
-    layers: usize,
-) -> Result<HashMap<String, Tensor>> {
-    let mut r = Renamer {
-        src,
-        out: HashMap::new(),
-    };
-    fn resnet(r: &mut Renamer, src: &str, dst: &str) -> Result<()> {
-        for a in ["norm1", "conv1", "norm2", "conv2"] {
-            r.mv(&format!("{src}.{a}"), &format!("{dst}.{a}"))?;
-        }
-        if r.src.contains_key(&format!("{src}.conv_shortcut.weight")) {
-            r.mv(
-                &format!("{src}.conv_shortcut"),
-                &format!("{dst}.nin_shortcut"),
-            )?;
-        }
-        Ok(())
-    }
-    fn mid(r: &mut Renamer, side: &str) -> Result<()> {
-        resnet(
-            r,
-            &format!("{side}.mid_block.resnets.0"),
-            &format!("{side}.mid.block_1"),
-        )?;
-        resnet(
-            r,
-            &format!("{side}.mid_block.resnets.1"),
-            &format!("{side}.mid.block_2"),
-        )?;
-        let a = format!("{side}.mid_block.attentions.0");
-        r.mv(
-            &format!("{a}.group_norm"),
-            &format!("{side}.mid.attn_1.norm"),
-        )?;
-        for (src, dst) in [
-            ("to_q", "q"),
-            ("to_k", "k"),
-            ("to_v", "v"),
-            ("to_out.0", "proj_out"),
-        ] {
-            let w = r.take(&format!("{a}.{src}.weight"))?;
-            let w = if w.rank() == 2 {
-                w.unsqueeze(2)?.unsqueeze(3)?
-            } else {
-                w
-            };
-            r.out.insert(format!("{side}.mid.attn_1.{dst}.weight"), w);
-            let b = r.take(&format!("{a}.{src}.bias"))?;
-            r.out.insert(format!("{side}.mid.attn_1.{dst}.bias"), b);
-        }
-        Ok(())
-    }
-    r.mv("encoder.conv_in", "encoder.conv_in")?;
-    for i in 0..levels {
-        for j in 0..layers {
-            resnet(
-                &mut r,
-                &format!("encoder.down_blocks.{i}.resnets.{j}"),
-                &format!("encoder.down.{i}.block.{j}"),
-            )?;
-        }
-        if i + 1 < levels {
-            r.mv(
-                &format!("encoder.down_blocks.{i}.downsamplers.0.conv"),
-                &format!("encoder.down.{i}.downsample.conv"),
-            )?;
-        }
-    }
-    mid(&mut r, "encoder")?;
-    r.mv("encoder.conv_norm_out", "encoder.norm_out")?;
-    r.mv("encoder.conv_out", "encoder.conv_out")?;
-    r.mv("decoder.conv_in", "decoder.conv_in")?;
-    mid(&mut r, "decoder")?;
-    // diffusers counts decoder levels from the latent side, BFL from the image side.
-    for i in 0..levels {
-        let up = levels - 1 - i;
-        for j in 0..=layers {
-            resnet(
-                &mut r,
-                &format!("decoder.up_blocks.{i}.resnets.{j}"),
-                &format!("decoder.up.{up}.block.{j}"),
-            )?;
-        }
-        if i + 1 < levels {
-            r.mv(
-                &format!("decoder.up_blocks.{i}.upsamplers.0.conv"),
-                &format!("decoder.up.{up}.upsample.conv"),
-            )?;
-        }
-    }
-    r.mv("decoder.conv_norm_out", "decoder.norm_out")?;
-    r.mv("decoder.conv_out", "decoder.conv_out")?;
-    r.finish()
+pub fn is_diffusers_transformer<'a>(mut keys: impl Iterator<Item = &'a str>) -> bool {
+    keys.any(|k| k.starts_with("transformer_blocks.") || k.starts_with("x_embedder."))
 }
