@@ -241,8 +241,10 @@ pub fn vae_source(bfl: &str, levels: usize) -> Option<Source> {
 /// every result's shape checked against what the model expects (the error names both).
 pub struct Renamed<B> {
     inner: B,
-    source: Box<dyn Fn(&str) -> Option<Source> + Send + Sync>,
+    source: SourceFn,
 }
+
+type SourceFn = Box<dyn Fn(&str) -> Option<Source> + Send + Sync>;
 
 impl<B: SimpleBackend> Renamed<B> {
     pub fn transformer(inner: B) -> Self {
