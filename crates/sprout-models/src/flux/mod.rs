@@ -3,4 +3,5 @@
 //! FLUX autoencoder.
 
 pub mod convert;
+pub mod files;
 pub mod vae;
