@@ -4,4 +4,5 @@
 
 pub mod convert;
 pub mod files;
+pub mod inspect;
 pub mod vae;

@@ -1,0 +1,265 @@
+//! What a FLUX model's files hold, read from their headers only (no weights are loaded): the
+//! names and sizes of the tensors, hence the variant (a guidance embedding means dev or
+//! Kontext), the naming, and the memory the model will need.
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::error::{ModelError, Result};
+use crate::flux::files::{FluxFiles, Layout, Variant};
+
+/// One tensor as a file's header describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorInfo {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// Bytes stored in the file.
+    pub bytes: u64,
+}
+
+fn bad(p: &Path, e: impl std::fmt::Display) -> ModelError {
+    ModelError::Config(format!("{}: {e}", p.display()))
+}
+
+/// The tensors of a safetensors file, from its JSON header.
+pub fn safetensors_header(path: &Path) -> Result<Vec<TensorInfo>> {
+    let mut f = std::fs::File::open(path).map_err(|e| bad(path, e))?;
+    let file_len = f.metadata().map_err(|e| bad(path, e))?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n)
+        .map_err(|_| bad(path, "not a safetensors file (shorter than its header)"))?;
+    let n = u64::from_le_bytes(n);
+    if n > 100_000_000 || n + 8 > file_len {
+        return Err(bad(path, "not a safetensors file (bad header length)"));
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).map_err(|e| bad(path, e))?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| bad(path, format!("not a safetensors file ({e})")))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad(path, "safetensors header is not an object"))?;
+    let mut out = Vec::with_capacity(obj.len());
+    for (name, t) in obj {
+        if name == "__metadata__" {
+            continue;
+        }
+        let shape = t["shape"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|d| d.as_u64().map(|d| d as usize))
+                    .collect()
+            })
+            .ok_or_else(|| bad(path, format!("tensor {name} has no shape")))?;
+        let off = t["data_offsets"]
+            .as_array()
+            .and_then(|a| Some((a.first()?.as_u64()?, a.get(1)?.as_u64()?)))
+            .ok_or_else(|| bad(path, format!("tensor {name} has no data offsets")))?;
+        if off.1 < off.0 || off.1 + 8 + n > file_len {
+            return Err(bad(
+                path,
+                format!("tensor {name} lies outside the file (truncated download?)"),
+            ));
+        }
+        out.push(TensorInfo {
+            name: name.clone(),
+            shape,
+            bytes: off.1 - off.0,
+        });
+    }
+    Ok(out)
+}
+
+/// The tensors of a GGUF file, from its header.
+pub fn gguf_header(path: &Path) -> Result<Vec<TensorInfo>> {
+    let mut f = std::fs::File::open(path).map_err(|e| bad(path, e))?;
+    let c = candle_core::quantized::gguf_file::Content::read(&mut f)
+        .map_err(|e| bad(path, format!("not a readable GGUF file ({e})")))?;
+    Ok(c.tensor_infos
+        .into_iter()
+        .map(|(name, t)| {
+            let elems = t.shape.elem_count();
+            let d = t.ggml_dtype;
+            TensorInfo {
+                name,
+                shape: t.shape.dims().to_vec(),
+                bytes: (elems / d.block_size() * d.type_size()) as u64,
+            }
+        })
+        .collect())
+}
+
+/// What the transformer files say about the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inspection {
+    pub guidance: bool,
+    pub diffusers_names: bool,
+    /// Bytes of all transformer tensors as stored.
+    pub bytes: u64,
+}
+
+pub fn inspect_transformer(files: &FluxFiles) -> Result<Inspection> {
+    let mut infos = Vec::new();
+    for p in &files.transformer {
+        infos.extend(match files.layout {
+            Layout::Gguf => gguf_header(p)?,
+            Layout::Bfl | Layout::Diffusers => safetensors_header(p)?,
+        });
+    }
+    let has = |prefix: &str| infos.iter().any(|t| t.name.starts_with(prefix));
+    let diffusers_names = has("transformer_blocks.") || has("x_embedder.");
+    if !diffusers_names && !has("double_blocks.") {
+        return Err(ModelError::Config(format!(
+            "{}: no FLUX transformer tensors (neither double_blocks.* nor transformer_blocks.*)",
+            files.transformer[0].display()
+        )));
+    }
+    Ok(Inspection {
+        guidance: has("guidance_in.") || has("time_text_embed.guidance_embedder."),
+        diffusers_names,
+        bytes: infos.iter().map(|t| t.bytes).sum(),
+    })
+}
+
+/// The variant to run: the one asked for, if the files can be it.
+pub fn resolve_variant(asked: Variant, files: &FluxFiles, i: &Inspection) -> Result<Variant> {
+    let path = files.transformer[0].display();
+    if i.guidance != asked.guidance_embed() {
+        let held = if i.guidance {
+            "FLUX.1 dev or Kontext weights (they have a guidance embedding)"
+        } else {
+            "FLUX.1 schnell weights (they have no guidance embedding)"
+        };
+        return Err(ModelError::Config(format!(
+            "--model {} does not match {path}: these are {held}",
+            asked.name()
+        )));
+    }
+    match (asked, files.named_variant) {
+        (Variant::Dev, Some(Variant::Kontext)) | (Variant::Kontext, Some(Variant::Dev)) => {
+            Err(ModelError::Config(format!(
+                "--model {} does not match {path}: its name says {}",
+                asked.name(),
+                files.named_variant.map(Variant::name).unwrap_or_default()
+            )))
+        }
+        _ => Ok(asked),
+    }
+}
+
+/// Memory this machine can still give (`MemAvailable`), in bytes; None where unknown.
+pub fn available_memory() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Refuse before loading when `needed` bytes will not fit in `available` (with 10 % slack).
+pub fn check_memory(what: &str, needed: u64, available: Option<u64>) -> Result<()> {
+    match available {
+        Some(a) if needed as f64 > a as f64 * 0.9 => Err(ModelError::Config(format!(
+            "{what} needs about {:.1} GB of memory and this machine has {:.1} GB available; \
+             use a quantized GGUF file (Q8_0 or Q4_0) or free memory",
+            needed as f64 / 1e9,
+            a as f64 / 1e9
+        ))),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use candle_core::{DType, Device, Tensor};
+
+    use super::*;
+    use crate::flux::files::locate;
+
+    fn write(path: &Path, names: &[&str]) {
+        let t: HashMap<String, Tensor> = names
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    Tensor::zeros((2, 3), DType::BF16, &Device::Cpu).unwrap(),
+                )
+            })
+            .collect();
+        candle_core::safetensors::save(&t, path).unwrap();
+    }
+
+    #[test]
+    fn variants_are_read_from_the_weights_and_mismatches_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let dev = d.path().join("flux1-dev.safetensors");
+        write(
+            &dev,
+            &[
+                "double_blocks.0.img_attn.qkv.weight",
+                "guidance_in.in_layer.weight",
+            ],
+        );
+        let schnell = d.path().join("mine.safetensors");
+        write(&schnell, &["double_blocks.0.img_attn.qkv.weight"]);
+        let f = locate(&dev).unwrap();
+        let i = inspect_transformer(&f).unwrap();
+        assert_eq!(
+            i,
+            Inspection {
+                guidance: true,
+                diffusers_names: false,
+                bytes: 2 * 6 * 2
+            }
+        );
+        assert_eq!(resolve_variant(Variant::Dev, &f, &i).unwrap(), Variant::Dev);
+        let e = resolve_variant(Variant::Schnell, &f, &i)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("--model flux-schnell") && e.contains("guidance embedding"),
+            "{e}"
+        );
+        let e = resolve_variant(Variant::Kontext, &f, &i)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("its name says flux-dev"), "{e}");
+        let f = locate(&schnell).unwrap();
+        let i = inspect_transformer(&f).unwrap();
+        assert!(!i.guidance);
+        assert!(resolve_variant(Variant::Dev, &f, &i).is_err());
+        assert_eq!(
+            resolve_variant(Variant::Schnell, &f, &i).unwrap(),
+            Variant::Schnell
+        );
+    }
+
+    #[test]
+    fn broken_files_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("flux1-schnell.safetensors");
+        std::fs::write(&p, b"short").unwrap();
+        let e = safetensors_header(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("flux1-schnell.safetensors") && e.contains("not a safetensors"),
+            "{e}"
+        );
+        write(&p, &["double_blocks.0.x.weight"]);
+        let len = std::fs::metadata(&p).unwrap().len();
+        let bytes = std::fs::read(&p).unwrap();
+        std::fs::write(&p, &bytes[..len as usize - 4]).unwrap();
+        let e = safetensors_header(&p).unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
+        let g = d.path().join("flux1-dev.gguf");
+        std::fs::write(&g, b"GGUFjunk").unwrap();
+        let e = gguf_header(&g).unwrap_err().to_string();
+        assert!(e.contains("not a readable GGUF"), "{e}");
+        let e = check_memory("FLUX.1 dev", 30_000_000_000, Some(24_000_000_000))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("30.0 GB") && e.contains("24.0 GB"), "{e}");
+        assert!(check_memory("x", 1, Some(24_000_000_000)).is_ok());
+    }
+}
