@@ -114,6 +114,24 @@ fn on_device(
         .collect::<candle_core::Result<_>>()?)
 }
 
+/// Whether a run may resume under `cfg`: the stages must be those it was started with,
+/// except that the last stage may be lengthened or shortened (the learning-rate schedule
+/// then follows the new total).
+fn same_stages(saved: &TrainConfig, cfg: &TrainConfig) -> bool {
+    let (a, b) = (&saved.stages, &cfg.stages);
+    let Some((last_a, head_a)) = a.split_last() else {
+        return b.is_empty();
+    };
+    let Some((last_b, head_b)) = b.split_last() else {
+        return false;
+    };
+    head_a == head_b
+        && crate::config::Stage {
+            steps: last_b.steps,
+            ..last_a.clone()
+        } == *last_b
+}
+
 /// Run (or resume) training; `on_log` sees every `log_every`-th step.
 pub fn run_task<T: Task>(
     cfg: &TrainConfig,
@@ -163,8 +181,8 @@ pub fn run_task<T: Task>(
         let state = ckpt::load_state(&dir)?;
         let saved: TrainConfig = serde_json::from_value(state["config"].clone())
             .map_err(|e| TrainError::Checkpoint(format!("state.json config: {e}")))?;
-        if saved.kind != cfg.kind || saved.seed != cfg.seed || saved.stages != cfg.stages {
-            return Err(TrainError::Checkpoint("the checkpoint was made with a different kind, seed or stages; start a new run in another directory".into()));
+        if saved.kind != cfg.kind || saved.seed != cfg.seed || !same_stages(&saved, cfg) {
+            return Err(TrainError::Checkpoint("the checkpoint was made with a different kind, seed or stages (only the last stage's step count may change); start a new run in another directory".into()));
         }
         let model = on_device(ckpt::load_tensors(&dir, "model")?, &dev)?;
         for (n, v) in opt.params() {
@@ -299,5 +317,27 @@ pub fn train(
     match cfg.kind {
         Kind::Ae => run_task(cfg, &mut crate::ae_task::AeTask::new(cfg)?, opts, on_log),
         Kind::Dit => run_task(cfg, &mut crate::dit_task::DitTask::new(cfg)?, opts, on_log),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(stages: &str) -> TrainConfig {
+        TrainConfig::from_toml(&format!("kind = \"ae\"\nout = \"/tmp/x\"\n{stages}")).unwrap()
+    }
+
+    #[test]
+    fn only_the_last_stage_may_change_its_length_on_resume() {
+        let s = |a: u64, b: u64, side: u32| {
+            format!("[[stage]]\nsteps = {a}\nside = 64\nbatch = 2\n[[stage]]\nsteps = {b}\nside = {side}\nbatch = 2\n")
+        };
+        let base = cfg(&s(10, 20, 128));
+        assert!(same_stages(&base, &cfg(&s(10, 20, 128))));
+        assert!(same_stages(&base, &cfg(&s(10, 5, 128))));
+        assert!(same_stages(&base, &cfg(&s(10, 90, 128))));
+        assert!(!same_stages(&base, &cfg(&s(11, 20, 128))));
+        assert!(!same_stages(&base, &cfg(&s(10, 20, 96))));
     }
 }
