@@ -312,8 +312,71 @@ def text_fixtures():
     save("t5_io.safetensors", dict(input_ids=ids.float(), last_hidden_state=o.last_hidden_state))
 
 
+# ---------------------------------------------------------------- tokenizers
+
+
+PROMPTS = ["a photo of a red circle", "A red  circle, and a BLUE star's photo 42!", "", "cat " * 20]
+
+
+def tokenizer_fixtures():
+    """A tiny CLIP BPE vocabulary (byte-level, `</w>` word ends) and a tiny T5 SentencePiece
+    model, each in the files a diffusers snapshot has (`tokenizer/vocab.json` + `merges.txt`,
+    `tokenizer_2/tokenizer.json`), with the ids transformers gives for some prompts, padded
+    and truncated as FLUX pipelines do (to 16 tokens here)."""
+    import sentencepiece as spm
+    from transformers import CLIPTokenizer, T5TokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    clip_dir = os.path.join(OUT, "tokenizer")
+    os.makedirs(clip_dir, exist_ok=True)
+    b2u = bytes_to_unicode()
+    chars = [b2u[b] for b in range(256)]
+    vocab = {c: i for i, c in enumerate(chars)}
+    for c in chars:
+        vocab[c + "</w>"] = len(vocab)
+    merges = []
+    for w in ["red", "circle", "blue", "star", "photo", "cat", "of"]:
+        parts = list(w[:-1]) + [w[-1] + "</w>"]
+        cur = parts[0]
+        for p in parts[1:]:
+            merges.append(f"{cur} {p}")
+            cur = cur + p
+            vocab.setdefault(cur, len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    with open(os.path.join(clip_dir, "vocab.json"), "w") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(clip_dir, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    clip = CLIPTokenizer(os.path.join(clip_dir, "vocab.json"), os.path.join(clip_dir, "merges.txt"),
+                         pad_token="<|endoftext|>")
+    t5_dir = os.path.join(OUT, "tokenizer_2")
+    os.makedirs(t5_dir, exist_ok=True)
+    corpus = os.path.join(t5_dir, "corpus.txt")
+    with open(corpus, "w") as f:
+        for i in range(200):
+            f.write(f"a photo of a red circle and a blue star number {i} with a cat\n")
+    spm.SentencePieceTrainer.train(input=corpus, model_prefix=os.path.join(t5_dir, "spiece"), vocab_size=48,
+                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+                                   character_coverage=1.0)
+    sp = spm.SentencePieceProcessor(model_file=os.path.join(t5_dir, "spiece.model"))
+    pieces = [(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())]
+    t5 = T5TokenizerFast(vocab=pieces, extra_ids=0)
+    t5.backend_tokenizer.save(os.path.join(t5_dir, "tokenizer.json"))
+    for f in ("corpus.txt", "spiece.model", "spiece.vocab"):
+        os.remove(os.path.join(t5_dir, f))
+    ids = {
+        "prompts": PROMPTS,
+        "clip": [clip(p, padding="max_length", max_length=16, truncation=True)["input_ids"] for p in PROMPTS],
+        "t5": [t5(p, padding="max_length", max_length=16, truncation=True)["input_ids"] for p in PROMPTS],
+    }
+    with open(os.path.join(OUT, "tokenizer_ids.json"), "w") as f:
+        json.dump(ids, f, indent=1)
+    print("tokenizers:", ids)
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
-    which = sys.argv[1:] or ["transformer", "scheduler", "vae", "text"]
+    which = sys.argv[1:] or ["transformer", "scheduler", "vae", "text", "tokenizer"]
     for w in which:
         globals()[f"{w}_fixtures"]()

@@ -283,3 +283,34 @@ fn missing_or_mis_shaped_diffusers_tensors_are_named() {
         .to_string();
     assert!(e.contains("single_blocks.0.linear1.weight"), "{e}");
 }
+
+#[test]
+fn tokenizers_match_transformers_with_flux_padding() {
+    use sprout_models::flux::tokenize::{clip_tokenizer, encode_fixed, t5_tokenizer};
+    let want: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("tokenizer_ids.json")).unwrap())
+            .unwrap();
+    let clip = clip_tokenizer(&fixture("tokenizer")).unwrap();
+    let t5 = t5_tokenizer(&fixture("tokenizer_2")).unwrap();
+    let eos = clip.token_to_id("<|endoftext|>").unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    for (i, p) in want["prompts"].as_array().unwrap().iter().enumerate() {
+        let p = p.as_str().unwrap();
+        assert_eq!(
+            encode_fixed(&clip, p, 16, eos).unwrap(),
+            ids(&want["clip"][i]),
+            "clip {p:?}"
+        );
+        assert_eq!(
+            encode_fixed(&t5, p, 16, 0).unwrap(),
+            ids(&want["t5"][i]),
+            "t5 {p:?}"
+        );
+    }
+}

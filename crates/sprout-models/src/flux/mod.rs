@@ -5,4 +5,5 @@
 pub mod convert;
 pub mod files;
 pub mod inspect;
+pub mod tokenize;
 pub mod vae;

@@ -1,0 +1,107 @@
+//! FLUX's tokenizers from a diffusers snapshot: CLIP-L's byte-level BPE (`tokenizer/`) and
+//! T5's SentencePiece unigram (`tokenizer_2/tokenizer.json`), with the fixed-length padding
+//! and truncation the FLUX pipelines use (CLIP: 77 tokens padded with its end token; T5: 256
+//! for schnell, 512 for dev, padded with 0).
+
+use std::path::Path;
+
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use crate::error::{ModelError, Result};
+
+fn bad(p: &Path, e: impl std::fmt::Display) -> ModelError {
+    ModelError::Tokenizer(format!("{}: {e}", p.display()))
+}
+
+/// CLIP's tokenizer: `tokenizer.json` if the folder has one; otherwise built from
+/// `vocab.json` + `merges.txt` (what diffusers snapshots of FLUX ship) exactly as
+/// transformers converts them: NFC, whitespace runs to one space, lower case; CLIP's word
+/// pattern; byte-level BPE with `</w>` word ends; start and end tokens around the text.
+pub fn clip_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    let json = dir.join("tokenizer.json");
+    if json.is_file() {
+        return Tokenizer::from_file(&json).map_err(|e| bad(&json, e));
+    }
+    let vp = dir.join("vocab.json");
+    let mp = dir.join("merges.txt");
+    let vocab: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&vp).map_err(|e| bad(&vp, e))?)
+            .map_err(|e| bad(&vp, e))?;
+    let text = std::fs::read_to_string(&mp).map_err(|e| bad(&mp, e))?;
+    let mut merges: Vec<[&str; 2]> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with("#version") || line.trim().is_empty() {
+            continue;
+        }
+        let (a, b) = line
+            .split_once(' ')
+            .ok_or_else(|| bad(&mp, format!("line {} is not a merge pair", i + 1)))?;
+        merges.push([a, b]);
+    }
+    let id = |t: &str| {
+        vocab
+            .get(t)
+            .and_then(|v| v.as_u64())
+            .ok_or_else(|| bad(&vp, format!("no {t} token")))
+    };
+    let (bos, eos) = (id("<|startoftext|>")?, id("<|endoftext|>")?);
+    let special = |content: &str, id: u64| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+    };
+    let spec = serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": [special("<|startoftext|>", bos), special("<|endoftext|>", eos)],
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "NFC"},
+            {"type": "Replace", "pattern": {"Regex": "\\s+"}, "content": " "},
+            {"type": "Lowercase"}]},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex":
+                "<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+"},
+             "behavior": "Removed", "invert": true},
+            {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}]},
+        "post_processor": {"type": "RobertaProcessing", "sep": ["<|endoftext|>", eos],
+            "cls": ["<|startoftext|>", bos], "trim_offsets": false, "add_prefix_space": false},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": "<|endoftext|>",
+            "continuing_subword_prefix": "", "end_of_word_suffix": "</w>", "fuse_unk": false,
+            "byte_fallback": false, "ignore_merges": false, "vocab": vocab, "merges": merges}
+    });
+    Tokenizer::from_bytes(spec.to_string()).map_err(|e| bad(dir, e))
+}
+
+/// T5's tokenizer (`tokenizer.json`; a SentencePiece `spiece.model` alone is not read).
+pub fn t5_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    let json = dir.join("tokenizer.json");
+    if !json.is_file() && dir.join("spiece.model").is_file() {
+        return Err(bad(
+            dir,
+            "has spiece.model but no tokenizer.json; save one with transformers' T5TokenizerFast",
+        ));
+    }
+    Tokenizer::from_file(&json).map_err(|e| bad(&json, e))
+}
+
+/// Token ids of `text`, truncated and padded to exactly `len` (special tokens kept).
+pub fn encode_fixed(tok: &Tokenizer, text: &str, len: usize, pad_id: u32) -> Result<Vec<u32>> {
+    let mut tok = tok.clone();
+    let pad_token = tok.id_to_token(pad_id).unwrap_or_default();
+    tok.with_truncation(Some(TruncationParams {
+        max_length: len,
+        ..Default::default()
+    }))
+    .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+    tok.with_padding(Some(PaddingParams {
+        strategy: PaddingStrategy::Fixed(len),
+        pad_id,
+        pad_token,
+        ..Default::default()
+    }));
+    let enc = tok
+        .encode(text, true)
+        .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+    Ok(enc.get_ids().to_vec())
+}
