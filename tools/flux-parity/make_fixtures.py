@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 OUT = os.path.join(os.path.dirname(__file__), "..", "..", "crates", "sprout-models", "tests", "fixtures", "flux")
 
 torch.use_deterministic_algorithms(True)
+MODELS = {}
 torch.set_default_dtype(torch.float32)
 
 
@@ -119,8 +120,10 @@ def grid_ids(index, h, w):
     return ids.reshape(h * w, 3)
 
 
+# Sized so that the tiny parts compose into a whole pipeline: T5 width 32 = joint_attention_dim,
+# CLIP width 32 = pooled_projection_dim, VAE latent channels 4 × 2×2 patches = in_channels.
 TINY = dict(patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
-            num_attention_heads=2, joint_attention_dim=24, pooled_projection_dim=20, axes_dims_rope=(4, 6, 6))
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6))
 
 
 def transformer_fixtures():
@@ -139,6 +142,7 @@ def transformer_fixtures():
     for variant, guided, seed in (("schnell", False, 11), ("dev", True, 12)):
         model = FluxTransformer2DModel(guidance_embeds=guided, **TINY).eval()
         randomise(model, seed, std=0.1)
+        MODELS[variant] = model
         sd = model.state_dict()
         with torch.no_grad():
             out = model(hidden_states=img, encoder_hidden_states=txt, pooled_projections=pooled,
@@ -254,16 +258,17 @@ def vae_fixtures():
 
     cfg = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
                up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64), layers_per_block=1,
-               latent_channels=8, norm_num_groups=32, sample_size=32, scaling_factor=0.3611,
+               latent_channels=4, norm_num_groups=32, sample_size=32, scaling_factor=0.3611,
                shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False, mid_block_add_attention=True)
     vae = AutoencoderKL(**cfg).eval()
     randomise(vae, 21, std=0.1)
+    MODELS["vae"] = vae
     g = torch.Generator().manual_seed(5)
     image = torch.rand(1, 3, 32, 48, generator=g) * 2 - 1
     with torch.no_grad():
         mean = vae.encode(image).latent_dist.mode()
         latents = (mean - cfg["shift_factor"]) * cfg["scaling_factor"]
-        z = torch.randn(1, 8, 4, 6, generator=g)
+        z = torch.randn(1, 4, 16, 24, generator=g)
         decoded = vae.decode(z / cfg["scaling_factor"] + cfg["shift_factor"]).sample
     sd = vae.state_dict()
     meta = {"config": {k: v for k, v in cfg.items()}}
@@ -278,15 +283,17 @@ def vae_fixtures():
 def text_fixtures():
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    clip_cfg = CLIPTextConfig(vocab_size=100, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                              num_attention_heads=4, max_position_embeddings=16, hidden_act="quick_gelu",
-                              projection_dim=32, bos_token_id=98, eos_token_id=99, pad_token_id=99)
+    # The vocabulary is the tiny tokenizer's (below): start 532, end 533.
+    clip_cfg = CLIPTextConfig(vocab_size=534, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                              num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
+                              projection_dim=32, bos_token_id=532, eos_token_id=533, pad_token_id=533)
     clip = CLIPTextModel(clip_cfg).eval()
     randomise(clip, 31, std=0.1)
     # FLUX pads CLIP prompts with the end token; the pooled state is the first end token's.
-    ids = torch.tensor([[98, 5, 17, 42, 99, 99, 99, 99], [98, 7, 8, 9, 10, 11, 99, 99]])
+    ids = torch.tensor([[532, 5, 17, 42, 533, 533, 533, 533], [532, 7, 8, 9, 10, 11, 533, 533]])
     with torch.no_grad():
         o = clip(input_ids=ids)
+    MODELS["clip"] = clip
     save("clip.safetensors", {f"text_model.{k}" if not k.startswith("text_model.") else k: v
                               for k, v in clip.state_dict().items()},
          {"config": {k: getattr(clip_cfg, k) for k in ("vocab_size", "hidden_size", "intermediate_size",
@@ -310,6 +317,7 @@ def text_fixtures():
     sd = {k: v for k, v in t5.state_dict().items() if k != "encoder.embed_tokens.weight"}
     save("t5.safetensors", sd, {"config": t5_cfg.to_dict()}, torch.bfloat16)
     save("t5_io.safetensors", dict(input_ids=ids.float(), last_hidden_state=o.last_hidden_state))
+    MODELS["t5"] = t5
 
 
 # ---------------------------------------------------------------- tokenizers
@@ -375,8 +383,40 @@ def tokenizer_fixtures():
     print("tokenizers:", ids)
 
 
+# ---------------------------------------------------------------- whole pipelines
+
+
+def pipeline_fixtures():
+    """diffusers' FluxPipeline over the tiny parts, from given initial latents (its `latents=`
+    argument), as images in [0, 1]: text-to-image for schnell (2 steps, no shift) and dev
+    (3 steps, guidance 3.5, resolution-dependent shift)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    clip_tok = CLIPTokenizer(os.path.join(OUT, "tokenizer", "vocab.json"),
+                             os.path.join(OUT, "tokenizer", "merges.txt"), pad_token="<|endoftext|>",
+                             model_max_length=77)
+    t5_tok = T5TokenizerFast(tokenizer_file=os.path.join(OUT, "tokenizer_2", "tokenizer.json"))
+    g = torch.Generator().manual_seed(77)
+    out = {}
+    for variant, steps, dynamic, guidance in (("schnell", 2, False, 0.0), ("dev", 3, True, 3.5)):
+        sched = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=dynamic, base_shift=0.5,
+                                                max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+        pipe = FluxPipeline(scheduler=sched, vae=MODELS["vae"], text_encoder=MODELS["clip"], tokenizer=clip_tok,
+                            text_encoder_2=MODELS["t5"], tokenizer_2=t5_tok, transformer=MODELS[variant])
+        # 32×48 pixels → 16×24 latents (this VAE is f2) → 8×12 packed tokens.
+        latents = torch.randn(1, 8 * 12, 16, generator=g)
+        with torch.no_grad():
+            image = pipe(prompt="a photo of a red circle", height=32, width=48, num_inference_steps=steps,
+                         guidance_scale=guidance, latents=latents.clone(), max_sequence_length=16,
+                         output_type="pt").images
+        out[f"{variant}_latents"] = latents
+        out[f"{variant}_image"] = image
+    save("pipeline_io.safetensors", out)
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
-    which = sys.argv[1:] or ["transformer", "scheduler", "vae", "text", "tokenizer"]
+    which = sys.argv[1:] or ["transformer", "scheduler", "vae", "text", "tokenizer", "pipeline"]
     for w in which:
         globals()[f"{w}_fixtures"]()

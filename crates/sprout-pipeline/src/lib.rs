@@ -3,6 +3,7 @@
 pub mod bundle;
 pub mod embedded;
 pub mod flow;
+pub mod flux;
 pub mod generate;
 pub mod noise;
 pub mod testing;

@@ -1,0 +1,137 @@
+//! FLUX.1 text-to-image on the shared MMDiT: CLIP-L pooled text and T5 token states, 2×2
+//! packed latents, the flow-matching Euler schedule (schnell: unshifted; dev and Kontext:
+//! shifted by the image's token count, guidance as an input), the FLUX autoencoder.
+//! Reproduces diffusers' `FluxPipeline` from the same initial latents (tested).
+
+use candle_core::{DType, Device, Module, Tensor};
+use candle_transformers::models::clip::text_model::ClipTextTransformer;
+use candle_transformers::models::t5::T5EncoderModel;
+use sprout_models::dit::embed::{grid_ids, patchify, unpatchify};
+use sprout_models::dit::{Dit, DitInput};
+use sprout_models::flux::files::Variant;
+use sprout_models::flux::tokenize::encode_fixed;
+use sprout_models::flux::vae::FluxVae;
+use tokenizers::Tokenizer;
+
+use crate::flow::{euler_step, schedule, ShiftConfig};
+use crate::noise::noise;
+use crate::PipelineError;
+
+/// CLIP's context length in FLUX pipelines.
+pub const CLIP_LEN: usize = 77;
+
+pub struct FluxModel {
+    pub variant: Variant,
+    pub dit: Dit,
+    pub vae: FluxVae,
+    pub clip: ClipTextTransformer,
+    pub t5: T5EncoderModel,
+    pub clip_tokenizer: Tokenizer,
+    pub t5_tokenizer: Tokenizer,
+    /// T5 tokens per prompt (schnell 256, dev and Kontext 512).
+    pub t5_len: usize,
+    pub dtype: DType,
+    pub device: Device,
+}
+
+/// The text conditioning of one prompt.
+pub struct FluxText {
+    /// T5 token states (1, t5_len, 4096).
+    pub states: Tensor,
+    /// CLIP pooled vector (1, 768).
+    pub pooled: Tensor,
+}
+
+/// Pixels per latent cell of `vae` times the 2×2 packing: canvas sides must be multiples.
+pub fn size_multiple(vae: &FluxVae) -> usize {
+    vae.cfg.downscale() * 2
+}
+
+impl FluxModel {
+    pub fn encode_text(&mut self, prompt: &str) -> Result<FluxText, PipelineError> {
+        let dev = &self.device;
+        let eos = self
+            .clip_tokenizer
+            .token_to_id("<|endoftext|>")
+            .ok_or_else(|| PipelineError::Weights("CLIP tokenizer lacks <|endoftext|>".into()))?;
+        let clip_ids = encode_fixed(&self.clip_tokenizer, prompt, CLIP_LEN, eos)?;
+        let t5_ids = encode_fixed(&self.t5_tokenizer, prompt, self.t5_len, 0)?;
+        let clip_ids = Tensor::new(clip_ids.as_slice(), dev)?.unsqueeze(0)?;
+        let t5_ids = Tensor::new(t5_ids.as_slice(), dev)?.unsqueeze(0)?;
+        Ok(FluxText {
+            pooled: self.clip.forward(&clip_ids)?.to_dtype(self.dtype)?,
+            states: self.t5.forward(&t5_ids)?.to_dtype(self.dtype)?,
+        })
+    }
+
+    /// Seeded initial latents for a `width`×`height` image, packed (1, tokens, 4·C).
+    pub fn initial_latents(
+        &self,
+        seed: u64,
+        width: usize,
+        height: usize,
+    ) -> Result<Tensor, PipelineError> {
+        let f = self.vae.cfg.downscale();
+        let c = self.dit.config().latent_channels;
+        let z = noise(seed, &[1, c, height / f, width / f], &self.device)?;
+        Ok(patchify(&z, 2)?.to_dtype(self.dtype)?)
+    }
+
+    /// Denoise packed latents (1, L, 4·C) of a `width`×`height` image in `steps` Euler steps
+    /// and decode them to an image (1, 3, H, W) in [0, 1]. `on_step(done, total)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample(
+        &self,
+        text: &FluxText,
+        latents: &Tensor,
+        width: usize,
+        height: usize,
+        steps: usize,
+        guidance: f64,
+        mut on_step: impl FnMut(usize, usize),
+    ) -> Result<Tensor, PipelineError> {
+        let dev = &self.device;
+        let f = self.vae.cfg.downscale();
+        let (h, w) = (height / f, width / f);
+        let tokens = (h / 2) * (w / 2);
+        if latents.dims() != [1, tokens, 4 * self.dit.config().latent_channels] {
+            return Err(PipelineError::Request(format!(
+                "latents have shape {:?}; a {width}x{height} image needs (1, {tokens}, {}) packed latents",
+                latents.dims(),
+                4 * self.dit.config().latent_channels
+            )));
+        }
+        let img_ids = grid_ids(0, h / 2, w / 2, dev)?;
+        let txt_ids = Tensor::zeros((1, text.states.dim(1)?, 3), DType::F32, dev)?;
+        let mu = match self.variant {
+            Variant::Schnell => 0.0,
+            Variant::Dev | Variant::Kontext => ShiftConfig::default().mu(tokens),
+        };
+        let times = schedule(steps, mu);
+        let g = Tensor::new(&[guidance as f32], dev)?;
+        let mut x = latents.to_dtype(DType::F32)?;
+        for (i, pair) in times.windows(2).enumerate() {
+            let t = Tensor::new(&[pair[0] as f32], dev)?;
+            let v = self.dit.forward(&DitInput {
+                guidance: self.variant.guidance_embed().then_some(&g),
+                ..DitInput::new(
+                    &x.to_dtype(self.dtype)?,
+                    &img_ids,
+                    &text.states,
+                    &txt_ids,
+                    &t,
+                    &text.pooled,
+                )
+            })?;
+            x = euler_step(&x, &v.to_dtype(DType::F32)?, pair[0], pair[1])?;
+            on_step(i + 1, steps);
+        }
+        let z = unpatchify(&x, 2, h, w)?.to_dtype(self.dtype)?;
+        let img = if h * w > 128 * 128 {
+            self.vae.decode_tiled(&z, 64, 8)?
+        } else {
+            self.vae.decode(&z)?
+        };
+        Ok(((img.to_dtype(DType::F32)? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?)
+    }
+}

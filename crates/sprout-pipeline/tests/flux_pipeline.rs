@@ -1,0 +1,142 @@
+//! Whole FLUX pipelines against diffusers' FluxPipeline over the same tiny seeded parts and
+//! the same initial latents (fixtures from `tools/flux-parity/make_fixtures.py`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::clip::text_model::{
+    Activation, ClipTextConfig, ClipTextTransformer,
+};
+use candle_transformers::models::t5::{Config as T5Config, T5EncoderModel};
+use sprout_models::dit::Dit;
+use sprout_models::flux::convert::DiffusersTransformerConfig;
+use sprout_models::flux::files::Variant;
+use sprout_models::flux::tokenize::{clip_tokenizer, t5_tokenizer};
+use sprout_models::flux::vae::{FluxVae, FluxVaeConfig};
+use sprout_pipeline::flux::FluxModel;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../sprout-models/tests/fixtures/flux")
+        .join(name)
+}
+
+fn load(
+    name: &str,
+) -> (
+    VarBuilder<'static>,
+    HashMap<String, Tensor>,
+    serde_json::Value,
+) {
+    let bytes = std::fs::read(fixture(name)).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let cfg = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("config"))
+        .map(|c| serde_json::from_str(c).unwrap())
+        .unwrap_or(serde_json::Value::Null);
+    let t: HashMap<String, Tensor> = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .unwrap()
+        .into_iter()
+        .map(|(k, v)| (k, v.to_dtype(DType::F32).unwrap()))
+        .collect();
+    (
+        VarBuilder::from_tensors(t.clone(), DType::F32, &Device::Cpu),
+        t,
+        cfg,
+    )
+}
+
+fn model(variant: Variant, file: &str) -> FluxModel {
+    let (vb, _, cfg) = load(&format!("transformer_{file}_bfl.safetensors"));
+    let dcfg: DiffusersTransformerConfig = serde_json::from_value(cfg).unwrap();
+    let dit = Dit::new(&dcfg.to_dit().unwrap(), vb).unwrap();
+    let (vb, _, c) = load("vae_bfl.safetensors");
+    let vae = FluxVae::new(
+        &FluxVaeConfig {
+            ch: 32,
+            ch_mult: vec![1, 2],
+            num_res_blocks: 1,
+            z_channels: c["latent_channels"].as_u64().unwrap() as usize,
+            scale_factor: c["scaling_factor"].as_f64().unwrap(),
+            shift_factor: c["shift_factor"].as_f64().unwrap(),
+        },
+        vb,
+    )
+    .unwrap();
+    let (vb, _, c) = load("clip.safetensors");
+    let n = |k: &str| c[k].as_u64().unwrap() as usize;
+    let clip = ClipTextTransformer::new(
+        vb.pp("text_model"),
+        &ClipTextConfig {
+            vocab_size: n("vocab_size"),
+            embed_dim: n("hidden_size"),
+            activation: Activation::QuickGelu,
+            intermediate_size: n("intermediate_size"),
+            max_position_embeddings: n("max_position_embeddings"),
+            pad_with: None,
+            num_hidden_layers: n("num_hidden_layers"),
+            num_attention_heads: n("num_attention_heads"),
+            projection_dim: n("projection_dim"),
+        },
+    )
+    .unwrap();
+    let (vb, _, c) = load("t5.safetensors");
+    let t5cfg: T5Config = serde_json::from_value(c).unwrap();
+    FluxModel {
+        variant,
+        dit,
+        vae,
+        clip,
+        t5: T5EncoderModel::load(vb, &t5cfg).unwrap(),
+        clip_tokenizer: clip_tokenizer(&fixture("tokenizer")).unwrap(),
+        t5_tokenizer: t5_tokenizer(&fixture("tokenizer_2")).unwrap(),
+        t5_len: 16,
+        dtype: DType::F32,
+        device: Device::Cpu,
+    }
+}
+
+#[test]
+fn text_to_image_matches_diffusers_from_the_same_latents() {
+    let (_, io, _) = load("pipeline_io.safetensors");
+    for (variant, name, steps, guidance) in [
+        (Variant::Schnell, "schnell", 2, 0.0),
+        (Variant::Dev, "dev", 3, 3.5),
+    ] {
+        let mut m = model(variant, name);
+        let text = m.encode_text("a photo of a red circle").unwrap();
+        let mut seen = 0;
+        let img = m
+            .sample(
+                &text,
+                &io[&format!("{name}_latents")],
+                48,
+                32,
+                steps,
+                guidance,
+                |d, _| seen = d,
+            )
+            .unwrap();
+        assert_eq!(seen, steps);
+        let want = &io[&format!("{name}_image")];
+        let d = sprout_models::ops::max_abs_diff(&img, want).unwrap();
+        eprintln!("{name}: max abs error {d:.2e} on a [0, 1] image");
+        assert!(d <= 1e-4, "{name}: {d}");
+    }
+}
+
+#[test]
+fn latents_of_the_wrong_shape_are_refused() {
+    let mut m = model(Variant::Schnell, "schnell");
+    let text = m.encode_text("a red circle").unwrap();
+    let bad = Tensor::zeros((1, 7, 16), DType::F32, &Device::Cpu).unwrap();
+    let e = m
+        .sample(&text, &bad, 48, 32, 2, 0.0, |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("(1, 96, 16)"), "{e}");
+}
