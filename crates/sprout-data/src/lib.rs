@@ -50,6 +50,10 @@ pub struct StreamConfig {
     /// When set, a batch holds `max(1, pixel_budget / (width·height))` samples instead of
     /// `batch_size`.
     pub pixel_budget: Option<u64>,
+    /// When set, the stream is a finite data set of this many batches, repeated: batch
+    /// `k + pool` holds the images of batch `k` (so a trainer can cache what it computes from
+    /// them, e.g. autoencoder latents); captions are drawn anew each epoch.
+    pub pool: Option<u64>,
 }
 
 impl Default for StreamConfig {
@@ -62,6 +66,7 @@ impl Default for StreamConfig {
             workers: 2,
             prefetch: 2,
             pixel_budget: None,
+            pool: None,
         }
     }
 }
@@ -72,6 +77,9 @@ impl StreamConfig {
             return Err(DataError::Config(
                 "batch_size and pixel_budget must be at least 1".into(),
             ));
+        }
+        if self.pool == Some(0) {
+            return Err(DataError::Config("pool must be at least 1 batch".into()));
         }
         if self.workers == 0 || self.prefetch == 0 {
             return Err(DataError::Config(
@@ -124,6 +132,7 @@ pub struct StreamPos {
 impl StreamConfig {
     /// Canvas and sample count of batch `k`.
     pub fn batch_shape(&self, k: u64) -> (u32, u32, usize) {
+        let k = self.pool.map_or(k, |n| k % n);
         let (w, h) = batch_canvas(&self.sampler, self.seed, k);
         let n = match self.pixel_budget {
             Some(budget) => (budget / (w as u64 * h as u64)).max(1) as usize,
@@ -134,10 +143,13 @@ impl StreamConfig {
 
     /// The position after batch `pos.batch`.
     pub fn advance(&self, pos: StreamPos) -> StreamPos {
-        StreamPos {
-            batch: pos.batch + 1,
-            sample: pos.sample + self.batch_shape(pos.batch).2 as u64,
-        }
+        let batch = pos.batch + 1;
+        // A pooled stream starts its samples over with each epoch.
+        let sample = match self.pool {
+            Some(n) if batch.is_multiple_of(n) => 0,
+            _ => pos.sample + self.batch_shape(pos.batch).2 as u64,
+        };
+        StreamPos { batch, sample }
     }
 }
 
@@ -145,6 +157,8 @@ impl StreamConfig {
 pub fn make_batch(cfg: &StreamConfig, pos: StreamPos) -> Result<Batch, DataError> {
     let (w, h, b) = cfg.batch_shape(pos.batch);
     let first = pos.sample;
+    // Captions vary by epoch in a pooled stream; images do not.
+    let epoch = cfg.pool.map_or(0, |n| pos.batch / n);
     let plane = (w * h) as usize;
     let mut data = vec![0f32; b * 3 * plane];
     let mut captions = Vec::with_capacity(b);
@@ -162,7 +176,11 @@ pub fn make_batch(cfg: &StreamConfig, pos: StreamPos) -> Result<Batch, DataError
         }
         captions.push(
             s.captions
-                .get(pick_level(cfg.caption_weights, cfg.seed, index))
+                .get(pick_level(
+                    cfg.caption_weights,
+                    cfg.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    index,
+                ))
                 .to_string(),
         );
         scenes.push(s.scene);
@@ -384,12 +402,50 @@ mod tests {
     }
 
     #[test]
+    fn a_pooled_stream_repeats_its_images_and_redraws_captions() {
+        let mut c = cfg(2);
+        c.sampler.canvas = CanvasChoice::AnyAspect;
+        c.sampler.base_side = 64;
+        c.pixel_budget = Some(6 * 64 * 64);
+        c.pool = Some(3);
+        let full = take(c.clone(), StreamPos::default(), 8);
+        let pixels = |b: &Batch| b.images.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        for k in 0..5 {
+            let (a, b) = (&full[k], &full[k + 3]);
+            assert_eq!(a.first_sample, b.first_sample);
+            assert_eq!(a.scenes, b.scenes);
+            assert_eq!(pixels(a), pixels(b));
+        }
+        assert_eq!(full[3].first_sample, 0);
+        assert_ne!(pixels(&full[0]), pixels(&full[1]));
+        let captions = |r: std::ops::Range<usize>| -> Vec<String> {
+            full[r].iter().flat_map(|b| b.captions.clone()).collect()
+        };
+        assert_ne!(
+            captions(0..3),
+            captions(3..6),
+            "captions are drawn anew each epoch"
+        );
+        // Resuming inside the second epoch continues the same batches.
+        let mut s = DataStream::new(c.clone(), StreamPos::default()).unwrap();
+        for _ in 0..4 {
+            s.next();
+        }
+        for (a, b) in full[4..].iter().zip(&take(c, s.position(), 4)) {
+            assert!(same(a, b));
+        }
+    }
+
+    #[test]
     fn bad_config_is_refused() {
         let mut c = cfg(1);
         c.batch_size = 0;
         assert!(DataStream::new(c, StreamPos::default()).is_err());
         let mut c = cfg(1);
         c.caption_weights = [0.0; 3];
+        assert!(DataStream::new(c, StreamPos::default()).is_err());
+        let mut c = cfg(1);
+        c.pool = Some(0);
         assert!(DataStream::new(c, StreamPos::default()).is_err());
     }
 }

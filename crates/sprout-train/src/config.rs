@@ -93,6 +93,9 @@ impl Default for DitSection {
 #[serde(default)]
 pub struct DataSection {
     pub workers: usize,
+    /// A finite data set of this many batches per stage, repeated (see
+    /// `sprout_data::StreamConfig::pool`); the DiT then caches autoencoder latents.
+    pub pool: Option<u64>,
     pub caption_weights: [f32; 3],
     pub text_prob: f32,
     pub icon_prob: f32,
@@ -104,6 +107,7 @@ impl Default for DataSection {
     fn default() -> Self {
         DataSection {
             workers: 1,
+            pool: None,
             caption_weights: [0.5, 0.35, 0.15],
             text_prob: 0.3,
             icon_prob: 0.35,

@@ -1,7 +1,7 @@
 //! DiT training: rectified flow over frozen autoencoder latents, with the text encoder
 //! trained jointly and captions dropped for classifier-free guidance.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
@@ -39,7 +39,14 @@ pub struct DitTask {
     dropout: f64,
     seed: u64,
     device: Device,
+    /// Latents of a pooled stream's batches, keyed by (first sample, count, height, width,
+    /// hash of the first scene — stages differ in it):
+    /// each epoch after the first skips the autoencoder. Values equal what encoding
+    /// computes, so caching never changes a run.
+    latents: Option<HashMap<LatentKey, Tensor>>,
 }
+
+type LatentKey = (u64, usize, usize, usize, u64);
 
 impl DitTask {
     pub fn new(cfg: &TrainConfig) -> Result<DitTask, TrainError> {
@@ -91,6 +98,7 @@ impl DitTask {
             dropout: cfg.dit.caption_dropout,
             seed: cfg.seed,
             device: dev,
+            latents: cfg.data.pool.map(|_| HashMap::new()),
         })
     }
 }
@@ -117,7 +125,26 @@ impl Task for DitTask {
         step: u64,
     ) -> Result<(Tensor, BTreeMap<String, f64>), TrainError> {
         let dev = self.device.clone();
-        let z = self.ae.encode(&batch.images.to_device(&dev)?)?.detach();
+        let (n, _, ih, iw) = batch.images.dims4()?;
+        let scene = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            serde_json::to_string(&batch.scenes[0])
+                .expect("scene serialises")
+                .hash(&mut h);
+            h.finish()
+        };
+        let key = (batch.first_sample, n, ih, iw, scene);
+        let z = match self.latents.as_ref().and_then(|c| c.get(&key)) {
+            Some(z) => z.clone(),
+            None => {
+                let z = self.ae.encode(&batch.images.to_device(&dev)?)?.detach();
+                if let Some(c) = self.latents.as_mut() {
+                    c.insert(key, z.clone());
+                }
+                z
+            }
+        };
         let (b, c, h, w) = z.dims4()?;
         let captions: Vec<String> = batch
             .captions

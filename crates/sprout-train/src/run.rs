@@ -84,6 +84,7 @@ pub fn stream_config(cfg: &TrainConfig, i: usize, stage: &Stage) -> StreamConfig
         caption_weights: cfg.data.caption_weights,
         workers: cfg.data.workers.max(1),
         prefetch: 2,
+        pool: cfg.data.pool,
     }
 }
 

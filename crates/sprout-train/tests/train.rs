@@ -194,6 +194,19 @@ fn dit_resume_is_bit_exact_and_exports_a_bundle() {
     assert!(e.contains("different kind, seed or stages"), "{e}");
 }
 
+#[test]
+fn pooled_dit_run_caches_latents_and_resumes_bit_exactly() {
+    // A pool of 2 batches: the third stage-2 step reuses batch 0's latents from the cache in
+    // the uninterrupted run and recomputes them after the resume; both must agree exactly.
+    let ae = tiny_ae_dir();
+    let pooled = |out: &Path| {
+        let mut c = dit_config(out, ae.path());
+        c.data.pool = Some(2);
+        c
+    };
+    assert_resume_is_bit_exact(pooled, 4);
+}
+
 fn overfit<T: Task>(task: &mut T, batch: &sprout_data::Batch, steps: usize, lr: f64) -> (f64, f64) {
     let mut opt = AdamW::new(
         OptimConfig {
