@@ -19,33 +19,45 @@ use crate::progress::bar;
 #[derive(Args)]
 pub struct GenerateArgs {
     /// What to draw.
-    prompt: String,
+    pub prompt: String,
     /// Number of images (image i uses seed + i).
     #[arg(short = 'n', long, default_value_t = 1)]
-    n: usize,
+    pub n: usize,
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub seed: u64,
     /// Sampling steps (model default if omitted).
     #[arg(long)]
-    steps: Option<usize>,
+    pub steps: Option<usize>,
     /// Classifier-free guidance scale (model default if omitted; 1 disables it).
     #[arg(long)]
-    guidance: Option<f64>,
+    pub guidance: Option<f64>,
     /// Canvas WxH (multiples of 32).
     #[arg(long, conflicts_with = "aspect")]
-    size: Option<String>,
+    pub size: Option<String>,
     /// Aspect ratio (1:1, 4:3, 3:4, 3:2, 2:3, 16:9, 9:16, 2:1, 1:2) at about 256² pixels.
     #[arg(long)]
-    aspect: Option<String>,
+    pub aspect: Option<String>,
     /// euler or heun (model default if omitted).
     #[arg(long)]
-    sampler: Option<String>,
-    /// `default` (embedded) or a model bundle directory.
+    pub sampler: Option<String>,
+    /// `default` (embedded), a model bundle directory, or flux-schnell | flux-dev |
+    /// flux-kontext (with --weights).
     #[arg(long, default_value = "default")]
-    model: String,
+    pub model: String,
+    /// FLUX weights: a Black Forest Labs file or folder, or a diffusers snapshot folder.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// Start from these initial latents (a safetensors file holding one tensor, packed
+    /// (n, tokens, 64) as diffusers' `latents=` argument or unpacked (n, 16, H/8, W/8))
+    /// instead of seeded noise, to compare with another implementation.
+    #[arg(long)]
+    pub latents: Option<PathBuf>,
+    /// FLUX: T5 tokens per prompt (schnell at most 256, dev and Kontext 512).
+    #[arg(long)]
+    pub max_sequence_length: Option<usize>,
     /// Output PNG (with several images: OUT_0.png, OUT_1.png, …).
     #[arg(short = 'o', long)]
-    out: PathBuf,
+    pub out: PathBuf,
 }
 
 /// Load `default` (embedded) or a bundle directory.
@@ -92,6 +104,12 @@ pub fn output_paths(out: &Path, n: usize) -> Vec<PathBuf> {
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
+    if a.model.starts_with("flux-") {
+        return crate::flux_cmd::generate(a);
+    }
+    if a.weights.is_some() || a.latents.is_some() || a.max_sequence_length.is_some() {
+        bail!("--weights, --latents and --max-sequence-length apply to the FLUX models (--model flux-schnell|flux-dev|flux-kontext)");
+    }
     let t0 = Instant::now();
     let (width, height) = match (&a.size, &a.aspect) {
         (Some(s), _) => parse_size(s)?,

@@ -2,6 +2,7 @@
 
 mod bench_cmd;
 mod eval_cmd;
+mod flux_cmd;
 mod generate_cmd;
 mod progress;
 mod train_cmd;

@@ -1,0 +1,177 @@
+//! `sprout generate --model flux-*` end to end on a diffusers snapshot assembled from the
+//! tiny parity fixtures: the image equals diffusers' FluxPipeline output from the same
+//! latents, and bad requests get clear errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../sprout-models/tests/fixtures/flux")
+        .join(name)
+}
+
+fn config_of(name: &str) -> serde_json::Value {
+    let bytes = std::fs::read(fixture(name)).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    serde_json::from_str(&meta.metadata().as_ref().unwrap()["config"]).unwrap()
+}
+
+/// A diffusers FLUX.1 dev snapshot folder made of the fixture files.
+fn snapshot(root: &Path) {
+    std::fs::create_dir_all(root).unwrap();
+    let put = |dir: &str, file: &str, from: &str, config: Option<serde_json::Value>| {
+        std::fs::create_dir_all(root.join(dir)).unwrap();
+        std::fs::copy(fixture(from), root.join(dir).join(file)).unwrap();
+        if let Some(c) = config {
+            std::fs::write(root.join(dir).join("config.json"), c.to_string()).unwrap();
+        }
+    };
+    std::fs::write(
+        root.join("model_index.json"),
+        r#"{"_class_name": "FluxPipeline"}"#,
+    )
+    .unwrap();
+    put(
+        "transformer",
+        "diffusion_pytorch_model.safetensors",
+        "transformer_dev_diffusers.safetensors",
+        Some(config_of("transformer_dev_diffusers.safetensors")),
+    );
+    put(
+        "vae",
+        "diffusion_pytorch_model.safetensors",
+        "vae_diffusers.safetensors",
+        Some(config_of("vae_diffusers.safetensors")),
+    );
+    put(
+        "text_encoder",
+        "model.safetensors",
+        "clip.safetensors",
+        Some(config_of("clip.safetensors")),
+    );
+    put(
+        "text_encoder_2",
+        "model.safetensors",
+        "t5.safetensors",
+        Some(config_of("t5.safetensors")),
+    );
+    put("tokenizer", "vocab.json", "tokenizer/vocab.json", None);
+    put("tokenizer", "merges.txt", "tokenizer/merges.txt", None);
+    put(
+        "tokenizer_2",
+        "tokenizer.json",
+        "tokenizer_2/tokenizer.json",
+        None,
+    );
+}
+
+fn sprout(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sprout"))
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn flux_dev_from_a_diffusers_snapshot_matches_the_reference_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("flux-dev");
+    snapshot(&root);
+    let io =
+        candle_core::safetensors::load(fixture("pipeline_io.safetensors"), &Device::Cpu).unwrap();
+    let latents = dir.path().join("latents.safetensors");
+    candle_core::safetensors::save(
+        &[("latents".to_string(), io["dev_latents"].clone())]
+            .into_iter()
+            .collect(),
+        &latents,
+    )
+    .unwrap();
+    let out = dir.path().join("out.png");
+    let (w, l, o) = (
+        root.to_str().unwrap(),
+        latents.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let base = [
+        "generate",
+        "a photo of a red circle",
+        "--weights",
+        w,
+        "--latents",
+        l,
+        "--steps",
+        "3",
+        "--guidance",
+        "3.5",
+        "--max-sequence-length",
+        "16",
+        "--size",
+        "48x32",
+        "-o",
+        o,
+    ];
+    let run = |model: &str, extra: &[&str]| {
+        let mut args: Vec<&str> = base.to_vec();
+        args.extend(["--model", model]);
+        args.extend(extra);
+        sprout(&args)
+    };
+    let r = run("flux-dev", &[]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let got = image::open(&out).unwrap().to_rgb8();
+    assert_eq!(got.dimensions(), (48, 32));
+    // The reference image (1, 3, 32, 48) in [0, 1], as 8-bit pixels: equal up to rounding.
+    let want: Vec<f32> = (&io["dev_image"] * 255.0)
+        .unwrap()
+        .round()
+        .unwrap()
+        .permute((0, 2, 3, 1))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let worst = got
+        .as_raw()
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (*a as f32 - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= 1.0, "pixels differ by up to {worst}");
+
+    // Bad requests: a variant that does not match the weights, a size FLUX cannot do, no
+    // weights, latents of the wrong shape.
+    let r = run("flux-schnell", &[]);
+    assert!(!r.status.success());
+    assert!(stderr(&r).contains("guidance embedding"), "{}", stderr(&r));
+    let r = sprout(&["generate", "x", "--model", "flux-dev", "-o", o]);
+    assert!(stderr(&r).contains("needs --weights"), "{}", stderr(&r));
+    let mut bad_size = base.to_vec();
+    bad_size[13] = "50x32";
+    bad_size.extend(["--model", "flux-dev"]);
+    let r = sprout(&bad_size);
+    assert!(stderr(&r).contains("multiples of 4"), "{}", stderr(&r));
+    candle_core::safetensors::save(
+        &[(
+            "x".to_string(),
+            Tensor::zeros((1, 5, 16), candle_core::DType::F32, &Device::Cpu).unwrap(),
+        )]
+        .into_iter()
+        .collect(),
+        &latents,
+    )
+    .unwrap();
+    let r = run("flux-dev", &[]);
+    assert!(stderr(&r).contains("packed latents"), "{}", stderr(&r));
+    for r in [run("flux-dev", &[]), run("flux-schnell", &[])] {
+        assert!(!stderr(&r).contains("panicked"));
+    }
+}
