@@ -412,6 +412,24 @@ def pipeline_fixtures():
                          output_type="pt").images
         out[f"{variant}_latents"] = latents
         out[f"{variant}_image"] = image
+    # Kontext editing: one input image (8-bit RGB, already a multiple of 4 so it is not
+    # resized), encoded by the VAE's posterior mean, its tokens appended with image index 1.
+    from diffusers import FluxKontextPipeline
+    from PIL import Image
+
+    pixels = (torch.rand(32, 48, 3, generator=g) * 255).round().to(torch.uint8)
+    sched = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                            base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = FluxKontextPipeline(scheduler=sched, vae=MODELS["vae"], text_encoder=MODELS["clip"], tokenizer=clip_tok,
+                               text_encoder_2=MODELS["t5"], tokenizer_2=t5_tok, transformer=MODELS["dev"])
+    latents = torch.randn(1, 8 * 12, 16, generator=g)
+    with torch.no_grad():
+        image = pipe(image=Image.fromarray(pixels.numpy()), prompt="make the circle blue", height=32, width=48,
+                     num_inference_steps=3, guidance_scale=2.5, latents=latents.clone(), max_sequence_length=16,
+                     output_type="pt", _auto_resize=False, max_area=32 * 48).images
+    out["kontext_input"] = pixels.float()
+    out["kontext_latents"] = latents
+    out["kontext_image"] = image
     save("pipeline_io.safetensors", out)
 
 

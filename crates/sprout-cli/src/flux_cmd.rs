@@ -1,13 +1,13 @@
 //! `sprout generate --model flux-schnell|flux-dev|flux-kontext --weights PATH …`
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use sprout_models::dit::embed::patchify;
 use sprout_models::flux::files::Variant;
-use sprout_pipeline::flux::{size_multiple, FluxModel};
+use sprout_pipeline::flux::{kontext_size, size_multiple, FluxModel};
 use sprout_world::canvas::parse_size;
 use sprout_world::AspectRatio;
 
@@ -51,7 +51,60 @@ fn read_latents(path: &Path, channels: usize) -> Result<Tensor> {
     }
 }
 
+/// `sprout edit --model flux-kontext --weights PATH -i IN.png [-i REF.png …] INSTRUCTION -o OUT.png`
+#[derive(clap::Args)]
+pub struct EditArgs {
+    /// Input image, and further reference images (repeatable; up to 4).
+    #[arg(short = 'i', long = "image", required = true)]
+    pub images: Vec<PathBuf>,
+    #[command(flatten)]
+    pub gen: GenerateArgs,
+}
+
+/// Largest number of input images of one edit.
+const MAX_REFERENCES: usize = 4;
+
+/// An input image resized to Kontext's nearest preferred resolution, as (1, 3, H, W) in [-1, 1].
+fn read_reference(path: &Path, multiple: usize) -> Result<Tensor> {
+    let img = image::ImageReader::open(path)
+        .with_context(|| format!("--image {}", path.display()))?
+        .with_guessed_format()?
+        .decode()
+        .with_context(|| format!("--image {}: not a readable image", path.display()))?
+        .to_rgb8();
+    let (w, h) = kontext_size(img.width() as usize, img.height() as usize);
+    let (w, h) = (w / multiple * multiple, h / multiple * multiple);
+    let img = image::imageops::resize(
+        &img,
+        w as u32,
+        h as u32,
+        image::imageops::FilterType::Lanczos3,
+    );
+    let t = Tensor::from_vec(img.into_raw(), (h, w, 3), &Device::Cpu)?
+        .permute((2, 0, 1))?
+        .unsqueeze(0)?
+        .to_dtype(DType::F32)?;
+    Ok(((t / 127.5)? - 1.0)?)
+}
+
+pub fn edit(e: EditArgs) -> Result<()> {
+    if e.gen.model != "flux-kontext" {
+        bail!(
+            "model {} cannot edit images; editing needs --model flux-kontext (with --weights)",
+            e.gen.model
+        );
+    }
+    if e.images.len() > MAX_REFERENCES {
+        bail!("{} input images; at most {MAX_REFERENCES}", e.images.len());
+    }
+    run(e.gen, &e.images)
+}
+
 pub fn generate(a: GenerateArgs) -> Result<()> {
+    run(a, &[])
+}
+
+fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
     let t0 = Instant::now();
     let variant = Variant::parse(&a.model)?;
     let Some(weights) = &a.weights else {
@@ -70,10 +123,20 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
     if a.sampler.as_deref().is_some_and(|s| s != "euler") {
         bail!("FLUX models sample with euler (their schedules are distilled for it)");
     }
-    let (width, height) = match (&a.size, &a.aspect) {
-        (Some(s), _) => parse_size(s)?,
-        (None, Some(r)) => AspectRatio::parse(r)?.canvas(1024),
-        (None, None) => (1024, 1024),
+    let (width, height) = match (&a.size, &a.aspect, inputs.first()) {
+        (Some(s), _, _) => parse_size(s)?,
+        (None, Some(r), _) => AspectRatio::parse(r)?.canvas(1024),
+        // An edit keeps its input's aspect ratio at about 1024² pixels.
+        (None, None, Some(p)) => {
+            let (w, h) = image::image_dimensions(p)
+                .with_context(|| format!("--image {}: not a readable image", p.display()))?;
+            let a = w as f64 / h as f64;
+            (
+                ((1024.0 * 1024.0 * a).sqrt() as u32) / 16 * 16,
+                ((1024.0 * 1024.0 / a).sqrt() as u32) / 16 * 16,
+            )
+        }
+        (None, None, None) => (1024, 1024),
     };
     let (default_steps, default_guidance) = defaults(variant);
     let steps = a.steps.unwrap_or(default_steps);
@@ -113,6 +176,14 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             bail!("--latents holds {} samples, -n asks for {}", l.dim(0)?, a.n);
         }
     }
+    let refs = inputs
+        .iter()
+        .map(|p| {
+            model
+                .encode_reference(&read_reference(p, m)?)
+                .map_err(anyhow::Error::from)
+        })
+        .collect::<Result<Vec<_>>>()?;
     let text = model.encode_text(&a.prompt)?;
     let paths = output_paths(&a.out, a.n);
     let pb = bar((steps * a.n) as u64, "generate");
@@ -124,6 +195,7 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         let img = model.sample(
             &text,
             &latents,
+            &refs,
             width as usize,
             height as usize,
             steps,
@@ -142,6 +214,9 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             ("model", format!("{} ({})", a.model, weights.display())),
             ("software", format!("sprout {}", env!("CARGO_PKG_VERSION"))),
         ];
+        for (k, p) in inputs.iter().enumerate() {
+            meta.push(("image", format!("{k}: {}", p.display())));
+        }
         meta.push(match &a.latents {
             Some(p) => ("latents", format!("{} [{i}]", p.display())),
             None => ("seed", (a.seed + i as u64).to_string()),

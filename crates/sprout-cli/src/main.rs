@@ -25,6 +25,8 @@ struct Cli {
 enum Command {
     /// Generate images from a prompt (embedded default model unless --model says otherwise).
     Generate(generate_cmd::GenerateArgs),
+    /// Edit images with an instruction (FLUX.1 Kontext; several -i give reference images).
+    Edit(flux_cmd::EditArgs),
     /// The procedural world: render scenes with captions, list icons, re-render scene files.
     World(world_cmd::WorldArgs),
     /// WorldEval: score images against the prompt set (or self-check the reader).
@@ -58,6 +60,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(a) => generate_cmd::run(a),
+        Command::Edit(a) => flux_cmd::edit(a),
         Command::World(a) => world_cmd::run(a),
         Command::Eval(a) => eval_cmd::run(a),
         Command::Train(a) => train_cmd::run(a),

@@ -174,4 +174,14 @@ fn flux_dev_from_a_diffusers_snapshot_matches_the_reference_image() {
     for r in [run("flux-dev", &[]), run("flux-schnell", &[])] {
         assert!(!stderr(&r).contains("panicked"));
     }
+    // Editing needs Kontext; other models are refused by name.
+    for model in ["default", "flux-dev"] {
+        let r = sprout(&["edit", "-i", l, "make it blue", "--model", model, "-o", o]);
+        assert!(!r.status.success());
+        assert!(
+            stderr(&r).contains(&format!("model {model} cannot edit")),
+            "{}",
+            stderr(&r)
+        );
+    }
 }

@@ -42,6 +42,48 @@ pub struct FluxText {
     pub pooled: Tensor,
 }
 
+/// A reference image for in-context editing (Kontext): its packed latents and the packed
+/// grid they cover.
+pub struct Reference {
+    /// (1, rows·cols, 4·C).
+    pub tokens: Tensor,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// Kontext's preferred resolutions (width, height), as its reference pipeline lists them.
+pub const KONTEXT_RESOLUTIONS: [(usize, usize); 17] = [
+    (672, 1568),
+    (688, 1504),
+    (720, 1456),
+    (752, 1392),
+    (800, 1328),
+    (832, 1248),
+    (880, 1184),
+    (944, 1104),
+    (1024, 1024),
+    (1104, 944),
+    (1184, 880),
+    (1248, 832),
+    (1328, 800),
+    (1392, 752),
+    (1456, 720),
+    (1504, 688),
+    (1568, 672),
+];
+
+/// The preferred Kontext resolution whose aspect ratio is nearest to `width`/`height`.
+pub fn kontext_size(width: usize, height: usize) -> (usize, usize) {
+    let a = width as f64 / height as f64;
+    *KONTEXT_RESOLUTIONS
+        .iter()
+        .min_by(|x, y| {
+            let d = |r: &&(usize, usize)| (a - r.0 as f64 / r.1 as f64).abs();
+            d(x).total_cmp(&d(y))
+        })
+        .expect("non-empty")
+}
+
 /// Pixels per latent cell of `vae` times the 2×2 packing: canvas sides must be multiples.
 pub fn size_multiple(vae: &FluxVae) -> usize {
     vae.cfg.downscale() * 2
@@ -77,13 +119,27 @@ impl FluxModel {
         Ok(patchify(&z, 2)?.to_dtype(self.dtype)?)
     }
 
+    /// An image (1, 3, H, W) in [-1, 1] as a reference: encoded by the autoencoder's
+    /// posterior mean and packed. Its sides must be multiples of [`size_multiple`].
+    pub fn encode_reference(&self, image: &Tensor) -> Result<Reference, PipelineError> {
+        let z = self.vae.encode(&image.to_dtype(self.dtype)?)?;
+        let (_, _, h, w) = z.dims4()?;
+        Ok(Reference {
+            tokens: patchify(&z, 2)?,
+            rows: h / 2,
+            cols: w / 2,
+        })
+    }
+
     /// Denoise packed latents (1, L, 4·C) of a `width`×`height` image in `steps` Euler steps
-    /// and decode them to an image (1, 3, H, W) in [0, 1]. `on_step(done, total)`.
+    /// and decode them to an image (1, 3, H, W) in [0, 1]. Reference `refs[k]` enters as
+    /// extra tokens with image index k + 1 on the first rotary axis. `on_step(done, total)`.
     #[allow(clippy::too_many_arguments)]
     pub fn sample(
         &self,
         text: &FluxText,
         latents: &Tensor,
+        refs: &[Reference],
         width: usize,
         height: usize,
         steps: usize,
@@ -102,6 +158,20 @@ impl FluxModel {
             )));
         }
         let img_ids = grid_ids(0, h / 2, w / 2, dev)?;
+        let (ref_tokens, ref_ids) = if refs.is_empty() {
+            (None, None)
+        } else {
+            let tokens: Vec<&Tensor> = refs.iter().map(|r| &r.tokens).collect();
+            let ids = refs
+                .iter()
+                .enumerate()
+                .map(|(k, r)| grid_ids(k + 1, r.rows, r.cols, dev))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            (
+                Some(Tensor::cat(&tokens, 1)?.to_dtype(self.dtype)?),
+                Some(Tensor::cat(&ids, 1)?),
+            )
+        };
         let txt_ids = Tensor::zeros((1, text.states.dim(1)?, 3), DType::F32, dev)?;
         let mu = match self.variant {
             Variant::Schnell => 0.0,
@@ -114,6 +184,10 @@ impl FluxModel {
             let t = Tensor::new(&[pair[0] as f32], dev)?;
             let v = self.dit.forward(&DitInput {
                 guidance: self.variant.guidance_embed().then_some(&g),
+                references: ref_tokens
+                    .as_ref()
+                    .zip(ref_ids.as_ref())
+                    .map(|(tokens, ids)| sprout_models::dit::References { tokens, ids }),
                 ..DitInput::new(
                     &x.to_dtype(self.dtype)?,
                     &img_ids,

@@ -114,6 +114,7 @@ fn text_to_image_matches_diffusers_from_the_same_latents() {
             .sample(
                 &text,
                 &io[&format!("{name}_latents")],
+                &[],
                 48,
                 32,
                 steps,
@@ -135,8 +136,50 @@ fn latents_of_the_wrong_shape_are_refused() {
     let text = m.encode_text("a red circle").unwrap();
     let bad = Tensor::zeros((1, 7, 16), DType::F32, &Device::Cpu).unwrap();
     let e = m
-        .sample(&text, &bad, 48, 32, 2, 0.0, |_, _| {})
+        .sample(&text, &bad, &[], 48, 32, 2, 0.0, |_, _| {})
         .unwrap_err()
         .to_string();
     assert!(e.contains("(1, 96, 16)"), "{e}");
+}
+
+#[test]
+fn kontext_editing_matches_diffusers_from_the_same_latents() {
+    let (_, io, _) = load("pipeline_io.safetensors");
+    let mut m = model(Variant::Kontext, "dev");
+    let text = m.encode_text("make the circle blue").unwrap();
+    // The input image, 8-bit (32, 48, 3) → (1, 3, 32, 48) in [-1, 1].
+    let image = ((io["kontext_input"]
+        .permute((2, 0, 1))
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+        / 127.5)
+        .unwrap()
+        - 1.0)
+        .unwrap();
+    let r = m.encode_reference(&image).unwrap();
+    assert_eq!((r.rows, r.cols), (8, 12));
+    let img = m
+        .sample(
+            &text,
+            &io["kontext_latents"],
+            &[r],
+            48,
+            32,
+            3,
+            2.5,
+            |_, _| {},
+        )
+        .unwrap();
+    let d = sprout_models::ops::max_abs_diff(&img, &io["kontext_image"]).unwrap();
+    eprintln!("kontext: max abs error {d:.2e} on a [0, 1] image");
+    assert!(d <= 1e-4, "kontext: {d}");
+}
+
+#[test]
+fn kontext_sizes_follow_the_reference_list() {
+    use sprout_pipeline::flux::kontext_size;
+    assert_eq!(kontext_size(512, 512), (1024, 1024));
+    assert_eq!(kontext_size(1920, 1080), (1392, 752));
+    assert_eq!(kontext_size(600, 1400), (672, 1568));
 }
