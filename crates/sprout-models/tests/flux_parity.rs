@@ -10,7 +10,7 @@ use candle_nn::VarBuilder;
 use sprout_models::dit::embed::{grid_ids, patchify};
 use sprout_models::dit::{Dit, DitInput, References};
 use sprout_models::flux::convert::{is_diffusers_transformer, DiffusersTransformerConfig, Renamed};
-use sprout_models::flux::vae::{FluxVae, FluxVaeConfig};
+use sprout_models::flux::vae::FluxVae;
 use sprout_models::ops::max_abs_diff;
 
 /// f32 parity bound (issue: ≤ 1e-4 max abs error).
@@ -160,14 +160,11 @@ fn flux_autoencoder_matches_the_reference_in_both_layouts() {
         } else {
             vb(w)
         };
-        let cfg = FluxVaeConfig {
-            ch: 32,
-            ch_mult: vec![1, 2],
-            num_res_blocks: 1,
-            z_channels: c["latent_channels"].as_u64().unwrap() as usize,
-            scale_factor: c["scaling_factor"].as_f64().unwrap(),
-            shift_factor: c["shift_factor"].as_f64().unwrap(),
-        };
+        let cfg = sprout_models::flux::configs::vae_config(&c).unwrap();
+        assert_eq!(
+            (cfg.ch, &cfg.ch_mult, cfg.num_res_blocks),
+            (32, &vec![1, 2], 1)
+        );
         let vae = FluxVae::new(&cfg, w).unwrap();
         assert_close(
             &format!("vae/{layout} encode"),
@@ -184,23 +181,10 @@ fn flux_autoencoder_matches_the_reference_in_both_layouts() {
 
 #[test]
 fn clip_text_encoder_matches_the_reference() {
-    use candle_transformers::models::clip::text_model::{
-        Activation, ClipTextConfig, ClipTextTransformer,
-    };
+    use candle_transformers::models::clip::text_model::ClipTextTransformer;
     let (w, c) = load("clip.safetensors");
     let (io, _) = load("clip_io.safetensors");
-    let n = |k: &str| c[k].as_u64().unwrap() as usize;
-    let cfg = ClipTextConfig {
-        vocab_size: n("vocab_size"),
-        embed_dim: n("hidden_size"),
-        activation: Activation::QuickGelu,
-        intermediate_size: n("intermediate_size"),
-        max_position_embeddings: n("max_position_embeddings"),
-        pad_with: None,
-        num_hidden_layers: n("num_hidden_layers"),
-        num_attention_heads: n("num_attention_heads"),
-        projection_dim: n("projection_dim"),
-    };
+    let cfg = sprout_models::flux::configs::clip_config(&c).unwrap();
     let clip = ClipTextTransformer::new(vb(w).pp("text_model"), &cfg).unwrap();
     let ids = io["input_ids"].to_dtype(DType::U32).unwrap();
     let states = clip.forward_with_mask(&ids, usize::MAX).unwrap();

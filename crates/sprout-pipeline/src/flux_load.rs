@@ -7,11 +7,10 @@ use std::path::Path;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use candle_transformers::models::clip::text_model::{
-    Activation, ClipTextConfig, ClipTextTransformer,
-};
+use candle_transformers::models::clip::text_model::ClipTextTransformer;
 use candle_transformers::models::t5::{Config as T5Config, T5EncoderModel};
 use sprout_models::dit::{Dit, DitConfig};
+use sprout_models::flux::configs::{clip_config, vae_config};
 use sprout_models::flux::convert::{DiffusersTransformerConfig, Renamed};
 use sprout_models::flux::files::{locate, FluxFiles, Layout, Variant};
 use sprout_models::flux::inspect::{
@@ -51,61 +50,6 @@ fn mmap(files: &[std::path::PathBuf]) -> Result<MmapedSafetensors, PipelineError
 fn component_config(weights: &[std::path::PathBuf]) -> Option<serde_json::Value> {
     let p = weights.first()?.parent()?.join("config.json");
     read_json(&p).ok()
-}
-
-fn clip_config(v: &serde_json::Value) -> Result<ClipTextConfig, PipelineError> {
-    let v = if v.get("text_config").is_some() {
-        &v["text_config"]
-    } else {
-        v
-    };
-    let n = |k: &str| {
-        v[k].as_u64()
-            .map(|x| x as usize)
-            .ok_or_else(|| weights_err(format!("CLIP config.json lacks {k}")))
-    };
-    if v["hidden_act"].as_str().is_some_and(|a| a != "quick_gelu") {
-        return Err(weights_err(format!(
-            "CLIP config.json: activation {} (FLUX's CLIP-L uses quick_gelu)",
-            v["hidden_act"]
-        )));
-    }
-    Ok(ClipTextConfig {
-        vocab_size: n("vocab_size")?,
-        embed_dim: n("hidden_size")?,
-        activation: Activation::QuickGelu,
-        intermediate_size: n("intermediate_size")?,
-        max_position_embeddings: n("max_position_embeddings")?,
-        pad_with: None,
-        num_hidden_layers: n("num_hidden_layers")?,
-        num_attention_heads: n("num_attention_heads")?,
-        projection_dim: v["projection_dim"].as_u64().unwrap_or(768) as usize,
-    })
-}
-
-fn vae_config(v: Option<serde_json::Value>) -> Result<FluxVaeConfig, PipelineError> {
-    let Some(v) = v else {
-        return Ok(FluxVaeConfig::flux());
-    };
-    let blocks: Vec<usize> = v["block_out_channels"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_u64().map(|x| x as usize))
-                .collect()
-        })
-        .unwrap_or_default();
-    let ch = *blocks
-        .first()
-        .ok_or_else(|| weights_err("vae/config.json lacks block_out_channels"))?;
-    Ok(FluxVaeConfig {
-        ch,
-        ch_mult: blocks.iter().map(|b| b / ch).collect(),
-        num_res_blocks: v["layers_per_block"].as_u64().unwrap_or(2) as usize,
-        z_channels: v["latent_channels"].as_u64().unwrap_or(16) as usize,
-        scale_factor: v["scaling_factor"].as_f64().unwrap_or(0.3611),
-        shift_factor: v["shift_factor"].as_f64().unwrap_or(0.1159),
-    })
 }
 
 /// Name what the folder lacks, and where it is looked for.
@@ -189,7 +133,10 @@ impl FluxModel {
         let dit = Dit::new(&dit_cfg, vb)
             .map_err(|e| weights_err(format!("{}: {e}", files.transformer[0].display())))?;
 
-        let vcfg = vae_config(component_config(vae_files))?;
+        let vcfg = match component_config(vae_files) {
+            Some(v) => vae_config(&v)?,
+            None => FluxVaeConfig::flux(),
+        };
         let st = mmap(vae_files)?;
         let vb = if *vae_diffusers {
             VarBuilder::from_backend(

@@ -6,15 +6,14 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::clip::text_model::{
-    Activation, ClipTextConfig, ClipTextTransformer,
-};
+use candle_transformers::models::clip::text_model::ClipTextTransformer;
 use candle_transformers::models::t5::{Config as T5Config, T5EncoderModel};
 use sprout_models::dit::Dit;
+use sprout_models::flux::configs::{clip_config, vae_config};
 use sprout_models::flux::convert::DiffusersTransformerConfig;
 use sprout_models::flux::files::Variant;
 use sprout_models::flux::tokenize::{clip_tokenizer, t5_tokenizer};
-use sprout_models::flux::vae::{FluxVae, FluxVaeConfig};
+use sprout_models::flux::vae::FluxVae;
 use sprout_pipeline::flux::FluxModel;
 
 fn fixture(name: &str) -> PathBuf {
@@ -55,35 +54,9 @@ fn model(variant: Variant, file: &str) -> FluxModel {
     let dcfg: DiffusersTransformerConfig = serde_json::from_value(cfg).unwrap();
     let dit = Dit::new(&dcfg.to_dit().unwrap(), vb).unwrap();
     let (vb, _, c) = load("vae_bfl.safetensors");
-    let vae = FluxVae::new(
-        &FluxVaeConfig {
-            ch: 32,
-            ch_mult: vec![1, 2],
-            num_res_blocks: 1,
-            z_channels: c["latent_channels"].as_u64().unwrap() as usize,
-            scale_factor: c["scaling_factor"].as_f64().unwrap(),
-            shift_factor: c["shift_factor"].as_f64().unwrap(),
-        },
-        vb,
-    )
-    .unwrap();
+    let vae = FluxVae::new(&vae_config(&c).unwrap(), vb).unwrap();
     let (vb, _, c) = load("clip.safetensors");
-    let n = |k: &str| c[k].as_u64().unwrap() as usize;
-    let clip = ClipTextTransformer::new(
-        vb.pp("text_model"),
-        &ClipTextConfig {
-            vocab_size: n("vocab_size"),
-            embed_dim: n("hidden_size"),
-            activation: Activation::QuickGelu,
-            intermediate_size: n("intermediate_size"),
-            max_position_embeddings: n("max_position_embeddings"),
-            pad_with: None,
-            num_hidden_layers: n("num_hidden_layers"),
-            num_attention_heads: n("num_attention_heads"),
-            projection_dim: n("projection_dim"),
-        },
-    )
-    .unwrap();
+    let clip = ClipTextTransformer::new(vb.pp("text_model"), &clip_config(&c).unwrap()).unwrap();
     let (vb, _, c) = load("t5.safetensors");
     let t5cfg: T5Config = serde_json::from_value(c).unwrap();
     FluxModel {
