@@ -148,13 +148,21 @@ def transformer_fixtures():
             out = model(hidden_states=img, encoder_hidden_states=txt, pooled_projections=pooled,
                         timestep=timesteps, img_ids=img_ids, txt_ids=txt_ids,
                         guidance=guidance if guided else None, return_dict=False)[0]
+        # The reference's own bf16 result (weights and activations in bf16, times in f32), the
+        # yardstick for Sprout's bf16 path.
+        import copy
+        with torch.no_grad():
+            out_bf16 = copy.deepcopy(model).to(torch.bfloat16)(
+                hidden_states=img.bfloat16(), encoder_hidden_states=txt.bfloat16(),
+                pooled_projections=pooled.bfloat16(), timestep=timesteps, img_ids=img_ids, txt_ids=txt_ids,
+                guidance=guidance if guided else None, return_dict=False)[0].float()
         cfg = dict(TINY, guidance_embeds=guided)
         save(f"transformer_{variant}_diffusers.safetensors", sd, {"config": cfg}, torch.bfloat16)
         save(f"transformer_{variant}_bfl.safetensors",
              flux_diffusers_to_bfl(sd, TINY["num_layers"], TINY["num_single_layers"]), {"config": cfg},
              torch.bfloat16)
         io = dict(latents=latents, img=img, img_ids=img_ids, txt=txt, txt_ids=txt_ids, y=pooled,
-                  timesteps=timesteps, out=out)
+                  timesteps=timesteps, out=out, out_bf16=out_bf16)
         if guided:
             io["guidance"] = guidance
             # Kontext: reference latents enter as extra tokens after the target, with image index

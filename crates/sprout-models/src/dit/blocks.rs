@@ -81,8 +81,17 @@ fn split_qkv(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor, Tensor)> {
 
 /// Joint attention over (B, H, L, D) inputs with rotary positions; returns (B, L, H·D).
 fn rope_attention(q: &Tensor, k: &Tensor, v: &Tensor, rope: &Rope) -> Result<Tensor> {
-    let q = rope_interleaved(q, &rope.cos, &rope.sin)?;
-    let k = rope_interleaved(k, &rope.cos, &rope.sin)?;
+    // The rotation is computed in the tables' f32 and cast back (as the reference
+    // implementation does for bf16/f16 models).
+    let rotate = |x: &Tensor| -> Result<Tensor> {
+        let dt = x.dtype();
+        if dt == rope.cos.dtype() {
+            rope_interleaved(x, &rope.cos, &rope.sin)
+        } else {
+            rope_interleaved(&x.to_dtype(rope.cos.dtype())?, &rope.cos, &rope.sin)?.to_dtype(dt)
+        }
+    };
+    let (q, k) = (rotate(q)?, rotate(k)?);
     let x = attention(&q, &k, v, rope.mask.as_ref())?;
     let (b, h, l, d) = x.dims4()?;
     x.transpose(1, 2)?.reshape((b, l, h * d))

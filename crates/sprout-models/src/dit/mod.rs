@@ -129,14 +129,18 @@ impl Dit {
             .map(|t| t.broadcast_as((b, t.dim(1)?, 3)))
             .collect::<Result<_>>()?;
         let ids = Tensor::cat(&ids, 1)?;
-        let mut vec = self
-            .time_in
-            .forward(&timestep_embedding(x.timesteps, 256, 1000.0)?)?;
+        // Times and guidance are embedded from f32 values (bf16 would move t·1000 by whole
+        // radians), then cast to the weights' dtype.
+        let dtype = self.img_in.weight().dtype();
+        let embed = |t: &Tensor| -> Result<Tensor> {
+            timestep_embedding(&t.to_dtype(candle_core::DType::F32)?, 256, 1000.0)?.to_dtype(dtype)
+        };
+        let mut vec = self.time_in.forward(&embed(x.timesteps)?)?;
         if let Some(g_in) = &self.guidance_in {
             let g = x.guidance.ok_or_else(|| {
                 candle_core::Error::Msg("this model needs a guidance value".into())
             })?;
-            vec = (vec + g_in.forward(&timestep_embedding(g, 256, 1000.0)?)?)?;
+            vec = (vec + g_in.forward(&embed(g)?)?)?;
         }
         let vec = (vec + self.vector_in.forward(x.y)?)?;
         let mut txt = self.txt_in.forward(x.txt)?;
