@@ -22,9 +22,16 @@ pub struct AeConfig {
     pub encoder_blocks: [usize; 3],
     /// Residual blocks per stage in the decoder (1/32, 1/16, 1/8).
     pub decoder_blocks: [usize; 3],
-    /// Latent normalisation: the DiT sees `(z - shift) * scale`.
+    /// Latent normalisation: the DiT sees `(z - shift) * scale`, then, per channel `c`,
+    /// `(· - channel_shift[c]) * channel_scale[c]` when those are given (empty: none).
+    /// Per-channel statistics give every latent channel unit variance, so the flow loss
+    /// weighs low-variance (detail) channels as much as the rest.
     pub scale: f64,
     pub shift: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channel_shift: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub channel_scale: Vec<f64>,
 }
 
 /// Total spatial compression.
@@ -39,6 +46,8 @@ impl AeConfig {
             decoder_blocks: [2, 2, 2],
             scale: 1.0,
             shift: 0.0,
+            channel_shift: Vec::new(),
+            channel_scale: Vec::new(),
         }
     }
 
@@ -50,6 +59,8 @@ impl AeConfig {
             decoder_blocks: [1, 1, 1],
             scale: 1.0,
             shift: 0.0,
+            channel_shift: Vec::new(),
+            channel_scale: Vec::new(),
         }
     }
 
@@ -62,6 +73,34 @@ impl AeConfig {
             return Err(ModelError::Config(format!(
                 "autoencoder widths {:?} / latent {} must divide for the shortcuts (4·w8 by w16, 4·w16 by w32, w32 by latent)",
                 self.widths, self.latent_channels
+            )));
+        }
+        if !(self.scale.is_finite() && self.scale > 0.0 && self.shift.is_finite()) {
+            return Err(ModelError::Config(format!(
+                "autoencoder latent scale {} / shift {} must be finite with scale > 0",
+                self.scale, self.shift
+            )));
+        }
+        let (ns, nc) = (self.channel_shift.len(), self.channel_scale.len());
+        if ns != nc || (ns != 0 && ns != self.latent_channels) {
+            return Err(ModelError::Config(format!(
+                "autoencoder channel_shift ({ns} values) and channel_scale ({nc} values) must both be empty or both hold one value per latent channel ({})",
+                self.latent_channels
+            )));
+        }
+        let bad = self
+            .channel_shift
+            .iter()
+            .position(|v| !v.is_finite())
+            .or_else(|| {
+                self.channel_scale
+                    .iter()
+                    .position(|v| !(v.is_finite() && *v > 0.0))
+            });
+        if let Some(c) = bad {
+            return Err(ModelError::Config(format!(
+                "autoencoder latent channel {c}: channel_shift {} / channel_scale {} must be finite with scale > 0",
+                self.channel_shift[c], self.channel_scale[c]
             )));
         }
         Ok(())
@@ -297,16 +336,47 @@ pub struct Autoencoder {
     pub cfg: AeConfig,
     pub encoder: Encoder,
     pub decoder: Decoder,
+    /// Per-channel shift and scale as (1, C, 1, 1) tensors, when the config has them.
+    channel_norm: Option<(Tensor, Tensor)>,
 }
 
 impl Autoencoder {
     pub fn new(cfg: &AeConfig, vb: VarBuilder) -> crate::error::Result<Self> {
         cfg.validate()?;
+        let channel_norm = if cfg.channel_shift.is_empty() {
+            None
+        } else {
+            let c = cfg.latent_channels;
+            let t = |v: &[f64]| {
+                let v: Vec<f32> = v.iter().map(|x| *x as f32).collect();
+                Tensor::from_vec(v, (1, c, 1, 1), vb.device())
+            };
+            Some((t(&cfg.channel_shift)?, t(&cfg.channel_scale)?))
+        };
         Ok(Autoencoder {
             cfg: cfg.clone(),
             encoder: Encoder::new(cfg, vb.pp("encoder"))?,
             decoder: Decoder::new(cfg, vb.pp("decoder"))?,
+            channel_norm,
         })
+    }
+
+    /// Raw encoder output → the DiT's normalised latent.
+    pub fn normalize(&self, z: &Tensor) -> Result<Tensor> {
+        let z = ((z - self.cfg.shift)? * self.cfg.scale)?;
+        match &self.channel_norm {
+            Some((shift, scale)) => z.broadcast_sub(shift)?.broadcast_mul(scale),
+            None => Ok(z),
+        }
+    }
+
+    /// The DiT's normalised latent → raw decoder input (inverse of [`normalize`]).
+    pub fn denormalize(&self, z: &Tensor) -> Result<Tensor> {
+        let z = match &self.channel_norm {
+            Some((shift, scale)) => z.broadcast_div(scale)?.broadcast_add(shift)?,
+            None => z.clone(),
+        };
+        (z / self.cfg.scale)? + self.cfg.shift
     }
 
     fn check(x: &Tensor) -> Result<()> {
@@ -320,13 +390,12 @@ impl Autoencoder {
     /// Image in [-1, 1] (B, 3, H, W) → normalised latent (B, C, H/32, W/32).
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
         Self::check(x)?;
-        (self.encoder.forward(x)? - self.cfg.shift)? * self.cfg.scale
+        self.normalize(&self.encoder.forward(x)?)
     }
 
     /// Normalised latent → image in [-1, 1] (not clamped).
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
-        self.decoder
-            .forward(&((z / self.cfg.scale)? + self.cfg.shift)?)
+        self.decoder.forward(&self.denormalize(z)?)
     }
 
     /// Decode in overlapping tiles of `tile`×`tile` latent cells with `overlap` cells blended
@@ -417,6 +486,52 @@ mod tests {
         let tiled = ae.decode_tiled(&z, 3, 1).unwrap();
         let d = crate::ops::max_abs_diff(&whole, &tiled).unwrap();
         assert!(d < 1e-4, "{d}");
+    }
+
+    #[test]
+    fn latent_normalisation_closed_form_and_inverse() {
+        let dev = Device::Cpu;
+        let cfg = AeConfig {
+            scale: 2.0,
+            shift: 0.5,
+            channel_shift: vec![1.0, -1.0, 0.0, 3.0],
+            channel_scale: vec![0.5, 4.0, 1.0, 0.25],
+            ..AeConfig::tiny()
+        };
+        let vm = VarMap::new();
+        let ae = Autoencoder::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+        let raw = Tensor::new(&[1.5f32, 2.0, -0.5, 4.5], &dev)
+            .unwrap()
+            .reshape((1, 4, 1, 1))
+            .unwrap();
+        let z = ae.normalize(&raw).unwrap();
+        // ((1.5-0.5)*2-1)*0.5, ((2-0.5)*2+1)*4, (-0.5-0.5)*2*1, ((4.5-0.5)*2-3)*0.25
+        assert_eq!(
+            z.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            vec![0.5, 16.0, -2.0, 1.25]
+        );
+        let back = ae.denormalize(&z).unwrap();
+        assert!(crate::ops::max_abs_diff(&back, &raw).unwrap() < 1e-6);
+        for (shift, scale, what) in [
+            (vec![0.0; 3], vec![1.0; 3], "one value per latent channel"),
+            (vec![0.0; 4], vec![], "both be empty"),
+            (vec![0.0; 4], vec![1.0, 1.0, 0.0, 1.0], "channel 2"),
+            (vec![0.0, f64::NAN, 0.0, 0.0], vec![1.0; 4], "channel 1"),
+        ] {
+            let bad = AeConfig {
+                channel_shift: shift,
+                channel_scale: scale,
+                ..AeConfig::tiny()
+            };
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.contains(what), "{e}");
+        }
+        // Configs written before per-channel statistics existed still load.
+        let old: AeConfig = serde_json::from_str(
+            r#"{"latent_channels":4,"widths":[16,32,32],"encoder_blocks":[1,1,1],"decoder_blocks":[1,1,1],"scale":2.0,"shift":0.1}"#,
+        )
+        .unwrap();
+        assert!(old.channel_shift.is_empty() && old.validate().is_ok());
     }
 
     #[test]

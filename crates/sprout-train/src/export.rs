@@ -35,8 +35,9 @@ fn strip(
     Ok(out)
 }
 
-/// Latent mean and standard deviation of the autoencoder over `n` world images at 256².
-pub fn latent_stats(ae: &Autoencoder, n: usize) -> Result<(f64, f64), TrainError> {
+/// Per-channel mean and standard deviation of the autoencoder's raw latents over `n` world
+/// images at 256².
+pub fn latent_stats(ae: &Autoencoder, n: usize) -> Result<(Vec<f64>, Vec<f64>), TrainError> {
     let cfg = StreamConfig {
         seed: 0x57A7,
         batch_size: 16,
@@ -49,22 +50,41 @@ pub fn latent_stats(ae: &Autoencoder, n: usize) -> Result<(f64, f64), TrainError
         },
         ..StreamConfig::default()
     };
-    let (mut sum, mut sq, mut count) = (0f64, 0f64, 0f64);
+    let c = ae.cfg.latent_channels;
+    let (mut sum, mut sq, mut count) = (vec![0f64; c], vec![0f64; c], 0f64);
     let mut pos = StreamPos::default();
-    while (count as usize) < n * ae.cfg.latent_channels * 64 {
+    let mut images = 0;
+    while images < n {
         let batch = make_batch(&cfg, pos)?;
         pos = cfg.advance(pos);
-        let z = ae.encoder.forward(&batch.images)?;
-        sum += z.sum_all()?.to_scalar::<f32>()? as f64;
-        sq += z.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-        count += z.elem_count() as f64;
+        images += batch.images.dim(0)?;
+        let z = ae.encoder.forward(&batch.images)?.to_dtype(DType::F64)?;
+        let per = |t: &Tensor| -> candle_core::Result<Vec<f64>> {
+            t.sum_keepdim(0)?
+                .sum_keepdim(2)?
+                .sum_keepdim(3)?
+                .flatten_all()?
+                .to_vec1()
+        };
+        for (acc, v) in sum.iter_mut().zip(per(&z)?) {
+            *acc += v;
+        }
+        for (acc, v) in sq.iter_mut().zip(per(&z.sqr()?)?) {
+            *acc += v;
+        }
+        count += (z.elem_count() / c) as f64;
     }
-    let mean = sum / count;
-    Ok((mean, (sq / count - mean * mean).max(1e-12).sqrt()))
+    let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
+    let std = sq
+        .iter()
+        .zip(&mean)
+        .map(|(q, m)| (q / count - m * m).max(1e-12).sqrt())
+        .collect();
+    Ok((mean, std))
 }
 
 /// Write the run's export to `to`: for an autoencoder run `ae.json` + `ae.safetensors` (with
-/// its latent scale and shift measured), for a DiT run a whole model bundle.
+/// its per-channel latent statistics measured), for a DiT run a whole model bundle.
 pub fn export(cfg: &TrainConfig, to: &Path) -> Result<serde_json::Value, TrainError> {
     let dir = ckpt::find(&cfg.out)
         .ok_or_else(|| TrainError::Checkpoint(format!("no checkpoint in {}", cfg.out.display())))?;
@@ -86,10 +106,12 @@ pub fn export(cfg: &TrainConfig, to: &Path) -> Result<serde_json::Value, TrainEr
                 &ae_cfg,
                 VarBuilder::from_tensors(f32w, DType::F32, &Device::Cpu),
             )?;
-            let (mean, std) = latent_stats(&ae, 128)?;
+            let (mean, std) = latent_stats(&ae, 256)?;
             let ae_cfg = AeConfig {
-                scale: 1.0 / std,
-                shift: mean,
+                scale: 1.0,
+                shift: 0.0,
+                channel_shift: mean,
+                channel_scale: std.iter().map(|s| 1.0 / s).collect(),
                 ..ae_cfg
             };
             candle_core::safetensors::save(&weights, to.join("ae.safetensors"))?;
