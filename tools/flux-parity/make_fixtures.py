@@ -438,6 +438,28 @@ def pipeline_fixtures():
     out["kontext_input"] = pixels.float()
     out["kontext_latents"] = latents
     out["kontext_image"] = image
+    # img2img (dev, 5 steps, strength 0.6: t_start = int(5 - 3.0) = 2, so the last 3 steps of the
+    # shifted schedule run). diffusers
+    # samples the VAE posterior and draws the noise itself; both are fixed here (the posterior
+    # mean, as Sprout encodes, and a stored noise) by patching the pipeline module.
+    import diffusers.pipelines.flux.pipeline_flux_img2img as i2i
+
+    pixels = (torch.rand(32, 48, 3, generator=g) * 255).round().to(torch.uint8)
+    noise = torch.randn(1, 4, 16, 24, generator=g)  # this VAE has 4 latent channels
+    i2i.retrieve_latents = lambda enc, generator=None, sample_mode="sample": enc.latent_dist.mode()
+    i2i.randn_tensor = lambda shape, generator=None, device=None, dtype=None, layout=None: noise.clone()
+    sched = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                            base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = i2i.FluxImg2ImgPipeline(scheduler=sched, vae=MODELS["vae"], text_encoder=MODELS["clip"],
+                                   tokenizer=clip_tok, text_encoder_2=MODELS["t5"], tokenizer_2=t5_tok,
+                                   transformer=MODELS["dev"])
+    with torch.no_grad():
+        image = pipe(image=Image.fromarray(pixels.numpy()), prompt="a photo of a red circle", height=32, width=48,
+                     strength=0.6, num_inference_steps=5, guidance_scale=3.5, max_sequence_length=16,
+                     output_type="pt").images
+    out["img2img_input"] = pixels.float()
+    out["img2img_noise"] = noise
+    out["img2img_image"] = image
     save("pipeline_io.safetensors", out)
 
 

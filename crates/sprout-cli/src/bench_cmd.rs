@@ -23,9 +23,90 @@ pub struct BenchArgs {
     /// Timed repetitions per row (the median is reported).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// Model for the end-to-end generate row: `default` or a bundle directory (skipped if absent).
+    /// Model for the end-to-end generate row: `default` or a bundle directory (skipped if
+    /// absent); or flux-schnell | flux-dev | flux-kontext with --weights for FLUX.1 rows.
     #[arg(long, default_value = "default")]
     model: String,
+    /// FLUX.1 weights (file or folder, as for `generate`): adds load time, peak memory and
+    /// one DiT step at --flux-size (timed once: a full-size step takes minutes on a CPU).
+    #[arg(long)]
+    weights: Option<std::path::PathBuf>,
+    /// Canvas of the FLUX.1 step row.
+    #[arg(long, default_value = "1024x1024")]
+    flux_size: String,
+}
+
+/// Peak resident memory of this process so far (`VmHWM`), in bytes.
+fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
+}
+
+/// FLUX.1 rows: model load, one DiT step at `size`, peak resident memory.
+fn flux_rows(a: &BenchArgs, weights: &std::path::Path, rows: &mut Vec<Row>) -> Result<()> {
+    use sprout_models::flux::files::Variant;
+    use sprout_pipeline::flux::FluxModel;
+    let variant = Variant::parse(&a.model)?;
+    let (w, h) = sprout_world::canvas::parse_size(&a.flux_size)?;
+    let t0 = Instant::now();
+    let (model, mut texts) = FluxModel::load_with_prompts(
+        weights,
+        variant,
+        &Device::Cpu,
+        &["a red circle to the left of a blue star"],
+        None,
+    )?;
+    let text = texts.pop().expect("one prompt");
+    rows.push(Row {
+        name: format!("{} load + text encoding", a.model),
+        seconds: t0.elapsed().as_secs_f64(),
+        per_s: None,
+        flops: None,
+    });
+    let m = sprout_pipeline::flux::size_multiple(&model.vae);
+    if !(w as usize).is_multiple_of(m) || !(h as usize).is_multiple_of(m) {
+        anyhow::bail!("--flux-size {w}x{h}: FLUX needs sides that are multiples of {m}");
+    }
+    let f = model.vae.cfg.downscale() * 2;
+    let tokens = (w as usize / f) * (h as usize / f);
+    let cfg = model.dit.config().clone();
+    let img = Tensor::randn(0f32, 1.0, (1, tokens, cfg.in_channels()), &Device::Cpu)?
+        .to_dtype(model.dtype())?;
+    let img_ids = grid_ids(0, h as usize / f, w as usize / f, &Device::Cpu)?;
+    let lt = text.states.dim(1)?;
+    let txt_ids = Tensor::zeros((1, lt, 3), DType::F32, &Device::Cpu)?;
+    let t = Tensor::new(&[0.5f32], &Device::Cpu)?;
+    let g = Tensor::new(&[3.5f32], &Device::Cpu)?;
+    let t0 = Instant::now();
+    model.dit.forward(&DitInput {
+        guidance: cfg.guidance_embed.then_some(&g),
+        ..DitInput::new(&img, &img_ids, &text.states, &txt_ids, &t, &text.pooled)
+    })?;
+    let s = t0.elapsed().as_secs_f64();
+    rows.push(Row {
+        name: format!(
+            "{} DiT step {w}x{h} ({:.2}B, {tokens}+{lt} tok)",
+            a.model,
+            cfg.num_params() as f64 / 1e9
+        ),
+        seconds: s,
+        per_s: Some((tokens as f64 / s, "tokens/s")),
+        flops: Some(cfg.forward_flops(1, tokens, lt)),
+    });
+    if let Some(rss) = peak_rss() {
+        rows.push(Row {
+            name: format!(
+                "{} peak resident memory: {:.2} GB",
+                a.model,
+                rss as f64 / 1e9
+            ),
+            seconds: 0.0,
+            per_s: None,
+            flops: None,
+        });
+    }
+    Ok(())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -158,7 +239,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
         per_s: None,
         flops: None,
     });
-    if a.model != "default" || sprout_pipeline::embedded::available() {
+    if let Some(weights) = &a.weights {
+        flux_rows(&a, weights, &mut rows)?;
+    } else if a.model.starts_with("flux-") {
+        anyhow::bail!(
+            "--model {} needs --weights (FLUX.1 weights file or folder)",
+            a.model
+        );
+    } else if a.model != "default" || sprout_pipeline::embedded::available() {
         let t0 = Instant::now();
         let model = crate::generate_cmd::load_model(&a.model)?;
         let load = t0.elapsed().as_secs_f64();

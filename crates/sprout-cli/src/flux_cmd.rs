@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use sprout_models::dit::embed::patchify;
 use sprout_models::flux::files::Variant;
-use sprout_pipeline::flux::{kontext_size, size_multiple, FluxModel};
+use sprout_pipeline::flux::{kontext_size, size_multiple, FluxModel, Img2Img};
 use sprout_world::canvas::parse_size;
 use sprout_world::AspectRatio;
 
@@ -64,22 +64,34 @@ pub struct EditArgs {
 /// Largest number of input images of one edit.
 const MAX_REFERENCES: usize = 4;
 
-/// An input image resized to Kontext's nearest preferred resolution, as (1, 3, H, W) in [-1, 1].
-fn read_reference(path: &Path, multiple: usize) -> Result<Tensor> {
-    let img = image::ImageReader::open(path)
-        .with_context(|| format!("--image {}", path.display()))?
+fn open_image(path: &Path, flag: &str) -> Result<image::RgbImage> {
+    Ok(image::ImageReader::open(path)
+        .with_context(|| format!("{flag} {}", path.display()))?
         .with_guessed_format()?
         .decode()
-        .with_context(|| format!("--image {}: not a readable image", path.display()))?
-        .to_rgb8();
+        .with_context(|| format!("{flag} {}: not a readable image", path.display()))?
+        .to_rgb8())
+}
+
+/// An input image resized to Kontext's nearest preferred resolution, as (1, 3, H, W) in [-1, 1].
+fn read_reference(path: &Path, multiple: usize) -> Result<Tensor> {
+    let img = open_image(path, "--image")?;
     let (w, h) = kontext_size(img.width() as usize, img.height() as usize);
-    let (w, h) = (w / multiple * multiple, h / multiple * multiple);
-    let img = image::imageops::resize(
-        &img,
-        w as u32,
-        h as u32,
-        image::imageops::FilterType::Lanczos3,
-    );
+    resized(&img, w / multiple * multiple, h / multiple * multiple)
+}
+
+/// `img` resized to `w`×`h` (unchanged when it has that size), as (1, 3, H, W) in [-1, 1].
+fn resized(img: &image::RgbImage, w: usize, h: usize) -> Result<Tensor> {
+    let img = if img.dimensions() == (w as u32, h as u32) {
+        img.clone()
+    } else {
+        image::imageops::resize(
+            img,
+            w as u32,
+            h as u32,
+            image::imageops::FilterType::Lanczos3,
+        )
+    };
     let t = Tensor::from_vec(img.into_raw(), (h, w, 3), &Device::Cpu)?
         .permute((2, 0, 1))?
         .unsqueeze(0)?
@@ -123,9 +135,29 @@ fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
     if a.sampler.as_deref().is_some_and(|s| s != "euler") {
         bail!("FLUX models sample with euler (their schedules are distilled for it)");
     }
+    if let Some(s) = a.strength {
+        if !(s > 0.0 && s <= 1.0) {
+            bail!("--strength {s} is out of range (0, 1]");
+        }
+    }
+    let init_image = match &a.init_image {
+        Some(p) => Some(open_image(p, "--init-image")?),
+        None => None,
+    };
     let (width, height) = match (&a.size, &a.aspect, inputs.first()) {
         (Some(s), _, _) => parse_size(s)?,
         (None, Some(r), _) => AspectRatio::parse(r)?.canvas(1024),
+        // img2img keeps its image's size (rounded down to FLUX's multiple of 16).
+        (None, None, _) if init_image.is_some() => {
+            let (w, h) = init_image
+                .as_ref()
+                .map(|i| i.dimensions())
+                .unwrap_or_default();
+            if w < 16 || h < 16 {
+                bail!("--init-image is {w}x{h}; FLUX needs at least 16x16");
+            }
+            (w / 16 * 16, h / 16 * 16)
+        }
         // An edit keeps its input's aspect ratio at about 1024² pixels.
         (None, None, Some(p)) => {
             let (w, h) = image::image_dimensions(p)
@@ -147,7 +179,6 @@ fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
             sprout_pipeline::generate::MAX_STEPS
         );
     }
-    let mut model = FluxModel::load(weights, variant, &Device::Cpu)?;
     let max_len = if variant == Variant::Schnell {
         256
     } else {
@@ -160,7 +191,20 @@ fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
                 a.model
             );
         }
-        model.t5_len = l;
+    }
+    // The prompt is encoded while loading: T5 can then be dropped before the DiT loads.
+    let (model, mut texts) = FluxModel::load_with_prompts(
+        weights,
+        variant,
+        &Device::Cpu,
+        &[a.prompt.as_str()],
+        a.max_sequence_length,
+    )?;
+    let text = texts.pop().expect("one prompt encoded");
+    if !model.text.t5.is_resident() {
+        eprintln!(
+            "memory is tight: T5 was dropped after encoding the prompt, before the DiT loaded"
+        );
     }
     let m = size_multiple(&model.vae);
     if !(width as usize).is_multiple_of(m) || !(height as usize).is_multiple_of(m) {
@@ -184,7 +228,18 @@ fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
                 .map_err(anyhow::Error::from)
         })
         .collect::<Result<Vec<_>>>()?;
-    let text = model.encode_text(&a.prompt)?;
+    let init = match &init_image {
+        Some(img) => Some(Img2Img {
+            image: model
+                .encode_reference(&resized(img, width as usize, height as usize)?)?
+                .tokens,
+            strength: a.strength.unwrap_or(0.6),
+        }),
+        None => None,
+    };
+    if let Some(init) = &init {
+        init.first_step(steps)?;
+    }
     let paths = output_paths(&a.out, a.n);
     let pb = bar((steps * a.n) as u64, "generate");
     for (i, path) in paths.iter().enumerate() {
@@ -192,16 +247,31 @@ fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
             Some(l) => l.narrow(0, i, 1)?,
             None => model.initial_latents(a.seed + i as u64, width as usize, height as usize)?,
         };
+        let started = std::time::Instant::now();
+        let denoised = std::cell::Cell::new(started);
         let img = model.sample(
             &text,
             &latents,
             &refs,
+            init.as_ref(),
             width as usize,
             height as usize,
             steps,
             guidance,
-            |d, _| pb.set_position((i * steps + d) as u64),
+            |d, _| {
+                pb.set_position((i * steps + d) as u64);
+                denoised.set(std::time::Instant::now());
+            },
         )?;
+        let denoise_s = (denoised.get() - started).as_secs_f64();
+        // Above the bar on a terminal, and still printed when stderr is not one.
+        pb.suspend(|| {
+            eprintln!(
+                "denoised in {denoise_s:.1} s ({:.1} s/step), decoded in {:.1} s",
+                denoise_s / steps as f64,
+                denoised.get().elapsed().as_secs_f64()
+            )
+        });
         let img = sprout_pipeline::generate::to_images(&((img * 2.0)? - 1.0)?)?
             .pop()
             .expect("one image");
@@ -217,12 +287,16 @@ fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
         for (k, p) in inputs.iter().enumerate() {
             meta.push(("image", format!("{k}: {}", p.display())));
         }
+        if let (Some(p), Some(init)) = (&a.init_image, &init) {
+            meta.push(("init_image", p.display().to_string()));
+            meta.push(("strength", init.strength.to_string()));
+        }
         meta.push(match &a.latents {
             Some(p) => ("latents", format!("{} [{i}]", p.display())),
             None => ("seed", (a.seed + i as u64).to_string()),
         });
         write_png(path, &img, &meta)?;
-        pb.println(format!("wrote {}", path.display()));
+        pb.suspend(|| eprintln!("wrote {}", path.display()));
     }
     pb.finish_and_clear();
     eprintln!(

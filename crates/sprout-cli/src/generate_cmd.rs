@@ -55,6 +55,13 @@ pub struct GenerateArgs {
     /// FLUX: T5 tokens per prompt (schnell at most 256, dev and Kontext 512).
     #[arg(long)]
     pub max_sequence_length: Option<usize>,
+    /// FLUX img2img: start from this image (resized to the canvas, which defaults to the
+    /// image's size rounded down to a multiple of 16); --latents then gives the noise.
+    #[arg(long)]
+    pub init_image: Option<PathBuf>,
+    /// img2img strength in (0, 1]: the share of the schedule that runs (1 ignores the image).
+    #[arg(long, requires = "init_image")]
+    pub strength: Option<f64>,
     /// Output PNG (with several images: OUT_0.png, OUT_1.png, …).
     #[arg(short = 'o', long)]
     pub out: PathBuf,
@@ -107,8 +114,12 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if a.model.starts_with("flux-") {
         return crate::flux_cmd::generate(a);
     }
-    if a.weights.is_some() || a.latents.is_some() || a.max_sequence_length.is_some() {
-        bail!("--weights, --latents and --max-sequence-length apply to the FLUX models (--model flux-schnell|flux-dev|flux-kontext)");
+    if a.weights.is_some()
+        || a.latents.is_some()
+        || a.max_sequence_length.is_some()
+        || a.init_image.is_some()
+    {
+        bail!("--weights, --latents, --max-sequence-length and --init-image apply to the FLUX models (--model flux-schnell|flux-dev|flux-kontext)");
     }
     let t0 = Instant::now();
     let (width, height) = match (&a.size, &a.aspect) {

@@ -185,3 +185,197 @@ fn flux_dev_from_a_diffusers_snapshot_matches_the_reference_image() {
         );
     }
 }
+
+/// A Black Forest Labs folder whose transformer is a Q8_0 GGUF file (written from the fixture's
+/// BFL-named weights as community conversions are): the quantized path runs end to end and
+/// stays near the reference image.
+#[test]
+fn flux_dev_from_a_gguf_file_stays_near_the_reference_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("flux-dev-gguf");
+    snapshot(&root);
+    // The BFL layout: the transformer file at the root, the other parts beside it (the tiny
+    // autoencoder in vae/ with its config, as a full-size ae.safetensors needs none).
+    std::fs::remove_dir_all(root.join("transformer")).unwrap();
+    std::fs::remove_file(root.join("model_index.json")).unwrap();
+    let w =
+        candle_core::safetensors::load(fixture("transformer_dev_bfl.safetensors"), &Device::Cpu)
+            .unwrap();
+    let mut names: Vec<&String> = w.keys().collect();
+    names.sort();
+    let q = sprout_models::gguf::parse_quant("q8_0").unwrap();
+    let tensors: Vec<_> = names
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                sprout_models::gguf::quantize(n, &w[*n], q).unwrap(),
+            )
+        })
+        .collect();
+    let gguf = root.join("flux1-dev-Q8_0.gguf");
+    // Not a full-size model: the file says which config (as the random-weight writer does).
+    let dcfg: sprout_models::flux::convert::DiffusersTransformerConfig =
+        serde_json::from_value(config_of("transformer_dev_bfl.safetensors")).unwrap();
+    let cfg = serde_json::to_string(&dcfg.to_dit().unwrap()).unwrap();
+    sprout_models::gguf::write(
+        &gguf,
+        &tensors,
+        &[
+            ("general.architecture", "flux"),
+            (sprout_models::flux::inspect::GGUF_CONFIG_KEY, &cfg),
+        ],
+    )
+    .unwrap();
+
+    let io =
+        candle_core::safetensors::load(fixture("pipeline_io.safetensors"), &Device::Cpu).unwrap();
+    let latents = dir.path().join("latents.safetensors");
+    candle_core::safetensors::save(
+        &[("latents".to_string(), io["dev_latents"].clone())]
+            .into_iter()
+            .collect(),
+        &latents,
+    )
+    .unwrap();
+    let out = dir.path().join("out.png");
+    for weights in [&root, &gguf] {
+        let r = sprout(&[
+            "generate",
+            "a photo of a red circle",
+            "--model",
+            "flux-dev",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--latents",
+            latents.to_str().unwrap(),
+            "--steps",
+            "3",
+            "--guidance",
+            "3.5",
+            "--max-sequence-length",
+            "16",
+            "--size",
+            "48x32",
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(r.status.success(), "{}", stderr(&r));
+        let got = image::open(&out).unwrap().to_rgb8();
+        let want: Vec<f32> = (&io["dev_image"] * 255.0)
+            .unwrap()
+            .permute((0, 2, 3, 1))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let diffs: Vec<f32> = got
+            .as_raw()
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (*a as f32 - b).abs())
+            .collect();
+        let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+        let worst = diffs.iter().cloned().fold(0f32, f32::max);
+        eprintln!("Q8_0 GGUF image: mean |difference| {mean:.2} levels, worst {worst:.0}");
+        // Measured: 0.4 levels on average, 3 at worst.
+        assert!(mean <= 2.0 && worst <= 12.0, "mean {mean}, worst {worst}");
+    }
+}
+
+/// `--init-image` with `--strength` (img2img) reproduces diffusers' FluxImg2ImgPipeline from
+/// the same image and noise (`--latents` gives the noise in this mode).
+#[test]
+fn flux_img2img_from_the_cli_matches_the_reference_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("flux-dev");
+    snapshot(&root);
+    let io =
+        candle_core::safetensors::load(fixture("pipeline_io.safetensors"), &Device::Cpu).unwrap();
+    let input = dir.path().join("in.png");
+    let pixels: Vec<u8> = io["img2img_input"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| *v as u8)
+        .collect();
+    image::RgbImage::from_raw(48, 32, pixels)
+        .unwrap()
+        .save(&input)
+        .unwrap();
+    let noise = dir.path().join("noise.safetensors");
+    candle_core::safetensors::save(
+        &[("noise".to_string(), io["img2img_noise"].clone())]
+            .into_iter()
+            .collect(),
+        &noise,
+    )
+    .unwrap();
+    let out = dir.path().join("out.png");
+    let r = sprout(&[
+        "generate",
+        "a photo of a red circle",
+        "--model",
+        "flux-dev",
+        "--weights",
+        root.to_str().unwrap(),
+        "--init-image",
+        input.to_str().unwrap(),
+        "--strength",
+        "0.6",
+        "--latents",
+        noise.to_str().unwrap(),
+        "--steps",
+        "5",
+        "--guidance",
+        "3.5",
+        "--max-sequence-length",
+        "16",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let got = image::open(&out).unwrap().to_rgb8();
+    assert_eq!(got.dimensions(), (48, 32));
+    let want: Vec<f32> = (&io["img2img_image"] * 255.0)
+        .unwrap()
+        .round()
+        .unwrap()
+        .permute((0, 2, 3, 1))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let worst = got
+        .as_raw()
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (*a as f32 - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= 1.0, "pixels differ by up to {worst}");
+    // Bad strengths are refused by name.
+    let r = sprout(&[
+        "generate",
+        "x",
+        "--model",
+        "flux-dev",
+        "--weights",
+        root.to_str().unwrap(),
+        "--init-image",
+        input.to_str().unwrap(),
+        "--strength",
+        "1.5",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!r.status.success());
+    assert!(
+        stderr(&r).contains("strength 1.5 is out of range"),
+        "{}",
+        stderr(&r)
+    );
+}

@@ -12,10 +12,12 @@ pub mod dit;
 mod error;
 pub mod flux;
 pub mod fused;
+pub mod gguf;
 pub mod init;
 pub mod ops;
 pub mod probe;
 pub mod text;
 pub mod tiling;
+pub mod weights;
 
 pub use error::ModelError;

@@ -3,6 +3,7 @@
 //! primitives so candle's autograd differentiates them (candle-nn's fused softmax / norm /
 //! rotary kernels have no backward). The `*_composed` versions are the reference.
 
+use crate::weights::{LinearWeight, Weights};
 use candle_core::{DType, Result, Tensor, D};
 
 /// Largest absolute element of `x` (as f32), e.g. to compare tensors or check a bound.
@@ -56,22 +57,31 @@ pub fn layer_norm_composed(x: &Tensor, eps: f64) -> Result<Tensor> {
 /// (rows, in) makes the weight gradient a single GEMM.
 #[derive(Debug, Clone)]
 pub struct Linear {
-    weight: Tensor,
+    weight: LinearWeight,
     bias: Option<Tensor>,
 }
 
 impl Linear {
-    pub fn weight(&self) -> &Tensor {
+    pub fn new(weight: LinearWeight, bias: Option<Tensor>) -> Linear {
+        Linear { weight, bias }
+    }
+
+    pub fn weight(&self) -> &LinearWeight {
         &self.weight
+    }
+
+    /// The layer's compute type.
+    pub fn dtype(&self) -> candle_core::DType {
+        self.weight.dtype()
     }
 }
 
 impl candle_core::Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
-        let (inp, out) = (self.weight.dim(1)?, self.weight.dim(0)?);
+        let (out, inp) = self.weight.dims2()?;
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let y = x.reshape((rows, inp))?.matmul(&self.weight.t()?)?;
+        let y = self.weight.matmul_t(&x.reshape((rows, inp))?)?;
         let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
@@ -82,26 +92,41 @@ impl candle_core::Module for Linear {
     }
 }
 
-/// `candle_nn::linear_b`'s parameters and initialisation, with [`Linear`]'s forward.
-pub fn linear_b(inp: usize, out: usize, bias: bool, vb: candle_nn::VarBuilder) -> Result<Linear> {
-    let l = candle_nn::linear_b(inp, out, bias, vb)?;
-    Ok(Linear {
-        weight: l.weight().clone(),
-        bias: l.bias().cloned(),
-    })
+/// `candle_nn::linear_b`'s parameters and initialisation, with [`Linear`]'s forward; from
+/// dense or quantized weights.
+pub fn linear_b<'a>(
+    inp: usize,
+    out: usize,
+    bias: bool,
+    vb: impl Into<Weights<'a>>,
+) -> Result<Linear> {
+    let vb = vb.into();
+    let weight = vb.linear_weight(out, inp, "weight", candle_nn::init::DEFAULT_KAIMING_NORMAL)?;
+    let bias = if bias {
+        let bound = 1. / (inp as f64).sqrt();
+        let init = candle_nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        Some(vb.get_with_hints(out, "bias", init)?)
+    } else {
+        None
+    };
+    Ok(Linear { weight, bias })
 }
 
-pub fn linear(inp: usize, out: usize, vb: candle_nn::VarBuilder) -> Result<Linear> {
+pub fn linear<'a>(inp: usize, out: usize, vb: impl Into<Weights<'a>>) -> Result<Linear> {
     linear_b(inp, out, true, vb)
 }
 
 /// A linear layer initialised to zero (adaLN-Zero modulation and the final projection: every
 /// block starts as the identity and the model's first output is zero). Loaded weights replace
 /// the initial values as usual.
-pub fn linear_zero(inp: usize, out: usize, vb: candle_nn::VarBuilder) -> Result<Linear> {
+pub fn linear_zero<'a>(inp: usize, out: usize, vb: impl Into<Weights<'a>>) -> Result<Linear> {
+    let vb = vb.into();
     let zero = candle_nn::Init::Const(0.0);
     Ok(Linear {
-        weight: vb.get_with_hints((out, inp), "weight", zero)?,
+        weight: vb.linear_weight(out, inp, "weight", zero)?,
         bias: Some(vb.get_with_hints(out, "bias", zero)?),
     })
 }
@@ -341,10 +366,14 @@ mod tests {
         let vm = candle_nn::VarMap::new();
         let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev);
         let ours = linear(6, 5, vb.pp("l")).unwrap();
-        let theirs = candle_nn::Linear::new(
-            ours.weight().clone(),
-            Some(vm.data().lock().unwrap()["l.bias"].as_tensor().clone()),
-        );
+        let (w, b) = {
+            let data = vm.data().lock().unwrap();
+            (
+                data["l.weight"].as_tensor().clone(),
+                data["l.bias"].as_tensor().clone(),
+            )
+        };
+        let theirs = candle_nn::Linear::new(w, Some(b));
         let x = Tensor::randn(0f32, 1.0, (2, 3, 4, 6), &dev).unwrap();
         use candle_core::Module;
         close(

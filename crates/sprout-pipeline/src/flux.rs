@@ -24,14 +24,43 @@ pub struct FluxModel {
     pub variant: Variant,
     pub dit: Dit,
     pub vae: FluxVae,
+    pub text: TextParts,
+    /// The autoencoder's (and CLIP's) type.
+    pub parts_dtype: DType,
+}
+
+/// The text side: CLIP-L (pooled vector) and T5 (token states) with their tokenizers.
+pub struct TextParts {
     pub clip: ClipTextTransformer,
-    pub t5: T5EncoderModel,
+    pub t5: T5Slot,
     pub clip_tokenizer: Tokenizer,
     pub t5_tokenizer: Tokenizer,
     /// T5 tokens per prompt (schnell 256, dev and Kontext 512).
     pub t5_len: usize,
+    /// The DiT's compute type: the encodings are cast to it.
     pub dtype: DType,
     pub device: Device,
+}
+
+/// The T5 encoder: held, or loaded for each prompt and dropped before the DiT runs (chosen at
+/// load when the machine cannot hold T5 next to the DiT).
+pub enum T5Slot {
+    Resident(T5EncoderModel),
+    OnDemand(Box<dyn Fn() -> Result<T5EncoderModel, PipelineError> + Send + Sync>),
+}
+
+impl T5Slot {
+    fn encode(&mut self, ids: &Tensor) -> Result<Tensor, PipelineError> {
+        match self {
+            T5Slot::Resident(t5) => Ok(t5.forward(ids)?),
+            // The loaded encoder (memory-mapped) is dropped when this returns.
+            T5Slot::OnDemand(load) => Ok(load()?.forward(ids)?),
+        }
+    }
+
+    pub fn is_resident(&self) -> bool {
+        matches!(self, T5Slot::Resident(_))
+    }
 }
 
 /// The text conditioning of one prompt.
@@ -49,6 +78,32 @@ pub struct Reference {
     pub tokens: Tensor,
     pub rows: usize,
     pub cols: usize,
+}
+
+/// img2img, as diffusers' `FluxImg2ImgPipeline`: of a `steps`-step schedule, the last
+/// `steps − int(steps − min(steps·strength, steps))` steps run, starting from the image's
+/// latents noised to that step's time `t` (`t·noise + (1 − t)·image`).
+pub struct Img2Img {
+    /// The input image's packed latents (1, L, 4·C), e.g. [`FluxModel::encode_reference`]'s
+    /// tokens.
+    pub image: Tensor,
+    /// In (0, 1]: 1 starts from pure noise, small values keep the image.
+    pub strength: f64,
+}
+
+impl Img2Img {
+    /// Index of the first schedule step that runs.
+    pub fn first_step(&self, steps: usize) -> Result<usize, PipelineError> {
+        if !(self.strength > 0.0 && self.strength <= 1.0) {
+            return Err(PipelineError::Request(format!(
+                "strength {} is out of range (0, 1]",
+                self.strength
+            )));
+        }
+        // At least the last step runs: steps·strength > 0 makes the index < steps.
+        let n = steps as f64;
+        Ok((n - (n * self.strength).min(n)).max(0.0) as usize)
+    }
 }
 
 /// Kontext's preferred resolutions (width, height), as its reference pipeline lists them.
@@ -89,8 +144,8 @@ pub fn size_multiple(vae: &FluxVae) -> usize {
     vae.cfg.downscale() * 2
 }
 
-impl FluxModel {
-    pub fn encode_text(&mut self, prompt: &str) -> Result<FluxText, PipelineError> {
+impl TextParts {
+    pub fn encode(&mut self, prompt: &str) -> Result<FluxText, PipelineError> {
         let dev = &self.device;
         let eos = self
             .clip_tokenizer
@@ -102,8 +157,23 @@ impl FluxModel {
         let t5_ids = Tensor::new(t5_ids.as_slice(), dev)?.unsqueeze(0)?;
         Ok(FluxText {
             pooled: self.clip.forward(&clip_ids)?.to_dtype(self.dtype)?,
-            states: self.t5.forward(&t5_ids)?.to_dtype(self.dtype)?,
+            states: self.t5.encode(&t5_ids)?.to_dtype(self.dtype)?,
         })
+    }
+}
+
+impl FluxModel {
+    pub fn encode_text(&mut self, prompt: &str) -> Result<FluxText, PipelineError> {
+        self.text.encode(prompt)
+    }
+
+    /// The DiT's compute type.
+    pub fn dtype(&self) -> DType {
+        self.text.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.text.device
     }
 
     /// Seeded initial latents for a `width`×`height` image, packed (1, tokens, 4·C).
@@ -115,17 +185,17 @@ impl FluxModel {
     ) -> Result<Tensor, PipelineError> {
         let f = self.vae.cfg.downscale();
         let c = self.dit.config().latent_channels;
-        let z = noise(seed, &[1, c, height / f, width / f], &self.device)?;
-        Ok(patchify(&z, 2)?.to_dtype(self.dtype)?)
+        let z = noise(seed, &[1, c, height / f, width / f], self.device())?;
+        Ok(patchify(&z, 2)?.to_dtype(self.dtype())?)
     }
 
     /// An image (1, 3, H, W) in [-1, 1] as a reference: encoded by the autoencoder's
     /// posterior mean and packed. Its sides must be multiples of [`size_multiple`].
     pub fn encode_reference(&self, image: &Tensor) -> Result<Reference, PipelineError> {
-        let z = self.vae.encode(&image.to_dtype(self.dtype)?)?;
+        let z = self.vae.encode(&image.to_dtype(self.parts_dtype)?)?;
         let (_, _, h, w) = z.dims4()?;
         Ok(Reference {
-            tokens: patchify(&z, 2)?,
+            tokens: patchify(&z, 2)?.to_dtype(self.dtype())?,
             rows: h / 2,
             cols: w / 2,
         })
@@ -133,20 +203,23 @@ impl FluxModel {
 
     /// Denoise packed latents (1, L, 4·C) of a `width`×`height` image in `steps` Euler steps
     /// and decode them to an image (1, 3, H, W) in [0, 1]. Reference `refs[k]` enters as
-    /// extra tokens with image index k + 1 on the first rotary axis. `on_step(done, total)`.
+    /// extra tokens with image index k + 1 on the first rotary axis. With `init` (img2img),
+    /// `latents` is the noise and only the schedule's last steps run (see [`Img2Img`]).
+    /// `on_step(done, total)`.
     #[allow(clippy::too_many_arguments)]
     pub fn sample(
         &self,
         text: &FluxText,
         latents: &Tensor,
         refs: &[Reference],
+        init: Option<&Img2Img>,
         width: usize,
         height: usize,
         steps: usize,
         guidance: f64,
         mut on_step: impl FnMut(usize, usize),
     ) -> Result<Tensor, PipelineError> {
-        let dev = &self.device;
+        let dev = self.device();
         let f = self.vae.cfg.downscale();
         let (h, w) = (height / f, width / f);
         let tokens = (h / 2) * (w / 2);
@@ -168,7 +241,7 @@ impl FluxModel {
                 .map(|(k, r)| grid_ids(k + 1, r.rows, r.cols, dev))
                 .collect::<candle_core::Result<Vec<_>>>()?;
             (
-                Some(Tensor::cat(&tokens, 1)?.to_dtype(self.dtype)?),
+                Some(Tensor::cat(&tokens, 1)?.to_dtype(self.dtype())?),
                 Some(Tensor::cat(&ids, 1)?),
             )
         };
@@ -178,8 +251,26 @@ impl FluxModel {
             Variant::Dev | Variant::Kontext => ShiftConfig::default().mu(tokens),
         };
         let times = schedule(steps, mu);
+        let (times, mut x) = match init {
+            None => (&times[..], latents.to_dtype(DType::F32)?),
+            Some(init) => {
+                let start = init.first_step(steps)?;
+                if init.image.dims() != latents.dims() {
+                    return Err(PipelineError::Request(format!(
+                        "img2img image latents {:?} differ from the noise latents {:?}",
+                        init.image.dims(),
+                        latents.dims()
+                    )));
+                }
+                // The image's latents noised to the first remaining step's time.
+                let t = times[start];
+                let x = ((latents.to_dtype(DType::F32)? * t)?
+                    + (init.image.to_dtype(DType::F32)? * (1.0 - t))?)?;
+                (&times[start..], x)
+            }
+        };
+        let run = times.len() - 1;
         let g = Tensor::new(&[guidance as f32], dev)?;
-        let mut x = latents.to_dtype(DType::F32)?;
         for (i, pair) in times.windows(2).enumerate() {
             let t = Tensor::new(&[pair[0] as f32], dev)?;
             let v = self.dit.forward(&DitInput {
@@ -189,7 +280,7 @@ impl FluxModel {
                     .zip(ref_ids.as_ref())
                     .map(|(tokens, ids)| sprout_models::dit::References { tokens, ids }),
                 ..DitInput::new(
-                    &x.to_dtype(self.dtype)?,
+                    &x.to_dtype(self.dtype())?,
                     &img_ids,
                     &text.states,
                     &txt_ids,
@@ -198,9 +289,9 @@ impl FluxModel {
                 )
             })?;
             x = euler_step(&x, &v.to_dtype(DType::F32)?, pair[0], pair[1])?;
-            on_step(i + 1, steps);
+            on_step(i + 1, run);
         }
-        let z = unpatchify(&x, 2, h, w)?.to_dtype(self.dtype)?;
+        let z = unpatchify(&x, 2, h, w)?.to_dtype(self.parts_dtype)?;
         let img = if h * w > 128 * 128 {
             self.vae.decode_tiled(&z, 64, 8)?
         } else {

@@ -14,12 +14,16 @@ use sprout_models::flux::configs::{clip_config, vae_config};
 use sprout_models::flux::convert::{DiffusersTransformerConfig, Renamed};
 use sprout_models::flux::files::{locate, FluxFiles, Layout, Variant};
 use sprout_models::flux::inspect::{
-    available_memory, check_memory, inspect_transformer, resolve_variant,
+    available_memory, check_memory, gguf_metadata_string, inspect_transformer, resolve_variant,
+    GGUF_CONFIG_KEY,
 };
 use sprout_models::flux::tokenize::{clip_tokenizer, t5_tokenizer};
 use sprout_models::flux::vae::{FluxVae, FluxVaeConfig};
 
-use crate::flux::FluxModel;
+use candle_transformers::quantized_var_builder::VarBuilder as QVarBuilder;
+use sprout_models::weights::Weights;
+
+use crate::flux::{FluxModel, FluxText, T5Slot, TextParts};
 use crate::PipelineError;
 
 fn weights_err(e: impl std::fmt::Display) -> PipelineError {
@@ -81,57 +85,195 @@ fn stored_bytes(files: &[std::path::PathBuf]) -> u64 {
         .sum()
 }
 
+/// How the text encoders share memory with the DiT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemoryPlan {
+    /// Everything stays loaded.
+    Resident,
+    /// T5 is loaded for each prompt and dropped before the DiT runs.
+    T5OnDemand,
+}
+
+/// Working memory of a full-size FLUX.1 step and decode at about 1024² (attention scores of
+/// 24 heads over 4 352 tokens alone take 1.8 GB in f32).
+const FULL_SIZE_ACTIVATIONS: u64 = 3 << 30;
+
+/// Bytes each part needs once loaded.
+struct Needs {
+    dit: u64,
+    t5: u64,
+    rest: u64,
+}
+
+impl Needs {
+    fn plan(&self, what: &str, available: Option<u64>) -> Result<MemoryPlan, PipelineError> {
+        let all = self.dit + self.t5 + self.rest;
+        if check_memory(what, all, available).is_ok() {
+            return Ok(MemoryPlan::Resident);
+        }
+        // T5 alone with CLIP, then the DiT with CLIP and the autoencoder.
+        check_memory(what, self.dit.max(self.t5) + self.rest, available)?;
+        Ok(MemoryPlan::T5OnDemand)
+    }
+}
+
+fn load_t5(
+    files: &[std::path::PathBuf],
+    cfg: &T5Config,
+    dtype: DType,
+    device: &Device,
+) -> Result<T5EncoderModel, PipelineError> {
+    let vb = VarBuilder::from_backend(Box::new(mmap(files)?), dtype, device.clone());
+    T5EncoderModel::load(vb, cfg).map_err(|e| weights_err(format!("{}: {e}", files[0].display())))
+}
+
 impl FluxModel {
     /// Load `asked` from the user's `weights` (a file or folder). Small models (the tests'
-    /// tiny ones) compute in f32; full-size ones in bf16 as stored.
+    /// tiny ones) compute in f32; full-size ones in bf16 as stored; a GGUF transformer keeps
+    /// its quantized weights and computes in f32 on the CPU (bf16 on CUDA).
     pub fn load(
         weights: &Path,
         asked: Variant,
         device: &Device,
     ) -> Result<FluxModel, PipelineError> {
+        Self::load_with_prompts(weights, asked, device, &[], None).map(|(m, _)| m)
+    }
+
+    /// [`load`](Self::load), encoding `prompts` on the way: when memory cannot hold T5 next to
+    /// the DiT, the text encoders are loaded first, the prompts encoded, T5 dropped and only
+    /// then the DiT loaded (later prompts load T5 again for themselves). `t5_len` overrides
+    /// the variant's T5 tokens per prompt (schnell 256, dev and Kontext 512).
+    pub fn load_with_prompts(
+        weights: &Path,
+        asked: Variant,
+        device: &Device,
+        prompts: &[&str],
+        t5_len: Option<usize>,
+    ) -> Result<(FluxModel, Vec<FluxText>), PipelineError> {
         let files = locate(weights)?;
         let inspection = inspect_transformer(&files)?;
         let variant = resolve_variant(asked, &files, &inspection)?;
-        if files.layout == Layout::Gguf {
-            return Err(weights_err(format!(
-                "{}: GGUF transformers are not supported yet; use the safetensors release",
-                files.transformer[0].display()
-            )));
-        }
-        let dtype = if inspection.bytes < 1 << 30 {
-            DType::F32
-        } else {
-            DType::BF16
+        let gguf = files.layout == Layout::Gguf;
+        let dtype = match (gguf, device.is_cpu()) {
+            (true, true) => DType::F32,
+            (true, false) => DType::BF16,
+            _ if inspection.bytes < 1 << 30 => DType::F32,
+            _ => DType::BF16,
         };
         let clip_files = require(&files.clip, "CLIP text encoder (text_encoder/)", &files)?;
         let t5_files = require(&files.t5, "T5 text encoder (text_encoder_2/)", &files)?;
         let (vae_files, vae_diffusers) = require(&files.vae, "autoencoder", &files)?;
         let clip_tok = require(&files.clip_tokenizer, "CLIP tokenizer (tokenizer/)", &files)?;
         let t5_tok = require(&files.t5_tokenizer, "T5 tokenizer (tokenizer_2/)", &files)?;
-        let needed = loaded_bytes(inspection.bytes, dtype)
-            + loaded_bytes(
-                stored_bytes(t5_files) + stored_bytes(clip_files) + stored_bytes(vae_files),
-                dtype,
-            );
-        check_memory(variant.name(), needed, available_memory())?;
+        let parts_stored =
+            stored_bytes(t5_files) + stored_bytes(clip_files) + stored_bytes(vae_files);
+        // T5-XXL stays in bf16 when large (9.5 GB; f32 would double it). The autoencoder and
+        // CLIP are small and run in f32 on the CPU, whose convolutions have no bf16 kernel.
+        let t5_dtype = if parts_stored < 1 << 30 {
+            DType::F32
+        } else {
+            DType::BF16
+        };
+        let parts_dtype = if device.is_cpu() {
+            DType::F32
+        } else {
+            t5_dtype
+        };
+        let needs = Needs {
+            dit: if gguf {
+                // Quantized blocks as stored, plus the largest weight dequantized for a product.
+                inspection.bytes + inspection.largest * dtype.size_in_bytes() as u64
+            } else {
+                loaded_bytes(inspection.bytes, dtype)
+            },
+            t5: loaded_bytes(stored_bytes(t5_files), t5_dtype),
+            rest: loaded_bytes(
+                stored_bytes(clip_files) + stored_bytes(vae_files),
+                parts_dtype,
+            ) + if inspection.bytes < 1 << 30 {
+                0
+            } else {
+                FULL_SIZE_ACTIVATIONS
+            },
+        };
+        let plan = needs.plan(variant.name(), available_memory())?;
 
+        let ccfg = clip_config(
+            &component_config(clip_files)
+                .ok_or_else(|| weights_err("text_encoder/config.json is missing"))?,
+        )?;
+        let vb = VarBuilder::from_backend(Box::new(mmap(clip_files)?), parts_dtype, device.clone());
+        let clip = ClipTextTransformer::new(vb.pp("text_model"), &ccfg)
+            .map_err(|e| weights_err(format!("{}: {e}", clip_files[0].display())))?;
+        let tcfg: T5Config = serde_json::from_value(
+            component_config(t5_files)
+                .ok_or_else(|| weights_err("text_encoder_2/config.json is missing"))?,
+        )
+        .map_err(|e| weights_err(format!("text_encoder_2/config.json: {e}")))?;
+        let t5 = T5Slot::Resident(load_t5(t5_files, &tcfg, t5_dtype, device)?);
+        let mut text = TextParts {
+            clip,
+            t5,
+            clip_tokenizer: clip_tokenizer(clip_tok)?,
+            t5_tokenizer: t5_tokenizer(t5_tok)?,
+            t5_len: t5_len.unwrap_or(if variant == Variant::Schnell {
+                256
+            } else {
+                512
+            }),
+            dtype,
+            device: device.clone(),
+        };
+        let encoded = prompts
+            .iter()
+            .map(|p| text.encode(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        if plan == MemoryPlan::T5OnDemand {
+            let (t5_files, device) = (t5_files.clone(), device.clone());
+            text.t5 = T5Slot::OnDemand(Box::new(move || {
+                load_t5(&t5_files, &tcfg, t5_dtype, &device)
+            }));
+        }
+
+        let gguf_config = if gguf {
+            gguf_metadata_string(&files.transformer[0], GGUF_CONFIG_KEY)?
+        } else {
+            None
+        };
         let dit_cfg = match (&files.transformer_config, files.layout) {
             (Some(p), Layout::Diffusers) => {
                 let c: DiffusersTransformerConfig = serde_json::from_value(read_json(p)?)
                     .map_err(|e| weights_err(format!("{}: {e}", p.display())))?;
                 c.to_dit()?
             }
+            _ if gguf_config.is_some() => {
+                serde_json::from_str(gguf_config.as_deref().unwrap_or_default()).map_err(|e| {
+                    weights_err(format!(
+                        "{}: metadata {GGUF_CONFIG_KEY}: {e}",
+                        files.transformer[0].display()
+                    ))
+                })?
+            }
             _ if variant.guidance_embed() => DitConfig::flux_dev(),
             _ => DitConfig::flux_schnell(),
         };
-        let st = mmap(&files.transformer)?;
-        let vb = if inspection.diffusers_names {
-            VarBuilder::from_backend(Box::new(Renamed::transformer(st)), dtype, device.clone())
-        } else {
-            VarBuilder::from_backend(Box::new(st), dtype, device.clone())
+        let in_file = |e: &dyn std::fmt::Display| {
+            weights_err(format!("{}: {e}", files.transformer[0].display()))
         };
-        let dit = Dit::new(&dit_cfg, vb)
-            .map_err(|e| weights_err(format!("{}: {e}", files.transformer[0].display())))?;
+        let dit = if gguf {
+            let vb =
+                QVarBuilder::from_gguf(&files.transformer[0], device).map_err(|e| in_file(&e))?;
+            Dit::new(&dit_cfg, Weights::Quantized { vb, dtype })
+        } else {
+            let st = mmap(&files.transformer)?;
+            let vb = if inspection.diffusers_names {
+                VarBuilder::from_backend(Box::new(Renamed::transformer(st)), dtype, device.clone())
+            } else {
+                VarBuilder::from_backend(Box::new(st), dtype, device.clone())
+            };
+            Dit::new(&dit_cfg, vb)
+        }
+        .map_err(|e| in_file(&e))?;
 
         let vcfg = match component_config(vae_files) {
             Some(v) => vae_config(&v)?,
@@ -141,47 +283,24 @@ impl FluxModel {
         let vb = if *vae_diffusers {
             VarBuilder::from_backend(
                 Box::new(Renamed::vae(st, vcfg.ch_mult.len())),
-                dtype,
+                parts_dtype,
                 device.clone(),
             )
         } else {
-            VarBuilder::from_backend(Box::new(st), dtype, device.clone())
+            VarBuilder::from_backend(Box::new(st), parts_dtype, device.clone())
         };
         let vae = FluxVae::new(&vcfg, vb)
             .map_err(|e| weights_err(format!("{}: {e}", vae_files[0].display())))?;
 
-        let ccfg = clip_config(
-            &component_config(clip_files)
-                .ok_or_else(|| weights_err("text_encoder/config.json is missing"))?,
-        )?;
-        let vb = VarBuilder::from_backend(Box::new(mmap(clip_files)?), dtype, device.clone());
-        let clip = ClipTextTransformer::new(vb.pp("text_model"), &ccfg)
-            .map_err(|e| weights_err(format!("{}: {e}", clip_files[0].display())))?;
-
-        let tcfg: T5Config = serde_json::from_value(
-            component_config(t5_files)
-                .ok_or_else(|| weights_err("text_encoder_2/config.json is missing"))?,
-        )
-        .map_err(|e| weights_err(format!("text_encoder_2/config.json: {e}")))?;
-        let vb = VarBuilder::from_backend(Box::new(mmap(t5_files)?), dtype, device.clone());
-        let t5 = T5EncoderModel::load(vb, &tcfg)
-            .map_err(|e| weights_err(format!("{}: {e}", t5_files[0].display())))?;
-
-        Ok(FluxModel {
-            variant,
-            dit,
-            vae,
-            clip,
-            t5,
-            clip_tokenizer: clip_tokenizer(clip_tok)?,
-            t5_tokenizer: t5_tokenizer(t5_tok)?,
-            t5_len: if variant == Variant::Schnell {
-                256
-            } else {
-                512
+        Ok((
+            FluxModel {
+                variant,
+                dit,
+                vae,
+                text,
+                parts_dtype,
             },
-            dtype,
-            device: device.clone(),
-        })
+            encoded,
+        ))
     }
 }

@@ -14,7 +14,7 @@ use sprout_models::flux::convert::DiffusersTransformerConfig;
 use sprout_models::flux::files::Variant;
 use sprout_models::flux::tokenize::{clip_tokenizer, t5_tokenizer};
 use sprout_models::flux::vae::FluxVae;
-use sprout_pipeline::flux::FluxModel;
+use sprout_pipeline::flux::{FluxModel, Img2Img, T5Slot, TextParts};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -63,13 +63,16 @@ fn model(variant: Variant, file: &str) -> FluxModel {
         variant,
         dit,
         vae,
-        clip,
-        t5: T5EncoderModel::load(vb, &t5cfg).unwrap(),
-        clip_tokenizer: clip_tokenizer(&fixture("tokenizer")).unwrap(),
-        t5_tokenizer: t5_tokenizer(&fixture("tokenizer_2")).unwrap(),
-        t5_len: 16,
-        dtype: DType::F32,
-        device: Device::Cpu,
+        text: TextParts {
+            clip,
+            t5: T5Slot::Resident(T5EncoderModel::load(vb, &t5cfg).unwrap()),
+            clip_tokenizer: clip_tokenizer(&fixture("tokenizer")).unwrap(),
+            t5_tokenizer: t5_tokenizer(&fixture("tokenizer_2")).unwrap(),
+            t5_len: 16,
+            dtype: DType::F32,
+            device: Device::Cpu,
+        },
+        parts_dtype: DType::F32,
     }
 }
 
@@ -88,6 +91,7 @@ fn text_to_image_matches_diffusers_from_the_same_latents() {
                 &text,
                 &io[&format!("{name}_latents")],
                 &[],
+                None,
                 48,
                 32,
                 steps,
@@ -109,7 +113,7 @@ fn latents_of_the_wrong_shape_are_refused() {
     let text = m.encode_text("a red circle").unwrap();
     let bad = Tensor::zeros((1, 7, 16), DType::F32, &Device::Cpu).unwrap();
     let e = m
-        .sample(&text, &bad, &[], 48, 32, 2, 0.0, |_, _| {})
+        .sample(&text, &bad, &[], None, 48, 32, 2, 0.0, |_, _| {})
         .unwrap_err()
         .to_string();
     assert!(e.contains("(1, 96, 16)"), "{e}");
@@ -137,6 +141,7 @@ fn kontext_editing_matches_diffusers_from_the_same_latents() {
             &text,
             &io["kontext_latents"],
             &[r],
+            None,
             48,
             32,
             3,
@@ -147,6 +152,50 @@ fn kontext_editing_matches_diffusers_from_the_same_latents() {
     let d = sprout_models::ops::max_abs_diff(&img, &io["kontext_image"]).unwrap();
     eprintln!("kontext: max abs error {d:.2e} on a [0, 1] image");
     assert!(d <= 1e-4, "kontext: {d}");
+}
+
+#[test]
+fn img2img_matches_diffusers_from_the_same_image_and_noise() {
+    let (_, io, _) = load("pipeline_io.safetensors");
+    let mut m = model(Variant::Dev, "dev");
+    let text = m.encode_text("a photo of a red circle").unwrap();
+    let image = ((io["img2img_input"]
+        .permute((2, 0, 1))
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+        / 127.5)
+        .unwrap()
+        - 1.0)
+        .unwrap();
+    let init = Img2Img {
+        image: m.encode_reference(&image).unwrap().tokens,
+        strength: 0.6,
+    };
+    // diffusers: int(5 − min(5·0.6, 5)) = 2, so the last 3 of 5 steps run.
+    assert_eq!(init.first_step(5).unwrap(), 2);
+    let noise = sprout_models::dit::embed::patchify(&io["img2img_noise"], 2).unwrap();
+    let mut ran = (0, 0);
+    let img = m
+        .sample(&text, &noise, &[], Some(&init), 48, 32, 5, 3.5, |d, t| {
+            ran = (d, t)
+        })
+        .unwrap();
+    assert_eq!(ran, (3, 3));
+    let d = sprout_models::ops::max_abs_diff(&img, &io["img2img_image"]).unwrap();
+    eprintln!("img2img: max abs error {d:.2e} on a [0, 1] image");
+    assert!(d <= 1e-4, "img2img: {d}");
+    // A tiny strength still runs the last step; strengths out of range are refused.
+    let at = |strength| Img2Img {
+        image: init.image.clone(),
+        strength,
+    };
+    assert_eq!(at(0.01).first_step(5).unwrap(), 4);
+    assert_eq!(at(1.0).first_step(5).unwrap(), 0);
+    for strength in [0.0, -1.0, 1.5, f64::NAN] {
+        let e = at(strength).first_step(5).unwrap_err().to_string();
+        assert!(e.contains("out of range"), "{strength}: {e}");
+    }
 }
 
 #[test]

@@ -72,10 +72,6 @@ pub struct DitSection {
     pub caption_dropout: f64,
     /// Captions sampled to build the tokenizer's vocabulary.
     pub vocab_samples: u64,
-    /// Warm start: begin from the DiT and text-encoder weights of this exported model bundle
-    /// (same presets and vocabulary) instead of a random initialisation. `--resume` ignores it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub init: Option<PathBuf>,
 }
 
 impl Default for DitSection {
@@ -89,7 +85,6 @@ impl Default for DitSection {
             text_max_len: 48,
             caption_dropout: 0.1,
             vocab_samples: 20_000,
-            init: None,
         }
     }
 }

@@ -87,13 +87,6 @@ impl DitTask {
             tokenizer.clone(),
             seeded_varbuilder(&text_vars, cfg.seed ^ 0x7E47, DType::F32, &dev),
         )?;
-        if let Some(init) = &cfg.dit.init {
-            warm_start(
-                init,
-                &tokenizer,
-                &[("dit", &dit_vars), ("text", &text_vars)],
-            )?;
-        }
         Ok(DitTask {
             ae,
             dit,
@@ -108,49 +101,6 @@ impl DitTask {
             latents: cfg.data.pool.map(|_| HashMap::new()),
         })
     }
-}
-
-/// Set the variables of each `(name, VarMap)` from `dir/{name}.safetensors` of an exported
-/// bundle: every variable must be there with its shape, and nothing else may be.
-fn warm_start(
-    dir: &std::path::Path,
-    tokenizer: &Tokenizer,
-    parts: &[(&str, &VarMap)],
-) -> Result<(), TrainError> {
-    let bad = |m: String| TrainError::Config(format!("init {}: {m}", dir.display()));
-    let theirs = std::fs::read_to_string(dir.join("tokenizer.json"))
-        .map_err(|e| bad(format!("tokenizer.json: {e}")))?;
-    let ours = tokenizer.to_string(false).map_err(|e| bad(e.to_string()))?;
-    if theirs != ours {
-        return Err(bad(
-            "its tokenizer differs from this run's vocabulary (vocab_samples must match)".into(),
-        ));
-    }
-    for (name, vm) in parts {
-        let file = dir.join(format!("{name}.safetensors"));
-        let mut tensors = candle_core::safetensors::load(&file, &Device::Cpu)
-            .map_err(|e| bad(format!("{}: {e}", file.display())))?;
-        let data = vm.data().lock().expect("varmap");
-        for (key, var) in data.iter() {
-            let t = tensors
-                .remove(key)
-                .ok_or_else(|| bad(format!("{name}.safetensors has no tensor {key}")))?;
-            if t.dims() != var.dims() {
-                return Err(bad(format!(
-                    "{name}.safetensors: {key} has shape {:?}, the model needs {:?}",
-                    t.dims(),
-                    var.dims()
-                )));
-            }
-            var.set(&t.to_dtype(DType::F32)?.to_device(var.device())?)?;
-        }
-        if let Some(extra) = tensors.keys().min() {
-            return Err(bad(format!(
-                "{name}.safetensors holds {extra}, which the model does not have"
-            )));
-        }
-    }
-    Ok(())
 }
 
 fn vars(prefix: &str, vm: &VarMap) -> Vec<(String, Var)> {

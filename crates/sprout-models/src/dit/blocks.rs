@@ -2,8 +2,9 @@
 //! tokens, joint attention) and single-stream (one fused block over the joint sequence).
 
 use crate::ops::Linear;
+use crate::weights::Weights;
 use candle_core::{Result, Tensor, D};
-use candle_nn::{Module, VarBuilder};
+use candle_nn::Module;
 
 use super::config::DitConfig;
 use crate::ops::{attention, layer_norm, modulate, rms_norm, rope_interleaved};
@@ -26,7 +27,7 @@ pub struct Modulation {
 }
 
 impl Modulation {
-    pub fn new(dim: usize, double: bool, vb: VarBuilder) -> Result<Self> {
+    pub fn new(dim: usize, double: bool, vb: Weights) -> Result<Self> {
         let chunks = if double { 6 } else { 3 };
         Ok(Modulation {
             lin: crate::ops::linear_zero(dim, chunks * dim, vb.pp("lin"))?,
@@ -51,7 +52,7 @@ pub struct QkNorm {
 }
 
 impl QkNorm {
-    pub fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(dim: usize, vb: Weights) -> Result<Self> {
         let init = candle_nn::Init::Const(1.0);
         Ok(QkNorm {
             query_scale: vb.pp("query_norm").get_with_hints(dim, "scale", init)?,
@@ -105,7 +106,7 @@ struct SelfAttention {
 }
 
 impl SelfAttention {
-    fn new(cfg: &DitConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &DitConfig, vb: Weights) -> Result<Self> {
         let h = cfg.hidden_size;
         Ok(SelfAttention {
             qkv: crate::ops::linear_b(h, 3 * h, cfg.qkv_bias, vb.pp("qkv"))?,
@@ -128,7 +129,7 @@ struct Mlp {
 }
 
 impl Mlp {
-    fn new(cfg: &DitConfig, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &DitConfig, vb: Weights) -> Result<Self> {
         Ok(Mlp {
             fc1: crate::ops::linear(cfg.hidden_size, cfg.mlp_hidden(), vb.pp("0"))?,
             fc2: crate::ops::linear(cfg.mlp_hidden(), cfg.hidden_size, vb.pp("2"))?,
@@ -151,7 +152,7 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(cfg: &DitConfig, prefix: &str, vb: &VarBuilder) -> Result<Self> {
+    fn new(cfg: &DitConfig, prefix: &str, vb: &Weights) -> Result<Self> {
         Ok(Stream {
             modulation: Modulation::new(cfg.hidden_size, true, vb.pp(format!("{prefix}_mod")))?,
             attn: SelfAttention::new(cfg, vb.pp(format!("{prefix}_attn")))?,
@@ -168,7 +169,7 @@ pub struct DoubleStreamBlock {
 }
 
 impl DoubleStreamBlock {
-    pub fn new(cfg: &DitConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &DitConfig, vb: Weights) -> Result<Self> {
         Ok(DoubleStreamBlock {
             img: Stream::new(cfg, "img", &vb)?,
             txt: Stream::new(cfg, "txt", &vb)?,
@@ -235,7 +236,7 @@ pub struct SingleStreamBlock {
 }
 
 impl SingleStreamBlock {
-    pub fn new(cfg: &DitConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &DitConfig, vb: Weights) -> Result<Self> {
         let h = cfg.hidden_size;
         let m = cfg.mlp_hidden();
         Ok(SingleStreamBlock {
@@ -276,7 +277,7 @@ pub struct LastLayer {
 }
 
 impl LastLayer {
-    pub fn new(hidden: usize, out: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(hidden: usize, out: usize, vb: Weights) -> Result<Self> {
         Ok(LastLayer {
             linear: crate::ops::linear_zero(hidden, out, vb.pp("linear"))?,
             ada: crate::ops::linear_zero(hidden, 2 * hidden, vb.pp("adaLN_modulation.1"))?,

@@ -1,8 +1,9 @@
 //! Embedders: the timestep/vector MLP, and rotary tables over three position axes.
 
 use crate::ops::Linear;
+use crate::weights::Weights;
 use candle_core::{DType, Device, Result, Tensor, D};
-use candle_nn::{Module, VarBuilder};
+use candle_nn::Module;
 
 /// `out_layer(silu(in_layer(x)))` (FLUX's MLPEmbedder).
 #[derive(Debug, Clone)]
@@ -12,7 +13,7 @@ pub struct MlpEmbedder {
 }
 
 impl MlpEmbedder {
-    pub fn new(in_dim: usize, hidden: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(in_dim: usize, hidden: usize, vb: Weights) -> Result<Self> {
         Ok(MlpEmbedder {
             in_layer: crate::ops::linear(in_dim, hidden, vb.pp("in_layer"))?,
             out_layer: crate::ops::linear(hidden, hidden, vb.pp("out_layer"))?,

@@ -9,8 +9,9 @@ pub mod config;
 pub mod embed;
 
 use crate::ops::Linear;
+use crate::weights::Weights;
 use candle_core::{Result, Tensor};
-use candle_nn::{Module, VarBuilder};
+use candle_nn::Module;
 
 use blocks::{DoubleStreamBlock, LastLayer, Rope, SingleStreamBlock};
 pub use config::DitConfig;
@@ -84,9 +85,11 @@ impl<'a> DitInput<'a> {
 }
 
 impl Dit {
-    /// Build from a VarBuilder whose keys are FLUX's module paths (`img_in.weight`,
-    /// `double_blocks.0.img_attn.qkv.weight`, …); every tensor's shape is checked on load.
-    pub fn new(cfg: &DitConfig, vb: VarBuilder) -> crate::error::Result<Self> {
+    /// Build from weights (a VarBuilder or GGUF tensors) whose keys are FLUX's module paths
+    /// (`img_in.weight`, `double_blocks.0.img_attn.qkv.weight`, …); every tensor's shape is
+    /// checked on load.
+    pub fn new<'a>(cfg: &DitConfig, vb: impl Into<Weights<'a>>) -> crate::error::Result<Self> {
+        let vb = vb.into();
         cfg.validate()?;
         let h = cfg.hidden_size;
         let double_blocks = (0..cfg.depth)
@@ -131,7 +134,7 @@ impl Dit {
         let ids = Tensor::cat(&ids, 1)?;
         // Times and guidance are embedded from f32 values (bf16 would move t·1000 by whole
         // radians), then cast to the weights' dtype.
-        let dtype = self.img_in.weight().dtype();
+        let dtype = self.img_in.dtype();
         let embed = |t: &Tensor| -> Result<Tensor> {
             timestep_embedding(&t.to_dtype(candle_core::DType::F32)?, 256, 1000.0)?.to_dtype(dtype)
         };
@@ -178,7 +181,7 @@ mod tests {
     use super::embed::{grid_ids, patchify, text_ids, unpatchify};
     use super::*;
     use candle_core::{DType, Device};
-    use candle_nn::VarMap;
+    use candle_nn::{VarBuilder, VarMap};
 
     fn tiny() -> (Dit, VarMap) {
         let vm = VarMap::new();

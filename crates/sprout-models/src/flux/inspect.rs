@@ -90,6 +90,24 @@ pub fn gguf_header(path: &Path) -> Result<Vec<TensorInfo>> {
         .collect())
 }
 
+/// A string value of a GGUF file's metadata, if the file has the key.
+pub fn gguf_metadata_string(path: &Path, key: &str) -> Result<Option<String>> {
+    let mut f = std::fs::File::open(path).map_err(|e| bad(path, e))?;
+    let c = candle_core::quantized::gguf_file::Content::read(&mut f)
+        .map_err(|e| bad(path, format!("not a readable GGUF file ({e})")))?;
+    match c.metadata.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .to_string()
+            .map(|s| Some(s.clone()))
+            .map_err(|e| bad(path, format!("metadata {key}: {e}"))),
+    }
+}
+
+/// The GGUF metadata key under which `sprout`'s writer stores the transformer's config
+/// (community files have none and get the FLUX.1 preset of their variant).
+pub const GGUF_CONFIG_KEY: &str = "sprout.dit_config";
+
 /// What the transformer files say about the model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inspection {
@@ -97,6 +115,8 @@ pub struct Inspection {
     pub diffusers_names: bool,
     /// Bytes of all transformer tensors as stored.
     pub bytes: u64,
+    /// Elements of the largest tensor (a quantized one is dequantized whole for a product).
+    pub largest: u64,
 }
 
 pub fn inspect_transformer(files: &FluxFiles) -> Result<Inspection> {
@@ -119,6 +139,11 @@ pub fn inspect_transformer(files: &FluxFiles) -> Result<Inspection> {
         guidance: has("guidance_in.") || has("time_text_embed.guidance_embedder."),
         diffusers_names,
         bytes: infos.iter().map(|t| t.bytes).sum(),
+        largest: infos
+            .iter()
+            .map(|t| t.shape.iter().product::<usize>() as u64)
+            .max()
+            .unwrap_or(0),
     })
 }
 
@@ -211,7 +236,8 @@ mod tests {
             Inspection {
                 guidance: true,
                 diffusers_names: false,
-                bytes: 2 * 6 * 2
+                bytes: 2 * 6 * 2,
+                largest: 6
             }
         );
         assert_eq!(resolve_variant(Variant::Dev, &f, &i).unwrap(), Variant::Dev);

@@ -1,0 +1,182 @@
+//! Where a model's weights come from: dense tensors (safetensors, a training `VarMap`) or the
+//! quantized tensors of a GGUF file. Written here because candle has two unrelated
+//! VarBuilders for the two cases; this joins them so the one DiT implementation builds from
+//! either. With GGUF, linear layers keep their quantized weights (see [`LinearWeight`]) and
+//! everything else (norm scales, biases, embeddings) is dequantized at load.
+
+use std::sync::Arc;
+
+use candle_core::quantized::QTensor;
+use candle_core::{DType, Device, Result, Shape, Tensor};
+use candle_transformers::quantized_var_builder::VarBuilder as QVarBuilder;
+
+#[derive(Clone)]
+pub enum Weights<'a> {
+    Dense(candle_nn::VarBuilder<'a>),
+    /// GGUF tensors; `dtype` is the compute type of the layers built from them.
+    Quantized {
+        vb: QVarBuilder,
+        dtype: DType,
+    },
+}
+
+impl<'a> From<candle_nn::VarBuilder<'a>> for Weights<'a> {
+    fn from(vb: candle_nn::VarBuilder<'a>) -> Self {
+        Weights::Dense(vb)
+    }
+}
+
+/// A linear layer's weight: dense, or quantized blocks that are multiplied directly (few
+/// rows) or dequantized for one matrix product (many rows, where a dense product is faster).
+#[derive(Debug, Clone)]
+pub enum LinearWeight {
+    Dense(Tensor),
+    Quantized { q: Arc<QTensor>, dtype: DType },
+}
+
+/// Activation rows from which a quantized weight is dequantized for a dense product instead
+/// of multiplying the blocks row by row.
+pub const DEQUANTIZE_ROWS: usize = 32;
+
+impl LinearWeight {
+    /// (out, in).
+    pub fn dims2(&self) -> Result<(usize, usize)> {
+        match self {
+            LinearWeight::Dense(w) => w.dims2(),
+            LinearWeight::Quantized { q, .. } => q.shape().dims2(),
+        }
+    }
+
+    /// The compute type of the layer.
+    pub fn dtype(&self) -> DType {
+        match self {
+            LinearWeight::Dense(w) => w.dtype(),
+            LinearWeight::Quantized { dtype, .. } => *dtype,
+        }
+    }
+
+    /// `x (rows, in) → x·Wᵀ (rows, out)`.
+    pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            LinearWeight::Dense(w) => x.matmul(&w.t()?),
+            LinearWeight::Quantized { q, dtype } => {
+                let rows = x.dim(0)?;
+                if rows >= DEQUANTIZE_ROWS {
+                    let w = q.dequantize(x.device())?.to_dtype(*dtype)?;
+                    x.matmul(&w.t()?)
+                } else {
+                    // candle's block product takes f32 activations.
+                    let y = candle_core::Module::forward(
+                        &candle_core::quantized::QMatMul::QTensor(q.clone()),
+                        &x.to_dtype(DType::F32)?,
+                    )?;
+                    y.to_dtype(*dtype)
+                }
+            }
+        }
+    }
+}
+
+impl<'a> Weights<'a> {
+    pub fn pp<S: ToString>(&self, s: S) -> Self {
+        match self {
+            Weights::Dense(vb) => Weights::Dense(vb.pp(s)),
+            Weights::Quantized { vb, dtype } => Weights::Quantized {
+                vb: vb.pp(s),
+                dtype: *dtype,
+            },
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        match self {
+            Weights::Dense(vb) => vb.device(),
+            Weights::Quantized { vb, .. } => vb.device(),
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self {
+            Weights::Dense(vb) => vb.dtype(),
+            Weights::Quantized { dtype, .. } => *dtype,
+        }
+    }
+
+    /// A dense tensor (initialised with `init` when the dense builder creates variables).
+    pub fn get_with_hints<S: Into<Shape>>(
+        &self,
+        shape: S,
+        name: &str,
+        init: candle_nn::Init,
+    ) -> Result<Tensor> {
+        match self {
+            Weights::Dense(vb) => vb.get_with_hints(shape, name, init),
+            Weights::Quantized { vb, dtype } => vb
+                .get(shape, name)?
+                .dequantize(vb.device())?
+                .to_dtype(*dtype),
+        }
+    }
+
+    /// A linear layer's `(out, in)` weight; quantized weights stay quantized.
+    pub fn linear_weight(
+        &self,
+        out: usize,
+        inp: usize,
+        name: &str,
+        init: candle_nn::Init,
+    ) -> Result<LinearWeight> {
+        match self {
+            Weights::Dense(vb) => Ok(LinearWeight::Dense(vb.get_with_hints(
+                (out, inp),
+                name,
+                init,
+            )?)),
+            Weights::Quantized { vb, dtype } => {
+                let q = vb.get((out, inp), name)?;
+                match q.dtype() {
+                    // Unquantized tensors in a GGUF file (rows too short for blocks).
+                    candle_core::quantized::GgmlDType::F32
+                    | candle_core::quantized::GgmlDType::F16
+                    | candle_core::quantized::GgmlDType::BF16 => Ok(LinearWeight::Dense(
+                        q.dequantize(vb.device())?.to_dtype(*dtype)?,
+                    )),
+                    _ => Ok(LinearWeight::Quantized { q, dtype: *dtype }),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::GgmlDType;
+
+    /// Both products of a quantized weight against the dense product with the dequantized
+    /// weight: exact up to float rounding from `DEQUANTIZE_ROWS` rows, within the 8-bit
+    /// quantization of the activations below.
+    #[test]
+    fn quantized_products_match_the_dequantized_weight() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (48, 64), &dev).unwrap();
+        for q in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
+            let qt = Arc::new(QTensor::quantize(&w, q).unwrap());
+            let dense = qt.dequantize(&dev).unwrap();
+            let lw = LinearWeight::Quantized {
+                q: qt,
+                dtype: DType::F32,
+            };
+            assert_eq!(lw.dims2().unwrap(), (48, 64));
+            for rows in [3, DEQUANTIZE_ROWS + 5] {
+                let x = Tensor::randn(0f32, 1.0, (rows, 64), &dev).unwrap();
+                let want = x.matmul(&dense.t().unwrap()).unwrap();
+                let got = lw.matmul_t(&x).unwrap();
+                let err = crate::ops::max_abs_diff(&got, &want).unwrap();
+                let scale = crate::ops::max_abs(&want).unwrap();
+                let tol = if rows >= DEQUANTIZE_ROWS { 1e-5 } else { 0.02 };
+                assert!(err <= tol * scale, "{q:?} rows {rows}: {err} vs {scale}");
+            }
+        }
+    }
+}
