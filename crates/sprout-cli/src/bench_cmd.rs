@@ -43,7 +43,7 @@ fn peak_rss() -> Option<u64> {
     Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
-/// FLUX.1 rows: model load, one DiT step at `size`, peak resident memory.
+/// FLUX.1 rows: model load with text encoding, one DiT step at `--flux-size`.
 fn flux_rows(a: &BenchArgs, weights: &std::path::Path, rows: &mut Vec<Row>) -> Result<()> {
     use sprout_models::flux::files::Variant;
     use sprout_pipeline::flux::FluxModel;
@@ -94,18 +94,6 @@ fn flux_rows(a: &BenchArgs, weights: &std::path::Path, rows: &mut Vec<Row>) -> R
         per_s: Some((tokens as f64 / s, "tokens/s")),
         flops: Some(cfg.forward_flops(1, tokens, lt)),
     });
-    if let Some(rss) = peak_rss() {
-        rows.push(Row {
-            name: format!(
-                "{} peak resident memory: {:.2} GB",
-                a.model,
-                rss as f64 / 1e9
-            ),
-            seconds: 0.0,
-            per_s: None,
-            flops: None,
-        });
-    }
     Ok(())
 }
 
@@ -319,6 +307,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
             v.insert("mfu".into(), json!(m));
         }
         out.insert(key, Value::Object(v));
+    }
+    // Peak resident memory of the whole run (the FLUX.1 rows dominate it when present).
+    if let Some(rss) = peak_rss() {
+        println!("\npeak resident memory: {:.2} GB", rss as f64 / 1e9);
+        out.insert("peak_rss_bytes".into(), json!(rss));
     }
     println!("{}", Value::Object(out));
     Ok(())
