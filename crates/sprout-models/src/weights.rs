@@ -159,17 +159,17 @@ mod tests {
     #[test]
     fn quantized_products_match_the_dequantized_weight() {
         let dev = Device::Cpu;
-        let w = Tensor::randn(0f32, 1.0, (48, 64), &dev).unwrap();
-        for q in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
+        let w = Tensor::randn(0f32, 1.0, (48, 256), &dev).unwrap();
+        for q in [GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::Q4K] {
             let qt = Arc::new(QTensor::quantize(&w, q).unwrap());
             let dense = qt.dequantize(&dev).unwrap();
             let lw = LinearWeight::Quantized {
                 q: qt,
                 dtype: DType::F32,
             };
-            assert_eq!(lw.dims2().unwrap(), (48, 64));
+            assert_eq!(lw.dims2().unwrap(), (48, 256));
             for rows in [3, DEQUANTIZE_ROWS + 5] {
-                let x = Tensor::randn(0f32, 1.0, (rows, 64), &dev).unwrap();
+                let x = Tensor::randn(0f32, 1.0, (rows, 256), &dev).unwrap();
                 let want = x.matmul(&dense.t().unwrap()).unwrap();
                 let got = lw.matmul_t(&x).unwrap();
                 let err = crate::ops::max_abs_diff(&got, &want).unwrap();
