@@ -1,7 +1,7 @@
 //! DiT training: rectified flow over frozen autoencoder latents, with the text encoder
 //! trained jointly and captions dropped for classifier-free guidance.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
@@ -20,6 +20,7 @@ use sprout_world::seed::{mix64, rng_for};
 use tokenizers::Tokenizer;
 
 use crate::config::TrainConfig;
+use crate::latent_cache::LatentCache;
 use crate::run::Task;
 use crate::vocab::world_vocabulary;
 use crate::TrainError;
@@ -39,14 +40,29 @@ pub struct DitTask {
     dropout: f64,
     seed: u64,
     device: Device,
-    /// Latents of a pooled stream's batches, keyed by (first sample, count, height, width,
-    /// hash of the first scene — stages differ in it):
-    /// each epoch after the first skips the autoencoder. Values equal what encoding
-    /// computes, so caching never changes a run.
-    latents: Option<HashMap<LatentKey, Tensor>>,
+    /// Latents of a pooled stream's batches (in memory and in the run directory): each
+    /// epoch after the first, and every resume, skips the autoencoder. Values equal what
+    /// encoding computes, so caching never changes a run.
+    latents: Option<LatentCache>,
 }
 
-type LatentKey = (u64, usize, usize, usize, u64);
+/// What identifies the autoencoder of `dir`: its config and weight files.
+fn ae_identity(dir: &std::path::Path) -> Result<Vec<u8>, TrainError> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| e == "json" || e == "safetensors")
+        })
+        .collect();
+    files.sort();
+    let mut bytes = Vec::new();
+    for f in files {
+        bytes.extend(f.file_name().unwrap_or_default().as_encoded_bytes());
+        bytes.extend(std::fs::read(&f)?);
+    }
+    Ok(bytes)
+}
 
 impl DitTask {
     pub fn new(cfg: &TrainConfig) -> Result<DitTask, TrainError> {
@@ -98,7 +114,10 @@ impl DitTask {
             dropout: cfg.dit.caption_dropout,
             seed: cfg.seed,
             device: dev,
-            latents: cfg.data.pool.map(|_| HashMap::new()),
+            latents: match cfg.data.pool {
+                Some(_) => Some(LatentCache::on_disk(&cfg.out, &ae_identity(&cfg.dit.ae)?)?),
+                None => None,
+            },
         })
     }
 }
@@ -135,12 +154,12 @@ impl Task for DitTask {
             h.finish()
         };
         let key = (batch.first_sample, n, ih, iw, scene);
-        let z = match self.latents.as_ref().and_then(|c| c.get(&key)) {
-            Some(z) => z.clone(),
+        let z = match self.latents.as_mut().and_then(|c| c.get(&key, &dev)) {
+            Some(z) => z,
             None => {
                 let z = self.ae.encode(&batch.images.to_device(&dev)?)?.detach();
                 if let Some(c) = self.latents.as_mut() {
-                    c.insert(key, z.clone());
+                    c.insert(key, &z)?;
                 }
                 z
             }

@@ -11,6 +11,7 @@ pub mod ckpt;
 pub mod config;
 pub mod dit_task;
 pub mod export;
+pub mod latent_cache;
 pub mod optim;
 pub mod run;
 pub mod vocab;
