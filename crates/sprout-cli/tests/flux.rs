@@ -79,6 +79,64 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// Write one tensor as a safetensors file (latents or noise for `--latents`).
+fn save_one(path: &Path, t: &Tensor) {
+    candle_core::safetensors::save(
+        &[("latents".to_string(), t.clone())].into_iter().collect(),
+        path,
+    )
+    .unwrap();
+}
+
+/// Absolute differences, in 8-bit levels, between a written PNG and a reference image
+/// (1, 3, H, W) in [0, 1] rounded to 8 bits.
+fn pixel_diffs(png: &Path, reference: &Tensor) -> Vec<f32> {
+    let got = image::open(png).unwrap().to_rgb8();
+    let (_, _, h, w) = reference.dims4().unwrap();
+    assert_eq!(got.dimensions(), (w as u32, h as u32));
+    let want: Vec<f32> = (reference * 255.0)
+        .unwrap()
+        .round()
+        .unwrap()
+        .permute((0, 2, 3, 1))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    got.as_raw()
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (*a as f32 - b).abs())
+        .collect()
+}
+
+/// `sprout generate "a photo of a red circle" --model flux-dev` with the fixtures' guidance
+/// and T5 length, the given weights and output, and `extra` arguments.
+fn generate_dev(weights: &Path, out: &Path, extra: &[&str]) -> Output {
+    let (w, o) = (weights.to_str().unwrap(), out.to_str().unwrap());
+    let mut args = vec![
+        "generate",
+        "a photo of a red circle",
+        "--model",
+        "flux-dev",
+        "--weights",
+        w,
+        "--guidance",
+        "3.5",
+        "--max-sequence-length",
+        "16",
+        "-o",
+        o,
+    ];
+    args.extend(extra);
+    sprout(&args)
+}
+
+fn worst(diffs: &[f32]) -> f32 {
+    diffs.iter().cloned().fold(0f32, f32::max)
+}
+
 #[test]
 fn flux_dev_from_a_diffusers_snapshot_matches_the_reference_image() {
     let dir = tempfile::tempdir().unwrap();
@@ -87,13 +145,7 @@ fn flux_dev_from_a_diffusers_snapshot_matches_the_reference_image() {
     let io =
         candle_core::safetensors::load(fixture("pipeline_io.safetensors"), &Device::Cpu).unwrap();
     let latents = dir.path().join("latents.safetensors");
-    candle_core::safetensors::save(
-        &[("latents".to_string(), io["dev_latents"].clone())]
-            .into_iter()
-            .collect(),
-        &latents,
-    )
-    .unwrap();
+    save_one(&latents, &io["dev_latents"]);
     let out = dir.path().join("out.png");
     let (w, l, o) = (
         root.to_str().unwrap(),
@@ -126,26 +178,9 @@ fn flux_dev_from_a_diffusers_snapshot_matches_the_reference_image() {
     };
     let r = run("flux-dev", &[]);
     assert!(r.status.success(), "{}", stderr(&r));
-    let got = image::open(&out).unwrap().to_rgb8();
-    assert_eq!(got.dimensions(), (48, 32));
     // The reference image (1, 3, 32, 48) in [0, 1], as 8-bit pixels: equal up to rounding.
-    let want: Vec<f32> = (&io["dev_image"] * 255.0)
-        .unwrap()
-        .round()
-        .unwrap()
-        .permute((0, 2, 3, 1))
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let worst = got
-        .as_raw()
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (*a as f32 - b).abs())
-        .fold(0f32, f32::max);
-    assert!(worst <= 1.0, "pixels differ by up to {worst}");
+    let w = worst(&pixel_diffs(&out, &io["dev_image"]));
+    assert!(w <= 1.0, "pixels differ by up to {w}");
 
     // Bad requests: a variant that does not match the weights, a size FLUX cannot do, no
     // weights, latents of the wrong shape.
@@ -159,16 +194,10 @@ fn flux_dev_from_a_diffusers_snapshot_matches_the_reference_image() {
     bad_size.extend(["--model", "flux-dev"]);
     let r = sprout(&bad_size);
     assert!(stderr(&r).contains("multiples of 4"), "{}", stderr(&r));
-    candle_core::safetensors::save(
-        &[(
-            "x".to_string(),
-            Tensor::zeros((1, 5, 16), candle_core::DType::F32, &Device::Cpu).unwrap(),
-        )]
-        .into_iter()
-        .collect(),
+    save_one(
         &latents,
-    )
-    .unwrap();
+        &Tensor::zeros((1, 5, 16), candle_core::DType::F32, &Device::Cpu).unwrap(),
+    );
     let r = run("flux-dev", &[]);
     assert!(stderr(&r).contains("packed latents"), "{}", stderr(&r));
     for r in [run("flux-dev", &[]), run("flux-schnell", &[])] {
@@ -231,56 +260,22 @@ fn flux_dev_from_a_gguf_file_stays_near_the_reference_image() {
     let io =
         candle_core::safetensors::load(fixture("pipeline_io.safetensors"), &Device::Cpu).unwrap();
     let latents = dir.path().join("latents.safetensors");
-    candle_core::safetensors::save(
-        &[("latents".to_string(), io["dev_latents"].clone())]
-            .into_iter()
-            .collect(),
-        &latents,
-    )
-    .unwrap();
+    save_one(&latents, &io["dev_latents"]);
     let out = dir.path().join("out.png");
     for weights in [&root, &gguf] {
-        let r = sprout(&[
-            "generate",
-            "a photo of a red circle",
-            "--model",
-            "flux-dev",
-            "--weights",
-            weights.to_str().unwrap(),
-            "--latents",
-            latents.to_str().unwrap(),
-            "--steps",
-            "3",
-            "--guidance",
-            "3.5",
-            "--max-sequence-length",
-            "16",
-            "--size",
-            "48x32",
-            "-o",
-            out.to_str().unwrap(),
-        ]);
+        let l = latents.to_str().unwrap();
+        let r = generate_dev(
+            weights,
+            &out,
+            &["--latents", l, "--steps", "3", "--size", "48x32"],
+        );
         assert!(r.status.success(), "{}", stderr(&r));
-        let got = image::open(&out).unwrap().to_rgb8();
-        let want: Vec<f32> = (&io["dev_image"] * 255.0)
-            .unwrap()
-            .permute((0, 2, 3, 1))
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let diffs: Vec<f32> = got
-            .as_raw()
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (*a as f32 - b).abs())
-            .collect();
+        let diffs = pixel_diffs(&out, &io["dev_image"]);
         let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
-        let worst = diffs.iter().cloned().fold(0f32, f32::max);
-        eprintln!("Q8_0 GGUF image: mean |difference| {mean:.2} levels, worst {worst:.0}");
+        let w = worst(&diffs);
+        eprintln!("Q8_0 GGUF image: mean |difference| {mean:.2} levels, worst {w:.0}");
         // Measured: 0.4 levels on average, 3 at worst.
-        assert!(mean <= 2.0 && worst <= 12.0, "mean {mean}, worst {worst}");
+        assert!(mean <= 2.0 && w <= 12.0, "mean {mean}, worst {w}");
     }
 }
 
@@ -307,71 +302,28 @@ fn flux_img2img_from_the_cli_matches_the_reference_image() {
         .save(&input)
         .unwrap();
     let noise = dir.path().join("noise.safetensors");
-    candle_core::safetensors::save(
-        &[("noise".to_string(), io["img2img_noise"].clone())]
-            .into_iter()
-            .collect(),
-        &noise,
-    )
-    .unwrap();
+    save_one(&noise, &io["img2img_noise"]);
     let out = dir.path().join("out.png");
-    let r = sprout(&[
-        "generate",
-        "a photo of a red circle",
-        "--model",
-        "flux-dev",
-        "--weights",
-        root.to_str().unwrap(),
-        "--init-image",
-        input.to_str().unwrap(),
-        "--strength",
-        "0.6",
-        "--latents",
-        noise.to_str().unwrap(),
-        "--steps",
-        "5",
-        "--guidance",
-        "3.5",
-        "--max-sequence-length",
-        "16",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let (i, n) = (input.to_str().unwrap(), noise.to_str().unwrap());
+    let r = generate_dev(
+        &root,
+        &out,
+        &[
+            "--init-image",
+            i,
+            "--strength",
+            "0.6",
+            "--latents",
+            n,
+            "--steps",
+            "5",
+        ],
+    );
     assert!(r.status.success(), "{}", stderr(&r));
-    let got = image::open(&out).unwrap().to_rgb8();
-    assert_eq!(got.dimensions(), (48, 32));
-    let want: Vec<f32> = (&io["img2img_image"] * 255.0)
-        .unwrap()
-        .round()
-        .unwrap()
-        .permute((0, 2, 3, 1))
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let worst = got
-        .as_raw()
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (*a as f32 - b).abs())
-        .fold(0f32, f32::max);
-    assert!(worst <= 1.0, "pixels differ by up to {worst}");
+    let w = worst(&pixel_diffs(&out, &io["img2img_image"]));
+    assert!(w <= 1.0, "pixels differ by up to {w}");
     // Bad strengths are refused by name.
-    let r = sprout(&[
-        "generate",
-        "x",
-        "--model",
-        "flux-dev",
-        "--weights",
-        root.to_str().unwrap(),
-        "--init-image",
-        input.to_str().unwrap(),
-        "--strength",
-        "1.5",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    let r = generate_dev(&root, &out, &["--init-image", i, "--strength", "1.5"]);
     assert!(!r.status.success());
     assert!(
         stderr(&r).contains("strength 1.5 is out of range"),

@@ -71,6 +71,25 @@ fn transformer(variant: &str, layout: &str) -> Dit {
     Dit::new(&cfg, vb).unwrap()
 }
 
+/// The reference transformer's inputs from its io fixture.
+fn reference_input<'a>(
+    io: &'a HashMap<String, Tensor>,
+    img_ids: &'a Tensor,
+    txt_ids: &'a Tensor,
+) -> DitInput<'a> {
+    DitInput {
+        guidance: io.get("guidance"),
+        ..DitInput::new(
+            &io["img"],
+            img_ids,
+            &io["txt"],
+            txt_ids,
+            &io["timesteps"],
+            &io["y"],
+        )
+    }
+}
+
 #[test]
 fn transformer_matches_the_reference_in_both_layouts_with_and_without_guidance() {
     for variant in ["schnell", "dev"] {
@@ -86,17 +105,7 @@ fn transformer_matches_the_reference_in_both_layouts_with_and_without_guidance()
         let txt_ids = io["txt_ids"].unsqueeze(0).unwrap();
         for layout in ["bfl", "diffusers"] {
             let dit = transformer(variant, layout);
-            let input = DitInput {
-                guidance: io.get("guidance"),
-                ..DitInput::new(
-                    &io["img"],
-                    &img_ids,
-                    &io["txt"],
-                    &txt_ids,
-                    &io["timesteps"],
-                    &io["y"],
-                )
-            };
+            let input = reference_input(&io, &img_ids, &txt_ids);
             let out = dit.forward(&input).unwrap();
             assert_close(&format!("{variant}/{layout} forward"), &out, &io["out"]);
         }
@@ -397,17 +406,7 @@ fn gguf_quantized_transformer_stays_near_the_reference() {
                 .map(|(n, t)| (n.clone(), t.dequantize(&Device::Cpu).unwrap()))
                 .collect();
             let dense = Dit::new(&cfg.to_dit().unwrap(), vb(dequantized)).unwrap();
-            let input = DitInput {
-                guidance: io.get("guidance"),
-                ..DitInput::new(
-                    &io["img"],
-                    &img_ids,
-                    &io["txt"],
-                    &txt_ids,
-                    &io["timesteps"],
-                    &io["y"],
-                )
-            };
+            let input = reference_input(&io, &img_ids, &txt_ids);
             let out = dit.forward(&input).unwrap();
             let same = max_abs_diff(&out, &dense.forward(&input).unwrap()).unwrap();
             let err = max_abs_diff(&out, &io["out"]).unwrap();

@@ -119,21 +119,18 @@ fn latents_of_the_wrong_shape_are_refused() {
     assert!(e.contains("(1, 96, 16)"), "{e}");
 }
 
+/// An 8-bit (H, W, 3) image → (1, 3, H, W) in [-1, 1].
+fn model_image(pixels: &Tensor) -> Tensor {
+    ((pixels.permute((2, 0, 1)).unwrap().unsqueeze(0).unwrap() / 127.5).unwrap() - 1.0).unwrap()
+}
+
 #[test]
 fn kontext_editing_matches_diffusers_from_the_same_latents() {
     let (_, io, _) = load("pipeline_io.safetensors");
     let mut m = model(Variant::Kontext, "dev");
     let text = m.encode_text("make the circle blue").unwrap();
     // The input image, 8-bit (32, 48, 3) → (1, 3, 32, 48) in [-1, 1].
-    let image = ((io["kontext_input"]
-        .permute((2, 0, 1))
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap()
-        / 127.5)
-        .unwrap()
-        - 1.0)
-        .unwrap();
+    let image = model_image(&io["kontext_input"]);
     let r = m.encode_reference(&image).unwrap();
     assert_eq!((r.rows, r.cols), (8, 12));
     let img = m
@@ -159,15 +156,7 @@ fn img2img_matches_diffusers_from_the_same_image_and_noise() {
     let (_, io, _) = load("pipeline_io.safetensors");
     let mut m = model(Variant::Dev, "dev");
     let text = m.encode_text("a photo of a red circle").unwrap();
-    let image = ((io["img2img_input"]
-        .permute((2, 0, 1))
-        .unwrap()
-        .unsqueeze(0)
-        .unwrap()
-        / 127.5)
-        .unwrap()
-        - 1.0)
-        .unwrap();
+    let image = model_image(&io["img2img_input"]);
     let init = Img2Img {
         image: m.encode_reference(&image).unwrap().tokens,
         strength: 0.6,
