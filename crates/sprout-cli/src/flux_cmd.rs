@@ -179,11 +179,7 @@ fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
             sprout_pipeline::generate::MAX_STEPS
         );
     }
-    let max_len = if variant == Variant::Schnell {
-        256
-    } else {
-        512
-    };
+    let max_len = variant.t5_len();
     if let Some(l) = a.max_sequence_length {
         if l == 0 || l > max_len {
             bail!(

@@ -142,7 +142,7 @@ impl FluxModel {
     /// [`load`](Self::load), encoding `prompts` on the way: when memory cannot hold T5 next to
     /// the DiT, the text encoders are loaded first, the prompts encoded, T5 dropped and only
     /// then the DiT loaded (later prompts load T5 again for themselves). `t5_len` overrides
-    /// the variant's T5 tokens per prompt (schnell 256, dev and Kontext 512).
+    /// the variant's T5 tokens per prompt ([`Variant::t5_len`]).
     pub fn load_with_prompts(
         weights: &Path,
         asked: Variant,
@@ -154,11 +154,13 @@ impl FluxModel {
         let inspection = inspect_transformer(&files)?;
         let variant = resolve_variant(asked, &files, &inspection)?;
         let gguf = files.layout == Layout::Gguf;
+        // The tests' tiny models are far below a gigabyte; FLUX.1 releases far above.
+        let full_size = inspection.bytes >= 1 << 30;
         let dtype = match (gguf, device.is_cpu()) {
             (true, true) => DType::F32,
             (true, false) => DType::BF16,
-            _ if inspection.bytes < 1 << 30 => DType::F32,
-            _ => DType::BF16,
+            _ if full_size => DType::BF16,
+            _ => DType::F32,
         };
         let clip_files = require(&files.clip, "CLIP text encoder (text_encoder/)", &files)?;
         let t5_files = require(&files.t5, "T5 text encoder (text_encoder_2/)", &files)?;
@@ -190,11 +192,7 @@ impl FluxModel {
             rest: loaded_bytes(
                 stored_bytes(clip_files) + stored_bytes(vae_files),
                 parts_dtype,
-            ) + if inspection.bytes < 1 << 30 {
-                0
-            } else {
-                FULL_SIZE_ACTIVATIONS
-            },
+            ) + if full_size { FULL_SIZE_ACTIVATIONS } else { 0 },
         };
         let plan = needs.plan(variant.name(), available_memory())?;
 
@@ -216,11 +214,7 @@ impl FluxModel {
             t5,
             clip_tokenizer: clip_tokenizer(clip_tok)?,
             t5_tokenizer: t5_tokenizer(t5_tok)?,
-            t5_len: t5_len.unwrap_or(if variant == Variant::Schnell {
-                256
-            } else {
-                512
-            }),
+            t5_len: t5_len.unwrap_or(variant.t5_len()),
             dtype,
             device: device.clone(),
         };

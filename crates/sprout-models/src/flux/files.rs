@@ -36,6 +36,15 @@ impl Variant {
         }
     }
 
+    /// T5 tokens per prompt in the reference pipelines: schnell 256, dev and Kontext 512.
+    pub fn t5_len(self) -> usize {
+        if self == Variant::Schnell {
+            256
+        } else {
+            512
+        }
+    }
+
     /// Guidance-distilled variants take the guidance scale as an input.
     pub fn guidance_embed(self) -> bool {
         self != Variant::Schnell
