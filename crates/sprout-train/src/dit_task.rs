@@ -28,6 +28,15 @@ use crate::TrainError;
 const TIMESTEP: u64 = 0x7135;
 const DROPOUT: u64 = 0xD209;
 const NOISE: u64 = 0x9015;
+/// Samples per forward pass when a batch is split by caption length.
+const TEXT_GROUP: usize = 8;
+
+/// Sample indices sorted by caption length (stable), cut into groups of `size`.
+fn length_groups(lens: &[usize], size: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lens.len()).collect();
+    order.sort_by_key(|&i| lens[i]);
+    order.chunks(size.max(1)).map(|c| c.to_vec()).collect()
+}
 
 pub struct DitTask {
     pub ae: Autoencoder,
@@ -37,6 +46,8 @@ pub struct DitTask {
     pub text_vars: VarMap,
     pub tokenizer: Tokenizer,
     pub shift: ShiftConfig,
+    /// Samples per forward pass, grouped by caption length (see `loss`).
+    pub text_group: usize,
     dropout: f64,
     seed: u64,
     device: Device,
@@ -111,6 +122,7 @@ impl DitTask {
             text_vars,
             tokenizer,
             shift: ShiftConfig::default(),
+            text_group: TEXT_GROUP,
             dropout: cfg.dit.caption_dropout,
             seed: cfg.seed,
             device: dev,
@@ -178,7 +190,6 @@ impl Task for DitTask {
                 }
             })
             .collect();
-        let emb = sprout_models::text::TextEncoder::encode(&self.text, &captions, &dev)?;
         let seeds: Vec<u64> = (0..b)
             .map(|i| mix64(mix64(self.seed ^ NOISE) ^ mix64(step)) ^ i as u64)
             .collect();
@@ -193,14 +204,32 @@ impl Task for DitTask {
             .collect();
         let t = Tensor::from_vec(ts, b, &dev)?;
         let (xt, v) = interpolate(&z, &eps, &t)?;
-        let img = patchify(&xt, p)?;
         let img_ids = grid_ids(0, h / p, w / p, &dev)?;
-        let txt_ids = text_ids(emb.states.dim(1)?, &dev)?;
-        let pred = self.dit.forward(&DitInput {
-            txt_mask: Some(&emb.mask),
-            ..DitInput::new(&img, &img_ids, &emb.states, &txt_ids, &t, &emb.pooled)
-        })?;
-        let loss = flow_loss(&pred, &patchify(&v, p)?)?;
+        // Text is padded to the longest caption of a forward pass, and a batch's longest
+        // caption is several times its typical one; in one pass, padding would be most of the
+        // text tokens the DiT and the text encoder process. Samples are therefore run in
+        // groups of similar caption length. The loss is the same mean over the whole batch.
+        let (ids, _) = self.text.tokenize(&captions)?;
+        let lens: Vec<usize> = ids.iter().map(|v| v.len()).collect();
+        let mut loss = Tensor::zeros((), DType::F32, &dev)?;
+        for group in length_groups(&lens, self.text_group) {
+            let idx = Tensor::from_vec(
+                group.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+                group.len(),
+                &dev,
+            )?;
+            let caps: Vec<String> = group.iter().map(|&i| captions[i].clone()).collect();
+            let emb = sprout_models::text::TextEncoder::encode(&self.text, &caps, &dev)?;
+            let txt_ids = text_ids(emb.states.dim(1)?, &dev)?;
+            let img = patchify(&xt.index_select(&idx, 0)?, p)?;
+            let tg = t.index_select(&idx, 0)?;
+            let pred = self.dit.forward(&DitInput {
+                txt_mask: Some(&emb.mask),
+                ..DitInput::new(&img, &img_ids, &emb.states, &txt_ids, &tg, &emb.pooled)
+            })?;
+            let part = flow_loss(&pred, &patchify(&v.index_select(&idx, 0)?, p)?)?;
+            loss = (loss + (part * (group.len() as f64 / b as f64))?)?;
+        }
         Ok((loss, BTreeMap::new()))
     }
 
@@ -221,5 +250,21 @@ impl Task for DitTask {
                     .expect("tokenizer serialises"),
             ),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::length_groups;
+
+    #[test]
+    fn groups_follow_caption_length_and_cover_the_batch_once() {
+        let lens = [5, 1, 9, 1, 3, 7, 2];
+        let g = length_groups(&lens, 3);
+        assert_eq!(g, vec![vec![1, 3, 6], vec![4, 0, 5], vec![2]]);
+        let mut all: Vec<usize> = g.concat();
+        all.sort();
+        assert_eq!(all, (0..lens.len()).collect::<Vec<_>>());
+        assert_eq!(length_groups(&[], 8), Vec::<Vec<usize>>::new());
     }
 }

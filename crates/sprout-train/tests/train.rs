@@ -334,3 +334,39 @@ fn init_from_starts_at_another_runs_ema_weights() {
         assert_eq!(d, 0.0, "{k}");
     }
 }
+
+#[test]
+fn grouping_samples_by_caption_length_keeps_the_loss() {
+    // Padding is masked, so running a batch in caption-length groups must give the loss of
+    // one pass over the whole padded batch.
+    let ae_dir = tiny_ae_dir();
+    let dcfg = dit_config(tempfile::tempdir().unwrap().path(), ae_dir.path());
+    let sc = sprout_data::StreamConfig {
+        batch_size: 8,
+        ..stream_config(&dcfg, 0, &dcfg.stages[0])
+    };
+    let batch = make_batch(&sc, StreamPos::default()).unwrap();
+    let mut task = sprout_train::dit_task::DitTask::new(&TrainConfig {
+        dit: sprout_train::config::DitSection {
+            caption_dropout: 0.0,
+            ..dcfg.dit.clone()
+        },
+        ..dcfg.clone()
+    })
+    .unwrap();
+    let (ids, _) = task.text.tokenize(&batch.captions).unwrap();
+    let lens: Vec<usize> = ids.iter().map(|v| v.len()).collect();
+    assert!(
+        lens.iter().max() > lens.iter().min(),
+        "captions of one length: {lens:?}"
+    );
+    let mut loss_with = |group: usize| {
+        task.text_group = group;
+        task.loss(&batch, 7).unwrap().0.to_scalar::<f32>().unwrap()
+    };
+    let (whole, grouped) = (loss_with(8), loss_with(3));
+    assert!(
+        (whole - grouped).abs() <= 1e-5 * whole.abs(),
+        "{whole} vs {grouped}"
+    );
+}
