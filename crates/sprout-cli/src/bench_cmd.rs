@@ -247,6 +247,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             width: 256,
             height: 256,
             sampler: model.meta.sampler,
+            init: None,
         };
         let s = time(a.repeat, || {
             sprout_pipeline::generate::generate(&model, &req, |_, _| {})?;

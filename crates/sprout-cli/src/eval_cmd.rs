@@ -144,6 +144,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             width: p.width,
             height: p.height,
             sampler,
+            init: None,
         };
         // Generated lazily in batches: a prompt not yet generated is generated together
         // with the following prompts of the same canvas size.

@@ -12,6 +12,7 @@ use sprout_world::canvas::parse_size;
 use sprout_world::AspectRatio;
 
 use crate::generate_cmd::{output_paths, write_png, GenerateArgs};
+use crate::inputs::{open_image, resized};
 use crate::progress::bar;
 
 /// Sampling defaults of each variant (steps, guidance), as their reference pipelines use.
@@ -64,39 +65,11 @@ pub struct EditArgs {
 /// Largest number of input images of one edit.
 const MAX_REFERENCES: usize = 4;
 
-fn open_image(path: &Path, flag: &str) -> Result<image::RgbImage> {
-    Ok(image::ImageReader::open(path)
-        .with_context(|| format!("{flag} {}", path.display()))?
-        .with_guessed_format()?
-        .decode()
-        .with_context(|| format!("{flag} {}: not a readable image", path.display()))?
-        .to_rgb8())
-}
-
 /// An input image resized to Kontext's nearest preferred resolution, as (1, 3, H, W) in [-1, 1].
 fn read_reference(path: &Path, multiple: usize) -> Result<Tensor> {
     let img = open_image(path, "--image")?;
     let (w, h) = kontext_size(img.width() as usize, img.height() as usize);
     resized(&img, w / multiple * multiple, h / multiple * multiple)
-}
-
-/// `img` resized to `w`×`h` (unchanged when it has that size), as (1, 3, H, W) in [-1, 1].
-fn resized(img: &image::RgbImage, w: usize, h: usize) -> Result<Tensor> {
-    let img = if img.dimensions() == (w as u32, h as u32) {
-        img.clone()
-    } else {
-        image::imageops::resize(
-            img,
-            w as u32,
-            h as u32,
-            image::imageops::FilterType::Lanczos3,
-        )
-    };
-    let t = Tensor::from_vec(img.into_raw(), (h, w, 3), &Device::Cpu)?
-        .permute((2, 0, 1))?
-        .unsqueeze(0)?
-        .to_dtype(DType::F32)?;
-    Ok(((t / 127.5)? - 1.0)?)
 }
 
 pub fn edit(e: EditArgs) -> Result<()> {

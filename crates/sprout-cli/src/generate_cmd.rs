@@ -10,10 +10,11 @@ use clap::Args;
 use image::RgbImage;
 use sprout_pipeline::bundle::Bundle;
 use sprout_pipeline::flow::Sampler;
-use sprout_pipeline::generate::{generate, Request};
+use sprout_pipeline::generate::{generate, InitImage, Request};
 use sprout_world::canvas::parse_size;
 use sprout_world::AspectRatio;
 
+use crate::inputs::{open_image, resized};
 use crate::progress::bar;
 
 #[derive(Args)]
@@ -55,11 +56,13 @@ pub struct GenerateArgs {
     /// FLUX: T5 tokens per prompt (schnell at most 256, dev and Kontext 512).
     #[arg(long)]
     pub max_sequence_length: Option<usize>,
-    /// FLUX img2img: start from this image (resized to the canvas, which defaults to the
-    /// image's size rounded down to a multiple of 16); --latents then gives the noise.
+    /// img2img: start from this image (resized to the canvas, which defaults to the image's
+    /// size rounded down to the model's multiple: 32 native, 16 FLUX); with FLUX, --latents
+    /// then gives the noise.
     #[arg(long)]
     pub init_image: Option<PathBuf>,
-    /// img2img strength in (0, 1]: the share of the schedule that runs (1 ignores the image).
+    /// img2img strength in (0, 1], default 0.6: the share of the schedule that runs (1
+    /// ignores the image).
     #[arg(long, requires = "init_image")]
     pub strength: Option<f64>,
     /// Output PNG (with several images: OUT_0.png, OUT_1.png, …).
@@ -114,18 +117,32 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if a.model.starts_with("flux-") {
         return crate::flux_cmd::generate(a);
     }
-    if a.weights.is_some()
-        || a.latents.is_some()
-        || a.max_sequence_length.is_some()
-        || a.init_image.is_some()
-    {
-        bail!("--weights, --latents, --max-sequence-length and --init-image apply to the FLUX models (--model flux-schnell|flux-dev|flux-kontext)");
+    if a.weights.is_some() || a.latents.is_some() || a.max_sequence_length.is_some() {
+        bail!("--weights, --latents and --max-sequence-length apply to the FLUX models (--model flux-schnell|flux-dev|flux-kontext)");
+    }
+    if let Some(s) = a.strength {
+        if !(s > 0.0 && s <= 1.0) {
+            bail!("--strength {s} is out of range (0, 1]");
+        }
     }
     let t0 = Instant::now();
-    let (width, height) = match (&a.size, &a.aspect) {
-        (Some(s), _) => parse_size(s)?,
-        (None, Some(r)) => AspectRatio::parse(r)?.canvas(256),
-        (None, None) => (256, 256),
+    let init_image = match &a.init_image {
+        Some(p) => Some(open_image(p, "--init-image")?),
+        None => None,
+    };
+    let (width, height) = match (&a.size, &a.aspect, &init_image) {
+        (Some(s), _, _) => parse_size(s)?,
+        (None, Some(r), _) => AspectRatio::parse(r)?.canvas(256),
+        // img2img keeps its image's size, rounded down to the autoencoder's multiple.
+        (None, None, Some(img)) => {
+            let m = sprout_models::ae::DOWNSCALE as u32;
+            let (w, h) = img.dimensions();
+            if w < m || h < m {
+                bail!("--init-image is {w}x{h}; the native model needs at least {m}x{m}");
+            }
+            (w / m * m, h / m * m)
+        }
+        (None, None, None) => (256, 256),
     };
     let model = load_model(&a.model)?;
     let load_s = t0.elapsed().as_secs_f64();
@@ -142,6 +159,13 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         width,
         height,
         sampler,
+        init: match &init_image {
+            Some(img) => Some(InitImage {
+                image: resized(img, width as usize, height as usize)?,
+                strength: a.strength.unwrap_or(0.6),
+            }),
+            None => None,
+        },
     };
     req.validate(&model)?;
     let pb = bar(0, "generate");
@@ -152,7 +176,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     pb.finish_and_clear();
     let paths = output_paths(&a.out, images.len());
     for (i, (img, path)) in images.iter().zip(&paths).enumerate() {
-        let meta = [
+        let mut meta = vec![
             ("prompt", req.prompt.clone()),
             ("seed", (req.seed + i as u64).to_string()),
             ("steps", req.steps.to_string()),
@@ -162,6 +186,10 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             ("model", format!("{} ({})", a.model, model.meta.name)),
             ("software", format!("sprout {}", env!("CARGO_PKG_VERSION"))),
         ];
+        if let (Some(p), Some(init)) = (&a.init_image, &req.init) {
+            meta.push(("init_image", p.display().to_string()));
+            meta.push(("strength", init.strength.to_string()));
+        }
         write_png(path, img, &meta)?;
         println!("wrote {}", path.display());
     }

@@ -4,6 +4,7 @@ mod bench_cmd;
 mod eval_cmd;
 mod flux_cmd;
 mod generate_cmd;
+mod inputs;
 mod progress;
 mod train_cmd;
 mod world_cmd;

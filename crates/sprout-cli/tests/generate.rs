@@ -169,3 +169,65 @@ fn generate_rejects_bad_input_clearly() {
     let o = sprout(&["generate", "a circle", "--model", m, "-o", p]);
     assert!(stderr(&o).contains("img_in.weight"), "{}", stderr(&o));
 }
+
+#[test]
+fn native_img2img_keeps_the_image_size_and_records_its_input() {
+    let model = tempfile::tempdir().unwrap();
+    write_tiny_bundle(model.path());
+    let m = model.path().to_str().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    // A 100x70 input: the canvas is its size rounded down to multiples of 32.
+    let input = out.path().join("in.png");
+    image::RgbImage::from_fn(100, 70, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 3) as u8, 90])
+    })
+    .save(&input)
+    .unwrap();
+    let png = out.path().join("x.png");
+    let args = |strength: &'static str| {
+        vec![
+            "generate".to_string(),
+            "a red circle".into(),
+            "--model".into(),
+            m.into(),
+            "--init-image".into(),
+            input.to_str().unwrap().into(),
+            "--strength".into(),
+            strength.into(),
+            "-o".into(),
+            png.to_str().unwrap().into(),
+        ]
+    };
+    let run = |a: Vec<String>| sprout(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    let o = run(args("0.5"));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()))
+        .read_info()
+        .unwrap();
+    let info = reader.info();
+    assert_eq!((info.width, info.height), (96, 64));
+    let text: HashMap<String, String> = info
+        .utf8_text
+        .iter()
+        .map(|c| (c.keyword.clone(), c.get_text().unwrap()))
+        .collect();
+    assert_eq!(text["strength"], "0.5");
+    assert!(text["init_image"].ends_with("in.png"));
+    std::fs::remove_file(&png).unwrap();
+    let o = run(args("1.5"));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--strength 1.5 is out of range"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(&input, b"not an image").unwrap();
+    let o = run(args("0.5"));
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("not a readable image"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("panicked") && !png.exists());
+}

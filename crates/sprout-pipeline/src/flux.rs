@@ -94,15 +94,7 @@ pub struct Img2Img {
 impl Img2Img {
     /// Index of the first schedule step that runs.
     pub fn first_step(&self, steps: usize) -> Result<usize, PipelineError> {
-        if !(self.strength > 0.0 && self.strength <= 1.0) {
-            return Err(PipelineError::Request(format!(
-                "strength {} is out of range (0, 1]",
-                self.strength
-            )));
-        }
-        // At least the last step runs: steps·strength > 0 makes the index < steps.
-        let n = steps as f64;
-        Ok((n - (n * self.strength).min(n)).max(0.0) as usize)
+        crate::generate::img2img_first_step(steps, self.strength)
     }
 }
 

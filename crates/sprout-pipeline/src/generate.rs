@@ -27,6 +27,32 @@ pub struct Request {
     pub width: u32,
     pub height: u32,
     pub sampler: Sampler,
+    /// img2img: start from this image instead of pure noise.
+    pub init: Option<InitImage>,
+}
+
+/// img2img (SDEdit): of a `steps`-step schedule only the last ones run, from the image's
+/// latents noised to the time where they begin (`t·noise + (1 − t)·latents`), as
+/// [`crate::flux::Img2Img`] does for FLUX.
+#[derive(Debug, Clone)]
+pub struct InitImage {
+    /// (1, 3, height, width) in [-1, 1], at the request's canvas size.
+    pub image: Tensor,
+    /// In (0, 1]: 1 starts from pure noise (the image is ignored), small values keep it.
+    pub strength: f64,
+}
+
+/// Index of the first step of a `steps`-step schedule that img2img at `strength` runs
+/// (diffusers' rule: `steps − min(steps·strength, steps)`, rounded down; at least the last
+/// step runs).
+pub fn img2img_first_step(steps: usize, strength: f64) -> Result<usize, PipelineError> {
+    if !(strength > 0.0 && strength <= 1.0) {
+        return Err(PipelineError::Request(format!(
+            "strength {strength} is out of range (0, 1]"
+        )));
+    }
+    let n = steps as f64;
+    Ok((n - (n * strength).min(n)).max(0.0) as usize)
 }
 
 impl Request {
@@ -60,6 +86,18 @@ impl Request {
             }
             if v > max {
                 return bad(format!("{name} {v} exceeds this model's maximum of {max}"));
+            }
+        }
+        if let Some(init) = &self.init {
+            img2img_first_step(self.steps, init.strength)?;
+            let want = [1, 3, self.height as usize, self.width as usize];
+            if init.image.dims() != want {
+                return bad(format!(
+                    "the init image has shape {:?}; a {}x{} canvas needs {want:?}",
+                    init.image.dims(),
+                    self.width,
+                    self.height
+                ));
             }
         }
         Ok(())
@@ -112,10 +150,12 @@ pub fn generate_many(
         if (r.width, r.height, r.steps, r.sampler)
             != (req.width, req.height, req.steps, req.sampler)
             || r.guidance != req.guidance
+            || r.init.as_ref().map(|i| i.strength) != req.init.as_ref().map(|i| i.strength)
         {
             return Err(PipelineError::Request(format!(
-                "requests batched together must share size, steps, guidance and sampler \
-                 ({}x{}, {} steps, guidance {}, {:?} vs {}x{}, {} steps, guidance {}, {:?})",
+                "requests batched together must share size, steps, guidance, sampler and \
+                 img2img strength ({}x{}, {} steps, guidance {}, {:?} vs {}x{}, {} steps, \
+                 guidance {}, {:?})",
                 req.width,
                 req.height,
                 req.steps,
@@ -162,9 +202,25 @@ pub fn generate_many(
     let txt_ids = text_ids(emb.states.dim(1)?, &dev)?;
     let mu = bundle.meta.shift.mu((h / p) * (w / p));
     let times = schedule(req.steps, mu);
+    let (times, x) = match &req.init {
+        None => (&times[..], x),
+        Some(init) => {
+            let first = img2img_first_step(req.steps, init.strength)?;
+            let mut latents = Vec::with_capacity(n);
+            for r in reqs {
+                let image = &r.init.as_ref().expect("strengths match").image;
+                let z = bundle.ae.encode(&image.to_device(&dev)?)?;
+                latents.extend(std::iter::repeat_n(z, r.n));
+            }
+            let z = Tensor::cat(&latents, 0)?;
+            let t = times[first];
+            (&times[first..], ((x * t)? + (z * (1.0 - t))?)?)
+        }
+    };
+    let steps = times.len() - 1;
     let evals = match req.sampler {
-        Sampler::Euler => req.steps,
-        Sampler::Heun => 2 * req.steps - 1,
+        Sampler::Euler => steps,
+        Sampler::Heun => 2 * steps - 1,
     };
     let mut done = 0;
     let velocity = |x: &Tensor, t: f64| -> candle_core::Result<Tensor> {
@@ -189,7 +245,7 @@ pub fn generate_many(
     };
     let z = sample(
         x,
-        &times,
+        times,
         req.sampler,
         |x, t| {
             let v = velocity(x, t);

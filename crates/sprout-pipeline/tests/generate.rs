@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use candle_core::{Device, Tensor};
 use sprout_pipeline::bundle::Bundle;
 use sprout_pipeline::flow::Sampler;
-use sprout_pipeline::generate::{generate, generate_many, Request};
+use sprout_pipeline::generate::{generate, generate_many, img2img_first_step, InitImage, Request};
 use sprout_pipeline::testing::tiny_bundle as tiny_bundle_parts;
 
 fn tiny_bundle() -> Bundle {
@@ -24,6 +24,7 @@ fn req(n: usize, seed: u64) -> Request {
         width: 96,
         height: 64,
         sampler: Sampler::Heun,
+        init: None,
     }
 }
 
@@ -220,4 +221,82 @@ fn a_written_bundle_loads_back_with_its_config_and_tensors() {
     )
     .unwrap();
     assert_eq!(img[0].dimensions(), (64, 64));
+}
+
+/// A (1, 3, 64, 96) test image in [-1, 1]: a horizontal ramp, or its negation.
+fn init_image(flip: bool) -> Tensor {
+    let dev = Device::Cpu;
+    let ramp = ((Tensor::arange(0f32, 96., &dev).unwrap() / 47.5).unwrap() - 1.0).unwrap();
+    let ramp = if flip { ramp.neg().unwrap() } else { ramp };
+    ramp.reshape((1, 1, 1, 96))
+        .unwrap()
+        .broadcast_as((1, 3, 64, 96))
+        .unwrap()
+        .contiguous()
+        .unwrap()
+}
+
+fn img2img(n: usize, seed: u64, strength: f64, flip: bool) -> Request {
+    Request {
+        init: Some(InitImage {
+            image: init_image(flip),
+            strength,
+        }),
+        ..req(n, seed)
+    }
+}
+
+#[test]
+fn img2img_runs_the_last_steps_from_the_noised_image() {
+    // diffusers' rule: steps − floor(steps·strength) steps are skipped.
+    assert_eq!(img2img_first_step(10, 0.6).unwrap(), 4);
+    assert_eq!(img2img_first_step(4, 1.0).unwrap(), 0);
+    assert_eq!(img2img_first_step(3, 0.01).unwrap(), 2);
+    for bad in [0.0, -0.5, 1.5, f64::NAN] {
+        let e = img2img_first_step(3, bad).unwrap_err().to_string();
+        assert!(e.contains("strength"), "{e}");
+    }
+    let b = tiny_bundle();
+    // Strength 1 starts at t = 1, where the image has no weight: plain generation.
+    let plain = generate(&b, &req(2, 10), |_, _| {}).unwrap();
+    let full = generate(&b, &img2img(2, 10, 1.0, false), |_, _| {}).unwrap();
+    assert_eq!(plain, full);
+    // Strength 0.5 of 3 Heun steps runs the last 2: 3 evaluations instead of 5.
+    let mut total = 0;
+    let half = generate(&b, &img2img(2, 10, 0.5, false), |_, t| total = t).unwrap();
+    assert_eq!(total, 3);
+    let mut total = 0;
+    generate(&b, &req(1, 10), |_, t| total = t).unwrap();
+    assert_eq!(total, 5);
+    // The image matters, and batching keeps every result.
+    let flipped = generate(&b, &img2img(1, 10, 0.5, true), |_, _| {}).unwrap();
+    assert!(max_diff(&half[0], &flipped[0]) > 1);
+    let both = generate_many(
+        &b,
+        &[img2img(2, 10, 0.5, false), img2img(1, 10, 0.5, true)],
+        |_, _| {},
+    )
+    .unwrap();
+    assert!(max_diff(&both[0][0], &half[0]) <= 1 && max_diff(&both[0][1], &half[1]) <= 1);
+    assert!(max_diff(&both[1][0], &flipped[0]) <= 1);
+    // Different strengths cannot share a batch; a wrong-size image and a bad strength are
+    // refused, naming what is wrong.
+    let e = generate_many(
+        &b,
+        &[img2img(1, 10, 0.5, false), img2img(1, 10, 0.7, false)],
+        |_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("strength"), "{e}");
+    let wrong = Request {
+        width: 64,
+        ..img2img(1, 10, 0.5, false)
+    };
+    let e = generate(&b, &wrong, |_, _| {}).unwrap_err().to_string();
+    assert!(e.contains("init image has shape [1, 3, 64, 96]"), "{e}");
+    let e = generate(&b, &img2img(1, 10, 0.0, false), |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("strength 0 is out of range"), "{e}");
 }

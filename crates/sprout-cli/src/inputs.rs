@@ -1,0 +1,34 @@
+//! Input images of `generate`: reading one with a clear error, and resizing it to a canvas.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+
+pub fn open_image(path: &Path, flag: &str) -> Result<image::RgbImage> {
+    Ok(image::ImageReader::open(path)
+        .with_context(|| format!("{flag} {}", path.display()))?
+        .with_guessed_format()?
+        .decode()
+        .with_context(|| format!("{flag} {}: not a readable image", path.display()))?
+        .to_rgb8())
+}
+
+/// `img` resized to `w`×`h` (unchanged when it has that size), as (1, 3, H, W) in [-1, 1].
+pub fn resized(img: &image::RgbImage, w: usize, h: usize) -> Result<Tensor> {
+    let img = if img.dimensions() == (w as u32, h as u32) {
+        img.clone()
+    } else {
+        image::imageops::resize(
+            img,
+            w as u32,
+            h as u32,
+            image::imageops::FilterType::Lanczos3,
+        )
+    };
+    let t = Tensor::from_vec(img.into_raw(), (h, w, 3), &Device::Cpu)?
+        .permute((2, 0, 1))?
+        .unsqueeze(0)?
+        .to_dtype(DType::F32)?;
+    Ok(((t / 127.5)? - 1.0)?)
+}
