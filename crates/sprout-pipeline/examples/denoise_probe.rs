@@ -5,7 +5,8 @@
 //! step (no guidance) and decoded to `OUTDIR/t<t>/<id>.png`; the velocity and x0 errors per
 //! t are printed. `sprout eval --images OUTDIR/t<t>` then scores each noise level.
 //!
-//! `cargo run --release -p sprout-pipeline --example denoise_probe -- MODEL LIST IMGDIR OUTDIR`
+//! `cargo run --release -p sprout-pipeline --example denoise_probe -- MODEL LIST IMGDIR OUTDIR
+//! [T,T,...]`
 //! (ground-truth images: `sprout eval --self-check --save IMGDIR`).
 
 use candle_core::{Device, Tensor};
@@ -18,13 +19,19 @@ use sprout_pipeline::noise::noise_batch;
 
 fn main() -> anyhow::Result<()> {
     let a: Vec<String> = std::env::args().collect();
-    if a.len() != 5 {
-        anyhow::bail!("usage: denoise_probe MODEL LIST IMGDIR OUTDIR");
+    if !(5..=6).contains(&a.len()) {
+        anyhow::bail!("usage: denoise_probe MODEL LIST IMGDIR OUTDIR [T,T,...]");
     }
     let dev = Device::Cpu;
     let b = Bundle::load_dir(std::path::Path::new(&a[1]), &dev)?;
     let list = std::fs::read_to_string(&a[2])?;
-    let ts = [0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9];
+    let ts: Vec<f64> = match a.get(5) {
+        Some(list) => list
+            .split(',')
+            .map(|t| t.parse::<f64>())
+            .collect::<Result<_, _>>()?,
+        None => vec![0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9],
+    };
     let mut err = vec![(0.0f64, 0.0f64, 0usize); ts.len()];
     for line in list.lines() {
         let v: serde_json::Value = serde_json::from_str(line)?;
