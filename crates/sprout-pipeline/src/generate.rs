@@ -1,5 +1,7 @@
 //! Text-to-image generation with a model bundle.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 use sprout_models::ae::DOWNSCALE;
@@ -140,6 +142,17 @@ pub fn generate(
 pub fn generate_many(
     bundle: &Bundle,
     reqs: &[Request],
+    on_step: impl FnMut(usize, usize),
+) -> Result<Vec<Vec<RgbImage>>, PipelineError> {
+    generate_many_cancellable(bundle, reqs, &AtomicBool::new(false), on_step)
+}
+
+/// [`generate_many`] that stops with [`PipelineError::Cancelled`] before the next network
+/// evaluation once `cancel` is set (a server cancels a job whose client went away).
+pub fn generate_many_cancellable(
+    bundle: &Bundle,
+    reqs: &[Request],
+    cancel: &AtomicBool,
     mut on_step: impl FnMut(usize, usize),
 ) -> Result<Vec<Vec<RgbImage>>, PipelineError> {
     let Some(req) = reqs.first() else {
@@ -224,6 +237,9 @@ pub fn generate_many(
     };
     let mut done = 0;
     let velocity = |x: &Tensor, t: f64| -> candle_core::Result<Tensor> {
+        if cancel.load(Ordering::Relaxed) {
+            candle_core::bail!("cancelled");
+        }
         let tokens = patchify(x, p)?;
         let (tokens, rows) = if cfg_on {
             (Tensor::cat(&[&tokens, &tokens], 0)?, 2 * n)
@@ -243,15 +259,15 @@ pub fn generate_many(
         };
         unpatchify(&v, p, h, w)
     };
-    let z = sample(
+    let z = match sample(
         x,
         times,
         req.sampler,
         |x, t| {
-            let v = velocity(x, t);
+            let v = velocity(x, t)?;
             done += 1;
             on_step(done.min(evals), evals);
-            v
+            Ok(v)
         },
         |_, x| {
             if x.abs()?.sum_all()?.to_scalar::<f32>()?.is_finite() {
@@ -260,7 +276,11 @@ pub fn generate_many(
                 candle_core::bail!("latents became NaN during sampling")
             }
         },
-    )?;
+    ) {
+        Ok(z) => z,
+        Err(_) if cancel.load(Ordering::Relaxed) => return Err(PipelineError::Cancelled),
+        Err(e) => return Err(e.into()),
+    };
     let big = h * w > 32 * 32;
     let img = if big {
         bundle.ae.decode_tiled(&z, 16, 4)?

@@ -18,6 +18,9 @@ pub enum PipelineError {
     Weights(String),
     #[error("invalid request: {0}")]
     Request(String),
+    /// The caller's cancel flag was set; sampling stopped between two evaluations.
+    #[error("cancelled")]
+    Cancelled,
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error(transparent)]

@@ -300,3 +300,24 @@ fn img2img_runs_the_last_steps_from_the_noised_image() {
         .to_string();
     assert!(e.contains("strength 0 is out of range"), "{e}");
 }
+
+#[test]
+fn a_set_cancel_flag_stops_sampling_within_one_evaluation() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let b = tiny_bundle();
+    let cancel = AtomicBool::new(false);
+    let mut seen = Vec::new();
+    let e =
+        sprout_pipeline::generate::generate_many_cancellable(&b, &[req(1, 3)], &cancel, |d, _| {
+            seen.push(d);
+            if d == 2 {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        })
+        .unwrap_err();
+    assert!(
+        matches!(e, sprout_pipeline::PipelineError::Cancelled),
+        "{e}"
+    );
+    assert_eq!(seen, vec![1, 2]);
+}
