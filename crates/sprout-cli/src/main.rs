@@ -6,6 +6,7 @@ mod flux_cmd;
 mod generate_cmd;
 mod inputs;
 mod progress;
+mod serve_cmd;
 mod train_cmd;
 mod world_cmd;
 
@@ -36,6 +37,8 @@ enum Command {
     Train(train_cmd::TrainArgs),
     /// Measure step latency, throughput and MFU on this machine.
     Bench(bench_cmd::BenchArgs),
+    /// Serve a model over an OpenAI-compatible HTTP API.
+    Serve(serve_cmd::ServeArgs),
 }
 
 /// Keep freed tensor buffers in the heap instead of returning them to the kernel.
@@ -66,6 +69,7 @@ fn main() {
         Command::Eval(a) => eval_cmd::run(a),
         Command::Train(a) => train_cmd::run(a),
         Command::Bench(a) => bench_cmd::run(a),
+        Command::Serve(a) => serve_cmd::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

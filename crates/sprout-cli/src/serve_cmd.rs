@@ -1,0 +1,72 @@
+//! `sprout serve [--model default|DIR] [--host H] [--port P] [--queue N] [--deadline S]`
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use sprout_server::ServerConfig;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// `default` (embedded) or a model bundle directory.
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on (0 picks a free one; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Jobs that may wait behind the running one; more get HTTP 429.
+    #[arg(long, default_value_t = 16)]
+    pub queue: usize,
+    /// Seconds a job may take from acceptance before it is stopped (HTTP 504).
+    #[arg(long, default_value_t = 600)]
+    pub deadline: u64,
+    /// Largest request body in MiB.
+    #[arg(long, default_value_t = 32)]
+    pub max_body_mib: usize,
+    /// Skip the start-up run at the model's largest size.
+    #[arg(long)]
+    pub no_warmup: bool,
+}
+
+pub fn run(a: ServeArgs) -> Result<()> {
+    let addr: SocketAddr = format!("{}:{}", a.host, a.port)
+        .parse()
+        .with_context(|| format!("--host {:?} --port {}: not an address", a.host, a.port))?;
+    if a.queue == 0 {
+        anyhow::bail!("--queue must be at least 1");
+    }
+    let cfg = ServerConfig {
+        addr,
+        queue_capacity: a.queue,
+        deadline: Duration::from_secs(a.deadline),
+        max_body_bytes: a.max_body_mib << 20,
+        warmup: !a.no_warmup,
+        ..ServerConfig::default()
+    };
+    let bundle = crate::generate_cmd::load_model(&a.model)?;
+    let name = if a.model == "default" {
+        "sprout-default".to_string()
+    } else {
+        bundle.meta.name.clone()
+    };
+    eprintln!("model {name} loaded; warming up at its largest size");
+    let state = Arc::new(sprout_server::start(bundle, &name, cfg)?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        // Tests and scripts read this line to find the port.
+        println!("listening on http://{}", listener.local_addr()?);
+        sprout_server::serve(listener, state, sprout_server::shutdown_signal()).await?;
+        eprintln!("shut down");
+        Ok(())
+    })
+}

@@ -1,0 +1,182 @@
+//! The routes: image generation, models, health and metrics.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use crate::encode::encode;
+use crate::error::ApiError;
+use crate::generations::{check, parse_json, GenerationBody};
+use crate::worker::{Job, JobCtl};
+use crate::AppState;
+
+type St = State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.cfg.max_body_bytes;
+    Router::new()
+        .route("/v1/images/generations", post(generations))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Counts a request in flight for as long as it is handled.
+struct InFlight(Arc<AppState>);
+
+impl InFlight {
+    fn new(s: &Arc<AppState>) -> InFlight {
+        s.metrics.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(s.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.metrics.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Cancels its job when dropped before `disarm`: axum drops a handler whose client has
+/// gone, and the worker then stops the job before its next step.
+struct CancelOnDrop(Option<Arc<JobCtl>>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = &self.0 {
+            c.cancel.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge { limit }
+        } else {
+            ApiError::Invalid {
+                message: format!("the request body could not be read: {e}"),
+                param: None,
+            }
+        }
+    })
+}
+
+async fn generations(State(s): St, body: Result<Bytes, BytesRejection>) -> Response {
+    let _flight = InFlight::new(&s);
+    s.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let t0 = Instant::now();
+    let result = generate_response(&s, body).await;
+    s.metrics.observe("total", t0.elapsed().as_secs_f64());
+    match result {
+        Ok(r) => r,
+        Err(e) => {
+            s.metrics.error(e.label());
+            e.into_response()
+        }
+    }
+}
+
+async fn generate_response(
+    s: &Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body_bytes(body, s.cfg.max_body_bytes)?;
+    let g = check(parse_json::<GenerationBody>(&body)?, s)?;
+    let ctl = JobCtl::new();
+    let (tx, rx) = oneshot::channel();
+    let seed = g.req.seed;
+    let (w, h) = (g.req.width, g.req.height);
+    s.worker.submit(Job {
+        req: g.req,
+        ctl: ctl.clone(),
+        reply: tx,
+    })?;
+    let mut guard = CancelOnDrop(Some(ctl));
+    let images = rx
+        .await
+        .map_err(|_| ApiError::Internal("the worker dropped the job".into()))??;
+    guard.0 = None;
+    let t = Instant::now();
+    let (format, compression) = (g.format, g.compression);
+    let encoded = tokio::task::spawn_blocking(move || {
+        images
+            .iter()
+            .map(|img| encode(img, format, compression))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("encoding task: {e}")))??;
+    s.metrics.observe("encode", t.elapsed().as_secs_f64());
+    if encoded.is_empty() {
+        return Err(ApiError::Internal("the model returned no images".into()));
+    }
+    s.metrics
+        .images
+        .fetch_add(encoded.len() as u64, Ordering::Relaxed);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let data: Vec<_> = encoded
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| json!({"b64_json": b64.encode(bytes), "seed": seed.wrapping_add(i as u64)}))
+        .collect();
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    Ok(Json(json!({
+        "created": created,
+        "data": data,
+        "seed": seed,
+        "size": format!("{w}x{h}"),
+        "output_format": format.name(),
+        "model": s.model,
+    }))
+    .into_response())
+}
+
+async fn models(State(s): St) -> Response {
+    Json(json!({
+        "object": "list",
+        "data": [{"id": s.model, "object": "model", "created": 0, "owned_by": "sprout"}],
+    }))
+    .into_response()
+}
+
+/// Ready when a model is loaded (it is, once the server listens) and the worker is alive.
+async fn health(State(s): St) -> Response {
+    let alive = s.worker.alive();
+    let body = Json(json!({
+        "status": if alive { "ok" } else { "worker stopped" },
+        "model": s.model,
+        "worker_alive": alive,
+        "queue_depth": s.worker.depth(),
+    }));
+    if alive {
+        body.into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+async fn metrics(State(s): St) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(s.worker.depth()),
+    )
+        .into_response()
+}

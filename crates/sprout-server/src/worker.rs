@@ -1,0 +1,198 @@
+//! One worker thread per device runs jobs in order from a bounded queue; a full queue
+//! refuses new jobs at once (429) instead of accepting work it cannot start soon.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use image::RgbImage;
+use sprout_pipeline::bundle::Bundle;
+use sprout_pipeline::generate::{generate_many_cancellable, Request};
+use tokio::sync::oneshot;
+
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+/// What a job's owner and the worker share: cancellation and progress.
+#[derive(Debug)]
+pub struct JobCtl {
+    pub cancel: AtomicBool,
+    pub started: AtomicBool,
+    pub done: AtomicUsize,
+    pub total: AtomicUsize,
+    timed_out: AtomicBool,
+    accepted: Instant,
+}
+
+impl JobCtl {
+    pub fn new() -> Arc<JobCtl> {
+        Arc::new(JobCtl {
+            cancel: AtomicBool::new(false),
+            started: AtomicBool::new(false),
+            done: AtomicUsize::new(0),
+            total: AtomicUsize::new(0),
+            timed_out: AtomicBool::new(false),
+            accepted: Instant::now(),
+        })
+    }
+}
+
+pub type JobResult = Result<Vec<RgbImage>, ApiError>;
+
+pub struct Job {
+    pub req: Request,
+    pub ctl: Arc<JobCtl>,
+    pub reply: oneshot::Sender<JobResult>,
+}
+
+pub struct Worker {
+    tx: SyncSender<Job>,
+    depth: Arc<AtomicUsize>,
+    alive: Arc<AtomicBool>,
+    shutting_down: Arc<AtomicBool>,
+    /// Mean seconds per finished job (exponentially weighted), in milliseconds.
+    job_ms: Arc<AtomicU64>,
+}
+
+/// Clears `alive` when the worker thread ends, however it ends.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Worker {
+    pub fn spawn(
+        bundle: Arc<Bundle>,
+        capacity: usize,
+        deadline: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Worker {
+        let (tx, rx) = sync_channel::<Job>(capacity);
+        let depth = Arc::new(AtomicUsize::new(0));
+        let alive = Arc::new(AtomicBool::new(true));
+        let shutting_down = Arc::new(AtomicBool::new(false));
+        let job_ms = Arc::new(AtomicU64::new(1000));
+        let (d, a, s, j) = (
+            depth.clone(),
+            alive.clone(),
+            shutting_down.clone(),
+            job_ms.clone(),
+        );
+        std::thread::Builder::new()
+            .name("sprout-worker".into())
+            .spawn(move || {
+                let _guard = AliveGuard(a);
+                while let Ok(job) = rx.recv() {
+                    d.fetch_sub(1, Ordering::SeqCst);
+                    let t0 = Instant::now();
+                    let result = if s.load(Ordering::SeqCst) {
+                        Err(ApiError::ShuttingDown)
+                    } else if job.ctl.cancel.load(Ordering::SeqCst) {
+                        Err(ApiError::Cancelled)
+                    } else {
+                        metrics.observe("queue", job.ctl.accepted.elapsed().as_secs_f64());
+                        run(&bundle, &job, deadline)
+                    };
+                    if job.ctl.started.load(Ordering::SeqCst) {
+                        let s = t0.elapsed().as_secs_f64();
+                        metrics.observe("generate", s);
+                        let old = j.load(Ordering::Relaxed) as f64;
+                        j.store((0.8 * old + 0.2 * s * 1000.0) as u64, Ordering::Relaxed);
+                    }
+                    if let Err(ApiError::Cancelled) = &result {
+                        let when = if job.ctl.started.load(Ordering::SeqCst) {
+                            "running"
+                        } else {
+                            "queued"
+                        };
+                        metrics.cancelled(when);
+                    }
+                    // The owner may have gone; its job is then simply dropped.
+                    let _ = job.reply.send(result);
+                }
+            })
+            .expect("spawning the worker thread");
+        Worker {
+            tx,
+            depth,
+            alive,
+            shutting_down,
+            job_ms,
+        }
+    }
+
+    /// Queue a job, or refuse it at once when the queue is full.
+    pub fn submit(&self, job: Job) -> Result<(), ApiError> {
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return Err(ApiError::ShuttingDown);
+        }
+        self.depth.fetch_add(1, Ordering::SeqCst);
+        match self.tx.try_send(job) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.depth.fetch_sub(1, Ordering::SeqCst);
+                match e {
+                    TrySendError::Full(_) => {
+                        let depth = self.depth();
+                        let per_job = self.job_ms.load(Ordering::Relaxed) as f64 / 1000.0;
+                        Err(ApiError::Overloaded {
+                            depth,
+                            retry_after: (per_job * (depth + 1) as f64).ceil().max(1.0) as u64,
+                        })
+                    }
+                    TrySendError::Disconnected(_) => {
+                        Err(ApiError::Internal("the worker thread has stopped".into()))
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn depth(&self) -> usize {
+        self.depth.load(Ordering::SeqCst)
+    }
+
+    pub fn alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+
+    /// Refuse new jobs; jobs still queued are answered 503, the running one finishes.
+    pub fn shut_down(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+}
+
+fn run(bundle: &Bundle, job: &Job, deadline: Duration) -> JobResult {
+    let ctl = &job.ctl;
+    ctl.started.store(true, Ordering::SeqCst);
+    let out = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        generate_many_cancellable(
+            bundle,
+            std::slice::from_ref(&job.req),
+            &ctl.cancel,
+            |done, total| {
+                ctl.done.store(done, Ordering::SeqCst);
+                ctl.total.store(total, Ordering::SeqCst);
+                if ctl.accepted.elapsed() > deadline {
+                    ctl.timed_out.store(true, Ordering::SeqCst);
+                    ctl.cancel.store(true, Ordering::SeqCst);
+                }
+            },
+        )
+    }));
+    match out {
+        Ok(Ok(mut images)) => Ok(images.swap_remove(0)),
+        Ok(Err(sprout_pipeline::PipelineError::Cancelled))
+            if ctl.timed_out.load(Ordering::SeqCst) =>
+        {
+            Err(ApiError::Deadline(deadline.as_secs()))
+        }
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(ApiError::Internal("generation panicked".into())),
+    }
+}

@@ -1,0 +1,271 @@
+//! The server over real HTTP on loopback, with a tiny random model: generation, every kind
+//! of bad input, overload and cancellation.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{json, Value};
+use sprout_server::{AppState, ServerConfig};
+
+struct Server {
+    base: String,
+    state: Arc<AppState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn start(cfg: ServerConfig) -> Server {
+    let mut parts =
+        sprout_pipeline::testing::tiny_bundle(&["a", "red", "circle", "blue"], 1).unwrap();
+    parts.meta.max_side = 512;
+    let bundle = parts.into_bundle(&candle_core::Device::Cpu).unwrap();
+    let state = Arc::new(sprout_server::start(bundle, "tiny", cfg).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(sprout_server::serve(listener, state.clone(), async {
+        let _ = rx.await;
+    }));
+    Server {
+        base,
+        state,
+        stop: Some(tx),
+        task,
+    }
+}
+
+impl Server {
+    async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap())
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let r = reqwest::get(format!("{}{path}", self.base)).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    async fn stop(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn quick() -> ServerConfig {
+    ServerConfig {
+        warmup: true,
+        ..ServerConfig::default()
+    }
+}
+
+fn decode(item: &Value) -> image::RgbImage {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(item["b64_json"].as_str().unwrap())
+        .unwrap();
+    image::load_from_memory(&bytes).unwrap().to_rgb8()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generates_images_with_their_seeds() {
+    let s = start(quick()).await;
+    let (st, v) = s
+        .post(
+            "/v1/images/generations",
+            json!({"prompt": "a red circle", "n": 2, "size": "320x224", "seed": 7, "steps": 2})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["seed"], 7);
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(data[1]["seed"], 8);
+    let second = decode(&data[1]);
+    assert_eq!(second.dimensions(), (320, 224));
+    // Image 1 of seed 7 is image 0 of seed 8, and formats other than PNG work.
+    let (st, v) = s
+        .post(
+            "/v1/images/generations",
+            json!({"prompt": "a red circle", "size": "320x224", "seed": 8, "steps": 2,
+                   "output_format": "webp"})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["output_format"], "webp");
+    assert_eq!(decode(&v["data"][0]), second);
+    let (st, models) = s.get("/v1/models").await;
+    assert_eq!(st, 200);
+    assert!(models.contains("\"id\":\"tiny\""), "{models}");
+    let (_, metrics) = s.get("/metrics").await;
+    assert!(
+        metrics.contains("sprout_images_generated_total 3"),
+        "{metrics}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_right_4xx_and_the_server_stays_healthy() {
+    let s = start(ServerConfig {
+        max_body_bytes: 4096,
+        ..quick()
+    })
+    .await;
+    let p = "/v1/images/generations";
+    let cases: Vec<(String, u16, Option<&str>)> = vec![
+        ("{\"prompt\": ".into(), 400, None),
+        (json!({"prompt": 5}).to_string(), 400, Some("prompt")),
+        (
+            json!({"prompt": "a", "n": "two"}).to_string(),
+            400,
+            Some("n"),
+        ),
+        (json!({"prompt": "a", "n": 0}).to_string(), 400, Some("n")),
+        (json!({"prompt": "a", "n": 11}).to_string(), 400, Some("n")),
+        (
+            json!({"prompt": "a", "size": "7x7"}).to_string(),
+            400,
+            Some("size"),
+        ),
+        (
+            json!({"prompt": "a", "size": "4096x4096"}).to_string(),
+            400,
+            Some("size"),
+        ),
+        (json!({"prompt": ""}).to_string(), 400, Some("prompt")),
+        (json!({"n": 1}).to_string(), 400, Some("prompt")),
+        (
+            json!({"prompt": "a", "model": "dall-e-3"}).to_string(),
+            404,
+            Some("model"),
+        ),
+        (
+            json!({"prompt": "a", "output_format": "gif"}).to_string(),
+            400,
+            Some("output_format"),
+        ),
+        (
+            json!({"prompt": "a", "steps": 0}).to_string(),
+            400,
+            Some("steps"),
+        ),
+        (
+            json!({"prompt": "a", "guidance": -1}).to_string(),
+            400,
+            Some("guidance"),
+        ),
+        (
+            json!({"prompt": "a", "wings": true}).to_string(),
+            400,
+            Some("wings"),
+        ),
+        (json!({"prompt": "x".repeat(5000)}).to_string(), 413, None),
+    ];
+    for (body, want, param) in cases {
+        let (st, v) = s.post(p, body.clone()).await;
+        let short: String = body.chars().take(60).collect();
+        assert_eq!(st, want, "{short}: {v}");
+        let e = &v["error"];
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(e["type"].is_string(), "{v}");
+        if let Some(param) = param {
+            assert_eq!(e["param"], param, "{short}: {v}");
+        }
+    }
+    let (st, v) = s.get("/no/such/route").await;
+    assert_eq!(st, 404, "{v}");
+    let (st, h) = s.get("/health").await;
+    assert_eq!(st, 200, "{h}");
+    let (st, v) = s
+        .post(p, json!({"prompt": "a red circle", "steps": 1}).to_string())
+        .await;
+    assert_eq!(st, 200, "{v}");
+    s.stop().await;
+}
+
+async fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429_and_a_client_that_leaves_cancels_its_job() {
+    let s = start(ServerConfig {
+        queue_capacity: 1,
+        ..quick()
+    })
+    .await;
+    let url = format!("{}/v1/images/generations", s.base);
+    // A long job: many steps at the largest size.
+    let long = json!({"prompt": "a red circle", "size": "512x512", "n": 4, "steps": 1000});
+    let send = |body: Value| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .body(body.to_string())
+                .send()
+                .await
+        })
+    };
+    let metrics = s.state.metrics.clone();
+    let in_flight = || metrics.in_flight.load(std::sync::atomic::Ordering::SeqCst);
+    let a = send(long.clone());
+    wait_until("the first job to start", || {
+        in_flight() == 1 && s.state.worker.depth() == 0
+    })
+    .await;
+    let b = send(long.clone());
+    wait_until("the second job to queue", || s.state.worker.depth() == 1).await;
+    let r = reqwest::Client::new()
+        .post(&url)
+        .body(json!({"prompt": "a red circle"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "queue_full", "{v}");
+    // Both clients leave: the running job stops between two steps and the queued one is
+    // never started, so the worker is soon free for a new request.
+    a.abort();
+    b.abort();
+    wait_until("both handlers to end and the queue to empty", || {
+        in_flight() == 0 && s.state.worker.depth() == 0
+    })
+    .await;
+    let r = reqwest::Client::new()
+        .post(&url)
+        .body(json!({"prompt": "a red circle", "steps": 1}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (_, metrics) = s.get("/metrics").await;
+    assert!(
+        metrics.contains("sprout_errors_total{type=\"overloaded\"} 1"),
+        "{metrics}"
+    );
+    s.stop().await;
+}
