@@ -7,6 +7,7 @@ errors with the right status and parameter.
 import base64
 import struct
 import sys
+import zlib
 
 import openai
 
@@ -17,6 +18,17 @@ client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
 def png_size(data: bytes) -> tuple[int, int]:
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     return struct.unpack(">II", data[16:24])
+
+
+def png(w: int, h: int) -> bytes:
+    """A gray RGB PNG."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + b"\x80" * (3 * w) for _ in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 models = [m.id for m in client.models.list()]
@@ -52,4 +64,18 @@ for kwargs, status, param in [
     else:
         raise AssertionError(f"{kwargs} was accepted")
 
-print("openai client: generation and errors ok")
+# Edits: the upload is read and checked; a text-only model says so by name.
+try:
+    client.images.edit(model=models[0], image=("in.png", png(64, 64), "image/png"), prompt="make it blue")
+except openai.BadRequestError as e:
+    assert e.body["param"] == "model" and models[0] in e.body["message"], e.body
+else:
+    raise AssertionError("a text-only model accepted an edit")
+try:
+    client.images.edit(image=("in.png", b"not an image", "image/png"), prompt="make it blue")
+except openai.BadRequestError as e:
+    assert e.body["param"] == "image[0]", e.body
+else:
+    raise AssertionError("a non-image upload was accepted")
+
+print("openai client: generation, edits and errors ok")

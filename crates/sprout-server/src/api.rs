@@ -15,6 +15,7 @@ use base64::Engine;
 use serde_json::json;
 use tokio::sync::oneshot;
 
+use crate::edits::{self, DecodeLimits};
 use crate::encode::encode;
 use crate::error::ApiError;
 use crate::generations::{check, parse_json, GenerationBody};
@@ -27,6 +28,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.cfg.max_body_bytes;
     Router::new()
         .route("/v1/images/generations", post(generations))
+        .route("/v1/images/edits", post(edits))
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -63,17 +65,15 @@ impl Drop for CancelOnDrop {
     }
 }
 
-fn body_bytes(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
-    body.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge { limit }
-        } else {
-            ApiError::Invalid {
-                message: format!("the request body could not be read: {e}"),
-                param: None,
-            }
+fn body_error(e: BytesRejection, limit: usize) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::TooLarge { limit }
+    } else {
+        ApiError::Invalid {
+            message: format!("the request body could not be read: {e}"),
+            param: None,
         }
-    })
+    }
 }
 
 async fn generations(State(s): St, body: Result<Bytes, BytesRejection>) -> Response {
@@ -95,7 +95,7 @@ async fn generate_response(
     s: &Arc<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body_bytes(body, s.cfg.max_body_bytes)?;
+    let body = body.map_err(|e| body_error(e, s.cfg.max_body_bytes))?;
     let g = check(parse_json::<GenerationBody>(&body)?, s)?;
     let ctl = JobCtl::new();
     let (tx, rx) = oneshot::channel();
@@ -147,6 +147,64 @@ async fn generate_response(
         "model": s.model,
     }))
     .into_response())
+}
+
+async fn edits(State(s): St, req: axum::extract::Request) -> Response {
+    let _flight = InFlight::new(&s);
+    s.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    match edit_response(&s, req).await {
+        Ok(r) => r,
+        Err(e) => {
+            s.metrics.error(e.label());
+            e.into_response()
+        }
+    }
+}
+
+async fn edit_response(
+    s: &Arc<AppState>,
+    req: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    use axum::extract::FromRequest;
+    let lim = DecodeLimits {
+        max_side: s.cfg.max_input_side,
+        max_alloc: s.cfg.max_input_alloc,
+    };
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let inputs = if ct.starts_with("multipart/form-data") {
+        let mp = axum::extract::Multipart::from_request(req, &())
+            .await
+            .map_err(|e| ApiError::Invalid {
+                message: format!("the multipart body could not be read: {}", e.body_text()),
+                param: None,
+            })?;
+        edits::from_multipart(mp, lim, s.cfg.max_body_bytes).await?
+    } else {
+        let body = Bytes::from_request(req, &())
+            .await
+            .map_err(|e| body_error(e, s.cfg.max_body_bytes))?;
+        edits::from_json(parse_json::<edits::JsonEdit>(&body)?, lim)?
+    };
+    if let Some(m) = &inputs.model {
+        if !s.serves(m) {
+            return Err(ApiError::UnknownModel(m.clone()));
+        }
+    }
+    if inputs.prompt.as_deref().is_none_or(|p| p.trim().is_empty()) {
+        return Err(ApiError::invalid("prompt", "prompt is empty"));
+    }
+    Err(ApiError::invalid(
+        "model",
+        format!(
+            "the model {} cannot edit images yet (it draws from text only); use /v1/images/generations",
+            s.model
+        ),
+    ))
 }
 
 async fn models(State(s): St) -> Response {

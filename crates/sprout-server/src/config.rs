@@ -14,6 +14,10 @@ pub struct ServerConfig {
     pub max_prompt_chars: usize,
     /// Most images per request (OpenAI's limit is 10).
     pub max_n: usize,
+    /// Largest side of an uploaded image, in pixels.
+    pub max_input_side: u32,
+    /// Largest decoded size of an uploaded image, in bytes.
+    pub max_input_alloc: u64,
     /// A job still unfinished this long after it was accepted is stopped (504).
     pub deadline: Duration,
     /// Run the largest size once at start, so memory problems show at boot.
@@ -28,6 +32,8 @@ impl Default for ServerConfig {
             max_body_bytes: 32 << 20,
             max_prompt_chars: 4000,
             max_n: 10,
+            max_input_side: 4096,
+            max_input_alloc: 256 << 20,
             deadline: Duration::from_secs(600),
             warmup: true,
         }

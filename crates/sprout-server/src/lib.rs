@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod edits;
 pub mod encode;
 pub mod error;
 pub mod generations;

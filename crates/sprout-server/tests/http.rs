@@ -269,3 +269,138 @@ async fn a_full_queue_answers_429_and_a_client_that_leaves_cancels_its_job() {
     );
     s.stop().await;
 }
+
+/// A PNG that only claims a `w`×`h` canvas (signature, header, end): a decompression bomb's
+/// first bytes.
+fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    fn crc(data: &[u8]) -> u32 {
+        let mut c = 0xFFFF_FFFFu32;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let ihdr = [&w.to_be_bytes()[..], &h.to_be_bytes(), &[8, 2, 0, 0, 0]].concat();
+    for (kind, data) in [(&b"IHDR"[..], ihdr), (&b"IEND"[..], Vec::new())] {
+        out.extend((data.len() as u32).to_be_bytes());
+        let body = [kind, &data].concat();
+        out.extend(&body);
+        out.extend(crc(&body).to_be_bytes());
+    }
+    out
+}
+
+fn png(w: u32, h: u32, alpha: bool) -> Vec<u8> {
+    let img = if alpha {
+        image::DynamicImage::ImageRgba8(image::RgbaImage::new(w, h))
+    } else {
+        image::DynamicImage::ImageRgb8(image::RgbImage::new(w, h))
+    };
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edits_check_every_upload_and_name_the_model_that_cannot_edit() {
+    let s = start(ServerConfig {
+        max_body_bytes: 1 << 20,
+        ..quick()
+    })
+    .await;
+    let url = format!("{}/v1/images/edits", s.base);
+    let part = |bytes: Vec<u8>| reqwest::multipart::Part::bytes(bytes).file_name("x.png");
+    let send = |form: reqwest::multipart::Form| {
+        let url = url.clone();
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap();
+            let st = r.status().as_u16();
+            (st, r.json::<Value>().await.unwrap())
+        }
+    };
+    let form = || reqwest::multipart::Form::new().text("prompt", "make it blue");
+    let cases = vec![
+        (
+            form().part("image", part(png(64, 64, false))),
+            400,
+            "model",
+            "cannot edit images yet",
+        ),
+        (
+            form().part("image", part(b"just text".to_vec())),
+            400,
+            "image[0]",
+            "not an image",
+        ),
+        (
+            form().part("image", part(png_header_only(20000, 20000))),
+            400,
+            "image[0]",
+            "larger than this server accepts",
+        ),
+        (
+            form()
+                .part("image[]", part(png(64, 64, false)))
+                .part("mask", part(png(32, 32, true))),
+            400,
+            "mask",
+            "must have the first image's size",
+        ),
+        (form(), 400, "image", "no image given"),
+        (
+            form().part("image", part(vec![7u8; 2 << 20])),
+            413,
+            "",
+            "larger than the limit",
+        ),
+    ];
+    for (f, want, param, msg) in cases {
+        let (st, v) = send(f).await;
+        assert_eq!(st, want, "{v}");
+        let m = v["error"]["message"].as_str().unwrap();
+        assert!(m.contains(msg), "{m}");
+        if !param.is_empty() {
+            assert_eq!(v["error"]["param"], param, "{v}");
+        }
+    }
+    // The JSON form with a data URL reaches the same model check.
+    let data = base64::engine::general_purpose::STANDARD.encode(png(64, 64, false));
+    let (st, v) = s
+        .post(
+            "/v1/images/edits",
+            json!({"prompt": "make it blue",
+                   "images": [{"image_url": format!("data:image/png;base64,{data}")}]})
+            .to_string(),
+        )
+        .await;
+    assert_eq!((st, &v["error"]["param"]), (400, &json!("model")), "{v}");
+    let (st, v) = s
+        .post(
+            "/v1/images/edits",
+            json!({"prompt": "x", "images": [{"image_url": "https://example.com/a.png"}]})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(
+        (st, &v["error"]["param"]),
+        (400, &json!("images[0]")),
+        "{v}"
+    );
+    let (st, _) = s.get("/health").await;
+    assert_eq!(st, 200);
+    s.stop().await;
+}
