@@ -6,20 +6,22 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use crate::edits::{self, DecodeLimits};
-use crate::encode::encode;
+use crate::encode::{encode, OutputFormat};
 use crate::error::ApiError;
-use crate::generations::{check, parse_json, GenerationBody};
-use crate::worker::{Job, JobCtl};
+use crate::generations::{check, parse_json, Generation, GenerationBody};
+use crate::jobs::Outcome;
+use crate::worker::{Job, JobCtl, JobResult};
 use crate::AppState;
 
 type St = State<Arc<AppState>>;
@@ -29,6 +31,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/images/generations", post(generations))
         .route("/v1/images/edits", post(edits))
+        .route("/v1/jobs", post(create_job))
+        .route("/v1/jobs/{id}", get(get_job))
+        .route("/v1/jobs/{id}/cancel", post(cancel_job))
+        .route("/v1/jobs/{id}/events", get(job_events))
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -97,22 +103,42 @@ async fn generate_response(
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|e| body_error(e, s.cfg.max_body_bytes))?;
     let g = check(parse_json::<GenerationBody>(&body)?, s)?;
+    let (seed, w, h, format) = (g.req.seed, g.req.width, g.req.height, g.format);
+    let (ctl, rx) = submit(s, &g)?;
+    let mut guard = CancelOnDrop(Some(ctl));
+    let encoded = finish(s, rx, g.format, g.compression).await;
+    guard.0 = None;
+    let mut v = images_json(&encoded?, seed, format, &s.model);
+    v["size"] = json!(format!("{w}x{h}"));
+    Ok(Json(v).into_response())
+}
+
+/// Queue a checked generation.
+fn submit(
+    s: &AppState,
+    g: &Generation,
+) -> Result<(Arc<JobCtl>, oneshot::Receiver<JobResult>), ApiError> {
     let ctl = JobCtl::new();
     let (tx, rx) = oneshot::channel();
-    let seed = g.req.seed;
-    let (w, h) = (g.req.width, g.req.height);
     s.worker.submit(Job {
-        req: g.req,
+        req: g.req.clone(),
         ctl: ctl.clone(),
         reply: tx,
     })?;
-    let mut guard = CancelOnDrop(Some(ctl));
+    Ok((ctl, rx))
+}
+
+/// Wait for a job's images and encode them.
+async fn finish(
+    s: &AppState,
+    rx: oneshot::Receiver<JobResult>,
+    format: OutputFormat,
+    compression: u8,
+) -> Result<Vec<Vec<u8>>, ApiError> {
     let images = rx
         .await
         .map_err(|_| ApiError::Internal("the worker dropped the job".into()))??;
-    guard.0 = None;
     let t = Instant::now();
-    let (format, compression) = (g.format, g.compression);
     let encoded = tokio::task::spawn_blocking(move || {
         images
             .iter()
@@ -128,6 +154,96 @@ async fn generate_response(
     s.metrics
         .images
         .fetch_add(encoded.len() as u64, Ordering::Relaxed);
+    Ok(encoded)
+}
+
+async fn create_job(State(s): St, body: Result<Bytes, BytesRejection>) -> Response {
+    s.metrics.requests.fetch_add(1, Ordering::Relaxed);
+    let r = async {
+        let body = body.map_err(|e| body_error(e, s.cfg.max_body_bytes))?;
+        let g = check(parse_json::<GenerationBody>(&body)?, &s)?;
+        let (ctl, rx) = submit(&s, &g)?;
+        let entry = s
+            .jobs
+            .insert(ctl, g.req.seed, (g.req.width, g.req.height), g.format);
+        let (st, e) = (s.clone(), entry.clone());
+        tokio::spawn(async move {
+            let out = match finish(&st, rx, g.format, g.compression).await {
+                Ok(images) => Outcome::Images(images),
+                Err(err) => {
+                    st.metrics.error(err.label());
+                    Outcome::Failed(err)
+                }
+            };
+            e.finish(out);
+        });
+        Ok::<_, ApiError>(entry.view(&s.worker, &s.model))
+    }
+    .await;
+    match r {
+        Ok(v) => (StatusCode::ACCEPTED, Json(v)).into_response(),
+        Err(e) => {
+            s.metrics.error(e.label());
+            e.into_response()
+        }
+    }
+}
+
+async fn get_job(State(s): St, Path(id): Path<String>) -> Response {
+    match s.jobs.get(&id) {
+        Ok(e) => Json(e.view(&s.worker, &s.model)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn cancel_job(State(s): St, Path(id): Path<String>) -> Response {
+    match s.jobs.get(&id) {
+        Ok(e) => {
+            e.ctl.cancel.store(true, Ordering::SeqCst);
+            Json(e.view(&s.worker, &s.model)).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Server-sent events: `progress` whenever the status or step count changes, then one
+/// final event named after the outcome (`succeeded`, `failed`, `cancelled`) with the job.
+async fn job_events(State(s): St, Path(id): Path<String>) -> Response {
+    let entry = match s.jobs.get(&id) {
+        Ok(e) => e,
+        Err(e) => return e.into_response(),
+    };
+    let stream = futures_util::stream::unfold(
+        (entry, s, String::new(), false),
+        |(entry, s, last, ended)| async move {
+            if ended {
+                return None;
+            }
+            loop {
+                let finished = entry.finished();
+                let mut v = entry.view(&s.worker, &s.model);
+                let status = v["status"].as_str().unwrap_or("").to_string();
+                let key = format!("{status}/{}", v["progress"]["done"]);
+                if finished {
+                    let ev = Event::default().event(status).data(v.to_string());
+                    return Some((Ok::<_, std::convert::Infallible>(ev), (entry, s, key, true)));
+                }
+                if key != last {
+                    v.as_object_mut().map(|o| o.remove("result"));
+                    let ev = Event::default().event("progress").data(v.to_string());
+                    return Some((Ok(ev), (entry, s, key, false)));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        },
+    );
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// The OpenAI images response for encoded images whose first seed is `seed`.
+pub fn images_json(encoded: &[Vec<u8>], seed: u64, format: OutputFormat, model: &str) -> Value {
     let b64 = base64::engine::general_purpose::STANDARD;
     let data: Vec<_> = encoded
         .iter()
@@ -138,15 +254,13 @@ async fn generate_response(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    Ok(Json(json!({
+    json!({
         "created": created,
         "data": data,
         "seed": seed,
-        "size": format!("{w}x{h}"),
         "output_format": format.name(),
-        "model": s.model,
-    }))
-    .into_response())
+        "model": model,
+    })
 }
 
 async fn edits(State(s): St, req: axum::extract::Request) -> Response {

@@ -8,6 +8,7 @@ pub mod edits;
 pub mod encode;
 pub mod error;
 pub mod generations;
+pub mod jobs;
 pub mod metrics;
 pub mod worker;
 
@@ -35,6 +36,7 @@ pub struct AppState {
     pub sampler: Sampler,
     pub worker: Worker,
     pub metrics: Arc<Metrics>,
+    pub jobs: jobs::Jobs,
 }
 
 impl AppState {
@@ -90,6 +92,7 @@ pub fn start(bundle: Bundle, model: &str, cfg: ServerConfig) -> Result<AppState,
         sampler,
         worker,
         metrics,
+        jobs: jobs::Jobs::new(std::time::Duration::from_secs(3600)),
     })
 }
 

@@ -22,6 +22,8 @@ pub struct JobCtl {
     pub started: AtomicBool,
     pub done: AtomicUsize,
     pub total: AtomicUsize,
+    /// Order of submission (1, 2, …), for queue positions.
+    pub seq: AtomicU64,
     timed_out: AtomicBool,
     accepted: Instant,
 }
@@ -33,6 +35,7 @@ impl JobCtl {
             started: AtomicBool::new(false),
             done: AtomicUsize::new(0),
             total: AtomicUsize::new(0),
+            seq: AtomicU64::new(0),
             timed_out: AtomicBool::new(false),
             accepted: Instant::now(),
         })
@@ -54,6 +57,11 @@ pub struct Worker {
     shutting_down: Arc<AtomicBool>,
     /// Mean seconds per finished job (exponentially weighted), in milliseconds.
     job_ms: Arc<AtomicU64>,
+    /// Sequence number of the last submitted job, and of the last one the worker took.
+    /// Held while a job is numbered and sent, so numbers follow the queue's order without
+    /// gaps.
+    submitted: std::sync::Mutex<u64>,
+    taken: Arc<AtomicU64>,
 }
 
 /// Clears `alive` when the worker thread ends, however it ends.
@@ -77,17 +85,20 @@ impl Worker {
         let alive = Arc::new(AtomicBool::new(true));
         let shutting_down = Arc::new(AtomicBool::new(false));
         let job_ms = Arc::new(AtomicU64::new(1000));
-        let (d, a, s, j) = (
+        let taken = Arc::new(AtomicU64::new(0));
+        let (d, a, s, j, tk) = (
             depth.clone(),
             alive.clone(),
             shutting_down.clone(),
             job_ms.clone(),
+            taken.clone(),
         );
         std::thread::Builder::new()
             .name("sprout-worker".into())
             .spawn(move || {
                 let _guard = AliveGuard(a);
                 while let Ok(job) = rx.recv() {
+                    tk.store(job.ctl.seq.load(Ordering::SeqCst), Ordering::SeqCst);
                     d.fetch_sub(1, Ordering::SeqCst);
                     let t0 = Instant::now();
                     let result = if s.load(Ordering::SeqCst) {
@@ -123,6 +134,8 @@ impl Worker {
             alive,
             shutting_down,
             job_ms,
+            submitted: std::sync::Mutex::new(0),
+            taken,
         }
     }
 
@@ -131,10 +144,16 @@ impl Worker {
         if self.shutting_down.load(Ordering::SeqCst) {
             return Err(ApiError::ShuttingDown);
         }
+        let mut last = self.submitted.lock().expect("submit lock");
         self.depth.fetch_add(1, Ordering::SeqCst);
+        job.ctl.seq.store(*last + 1, Ordering::SeqCst);
         match self.tx.try_send(job) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                *last += 1;
+                Ok(())
+            }
             Err(e) => {
+                drop(last);
                 self.depth.fetch_sub(1, Ordering::SeqCst);
                 match e {
                     TrySendError::Full(_) => {
@@ -151,6 +170,17 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Jobs ahead of this one plus one (1 = next), or 0 once it has started.
+    pub fn position(&self, ctl: &JobCtl) -> u64 {
+        if ctl.started.load(Ordering::SeqCst) {
+            return 0;
+        }
+        ctl.seq
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.taken.load(Ordering::SeqCst))
+            .max(1)
     }
 
     pub fn depth(&self) -> usize {

@@ -404,3 +404,83 @@ async fn edits_check_every_upload_and_name_the_model_that_cannot_edit() {
     assert_eq!(st, 200);
     s.stop().await;
 }
+
+async fn job(s: &Server, id: &str) -> Value {
+    let (st, v) = s.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(st, 200, "{v}");
+    serde_json::from_str(&v).unwrap()
+}
+
+async fn wait_for_status(s: &Server, id: &str, want: &str) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let v = job(s, id).await;
+        if v["status"] == want {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "job {id} never reached {want}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_report_progress_position_and_results_and_can_be_cancelled() {
+    let s = start(quick()).await;
+    // A quick job followed through its event stream.
+    let (st, v) = s
+        .post(
+            "/v1/jobs",
+            json!({"prompt": "a red circle", "steps": 5, "seed": 3}).to_string(),
+        )
+        .await;
+    assert_eq!(st, 202, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let events = reqwest::get(format!("{}/v1/jobs/{id}/events", s.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let names: Vec<&str> = events
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(names.last(), Some(&"succeeded"), "{events}");
+    assert!(names.len() >= 2 && names[..names.len() - 1].iter().all(|n| *n == "progress"));
+    let done = wait_for_status(&s, &id, "succeeded").await;
+    assert_eq!(done["progress"]["done"], done["progress"]["total"]);
+    assert_eq!(decode(&done["result"]["data"][0]).dimensions(), (256, 256));
+    // The same request through the synchronous endpoint gives the same image.
+    let (_, sync) = s
+        .post(
+            "/v1/images/generations",
+            json!({"prompt": "a red circle", "steps": 5, "seed": 3}).to_string(),
+        )
+        .await;
+    assert_eq!(decode(&sync["data"][0]), decode(&done["result"]["data"][0]));
+
+    // Two long jobs: the second waits at position 1; cancelling stops the first mid-way.
+    let long = json!({"prompt": "a red circle", "size": "512x512", "n": 4, "steps": 1000});
+    let (_, a) = s.post("/v1/jobs", long.to_string()).await;
+    let a = a["id"].as_str().unwrap().to_string();
+    wait_for_status(&s, &a, "running").await;
+    let (_, b) = s.post("/v1/jobs", long.to_string()).await;
+    assert_eq!(b["status"], "queued", "{b}");
+    assert_eq!(b["queue_position"], 1, "{b}");
+    let b = b["id"].as_str().unwrap().to_string();
+    for id in [&a, &b] {
+        let (st, _) = s.post(&format!("/v1/jobs/{id}/cancel"), "").await;
+        assert_eq!(st, 200);
+    }
+    let ca = wait_for_status(&s, &a, "cancelled").await;
+    let total = ca["progress"]["total"].as_u64().unwrap();
+    assert!(ca["progress"]["done"].as_u64().unwrap() < total, "{ca}");
+    let cb = wait_for_status(&s, &b, "cancelled").await;
+    assert_eq!(cb["progress"]["done"], 0, "{cb}");
+    let (st, v) = s.get("/v1/jobs/job_nope").await;
+    assert_eq!(st, 404, "{v}");
+    s.stop().await;
+}

@@ -1,0 +1,141 @@
+//! Asynchronous jobs: `POST /v1/jobs` answers 202 with an id at once; the job's state,
+//! progress, queue position and result are read with `GET /v1/jobs/{id}`, followed live
+//! with `GET /v1/jobs/{id}/events` (server-sent events) and stopped with
+//! `POST /v1/jobs/{id}/cancel`. Finished jobs are kept for a while, then forgotten.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::encode::OutputFormat;
+use crate::error::ApiError;
+use crate::worker::{JobCtl, Worker};
+
+/// How a job ended.
+pub enum Outcome {
+    /// The encoded images.
+    Images(Vec<Vec<u8>>),
+    Failed(ApiError),
+}
+
+pub struct Entry {
+    pub id: String,
+    pub ctl: Arc<JobCtl>,
+    pub created: u64,
+    pub seed: u64,
+    pub size: (u32, u32),
+    pub format: OutputFormat,
+    outcome: Mutex<Option<(Outcome, Instant)>>,
+}
+
+impl Entry {
+    pub fn finish(&self, outcome: Outcome) {
+        *self.outcome.lock().expect("job") = Some((outcome, Instant::now()));
+    }
+
+    pub fn finished(&self) -> bool {
+        self.outcome.lock().expect("job").is_some()
+    }
+
+    /// The job as JSON: status, progress, queue position, and the result or error once done.
+    pub fn view(&self, worker: &Worker, model: &str) -> Value {
+        let done = self.ctl.done.load(Ordering::SeqCst);
+        let total = self.ctl.total.load(Ordering::SeqCst);
+        let mut v = json!({
+            "id": self.id,
+            "object": "image.job",
+            "created": self.created,
+            "model": model,
+            "seed": self.seed,
+            "size": format!("{}x{}", self.size.0, self.size.1),
+            "progress": {"done": done, "total": total},
+        });
+        let outcome = self.outcome.lock().expect("job");
+        let status = match &*outcome {
+            None if self.ctl.started.load(Ordering::SeqCst) => "running",
+            None => {
+                v["queue_position"] = json!(worker.position(&self.ctl));
+                "queued"
+            }
+            Some((Outcome::Images(images), _)) => {
+                v["result"] = crate::api::images_json(images, self.seed, self.format, model);
+                "succeeded"
+            }
+            Some((Outcome::Failed(ApiError::Cancelled), _)) => "cancelled",
+            Some((Outcome::Failed(e), _)) => {
+                v["error"] = json!({"message": e.to_string(), "code": e.label()});
+                "failed"
+            }
+        };
+        v["status"] = json!(status);
+        v
+    }
+}
+
+pub struct Jobs {
+    map: Mutex<HashMap<String, Arc<Entry>>>,
+    next: AtomicU64,
+    /// Finished jobs are forgotten this long after they end.
+    keep: Duration,
+}
+
+impl Jobs {
+    pub fn new(keep: Duration) -> Jobs {
+        Jobs {
+            map: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(1),
+            keep,
+        }
+    }
+
+    pub fn insert(
+        &self,
+        ctl: Arc<JobCtl>,
+        seed: u64,
+        size: (u32, u32),
+        format: OutputFormat,
+    ) -> Arc<Entry> {
+        let n = self.next.fetch_add(1, Ordering::SeqCst);
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let e = Arc::new(Entry {
+            id: format!("job_{n:08}_{:08x}", (created ^ seed.rotate_left(17)) as u32),
+            ctl,
+            created,
+            seed,
+            size,
+            format,
+            outcome: Mutex::new(None),
+        });
+        let mut m = self.map.lock().expect("jobs");
+        let keep = self.keep;
+        m.retain(|_, e| {
+            e.outcome
+                .lock()
+                .expect("job")
+                .as_ref()
+                .is_none_or(|(_, t)| t.elapsed() < keep)
+        });
+        m.insert(e.id.clone(), e.clone());
+        e
+    }
+
+    pub fn get(&self, id: &str) -> Result<Arc<Entry>, ApiError> {
+        self.map
+            .lock()
+            .expect("jobs")
+            .get(id)
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "no job {id:?} (finished jobs are kept for {} s)",
+                    self.keep.as_secs()
+                ))
+            })
+    }
+}
