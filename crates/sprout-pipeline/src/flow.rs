@@ -121,6 +121,10 @@ pub fn sample(
             }
             Sampler::Heun => euler_step(&x, &v, t, tn)?,
         };
+        // Sampling never needs gradients; without this, weights that are trainable
+        // variables would chain every step into one graph, and dropping a graph of
+        // hundreds of steps recurses deep enough to overflow a thread's stack.
+        x = x.detach();
         on_step(i, &x)?;
     }
     Ok(x)
@@ -194,6 +198,31 @@ mod tests {
             let d = sprout_models::ops::max_abs_diff(&out, &x0).unwrap();
             assert!(d < 1e-5, "{sampler:?}: {d}");
         }
+    }
+
+    #[test]
+    fn long_sampling_with_trainable_weights_keeps_no_graph() {
+        // A velocity through a Var records ops; thousands of steps must not build one graph
+        // (whose drop would recurse through every step) even on a small stack.
+        let t = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(|| {
+                let dev = Device::Cpu;
+                let w = candle_core::Var::new(&[0.5f32, -0.25], &dev).unwrap();
+                let x = Tensor::new(&[1f32, 2.], &dev).unwrap();
+                let out = sample(
+                    x,
+                    &schedule(5000, 0.0),
+                    Sampler::Euler,
+                    |x, _| x.mul(w.as_tensor()),
+                    |_, _| Ok(()),
+                )
+                .unwrap();
+                out.to_vec1::<f32>().unwrap()
+            })
+            .unwrap();
+        let v = t.join().expect("no stack overflow");
+        assert!(v.iter().all(|x| x.is_finite()));
     }
 
     #[test]

@@ -29,6 +29,7 @@ type St = State<Arc<AppState>>;
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.cfg.max_body_bytes;
     Router::new()
+        .route("/", get(page))
         .route("/v1/images/generations", post(generations))
         .route("/v1/images/edits", post(edits))
         .route("/v1/jobs", post(create_job))
@@ -319,6 +320,15 @@ async fn edit_response(
             s.model
         ),
     ))
+}
+
+/// The web page: plain HTML, CSS and JavaScript in one file, compiled into the binary.
+async fn page() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        include_str!("page.html"),
+    )
+        .into_response()
 }
 
 async fn models(State(s): St) -> Response {

@@ -1,0 +1,188 @@
+//! The web page in headless Chromium, driven through chromedriver's WebDriver API: type a
+//! prompt, click Generate, watch the progress bar move and the image appear.
+//!
+//! Needs Debian's `chromium` and `chromium-driver`; `.ci/run` installs them and runs this
+//! test with `--ignored`.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sprout_server::ServerConfig;
+
+struct Driver {
+    child: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Driver {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let r = self
+            .http
+            .request(method, url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        assert!(v["value"]["error"].is_null(), "webdriver {path}: {v}");
+        v["value"].clone()
+    }
+
+    async fn script(&self, js: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            json!({"script": js, "args": []}),
+        )
+        .await
+    }
+
+    async fn element(&self, css: &str) -> String {
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "/element",
+                json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        v.as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+async fn start_driver() -> Driver {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(std::env::var("CHROMEDRIVER").unwrap_or("chromedriver".into()))
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver (Debian: apt-get install chromium chromium-driver)");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let t0 = Instant::now();
+    while http.get(format!("{base}/status")).send().await.is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "chromedriver did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let caps = json!({"capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+        "binary": std::env::var("CHROMIUM").unwrap_or("/usr/bin/chromium".into()),
+        "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage", "--window-size=1200,900"]}}}});
+    let v: Value = http
+        .post(format!("{base}/session"))
+        .json(&caps)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let session = v["value"]["sessionId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no session: {v}"))
+        .to_string();
+    Driver {
+        child,
+        base,
+        session,
+        http,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromedriver; .ci/run installs them and runs it"]
+async fn typing_a_prompt_and_clicking_generate_shows_progress_and_the_image() {
+    let mut parts =
+        sprout_pipeline::testing::tiny_bundle(&["a", "red", "circle", "blue"], 1).unwrap();
+    parts.meta.max_side = 512;
+    let bundle = parts.into_bundle(&candle_core::Device::Cpu).unwrap();
+    let state = Arc::new(sprout_server::start(bundle, "tiny", ServerConfig::default()).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(sprout_server::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+
+    let d = start_driver().await;
+    d.call(reqwest::Method::POST, "/url", json!({"url": url}))
+        .await;
+    let prompt = d.element("#prompt").await;
+    d.call(
+        reqwest::Method::POST,
+        &format!("/element/{prompt}/value"),
+        json!({"text": "a red circle"}),
+    )
+    .await;
+    // Enough steps at the largest size that the job runs for a visible while.
+    d.script("document.getElementById('steps').value = '400'; document.getElementById('size').value = '512x512';")
+        .await;
+    let go = d.element("#go").await;
+    d.call(
+        reqwest::Method::POST,
+        &format!("/element/{go}/click"),
+        json!({}),
+    )
+    .await;
+    let mut seen = Vec::new();
+    let t0 = Instant::now();
+    loop {
+        let v = d
+            .script(
+                "const b = document.getElementById('bar'); const img = document.querySelector('#gallery img');
+                 return [b.value, b.max, img ? img.naturalWidth : 0, document.getElementById('status').textContent];",
+            )
+            .await;
+        let (value, max) = (v[0].as_f64().unwrap(), v[1].as_f64().unwrap());
+        seen.push(value / max);
+        if v[2].as_u64().unwrap() > 0 {
+            assert_eq!(v[2], 512, "{v}");
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no image after 120 s; status {:?}",
+            v[3]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The bar passed through values strictly between empty and full while the job ran.
+    assert!(
+        seen.iter().any(|f| *f > 0.0 && *f < 1.0),
+        "the progress bar never moved: {seen:?}"
+    );
+    let caption = d
+        .script("return document.querySelector('#gallery figcaption').textContent;")
+        .await;
+    assert!(
+        caption.as_str().unwrap().contains("a red circle"),
+        "{caption}"
+    );
+}
