@@ -144,17 +144,65 @@ pub fn generate_many(
     reqs: &[Request],
     on_step: impl FnMut(usize, usize),
 ) -> Result<Vec<Vec<RgbImage>>, PipelineError> {
-    generate_many_cancellable(bundle, reqs, &AtomicBool::new(false), on_step)
+    let mut on_step = on_step;
+    generate_many_with(
+        bundle,
+        reqs,
+        Hooks {
+            cancel: &AtomicBool::new(false),
+            on_step: &mut on_step,
+            previews: 0,
+            on_preview: &mut |_, _| {},
+        },
+    )
 }
 
-/// [`generate_many`] that stops with [`PipelineError::Cancelled`] before the next network
-/// evaluation once `cancel` is set (a server cancels a job whose client went away).
-pub fn generate_many_cancellable(
+/// What a caller can do while a generation runs.
+pub struct Hooks<'a> {
+    /// Once set, sampling stops with [`PipelineError::Cancelled`] before the next network
+    /// evaluation (a server cancels a job whose client went away).
+    pub cancel: &'a AtomicBool,
+    /// `(done, total)` network evaluations.
+    pub on_step: &'a mut dyn FnMut(usize, usize),
+    /// How many previews to decode during sampling, evenly spaced over the steps (the last
+    /// step excluded): each is the current prediction of the final images.
+    pub previews: usize,
+    /// `(preview index from 0, images in request order)`.
+    pub on_preview: &'a mut dyn FnMut(usize, Vec<RgbImage>),
+}
+
+/// Steps (0-based) after which `n` previews of an `steps`-step run are decoded.
+pub fn preview_steps(steps: usize, n: usize) -> Vec<usize> {
+    let mut v: Vec<usize> = (1..=n)
+        .map(|k| (k * steps / (n + 1)).max(1) - 1)
+        .filter(|&i| i + 1 < steps)
+        .collect();
+    v.dedup();
+    v
+}
+
+/// Latents to pixels, in tiles for large canvases.
+fn decode(bundle: &Bundle, z: &Tensor) -> Result<Tensor, PipelineError> {
+    let (_, _, h, w) = z.dims4()?;
+    Ok(if h * w > 32 * 32 {
+        bundle.ae.decode_tiled(z, 16, 4)?
+    } else {
+        bundle.ae.decode(z)?
+    })
+}
+
+/// [`generate_many`] with cancellation and previews.
+pub fn generate_many_with(
     bundle: &Bundle,
     reqs: &[Request],
-    cancel: &AtomicBool,
-    mut on_step: impl FnMut(usize, usize),
+    hooks: Hooks<'_>,
 ) -> Result<Vec<Vec<RgbImage>>, PipelineError> {
+    let Hooks {
+        cancel,
+        on_step,
+        previews,
+        on_preview,
+    } = hooks;
     let Some(req) = reqs.first() else {
         return Ok(Vec::new());
     };
@@ -259,6 +307,9 @@ pub fn generate_many_cancellable(
         };
         unpatchify(&v, p, h, w)
     };
+    let at = preview_steps(steps, previews);
+    let last_v = std::cell::RefCell::new(None::<Tensor>);
+    let mut shown = 0;
     let z = match sample(
         x,
         times,
@@ -267,27 +318,31 @@ pub fn generate_many_cancellable(
             let v = velocity(x, t)?;
             done += 1;
             on_step(done.min(evals), evals);
+            *last_v.borrow_mut() = Some(v.clone());
             Ok(v)
         },
-        |_, x| {
-            if x.abs()?.sum_all()?.to_scalar::<f32>()?.is_finite() {
-                Ok(())
-            } else {
+        |i, x| {
+            if !x.abs()?.sum_all()?.to_scalar::<f32>()?.is_finite() {
                 candle_core::bail!("latents became NaN during sampling")
             }
+            if at.contains(&i) {
+                if let Some(v) = last_v.borrow().as_ref() {
+                    // The current prediction of the data: x0 = x_t − t·v.
+                    let x0 = (x - (v * times[i + 1])?)?;
+                    let img = decode(bundle, &x0).map_err(candle_core::Error::wrap)?;
+                    let imgs = to_images(&img).map_err(candle_core::Error::wrap)?;
+                    on_preview(shown, imgs);
+                    shown += 1;
+                }
+            }
+            Ok(())
         },
     ) {
         Ok(z) => z,
         Err(_) if cancel.load(Ordering::Relaxed) => return Err(PipelineError::Cancelled),
         Err(e) => return Err(e.into()),
     };
-    let big = h * w > 32 * 32;
-    let img = if big {
-        bundle.ae.decode_tiled(&z, 16, 4)?
-    } else {
-        bundle.ae.decode(&z)?
-    };
-    let mut images = to_images(&img)?.into_iter();
+    let mut images = to_images(&decode(bundle, &z)?)?.into_iter();
     Ok(reqs
         .iter()
         .map(|r| images.by_ref().take(r.n).collect())

@@ -303,21 +303,60 @@ fn img2img_runs_the_last_steps_from_the_noised_image() {
 
 #[test]
 fn a_set_cancel_flag_stops_sampling_within_one_evaluation() {
+    use sprout_pipeline::generate::{generate_many_with, Hooks};
     use std::sync::atomic::{AtomicBool, Ordering};
     let b = tiny_bundle();
     let cancel = AtomicBool::new(false);
     let mut seen = Vec::new();
-    let e =
-        sprout_pipeline::generate::generate_many_cancellable(&b, &[req(1, 3)], &cancel, |d, _| {
-            seen.push(d);
-            if d == 2 {
-                cancel.store(true, Ordering::Relaxed);
-            }
-        })
-        .unwrap_err();
+    let e = generate_many_with(
+        &b,
+        &[req(1, 3)],
+        Hooks {
+            cancel: &cancel,
+            on_step: &mut |d, _| {
+                seen.push(d);
+                if d == 2 {
+                    cancel.store(true, Ordering::Relaxed);
+                }
+            },
+            previews: 0,
+            on_preview: &mut |_, _| {},
+        },
+    )
+    .unwrap_err();
     assert!(
         matches!(e, sprout_pipeline::PipelineError::Cancelled),
         "{e}"
     );
     assert_eq!(seen, vec![1, 2]);
+}
+
+#[test]
+fn previews_come_between_steps_and_leave_the_result_unchanged() {
+    use sprout_pipeline::generate::{generate_many_with, preview_steps, Hooks};
+    assert_eq!(preview_steps(3, 2), vec![0, 1]);
+    assert_eq!(preview_steps(20, 3), vec![4, 9, 14]);
+    assert_eq!(preview_steps(1, 3), Vec::<usize>::new());
+    assert_eq!(preview_steps(2, 3), vec![0]);
+    let b = tiny_bundle();
+    let plain = generate(&b, &req(2, 3), |_, _| {}).unwrap();
+    let mut previews = Vec::new();
+    let with = generate_many_with(
+        &b,
+        &[req(2, 3)],
+        Hooks {
+            cancel: &std::sync::atomic::AtomicBool::new(false),
+            on_step: &mut |_, _| {},
+            previews: 2,
+            on_preview: &mut |k, imgs| previews.push((k, imgs)),
+        },
+    )
+    .unwrap();
+    assert_eq!(with[0], plain);
+    assert_eq!(previews.len(), 2);
+    for (i, (k, imgs)) in previews.iter().enumerate() {
+        assert_eq!(*k, i);
+        assert_eq!(imgs.len(), 2);
+        assert_eq!(imgs[0].dimensions(), (96, 64));
+    }
 }

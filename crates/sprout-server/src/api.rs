@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine;
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::edits::{self, DecodeLimits};
 use crate::encode::{encode, OutputFormat};
@@ -104,6 +104,9 @@ async fn generate_response(
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|e| body_error(e, s.cfg.max_body_bytes))?;
     let g = check(parse_json::<GenerationBody>(&body)?, s)?;
+    if g.stream {
+        return stream_response(s, g);
+    }
     let (seed, w, h, format) = (g.req.seed, g.req.width, g.req.height, g.format);
     let (ctl, rx) = submit(s, &g)?;
     let mut guard = CancelOnDrop(Some(ctl));
@@ -119,14 +122,89 @@ fn submit(
     s: &AppState,
     g: &Generation,
 ) -> Result<(Arc<JobCtl>, oneshot::Receiver<JobResult>), ApiError> {
+    submit_with_previews(s, g, None)
+}
+
+fn submit_with_previews(
+    s: &AppState,
+    g: &Generation,
+    previews: Option<mpsc::UnboundedSender<(usize, Vec<image::RgbImage>)>>,
+) -> Result<(Arc<JobCtl>, oneshot::Receiver<JobResult>), ApiError> {
     let ctl = JobCtl::new();
     let (tx, rx) = oneshot::channel();
     s.worker.submit(Job {
         req: g.req.clone(),
         ctl: ctl.clone(),
         reply: tx,
+        previews,
+        partial_images: g.partial_images,
     })?;
     Ok((ctl, rx))
+}
+
+/// A streamed generation: `image_generation.partial_image` events with previews, then one
+/// `image_generation.completed` event per image (or one `error` event). The stream holds
+/// the job's cancel guard, so a client that disconnects cancels the job.
+fn stream_response(s: &Arc<AppState>, g: Generation) -> Result<Response, ApiError> {
+    let (ptx, mut prx) = mpsc::unbounded_channel();
+    let (ctl, rx) = submit_with_previews(s, &g, Some(ptx))?;
+    let (etx, erx) = mpsc::unbounded_channel::<Event>();
+    let st = s.clone();
+    let (format, compression) = (g.format, g.compression);
+    let size = format!("{}x{}", g.req.width, g.req.height);
+    tokio::spawn(async move {
+        let now = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        };
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let event = |kind: &str, body: Value| Event::default().event(kind).data(body.to_string());
+        while let Some((k, imgs)) = prx.recv().await {
+            for img in imgs {
+                let Ok(bytes) = encode(&img, format, compression) else {
+                    continue;
+                };
+                let body = json!({"type": "image_generation.partial_image", "b64_json": b64.encode(bytes),
+                    "partial_image_index": k, "created_at": now(), "size": size,
+                    "output_format": format.name()});
+                let _ = etx.send(event("image_generation.partial_image", body));
+            }
+        }
+        // The preview sender is dropped when the job ends; its result is ready.
+        match finish(&st, rx, format, compression).await {
+            Ok(images) => {
+                for (i, bytes) in images.iter().enumerate() {
+                    let body = json!({"type": "image_generation.completed", "b64_json": b64.encode(bytes),
+                        "created_at": now(), "size": size, "output_format": format.name(),
+                        "seed": g.req.seed.wrapping_add(i as u64)});
+                    let _ = etx.send(event("image_generation.completed", body));
+                }
+            }
+            Err(e) => {
+                st.metrics.error(e.label());
+                let body = json!({"type": "error", "error": {"message": e.to_string(), "code": e.label()}});
+                let _ = etx.send(event("error", body));
+            }
+        }
+    });
+    let stream = futures_util::stream::unfold(
+        (erx, CancelOnDrop(Some(ctl))),
+        |(mut erx, mut guard)| async move {
+            match erx.recv().await {
+                Some(ev) => Some((Ok::<_, std::convert::Infallible>(ev), (erx, guard))),
+                None => {
+                    // The job has ended: nothing left to cancel.
+                    guard.0.take();
+                    None
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 /// Wait for a job's images and encode them.
@@ -163,6 +241,12 @@ async fn create_job(State(s): St, body: Result<Bytes, BytesRejection>) -> Respon
     let r = async {
         let body = body.map_err(|e| body_error(e, s.cfg.max_body_bytes))?;
         let g = check(parse_json::<GenerationBody>(&body)?, &s)?;
+        if g.stream {
+            return Err(ApiError::invalid(
+                "stream",
+                "a job is followed with GET /v1/jobs/{id}/events; stream applies to /v1/images/generations",
+            ));
+        }
         let (ctl, rx) = submit(&s, &g)?;
         let entry = s
             .jobs

@@ -39,6 +39,11 @@ pub struct Generation {
     pub req: Request,
     pub format: OutputFormat,
     pub compression: u8,
+    /// Answer with server-sent events (`image_generation.partial_image` previews, then
+    /// `image_generation.completed` per image).
+    pub stream: bool,
+    /// Previews to send while streaming (0–3, as OpenAI).
+    pub partial_images: usize,
 }
 
 /// Parse a JSON body; the error names the offending field where serde knows it.
@@ -167,12 +172,23 @@ pub fn check(body: GenerationBody, state: &AppState) -> Result<Generation, ApiEr
             ))
         }
     };
-    if body.stream == Some(true) || body.partial_images.is_some_and(|p| p != 0) {
-        return Err(ApiError::invalid(
-            "stream",
-            "streamed responses are not served yet; leave stream and partial_images unset",
-        ));
-    }
+    let stream = body.stream.unwrap_or(false);
+    let partial_images = match body.partial_images {
+        None => 0,
+        Some(p) if !(0..=3).contains(&p) => {
+            return Err(ApiError::invalid(
+                "partial_images",
+                format!("partial_images {p} is out of range (0..=3)"),
+            ))
+        }
+        Some(p) if p > 0 && !stream => {
+            return Err(ApiError::invalid(
+                "partial_images",
+                "partial_images needs stream: true",
+            ))
+        }
+        Some(p) => p as usize,
+    };
     let steps = body.steps.unwrap_or(state.default_steps as i64);
     if steps < 1 || steps > MAX_STEPS as i64 {
         return Err(ApiError::invalid(
@@ -201,6 +217,8 @@ pub fn check(body: GenerationBody, state: &AppState) -> Result<Generation, ApiEr
         },
         format,
         compression,
+        stream,
+        partial_images,
     })
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use image::RgbImage;
 use sprout_pipeline::bundle::Bundle;
-use sprout_pipeline::generate::{generate_many_cancellable, Request};
+use sprout_pipeline::generate::{generate_many_with, Hooks, Request};
 use tokio::sync::oneshot;
 
 use crate::error::ApiError;
@@ -48,6 +48,9 @@ pub struct Job {
     pub req: Request,
     pub ctl: Arc<JobCtl>,
     pub reply: oneshot::Sender<JobResult>,
+    /// Where previews go (index, images), and how many are wanted.
+    pub previews: Option<tokio::sync::mpsc::UnboundedSender<(usize, Vec<RgbImage>)>>,
+    pub partial_images: usize,
 }
 
 pub struct Worker {
@@ -201,17 +204,26 @@ fn run(bundle: &Bundle, job: &Job, deadline: Duration) -> JobResult {
     let ctl = &job.ctl;
     ctl.started.store(true, Ordering::SeqCst);
     let out = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        generate_many_cancellable(
+        let mut preview = |k: usize, imgs: Vec<RgbImage>| {
+            if let Some(tx) = &job.previews {
+                let _ = tx.send((k, imgs));
+            }
+        };
+        generate_many_with(
             bundle,
             std::slice::from_ref(&job.req),
-            &ctl.cancel,
-            |done, total| {
-                ctl.done.store(done, Ordering::SeqCst);
-                ctl.total.store(total, Ordering::SeqCst);
-                if ctl.accepted.elapsed() > deadline {
-                    ctl.timed_out.store(true, Ordering::SeqCst);
-                    ctl.cancel.store(true, Ordering::SeqCst);
-                }
+            Hooks {
+                cancel: &ctl.cancel,
+                on_step: &mut |done, total| {
+                    ctl.done.store(done, Ordering::SeqCst);
+                    ctl.total.store(total, Ordering::SeqCst);
+                    if ctl.accepted.elapsed() > deadline {
+                        ctl.timed_out.store(true, Ordering::SeqCst);
+                        ctl.cancel.store(true, Ordering::SeqCst);
+                    }
+                },
+                previews: job.previews.as_ref().map_or(0, |_| job.partial_images),
+                on_preview: &mut preview,
             },
         )
     }));

@@ -484,3 +484,66 @@ async fn jobs_report_progress_position_and_results_and_can_be_cancelled() {
     assert_eq!(st, 404, "{v}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_generation_sends_previews_then_the_images() {
+    let s = start(quick()).await;
+    let body = json!({"prompt": "a red circle", "n": 2, "steps": 8, "seed": 4,
+                      "stream": true, "partial_images": 2});
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/images/generations", s.base))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let text = r.text().await.unwrap();
+    let events: Vec<(String, Value)> = text
+        .split("\n\n")
+        .filter_map(|block| {
+            let kind = block.lines().find_map(|l| l.strip_prefix("event: "))?;
+            let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
+            Some((kind.to_string(), serde_json::from_str(data).unwrap()))
+        })
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    // Two previews of two images each, then two completed images.
+    assert_eq!(
+        kinds,
+        vec![
+            "image_generation.partial_image",
+            "image_generation.partial_image",
+            "image_generation.partial_image",
+            "image_generation.partial_image",
+            "image_generation.completed",
+            "image_generation.completed"
+        ],
+        "{text}"
+    );
+    assert_eq!(events[2].1["partial_image_index"], 1);
+    // The completed images are the ones the plain request gives.
+    let mut plain = body.clone();
+    plain.as_object_mut().unwrap().remove("stream");
+    plain.as_object_mut().unwrap().remove("partial_images");
+    let (_, v) = s.post("/v1/images/generations", plain.to_string()).await;
+    for i in 0..2 {
+        assert_eq!(decode(&events[4 + i].1), decode(&v["data"][i]));
+    }
+    assert_eq!(decode(&events[0].1).dimensions(), (256, 256));
+    let (st, v) = s
+        .post(
+            "/v1/images/generations",
+            json!({"prompt": "a", "partial_images": 2}).to_string(),
+        )
+        .await;
+    assert_eq!(
+        (st, &v["error"]["param"]),
+        (400, &json!("partial_images")),
+        "{v}"
+    );
+    s.stop().await;
+}
