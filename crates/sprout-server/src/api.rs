@@ -107,6 +107,12 @@ async fn generate_response(
     if g.stream {
         return stream_response(s, g);
     }
+    if g.partial_images > 0 {
+        return Err(ApiError::invalid(
+            "partial_images",
+            "partial_images needs stream: true (or use /v1/jobs and its events)",
+        ));
+    }
     let (seed, w, h, format) = (g.req.seed, g.req.width, g.req.height, g.format);
     let (ctl, rx) = submit(s, &g)?;
     let mut guard = CancelOnDrop(Some(ctl));
@@ -244,15 +250,27 @@ async fn create_job(State(s): St, body: Result<Bytes, BytesRejection>) -> Respon
         if g.stream {
             return Err(ApiError::invalid(
                 "stream",
-                "a job is followed with GET /v1/jobs/{id}/events; stream applies to /v1/images/generations",
+                "a job is followed with GET /v1/jobs/{id}/events (previews with partial_images); stream applies to /v1/images/generations",
             ));
         }
-        let (ctl, rx) = submit(&s, &g)?;
+        let (ptx, mut prx) = mpsc::unbounded_channel::<(usize, Vec<image::RgbImage>)>();
+        let previews = (g.partial_images > 0).then_some(ptx);
+        let (ctl, rx) = submit_with_previews(&s, &g, previews)?;
         let entry = s
             .jobs
             .insert(ctl, g.req.seed, (g.req.width, g.req.height), g.format);
         let (st, e) = (s.clone(), entry.clone());
         tokio::spawn(async move {
+            // Previews until the job ends (the worker drops the sender with the job).
+            while let Some((k, imgs)) = prx.recv().await {
+                let encoded: Result<Vec<_>, _> = imgs
+                    .iter()
+                    .map(|img| encode(img, g.format, g.compression))
+                    .collect();
+                if let Ok(encoded) = encoded {
+                    e.set_preview(k, encoded);
+                }
+            }
             let out = match finish(&st, rx, g.format, g.compression).await {
                 Ok(images) => Outcome::Images(images),
                 Err(err) => {
@@ -291,32 +309,43 @@ async fn cancel_job(State(s): St, Path(id): Path<String>) -> Response {
     }
 }
 
-/// Server-sent events: `progress` whenever the status or step count changes, then one
-/// final event named after the outcome (`succeeded`, `failed`, `cancelled`) with the job.
+/// Server-sent events: `progress` whenever the status or step count changes, `preview` with
+/// each new preview (jobs created with `partial_images`), then one final event named after
+/// the outcome (`succeeded`, `failed`, `cancelled`) with the job.
 async fn job_events(State(s): St, Path(id): Path<String>) -> Response {
     let entry = match s.jobs.get(&id) {
         Ok(e) => e,
         Err(e) => return e.into_response(),
     };
     let stream = futures_util::stream::unfold(
-        (entry, s, String::new(), false),
-        |(entry, s, last, ended)| async move {
+        (entry, s, String::new(), false, None::<u64>),
+        |(entry, s, last, ended, shown)| async move {
             if ended {
                 return None;
             }
             loop {
+                if let Some(p) = entry.preview() {
+                    let k = p["index"].as_u64();
+                    if k != shown && !entry.finished() {
+                        let ev = Event::default().event("preview").data(p.to_string());
+                        return Some((Ok(ev), (entry, s, last, false, k)));
+                    }
+                }
                 let finished = entry.finished();
                 let mut v = entry.view(&s.worker, &s.model);
                 let status = v["status"].as_str().unwrap_or("").to_string();
                 let key = format!("{status}/{}", v["progress"]["done"]);
                 if finished {
                     let ev = Event::default().event(status).data(v.to_string());
-                    return Some((Ok::<_, std::convert::Infallible>(ev), (entry, s, key, true)));
+                    return Some((
+                        Ok::<_, std::convert::Infallible>(ev),
+                        (entry, s, key, true, shown),
+                    ));
                 }
                 if key != last {
                     v.as_object_mut().map(|o| o.remove("result"));
                     let ev = Event::default().event("progress").data(v.to_string());
-                    return Some((Ok(ev), (entry, s, key, false)));
+                    return Some((Ok(ev), (entry, s, key, false, shown)));
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }

@@ -181,12 +181,6 @@ pub fn check(body: GenerationBody, state: &AppState) -> Result<Generation, ApiEr
                 format!("partial_images {p} is out of range (0..=3)"),
             ))
         }
-        Some(p) if p > 0 && !stream => {
-            return Err(ApiError::invalid(
-                "partial_images",
-                "partial_images needs stream: true",
-            ))
-        }
         Some(p) => p as usize,
     };
     let steps = body.steps.unwrap_or(state.default_steps as i64);

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::encode::OutputFormat;
@@ -29,11 +30,29 @@ pub struct Entry {
     pub size: (u32, u32),
     pub format: OutputFormat,
     outcome: Mutex<Option<(Outcome, Instant)>>,
+    /// The latest preview (index, encoded images), when previews were asked for.
+    preview: Mutex<Option<(usize, Vec<Vec<u8>>)>>,
 }
 
 impl Entry {
     pub fn finish(&self, outcome: Outcome) {
         *self.outcome.lock().expect("job") = Some((outcome, Instant::now()));
+    }
+
+    pub fn set_preview(&self, index: usize, images: Vec<Vec<u8>>) {
+        *self.preview.lock().expect("job") = Some((index, images));
+    }
+
+    /// The latest preview as `{"index", "data": [{"b64_json"}]}`.
+    pub fn preview(&self) -> Option<Value> {
+        let p = self.preview.lock().expect("job");
+        let (k, images) = p.as_ref()?;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        Some(json!({
+            "index": k,
+            "output_format": self.format.name(),
+            "data": images.iter().map(|b| json!({"b64_json": b64.encode(b)})).collect::<Vec<_>>(),
+        }))
     }
 
     pub fn finished(&self) -> bool {
@@ -111,6 +130,7 @@ impl Jobs {
             size,
             format,
             outcome: Mutex::new(None),
+            preview: Mutex::new(None),
         });
         let mut m = self.map.lock().expect("jobs");
         let keep = self.keep;

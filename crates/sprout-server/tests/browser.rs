@@ -152,16 +152,20 @@ async fn typing_a_prompt_and_clicking_generate_shows_progress_and_the_image() {
     )
     .await;
     let mut seen = Vec::new();
+    let mut preview_seen = false;
     let t0 = Instant::now();
     loop {
         let v = d
             .script(
                 "const b = document.getElementById('bar'); const img = document.querySelector('#gallery img');
-                 return [b.value, b.max, img ? img.naturalWidth : 0, document.getElementById('status').textContent];",
+                 const live = document.getElementById('live');
+                 return [b.value, b.max, img ? img.naturalWidth : 0, document.getElementById('status').textContent,
+                         !live.hidden && live.naturalWidth > 0];",
             )
             .await;
         let (value, max) = (v[0].as_f64().unwrap(), v[1].as_f64().unwrap());
         seen.push(value / max);
+        preview_seen |= v[4].as_bool().unwrap_or(false);
         if v[2].as_u64().unwrap() > 0 {
             assert_eq!(v[2], 512, "{v}");
             break;
@@ -178,6 +182,7 @@ async fn typing_a_prompt_and_clicking_generate_shows_progress_and_the_image() {
         seen.iter().any(|f| *f > 0.0 && *f < 1.0),
         "the progress bar never moved: {seen:?}"
     );
+    assert!(preview_seen, "no live preview was shown");
     let caption = d
         .script("return document.querySelector('#gallery figcaption').textContent;")
         .await;

@@ -362,7 +362,8 @@ async fn edits_check_every_upload_and_name_the_model_that_cannot_edit() {
         ),
         (form(), 400, "image", "no image given"),
         (
-            form().part("image", part(vec![7u8; 2 << 20])),
+            // Just over the limit, so the client has sent it all before the server answers.
+            form().part("image", part(vec![7u8; (1 << 20) + (16 << 10)])),
             413,
             "",
             "larger than the limit",
@@ -429,11 +430,12 @@ async fn wait_for_status(s: &Server, id: &str, want: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_report_progress_position_and_results_and_can_be_cancelled() {
     let s = start(quick()).await;
-    // A quick job followed through its event stream.
+    // A job followed through its event stream, with previews.
     let (st, v) = s
         .post(
             "/v1/jobs",
-            json!({"prompt": "a red circle", "steps": 5, "seed": 3}).to_string(),
+            json!({"prompt": "a red circle", "steps": 300, "seed": 3, "partial_images": 2})
+                .to_string(),
         )
         .await;
     assert_eq!(st, 202, "{v}");
@@ -449,7 +451,15 @@ async fn jobs_report_progress_position_and_results_and_can_be_cancelled() {
         .filter_map(|l| l.strip_prefix("event: "))
         .collect();
     assert_eq!(names.last(), Some(&"succeeded"), "{events}");
-    assert!(names.len() >= 2 && names[..names.len() - 1].iter().all(|n| *n == "progress"));
+    let body = &names[..names.len() - 1];
+    assert!(body.iter().all(|n| *n == "progress" || *n == "preview"));
+    assert!(body.contains(&"progress"), "{names:?}");
+    let first_preview = events
+        .lines()
+        .find_map(|l| l.strip_prefix("data: ").filter(|d| d.contains("\"index\"")))
+        .unwrap_or_else(|| panic!("no preview event: {names:?}"));
+    let p: Value = serde_json::from_str(first_preview).unwrap();
+    assert_eq!(decode(&p["data"][0]).dimensions(), (256, 256));
     let done = wait_for_status(&s, &id, "succeeded").await;
     assert_eq!(done["progress"]["done"], done["progress"]["total"]);
     assert_eq!(decode(&done["result"]["data"][0]).dimensions(), (256, 256));
@@ -457,7 +467,7 @@ async fn jobs_report_progress_position_and_results_and_can_be_cancelled() {
     let (_, sync) = s
         .post(
             "/v1/images/generations",
-            json!({"prompt": "a red circle", "steps": 5, "seed": 3}).to_string(),
+            json!({"prompt": "a red circle", "steps": 300, "seed": 3}).to_string(),
         )
         .await;
     assert_eq!(decode(&sync["data"][0]), decode(&done["result"]["data"][0]));
