@@ -7,6 +7,7 @@ errors with the right status and parameter.
 import base64
 import struct
 import sys
+import urllib.request
 import zlib
 
 import openai
@@ -49,6 +50,11 @@ again = client.images.generate(
     model=models[0], prompt="a red circle", size="256x256", extra_body={"seed": 6, "steps": 2}
 )
 assert again.data[0].b64_json == r.data[1].b64_json, "image 1 of seed 5 is image 0 of seed 6"
+by_url = client.images.generate(
+    model=models[0], prompt="a red circle", response_format="url", extra_body={"seed": 6, "steps": 2}
+)
+with urllib.request.urlopen(by_url.data[0].url) as f:
+    assert base64.b64encode(f.read()).decode() == again.data[0].b64_json, "the URL serves the same image"
 
 for kwargs, status, param in [
     (dict(prompt="a red circle", n=0), 400, "n"),

@@ -32,6 +32,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(page))
         .route("/v1/images/generations", post(generations))
         .route("/v1/images/edits", post(edits))
+        .route("/v1/images/files/{name}", get(stored_image))
         .route("/v1/jobs", post(create_job))
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
@@ -83,11 +84,20 @@ fn body_error(e: BytesRejection, limit: usize) -> ApiError {
     }
 }
 
-async fn generations(State(s): St, body: Result<Bytes, BytesRejection>) -> Response {
+async fn generations(
+    State(s): St,
+    headers: axum::http::HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let _flight = InFlight::new(&s);
     s.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let t0 = Instant::now();
-    let result = generate_response(&s, body).await;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| s.cfg.addr.to_string());
+    let result = generate_response(&s, &host, body).await;
     s.metrics.observe("total", t0.elapsed().as_secs_f64());
     match result {
         Ok(r) => r,
@@ -100,6 +110,7 @@ async fn generations(State(s): St, body: Result<Bytes, BytesRejection>) -> Respo
 
 async fn generate_response(
     s: &Arc<AppState>,
+    host: &str,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|e| body_error(e, s.cfg.max_body_bytes))?;
@@ -118,8 +129,26 @@ async fn generate_response(
     let mut guard = CancelOnDrop(Some(ctl));
     let encoded = finish(s, rx, g.format, g.compression).await;
     guard.0 = None;
-    let mut v = images_json(&encoded?, seed, format, &s.model);
+    let encoded = encoded?;
+    let mut v = images_json(&encoded, seed, format, &s.model);
     v["size"] = json!(format!("{w}x{h}"));
+    if g.url {
+        for (item, bytes) in v["data"]
+            .as_array_mut()
+            .expect("data")
+            .iter_mut()
+            .zip(encoded)
+        {
+            let name = s.store.put(bytes, format);
+            let o = item.as_object_mut().expect("item");
+            o.remove("b64_json");
+            o.insert(
+                "url".into(),
+                json!(format!("http://{host}/v1/images/files/{name}")),
+            );
+        }
+        v["expires_in"] = json!(s.store.ttl().as_secs());
+    }
     Ok(Json(v).into_response())
 }
 
@@ -433,6 +462,21 @@ async fn edit_response(
             s.model
         ),
     ))
+}
+
+async fn stored_image(State(s): St, Path(name): Path<String>) -> Response {
+    match s.store.get(&name) {
+        Some((bytes, format)) => (
+            [(header::CONTENT_TYPE, format!("image/{}", format.name()))],
+            bytes,
+        )
+            .into_response(),
+        None => ApiError::NotFound(format!(
+            "no image {name:?} (stored images expire after {} s)",
+            s.store.ttl().as_secs()
+        ))
+        .into_response(),
+    }
 }
 
 /// The web page: plain HTML, CSS and JavaScript in one file, compiled into the binary.

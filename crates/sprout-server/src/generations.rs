@@ -44,6 +44,8 @@ pub struct Generation {
     pub stream: bool,
     /// Previews to send while streaming (0–3, as OpenAI).
     pub partial_images: usize,
+    /// Answer with URLs of stored images instead of base64.
+    pub url: bool,
 }
 
 /// Parse a JSON body; the error names the offending field where serde knows it.
@@ -146,21 +148,16 @@ pub fn check(body: GenerationBody, state: &AppState) -> Result<Generation, ApiEr
         ));
     }
     let (width, height) = parse_size(body.size.as_deref(), state.max_side)?;
-    match body.response_format.as_deref() {
-        None | Some("b64_json") => {}
-        Some("url") => {
-            return Err(ApiError::invalid(
-                "response_format",
-                "response_format url is not served yet; use b64_json",
-            ))
-        }
+    let url = match body.response_format.as_deref() {
+        None | Some("b64_json") => false,
+        Some("url") => true,
         Some(other) => {
             return Err(ApiError::invalid(
                 "response_format",
                 format!("response_format {other:?} is not one of b64_json, url"),
             ))
         }
-    }
+    };
     let format = OutputFormat::parse(body.output_format.as_deref())?;
     let compression = match body.output_compression {
         None => 100,
@@ -213,6 +210,7 @@ pub fn check(body: GenerationBody, state: &AppState) -> Result<Generation, ApiEr
         compression,
         stream,
         partial_images,
+        url,
     })
 }
 

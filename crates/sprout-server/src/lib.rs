@@ -10,6 +10,7 @@ pub mod error;
 pub mod generations;
 pub mod jobs;
 pub mod metrics;
+pub mod store;
 pub mod worker;
 
 use std::future::Future;
@@ -37,6 +38,8 @@ pub struct AppState {
     pub worker: Worker,
     pub metrics: Arc<Metrics>,
     pub jobs: jobs::Jobs,
+    /// Images answered by URL.
+    pub store: store::Store,
 }
 
 impl AppState {
@@ -93,6 +96,7 @@ pub fn start(bundle: Bundle, model: &str, cfg: ServerConfig) -> Result<AppState,
         worker,
         metrics,
         jobs: jobs::Jobs::new(std::time::Duration::from_secs(3600)),
+        store: store::Store::new(std::time::Duration::from_secs(3600), 512 << 20),
     })
 }
 

@@ -102,12 +102,29 @@ async fn generates_images_with_their_seeds() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["output_format"], "webp");
     assert_eq!(decode(&v["data"][0]), second);
+    // By URL: the stored file is the same image.
+    let (st, v) = s
+        .post(
+            "/v1/images/generations",
+            json!({"prompt": "a red circle", "size": "320x224", "seed": 8, "steps": 2,
+                   "response_format": "url"})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["data"][0]["b64_json"].is_null() && v["expires_in"].as_u64() > Some(0));
+    let url = v["data"][0]["url"].as_str().unwrap();
+    assert!(url.starts_with(&s.base), "{url}");
+    let bytes = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+    assert_eq!(image::load_from_memory(&bytes).unwrap().to_rgb8(), second);
+    let (st, _) = s.get("/v1/images/files/0123.png").await;
+    assert_eq!(st, 404);
     let (st, models) = s.get("/v1/models").await;
     assert_eq!(st, 200);
     assert!(models.contains("\"id\":\"tiny\""), "{models}");
     let (_, metrics) = s.get("/metrics").await;
     assert!(
-        metrics.contains("sprout_images_generated_total 3"),
+        metrics.contains("sprout_images_generated_total 4"),
         "{metrics}"
     );
     s.stop().await;
