@@ -27,6 +27,16 @@ pub struct ServeArgs {
     /// Largest request body in MiB.
     #[arg(long, default_value_t = 32)]
     pub max_body_mib: usize,
+    /// Longest prompt in characters.
+    #[arg(long, default_value_t = 4000)]
+    pub max_prompt_chars: usize,
+    /// Most images per request.
+    #[arg(long, default_value_t = 10)]
+    pub max_n: usize,
+    /// Largest side of an uploaded image in pixels (larger uploads are refused from their
+    /// header, before decoding).
+    #[arg(long, default_value_t = 4096)]
+    pub max_input_side: u32,
     /// Skip the start-up run at the model's largest size.
     #[arg(long)]
     pub no_warmup: bool,
@@ -39,11 +49,19 @@ pub fn run(a: ServeArgs) -> Result<()> {
     if a.queue == 0 {
         anyhow::bail!("--queue must be at least 1");
     }
+    if a.max_n == 0 || a.max_prompt_chars == 0 || a.max_input_side == 0 || a.max_body_mib == 0 {
+        anyhow::bail!(
+            "--max-n, --max-prompt-chars, --max-input-side and --max-body-mib must be at least 1"
+        );
+    }
     let cfg = ServerConfig {
         addr,
         queue_capacity: a.queue,
         deadline: Duration::from_secs(a.deadline),
         max_body_bytes: a.max_body_mib << 20,
+        max_prompt_chars: a.max_prompt_chars,
+        max_n: a.max_n,
+        max_input_side: a.max_input_side,
         warmup: !a.no_warmup,
         ..ServerConfig::default()
     };
