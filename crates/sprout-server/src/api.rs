@@ -99,13 +99,15 @@ async fn generations(
         .unwrap_or_else(|| s.cfg.addr.to_string());
     let result = generate_response(&s, &host, body).await;
     s.metrics.observe("total", t0.elapsed().as_secs_f64());
-    match result {
-        Ok(r) => r,
-        Err(e) => {
-            s.metrics.error(e.label());
-            e.into_response()
-        }
-    }
+    answer(&s, result)
+}
+
+/// The response, or the error's (counted by type in the metrics).
+fn answer(s: &AppState, result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(|e| {
+        s.metrics.error(e.label());
+        e.into_response()
+    })
 }
 
 async fn generate_response(
@@ -309,16 +311,10 @@ async fn create_job(State(s): St, body: Result<Bytes, BytesRejection>) -> Respon
             };
             e.finish(out);
         });
-        Ok::<_, ApiError>(entry.view(&s.worker, &s.model))
+        Ok::<_, ApiError>((StatusCode::ACCEPTED, Json(entry.view(&s.worker, &s.model))).into_response())
     }
     .await;
-    match r {
-        Ok(v) => (StatusCode::ACCEPTED, Json(v)).into_response(),
-        Err(e) => {
-            s.metrics.error(e.label());
-            e.into_response()
-        }
-    }
+    answer(&s, r)
 }
 
 async fn get_job(State(s): St, Path(id): Path<String>) -> Response {
@@ -409,13 +405,7 @@ pub fn images_json(encoded: &[Vec<u8>], seed: u64, format: OutputFormat, model: 
 async fn edits(State(s): St, req: axum::extract::Request) -> Response {
     let _flight = InFlight::new(&s);
     s.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    match edit_response(&s, req).await {
-        Ok(r) => r,
-        Err(e) => {
-            s.metrics.error(e.label());
-            e.into_response()
-        }
-    }
+    answer(&s, edit_response(&s, req).await)
 }
 
 async fn edit_response(
