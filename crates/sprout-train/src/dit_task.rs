@@ -218,8 +218,9 @@ impl Task for DitTask {
                 group.len(),
                 &dev,
             )?;
-            let caps: Vec<String> = group.iter().map(|&i| captions[i].clone()).collect();
-            let emb = sprout_models::text::TextEncoder::encode(&self.text, &caps, &dev)?;
+            let group_ids: Vec<Vec<u32>> = group.iter().map(|&i| ids[i].clone()).collect();
+            let len = group.iter().map(|&i| lens[i]).max().unwrap_or(0).max(1);
+            let emb = self.text.forward_ids(&group_ids, len, &dev)?;
             let txt_ids = text_ids(emb.states.dim(1)?, &dev)?;
             let img = patchify(&xt.index_select(&idx, 0)?, p)?;
             let tg = t.index_select(&idx, 0)?;
