@@ -29,9 +29,10 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> std::io::Result<(u1
 #[test]
 fn sigterm_finishes_the_running_job_then_exits() {
     let model = tempfile::tempdir().unwrap();
-    let mut parts = sprout_pipeline::testing::tiny_bundle(&["a", "red", "circle"], 1).unwrap();
-    parts.meta.max_side = 512;
-    parts.write_dir(model.path()).unwrap();
+    sprout_pipeline::testing::tiny_serving_bundle()
+        .unwrap()
+        .write_dir(model.path())
+        .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_sprout"))
         .args([
             "serve",

@@ -5,9 +5,7 @@ fn main() -> anyhow::Result<()> {
     let Some(dir) = std::env::args().nth(1) else {
         anyhow::bail!("usage: tiny_bundle DIR");
     };
-    let mut parts = sprout_pipeline::testing::tiny_bundle(&["a", "red", "circle", "blue"], 1)?;
-    parts.meta.max_side = 512;
-    parts.write_dir(std::path::Path::new(&dir))?;
+    sprout_pipeline::testing::tiny_serving_bundle()?.write_dir(std::path::Path::new(&dir))?;
     println!("wrote a tiny random model to {dir}");
     Ok(())
 }

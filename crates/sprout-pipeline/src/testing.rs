@@ -23,6 +23,13 @@ fn tensors(vm: &VarMap) -> HashMap<String, Tensor> {
         .collect()
 }
 
+/// The tiny bundle that checks of `sprout serve` run: a few words, canvases up to 512².
+pub fn tiny_serving_bundle() -> Result<BundleParts, PipelineError> {
+    let mut parts = tiny_bundle(&["a", "red", "circle", "blue"], 1)?;
+    parts.meta.max_side = 512;
+    Ok(parts)
+}
+
 /// A tiny bundle (`DitConfig::tiny`, `AeConfig::tiny`, `TextConfig::tiny`) over `words`,
 /// seeded by `seed`. The DiT's weights get seeded noise on top of their initialisation
 /// (whose zero adaLN gates would make every output ignore the prompt), so images depend

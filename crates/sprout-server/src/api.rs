@@ -190,12 +190,6 @@ fn stream_response(s: &Arc<AppState>, g: Generation) -> Result<Response, ApiErro
     let (format, compression) = (g.format, g.compression);
     let size = format!("{}x{}", g.req.width, g.req.height);
     tokio::spawn(async move {
-        let now = || {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0)
-        };
         let b64 = base64::engine::general_purpose::STANDARD;
         let event = |kind: &str, body: Value| Event::default().event(kind).data(body.to_string());
         while let Some((k, imgs)) = prx.recv().await {
@@ -204,7 +198,7 @@ fn stream_response(s: &Arc<AppState>, g: Generation) -> Result<Response, ApiErro
                     continue;
                 };
                 let body = json!({"type": "image_generation.partial_image", "b64_json": b64.encode(bytes),
-                    "partial_image_index": k, "created_at": now(), "size": size,
+                    "partial_image_index": k, "created_at": crate::unix_now(), "size": size,
                     "output_format": format.name()});
                 let _ = etx.send(event("image_generation.partial_image", body));
             }
@@ -214,7 +208,7 @@ fn stream_response(s: &Arc<AppState>, g: Generation) -> Result<Response, ApiErro
             Ok(images) => {
                 for (i, bytes) in images.iter().enumerate() {
                     let body = json!({"type": "image_generation.completed", "b64_json": b64.encode(bytes),
-                        "created_at": now(), "size": size, "output_format": format.name(),
+                        "created_at": crate::unix_now(), "size": size, "output_format": format.name(),
                         "seed": g.req.seed.wrapping_add(i as u64)});
                     let _ = etx.send(event("image_generation.completed", body));
                 }
@@ -343,15 +337,16 @@ async fn job_events(State(s): St, Path(id): Path<String>) -> Response {
         Err(e) => return e.into_response(),
     };
     let stream = futures_util::stream::unfold(
-        (entry, s, String::new(), false, None::<u64>),
+        (entry, s, String::new(), false, None::<usize>),
         |(entry, s, last, ended, shown)| async move {
             if ended {
                 return None;
             }
             loop {
-                if let Some(p) = entry.preview() {
-                    let k = p["index"].as_u64();
-                    if k != shown && !entry.finished() {
+                // A preview is encoded for the stream only when it is new.
+                let k = entry.preview_index();
+                if k.is_some() && k != shown && !entry.finished() {
+                    if let Some(p) = entry.preview() {
                         let ev = Event::default().event("preview").data(p.to_string());
                         return Some((Ok(ev), (entry, s, last, false, k)));
                     }
@@ -389,12 +384,8 @@ pub fn images_json(encoded: &[Vec<u8>], seed: u64, format: OutputFormat, model: 
         .enumerate()
         .map(|(i, bytes)| json!({"b64_json": b64.encode(bytes), "seed": seed.wrapping_add(i as u64)}))
         .collect();
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     json!({
-        "created": created,
+        "created": crate::unix_now(),
         "data": data,
         "seed": seed,
         "output_format": format.name(),

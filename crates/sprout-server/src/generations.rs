@@ -108,17 +108,14 @@ pub fn parse_size(size: Option<&str>, max_side: u32) -> Result<(u32, u32), ApiEr
 }
 
 /// A seed for requests that give none: from the clock, so that it differs per request (the
-/// response reports it, so the image can be made again).
+/// response reports it, so the image can be made again). Kept below 2^53 so that it survives
+/// JavaScript numbers (the web page reuses seeds).
 fn fresh_seed() -> u64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    // splitmix64 finaliser: nearby times give unrelated seeds.
-    let mut z = t.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    (z ^ (z >> 31)) >> 11
+    sprout_world::seed::mix64(t) >> 11
 }
 
 pub fn check(body: GenerationBody, state: &AppState) -> Result<Generation, ApiError> {

@@ -43,6 +43,11 @@ impl Entry {
         *self.preview.lock().expect("job") = Some((index, images));
     }
 
+    /// Index of the latest preview, if any.
+    pub fn preview_index(&self) -> Option<usize> {
+        self.preview.lock().expect("job").as_ref().map(|(k, _)| *k)
+    }
+
     /// The latest preview as `{"index", "data": [{"b64_json"}]}`.
     pub fn preview(&self) -> Option<Value> {
         let p = self.preview.lock().expect("job");
@@ -118,10 +123,7 @@ impl Jobs {
         format: OutputFormat,
     ) -> Arc<Entry> {
         let n = self.next.fetch_add(1, Ordering::SeqCst);
-        let created = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let created = crate::unix_now();
         let e = Arc::new(Entry {
             id: format!("job_{n:08}_{:08x}", (created ^ seed.rotate_left(17)) as u32),
             ctl,

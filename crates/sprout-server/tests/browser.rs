@@ -118,10 +118,10 @@ async fn start_driver() -> Driver {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs chromium and chromedriver; .ci/run installs them and runs it"]
 async fn typing_a_prompt_and_clicking_generate_shows_progress_and_the_image() {
-    let mut parts =
-        sprout_pipeline::testing::tiny_bundle(&["a", "red", "circle", "blue"], 1).unwrap();
-    parts.meta.max_side = 512;
-    let bundle = parts.into_bundle(&candle_core::Device::Cpu).unwrap();
+    let bundle = sprout_pipeline::testing::tiny_serving_bundle()
+        .unwrap()
+        .into_bundle(&candle_core::Device::Cpu)
+        .unwrap();
     let state = Arc::new(sprout_server::start(bundle, "tiny", ServerConfig::default()).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());

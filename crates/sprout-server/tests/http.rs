@@ -16,10 +16,10 @@ struct Server {
 }
 
 async fn start(cfg: ServerConfig) -> Server {
-    let mut parts =
-        sprout_pipeline::testing::tiny_bundle(&["a", "red", "circle", "blue"], 1).unwrap();
-    parts.meta.max_side = 512;
-    let bundle = parts.into_bundle(&candle_core::Device::Cpu).unwrap();
+    let bundle = sprout_pipeline::testing::tiny_serving_bundle()
+        .unwrap()
+        .into_bundle(&candle_core::Device::Cpu)
+        .unwrap();
     let state = Arc::new(sprout_server::start(bundle, "tiny", cfg).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
