@@ -16,7 +16,9 @@ use sprout_models::text::{build_tokenizer, SmallTextEncoder, TextConfig};
 use sprout_pipeline::bundle::load_ae;
 use sprout_pipeline::flow::{flow_loss, interpolate, train_timestep, ShiftConfig};
 use sprout_pipeline::noise::noise_batch;
+use sprout_world::render::object_half_extent;
 use sprout_world::seed::{mix64, rng_for};
+use sprout_world::Scene;
 use tokenizers::Tokenizer;
 
 use crate::config::TrainConfig;
@@ -30,6 +32,30 @@ const DROPOUT: u64 = 0xD209;
 const NOISE: u64 = 0x9015;
 /// Samples per forward pass when a batch is split by caption length.
 const TEXT_GROUP: usize = 8;
+
+/// Which tokens of a `rows`×`cols` token grid over `scene` an object's box touches (1) and
+/// which are background (0), row-major as `patchify` orders tokens.
+fn object_tokens(scene: &Scene, rows: usize, cols: usize) -> Vec<f32> {
+    let mut m = vec![0f32; rows * cols];
+    let (sw, sh) = (scene.width as f32, scene.height as f32);
+    for o in &scene.objects {
+        let (hw, hh) = object_half_extent(scene, o);
+        let (cx, cy) = (o.center[0] * sw, o.center[1] * sh);
+        // Token index ranges whose pixel cells the box overlaps.
+        let span = |lo: f32, hi: f32, side: f32, n: usize| {
+            let cell = side / n as f32;
+            let a = (lo / cell).floor().max(0.0) as usize;
+            let b = ((hi / cell).ceil().max(0.0) as usize).min(n);
+            a..b
+        };
+        for r in span(cy - hh, cy + hh, sh, rows) {
+            for c in span(cx - hw, cx + hw, sw, cols) {
+                m[r * cols + c] = 1.0;
+            }
+        }
+    }
+    m
+}
 
 /// Sample indices sorted by caption length (stable), cut into groups of `size`.
 fn length_groups(lens: &[usize], size: usize) -> Vec<Vec<usize>> {
@@ -49,6 +75,8 @@ pub struct DitTask {
     /// Samples per forward pass, grouped by caption length (see `loss`).
     pub text_group: usize,
     dropout: f64,
+    /// See [`crate::config::DitSection::object_weight`].
+    object_weight: f64,
     seed: u64,
     device: Device,
     /// Latents of a pooled stream's batches (in memory and in the run directory): each
@@ -124,6 +152,7 @@ impl DitTask {
             shift: ShiftConfig::default(),
             text_group: TEXT_GROUP,
             dropout: cfg.dit.caption_dropout,
+            object_weight: cfg.dit.object_weight,
             seed: cfg.seed,
             device: dev,
             latents: match cfg.data.pool {
@@ -211,6 +240,23 @@ impl Task for DitTask {
         // groups of similar caption length. The loss is the same mean over the whole batch.
         let (ids, _) = self.text.tokenize(&captions)?;
         let lens: Vec<usize> = ids.iter().map(|v| v.len()).collect();
+        // Per-token loss weights (b, tokens, 1) and the total weight of the batch, when
+        // object tokens weigh more; the loss is then Σ w·(pred − v)² / (Σ w · channels).
+        let weights = if self.object_weight > 0.0 {
+            let (rows, cols) = (h / p, w / p);
+            let mut all = Vec::with_capacity(b * rows * cols);
+            for sc in &batch.scenes {
+                all.extend(
+                    object_tokens(sc, rows, cols)
+                        .into_iter()
+                        .map(|m| 1.0 + self.object_weight as f32 * m),
+                );
+            }
+            let total: f64 = all.iter().map(|&x| x as f64).sum();
+            Some((Tensor::from_vec(all, (b, rows * cols, 1), &dev)?, total))
+        } else {
+            None
+        };
         let mut loss = Tensor::zeros((), DType::F32, &dev)?;
         for group in length_groups(&lens, self.text_group) {
             let idx = Tensor::from_vec(
@@ -228,8 +274,16 @@ impl Task for DitTask {
                 txt_mask: Some(&emb.mask),
                 ..DitInput::new(&img, &img_ids, &emb.states, &txt_ids, &tg, &emb.pooled)
             })?;
-            let part = flow_loss(&pred, &patchify(&v.index_select(&idx, 0)?, p)?)?;
-            loss = (loss + (part * (group.len() as f64 / b as f64))?)?;
+            let target = patchify(&v.index_select(&idx, 0)?, p)?;
+            let part = match &weights {
+                None => (flow_loss(&pred, &target)? * (group.len() as f64 / b as f64))?,
+                Some((wt, total)) => {
+                    let sq = (pred - target)?.sqr()?;
+                    let chans = sq.dim(2)? as f64;
+                    (sq.broadcast_mul(&wt.index_select(&idx, 0)?)?.sum_all()? / (total * chans))?
+                }
+            };
+            loss = (loss + part)?;
         }
         Ok((loss, BTreeMap::new()))
     }
@@ -256,7 +310,49 @@ impl Task for DitTask {
 
 #[cfg(test)]
 mod tests {
-    use super::length_groups;
+    use super::{length_groups, object_tokens};
+    use sprout_world::{
+        Background, BgColor, Color, Object, ObjectKind, Scene, ShapeKind, SizeClass,
+    };
+
+    #[test]
+    fn object_tokens_cover_each_box_and_nothing_else() {
+        // 256² canvas, 8×8 tokens of 32 px. A medium shape (diameter 0.25·256 = 64 px)
+        // centred at (80, 48) spans x 48..112, y 16..80: columns 1..=3, rows 0..=2.
+        let shape = |center| Object {
+            kind: ObjectKind::Shape {
+                shape: ShapeKind::Circle,
+                color: Color::Red,
+            },
+            size: SizeClass::Medium,
+            center,
+            rotation: 0.0,
+        };
+        let scene = Scene {
+            width: 256,
+            height: 256,
+            background: Background::Solid {
+                color: BgColor::White,
+            },
+            objects: vec![shape([80.0 / 256.0, 48.0 / 256.0])],
+        };
+        let m = object_tokens(&scene, 8, 8);
+        for r in 0..8 {
+            for c in 0..8 {
+                let want = (r <= 2 && (1..=3).contains(&c)) as u8 as f32;
+                assert_eq!(m[r * 8 + c], want, "row {r} col {c}");
+            }
+        }
+        // A box at the canvas corner is clipped to the grid, not wrapped.
+        let corner = Scene {
+            objects: vec![shape([1.0, 1.0])],
+            ..scene
+        };
+        let m = object_tokens(&corner, 8, 8);
+        assert_eq!(m.iter().sum::<f32>(), 1.0);
+        assert_eq!(m[63], 1.0);
+        assert_eq!(m[0], 0.0);
+    }
 
     #[test]
     fn groups_follow_caption_length_and_cover_the_batch_once() {

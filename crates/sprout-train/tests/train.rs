@@ -370,3 +370,52 @@ fn grouping_samples_by_caption_length_keeps_the_loss() {
         "{whole} vs {grouped}"
     );
 }
+
+#[test]
+fn object_weighted_loss_is_grouping_invariant_and_plain_without_objects() {
+    let ae_dir = tiny_ae_dir();
+    let dcfg = dit_config(tempfile::tempdir().unwrap().path(), ae_dir.path());
+    let sc = sprout_data::StreamConfig {
+        batch_size: 8,
+        ..stream_config(&dcfg, 0, &dcfg.stages[0])
+    };
+    let batch = make_batch(&sc, StreamPos::default()).unwrap();
+    assert!(batch.scenes.iter().any(|s| !s.objects.is_empty()));
+    let task_with = |object_weight: f64| {
+        sprout_train::dit_task::DitTask::new(&TrainConfig {
+            dit: sprout_train::config::DitSection {
+                caption_dropout: 0.0,
+                object_weight,
+                ..dcfg.dit.clone()
+            },
+            ..dcfg.clone()
+        })
+        .unwrap()
+    };
+    let loss = |task: &mut sprout_train::dit_task::DitTask, b: &sprout_data::Batch, g: usize| {
+        task.text_group = g;
+        task.loss(b, 7).unwrap().0.to_scalar::<f32>().unwrap()
+    };
+    let (mut plain, mut weighted) = (task_with(0.0), task_with(4.0));
+    // Grouping by caption length keeps the weighted loss too.
+    let (whole, grouped) = (
+        loss(&mut weighted, &batch, 8),
+        loss(&mut weighted, &batch, 3),
+    );
+    assert!(
+        (whole - grouped).abs() <= 1e-5 * whole.abs(),
+        "{whole} vs {grouped}"
+    );
+    // Objects change the loss; without objects every weight is 1 and it is the plain mean.
+    let base = loss(&mut plain, &batch, 8);
+    assert!(
+        (whole - base).abs() > 1e-4 * base.abs(),
+        "{whole} vs {base}"
+    );
+    let mut empty = batch.clone();
+    for s in &mut empty.scenes {
+        s.objects.clear();
+    }
+    let (a, b) = (loss(&mut plain, &empty, 8), loss(&mut weighted, &empty, 8));
+    assert!((a - b).abs() <= 1e-5 * a.abs(), "{a} vs {b}");
+}
