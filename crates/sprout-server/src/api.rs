@@ -21,7 +21,7 @@ use crate::encode::{encode, OutputFormat};
 use crate::error::ApiError;
 use crate::generations::{check, parse_json, Generation, GenerationBody};
 use crate::jobs::Outcome;
-use crate::worker::{Job, JobCtl, JobResult};
+use crate::worker::{Job, JobCtl, JobResult, Previews};
 use crate::AppState;
 
 type St = State<Arc<AppState>>;
@@ -173,8 +173,12 @@ fn submit_with_previews(
         req: g.req.clone(),
         ctl: ctl.clone(),
         reply: tx,
-        previews,
-        partial_images: g.partial_images,
+        previews: previews
+            .filter(|_| g.partial_images > 0)
+            .map(|tx| Previews {
+                count: g.partial_images,
+                tx,
+            }),
     })?;
     Ok((ctl, rx))
 }
@@ -279,8 +283,7 @@ async fn create_job(State(s): St, body: Result<Bytes, BytesRejection>) -> Respon
             ));
         }
         let (ptx, mut prx) = mpsc::unbounded_channel::<(usize, Vec<image::RgbImage>)>();
-        let previews = (g.partial_images > 0).then_some(ptx);
-        let (ctl, rx) = submit_with_previews(&s, &g, previews)?;
+        let (ctl, rx) = submit_with_previews(&s, &g, Some(ptx))?;
         let entry = s
             .jobs
             .insert(ctl, g.req.seed, (g.req.width, g.req.height), g.format);

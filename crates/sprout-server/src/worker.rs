@@ -48,9 +48,13 @@ pub struct Job {
     pub req: Request,
     pub ctl: Arc<JobCtl>,
     pub reply: oneshot::Sender<JobResult>,
-    /// Where previews go (index, images), and how many are wanted.
-    pub previews: Option<tokio::sync::mpsc::UnboundedSender<(usize, Vec<RgbImage>)>>,
-    pub partial_images: usize,
+    pub previews: Option<Previews>,
+}
+
+/// How many previews a job wants, and where they go as (index, images).
+pub struct Previews {
+    pub count: usize,
+    pub tx: tokio::sync::mpsc::UnboundedSender<(usize, Vec<RgbImage>)>,
 }
 
 pub struct Worker {
@@ -205,8 +209,8 @@ fn run(bundle: &Bundle, job: &Job, deadline: Duration) -> JobResult {
     ctl.started.store(true, Ordering::SeqCst);
     let out = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let mut preview = |k: usize, imgs: Vec<RgbImage>| {
-            if let Some(tx) = &job.previews {
-                let _ = tx.send((k, imgs));
+            if let Some(p) = &job.previews {
+                let _ = p.tx.send((k, imgs));
             }
         };
         generate_many_with(
@@ -222,7 +226,7 @@ fn run(bundle: &Bundle, job: &Job, deadline: Duration) -> JobResult {
                         ctl.cancel.store(true, Ordering::SeqCst);
                     }
                 },
-                previews: job.previews.as_ref().map_or(0, |_| job.partial_images),
+                previews: job.previews.as_ref().map_or(0, |p| p.count),
                 on_preview: &mut preview,
             },
         )
