@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 pub fn open_image(path: &Path, flag: &str) -> Result<image::RgbImage> {
     Ok(image::ImageReader::open(path)
@@ -26,9 +26,5 @@ pub fn resized(img: &image::RgbImage, w: usize, h: usize) -> Result<Tensor> {
             image::imageops::FilterType::Lanczos3,
         )
     };
-    let t = Tensor::from_vec(img.into_raw(), (h, w, 3), &Device::Cpu)?
-        .permute((2, 0, 1))?
-        .unsqueeze(0)?
-        .to_dtype(DType::F32)?;
-    Ok(((t / 127.5)? - 1.0)?)
+    Ok(sprout_pipeline::generate::from_image(&img, &Device::Cpu)?)
 }

@@ -14,7 +14,7 @@ use sprout_models::dit::embed::{grid_ids, patchify, text_ids, unpatchify};
 use sprout_models::dit::DitInput;
 use sprout_models::text::TextEncoder;
 use sprout_pipeline::bundle::Bundle;
-use sprout_pipeline::generate::to_images;
+use sprout_pipeline::generate::{from_image, to_images};
 use sprout_pipeline::noise::noise_batch;
 
 fn main() -> anyhow::Result<()> {
@@ -43,13 +43,7 @@ fn main() -> anyhow::Result<()> {
         let Ok(img) = image::open(&path) else {
             continue;
         };
-        let img = img.to_rgb8();
-        let (w, h) = img.dimensions();
-        let x = Tensor::from_vec(img.into_raw(), (h as usize, w as usize, 3), &dev)?
-            .permute((2, 0, 1))?
-            .unsqueeze(0)?
-            .to_dtype(candle_core::DType::F32)?;
-        let x = ((x / 127.5)? - 1.0)?;
+        let x = from_image(&img.to_rgb8(), &dev)?;
         let z0 = b.ae.encode(&x)?;
         let (_, c, lh, lw) = z0.dims4()?;
         let eps = noise_batch(&[7], &[c, lh, lw], &dev)?;

@@ -5,9 +5,9 @@
 //! `cargo run --release -p sprout-pipeline --example latent_noise_probe -- MODEL LIST IMGDIR
 //! OUTDIR σ,σ,...`
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use sprout_pipeline::bundle::Bundle;
-use sprout_pipeline::generate::to_images;
+use sprout_pipeline::generate::{from_image, to_images};
 use sprout_pipeline::noise::noise_batch;
 
 fn main() -> anyhow::Result<()> {
@@ -29,13 +29,8 @@ fn main() -> anyhow::Result<()> {
         let Ok(img) = image::open(format!("{}/{id}.png", a[3])) else {
             continue;
         };
-        let img = img.to_rgb8();
-        let (w, h) = img.dimensions();
-        let x = Tensor::from_vec(img.into_raw(), (h as usize, w as usize, 3), &dev)?
-            .permute((2, 0, 1))?
-            .unsqueeze(0)?
-            .to_dtype(candle_core::DType::F32)?;
-        let z = b.ae.encode(&((x / 127.5)? - 1.0)?)?;
+        let x = from_image(&img.to_rgb8(), &dev)?;
+        let z = b.ae.encode(&x)?;
         let (_, c, lh, lw) = z.dims4()?;
         let eps = noise_batch(&[3], &[c, lh, lw], &dev)?;
         for s in &sigmas {

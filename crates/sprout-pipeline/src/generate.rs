@@ -106,6 +106,16 @@ impl Request {
     }
 }
 
+/// An RGB image → (1, 3, H, W) in [-1, 1] (the inverse of [`to_images`] up to rounding).
+pub fn from_image(img: &RgbImage, device: &Device) -> candle_core::Result<Tensor> {
+    let (w, h) = img.dimensions();
+    let t = Tensor::from_vec(img.as_raw().clone(), (h as usize, w as usize, 3), device)?
+        .permute((2, 0, 1))?
+        .unsqueeze(0)?
+        .to_dtype(DType::F32)?;
+    (t / 127.5)? - 1.0
+}
+
 /// Latents (n, C, h, w) → RGB images.
 pub fn to_images(x: &Tensor) -> Result<Vec<RgbImage>, PipelineError> {
     let (n, _, h, w) = x.dims4()?;
@@ -347,4 +357,30 @@ pub fn generate_many_with(
         .iter()
         .map(|r| images.by_ref().take(r.n).collect())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_tensor_round_trip_is_exact() {
+        let img = RgbImage::from_fn(5, 3, |x, y| {
+            image::Rgb([(x * 60) as u8, (y * 127) as u8, (255 - x * y * 17) as u8])
+        });
+        let t = from_image(&img, &Device::Cpu).unwrap();
+        assert_eq!(t.dims(), &[1, 3, 3, 5]);
+        // Pixel (x 1, y 2) in [-1, 1]: channel 0 is 60/127.5 − 1.
+        let v = t
+            .get(0)
+            .unwrap()
+            .get(0)
+            .unwrap()
+            .get(2)
+            .unwrap()
+            .get(1)
+            .unwrap();
+        assert!((v.to_scalar::<f32>().unwrap() - (60.0 / 127.5 - 1.0)).abs() < 1e-6);
+        assert_eq!(to_images(&t).unwrap()[0], img);
+    }
 }

@@ -335,25 +335,36 @@ fn init_from_starts_at_another_runs_ema_weights() {
     }
 }
 
+/// The first batch of `dcfg`'s stream, at 8 samples.
+fn eight_sample_batch(dcfg: &TrainConfig) -> sprout_data::Batch {
+    let sc = sprout_data::StreamConfig {
+        batch_size: 8,
+        ..stream_config(dcfg, 0, &dcfg.stages[0])
+    };
+    make_batch(&sc, StreamPos::default()).unwrap()
+}
+
+/// A DiT task of `dcfg` without caption dropout, with this object weight.
+fn dit_task(dcfg: &TrainConfig, object_weight: f64) -> sprout_train::dit_task::DitTask {
+    sprout_train::dit_task::DitTask::new(&TrainConfig {
+        dit: sprout_train::config::DitSection {
+            caption_dropout: 0.0,
+            object_weight,
+            ..dcfg.dit.clone()
+        },
+        ..dcfg.clone()
+    })
+    .unwrap()
+}
+
 #[test]
 fn grouping_samples_by_caption_length_keeps_the_loss() {
     // Padding is masked, so running a batch in caption-length groups must give the loss of
     // one pass over the whole padded batch.
     let ae_dir = tiny_ae_dir();
     let dcfg = dit_config(tempfile::tempdir().unwrap().path(), ae_dir.path());
-    let sc = sprout_data::StreamConfig {
-        batch_size: 8,
-        ..stream_config(&dcfg, 0, &dcfg.stages[0])
-    };
-    let batch = make_batch(&sc, StreamPos::default()).unwrap();
-    let mut task = sprout_train::dit_task::DitTask::new(&TrainConfig {
-        dit: sprout_train::config::DitSection {
-            caption_dropout: 0.0,
-            ..dcfg.dit.clone()
-        },
-        ..dcfg.clone()
-    })
-    .unwrap();
+    let batch = eight_sample_batch(&dcfg);
+    let mut task = dit_task(&dcfg, 0.0);
     let (ids, _) = task.text.tokenize(&batch.captions).unwrap();
     let lens: Vec<usize> = ids.iter().map(|v| v.len()).collect();
     assert!(
@@ -375,28 +386,13 @@ fn grouping_samples_by_caption_length_keeps_the_loss() {
 fn object_weighted_loss_is_grouping_invariant_and_plain_without_objects() {
     let ae_dir = tiny_ae_dir();
     let dcfg = dit_config(tempfile::tempdir().unwrap().path(), ae_dir.path());
-    let sc = sprout_data::StreamConfig {
-        batch_size: 8,
-        ..stream_config(&dcfg, 0, &dcfg.stages[0])
-    };
-    let batch = make_batch(&sc, StreamPos::default()).unwrap();
+    let batch = eight_sample_batch(&dcfg);
     assert!(batch.scenes.iter().any(|s| !s.objects.is_empty()));
-    let task_with = |object_weight: f64| {
-        sprout_train::dit_task::DitTask::new(&TrainConfig {
-            dit: sprout_train::config::DitSection {
-                caption_dropout: 0.0,
-                object_weight,
-                ..dcfg.dit.clone()
-            },
-            ..dcfg.clone()
-        })
-        .unwrap()
-    };
     let loss = |task: &mut sprout_train::dit_task::DitTask, b: &sprout_data::Batch, g: usize| {
         task.text_group = g;
         task.loss(b, 7).unwrap().0.to_scalar::<f32>().unwrap()
     };
-    let (mut plain, mut weighted) = (task_with(0.0), task_with(4.0));
+    let (mut plain, mut weighted) = (dit_task(&dcfg, 0.0), dit_task(&dcfg, 4.0));
     // Grouping by caption length keeps the weighted loss too.
     let (whole, grouped) = (
         loss(&mut weighted, &batch, 8),
