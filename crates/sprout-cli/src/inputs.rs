@@ -16,15 +16,16 @@ pub fn open_image(path: &Path, flag: &str) -> Result<image::RgbImage> {
 
 /// `img` resized to `w`×`h` (unchanged when it has that size), as (1, 3, H, W) in [-1, 1].
 pub fn resized(img: &image::RgbImage, w: usize, h: usize) -> Result<Tensor> {
-    let img = if img.dimensions() == (w as u32, h as u32) {
-        img.clone()
-    } else {
-        image::imageops::resize(
-            img,
-            w as u32,
-            h as u32,
-            image::imageops::FilterType::Lanczos3,
-        )
-    };
-    Ok(sprout_pipeline::generate::from_image(&img, &Device::Cpu)?)
+    let to_tensor =
+        |img: &image::RgbImage| sprout_pipeline::generate::from_image(img, &Device::Cpu);
+    if img.dimensions() == (w as u32, h as u32) {
+        return Ok(to_tensor(img)?);
+    }
+    let img = image::imageops::resize(
+        img,
+        w as u32,
+        h as u32,
+        image::imageops::FilterType::Lanczos3,
+    );
+    Ok(to_tensor(&img)?)
 }

@@ -109,7 +109,7 @@ impl Request {
 /// An RGB image → (1, 3, H, W) in [-1, 1] (the inverse of [`to_images`] up to rounding).
 pub fn from_image(img: &RgbImage, device: &Device) -> candle_core::Result<Tensor> {
     let (w, h) = img.dimensions();
-    let t = Tensor::from_vec(img.as_raw().clone(), (h as usize, w as usize, 3), device)?
+    let t = Tensor::from_slice(img.as_raw(), (h as usize, w as usize, 3), device)?
         .permute((2, 0, 1))?
         .unsqueeze(0)?
         .to_dtype(DType::F32)?;
