@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use sprout_world::sampler::SamplerConfig;
+
 use crate::optim::OptimConfig;
 use crate::TrainError;
 
@@ -107,6 +109,8 @@ pub struct DataSection {
     pub icon_prob: f32,
     pub min_objects: usize,
     pub max_objects: usize,
+    /// Relative weights of solid, gradient, stripes and checker backgrounds.
+    pub background_weights: [f32; 4],
 }
 
 impl Default for DataSection {
@@ -119,6 +123,7 @@ impl Default for DataSection {
             icon_prob: 0.35,
             min_objects: 1,
             max_objects: 4,
+            background_weights: SamplerConfig::default().background_weights,
         }
     }
 }
@@ -221,6 +226,18 @@ impl TrainConfig {
                 self.dit.object_weight
             ));
         }
+        // The scene distribution is checked here, before a run starts, not when its stream opens.
+        let scenes = SamplerConfig {
+            text_prob: self.data.text_prob,
+            icon_prob: self.data.icon_prob,
+            min_objects: self.data.min_objects,
+            max_objects: self.data.max_objects,
+            background_weights: self.data.background_weights,
+            ..SamplerConfig::default()
+        };
+        if let Err(e) = scenes.validate() {
+            return bad(format!("[data]: {e}"));
+        }
         Ok(())
     }
 
@@ -296,6 +313,19 @@ mod tests {
         assert!(e.contains("stage 0"), "{e}");
         assert!(TrainConfig::from_toml(&text.replace("side = 128", "side = 100")).is_err());
         assert!(TrainConfig::from_toml("kind = \"gan\"").is_err());
+        assert_eq!(c.data.background_weights, [0.4, 0.2, 0.2, 0.2]);
+        let solid = format!("{text}\n[data]\nbackground_weights = [1.0, 0.0, 0.0, 0.0]\n");
+        let solid = TrainConfig::from_toml(&solid).unwrap();
+        assert_eq!(solid.data.background_weights, [1.0, 0.0, 0.0, 0.0]);
+        let none = format!("{text}\n[data]\nbackground_weights = [0.0, 0.0, 0.0, 0.0]\n");
+        let e = TrainConfig::from_toml(&none).unwrap_err().to_string();
+        assert!(
+            e.contains("[data]") && e.contains("background_weights"),
+            "{e}"
+        );
+        let crowd = format!("{text}\n[data]\nmin_objects = 5\nmax_objects = 2\n");
+        let e = TrainConfig::from_toml(&crowd).unwrap_err().to_string();
+        assert!(e.contains("min_objects"), "{e}");
         assert!(matches!(c.device(), Ok(candle_core::Device::Cpu)));
         let gpu = TrainConfig {
             device: "cuda".into(),

@@ -74,6 +74,7 @@ pub fn stream_config(cfg: &TrainConfig, i: usize, stage: &Stage) -> StreamConfig
         icon_prob: cfg.data.icon_prob,
         min_objects: cfg.data.min_objects,
         max_objects: cfg.data.max_objects,
+        background_weights: cfg.data.background_weights,
         ..SamplerConfig::default()
     };
     StreamConfig {
