@@ -1,6 +1,12 @@
-//! `sprout train --config FILE.toml [--resume] [--stop-after N] [--export DIR]`
+//! `sprout train --config FILE.toml [--resume] [--stop-after N] [--time-limit T] [--export DIR]`
+//!
+//! Ctrl-C (or SIGTERM) ends a run after the step in progress, with a checkpoint; a second one
+//! ends it at once.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -18,6 +24,10 @@ pub struct TrainArgs {
     /// Stop after this global step (with a checkpoint).
     #[arg(long)]
     stop_after: Option<u64>,
+    /// Stop (with a checkpoint) after the first step that ends this long after the start:
+    /// seconds, or a number with s, m or h (`90s`, `45m`, `2h`).
+    #[arg(long, value_parser = parse_duration)]
+    time_limit: Option<Duration>,
     /// Instead of training, export the latest checkpoint's EMA weights to this directory.
     #[arg(long)]
     export: Option<PathBuf>,
@@ -44,9 +54,21 @@ pub fn run(a: TrainArgs) -> Result<()> {
             .expect("template")
             .progress_chars("=> "),
     );
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("\nstopped without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step, with a checkpoint (again to stop at once)");
+    })
+    .context("installing the Ctrl-C handler")?;
     let opts = Options {
         resume: a.resume,
         stop_after: a.stop_after,
+        time_limit: a.time_limit,
+        stop: Some(stop),
     };
     let summary = train(&cfg, &opts, |l| {
         pb.set_position(l.step);
@@ -78,6 +100,52 @@ pub fn run(a: TrainArgs) -> Result<()> {
         );
     })?;
     pb.finish_and_clear();
+    if let Some(why) = summary.stopped_early {
+        eprintln!(
+            "{why}: stopped at step {} of {total}; `sprout train --config {} --resume` continues",
+            summary.steps,
+            a.config.display()
+        );
+    }
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
+}
+
+/// `90`, `90s`, `45m` or `2h`.
+fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let t = s.trim();
+    let (num, unit) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c),
+        _ => (t, 's'),
+    };
+    let scale = match unit {
+        's' => 1.0,
+        'm' => 60.0,
+        'h' => 3600.0,
+        _ => return Err(format!("{s:?}: the unit must be s, m or h")),
+    };
+    match num.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(Duration::from_secs_f64(v * scale)),
+        _ => Err(format!(
+            "{s:?} is not a duration: give seconds, or a number with s, m or h (90s, 45m, 2h)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_with_units_and_bad_ones_are_named() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("45m"), Ok(Duration::from_secs(2700)));
+        assert_eq!(parse_duration("1.5h"), Ok(Duration::from_secs(5400)));
+        for bad in ["", "m", "-5m", "10d", "abc", "NaNs"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
+    }
 }

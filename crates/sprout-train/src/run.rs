@@ -2,7 +2,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use candle_core::{Tensor, Var};
 use serde::Serialize;
@@ -30,10 +32,16 @@ pub trait Task {
     fn extra_files(&self) -> Vec<(&'static str, String)>;
 }
 
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     pub resume: bool,
     /// Stop (with a checkpoint) after this global step, before the configured end.
     pub stop_after: Option<u64>,
+    /// Stop (with a checkpoint) after the first step that ends this long after the start, for
+    /// runs that must fit a fixed stretch of machine time.
+    pub time_limit: Option<Duration>,
+    /// Stop (with a checkpoint) after the step in progress once this is set, e.g. by Ctrl-C.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -57,6 +65,8 @@ pub struct Summary {
     pub samples: u64,
     pub last_loss: f64,
     pub checkpoint: String,
+    /// Why the run ended before its end step (`"time limit"`, `"interrupted"`), if it did.
+    pub stopped_early: Option<&'static str>,
 }
 
 /// The stream for stage `i`: its own seed, canvas choice and batching.
@@ -237,6 +247,7 @@ pub fn run_task<T: Task>(
         )
     };
     let end = opts.stop_after.map(|s| s.min(total)).unwrap_or(total);
+    let mut stopped_early = None;
     let (mut window_samples, mut window_start) = (0u64, Instant::now());
     while step < end {
         let (si, sstart) = cfg.stage_at(step);
@@ -281,7 +292,14 @@ pub fn run_task<T: Task>(
                 on_log(&line);
                 (window_samples, window_start) = (0, Instant::now());
             }
-            if step.is_multiple_of(cfg.ckpt_every) || step == stage_end {
+            let halt = if opts.time_limit.is_some_and(|l| start.elapsed() >= l) {
+                Some("time limit")
+            } else if opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst)) {
+                Some("interrupted")
+            } else {
+                None
+            };
+            if step.is_multiple_of(cfg.ckpt_every) || step == stage_end || halt.is_some() {
                 save(
                     step,
                     if step == sstart + stage.steps {
@@ -296,6 +314,13 @@ pub fn run_task<T: Task>(
                     prior_elapsed + start.elapsed().as_secs_f64(),
                 )?;
             }
+            if halt.is_some() && step < end {
+                stopped_early = halt;
+                break;
+            }
+        }
+        if stopped_early.is_some() {
+            break;
         }
         // A new stage starts its own stream from the beginning.
         if step == sstart + stage.steps {
@@ -307,6 +332,7 @@ pub fn run_task<T: Task>(
         samples,
         last_loss,
         checkpoint: ckpt::latest(&cfg.out).display().to_string(),
+        stopped_early,
     })
 }
 

@@ -96,6 +96,20 @@ fn weights(out: &Path) -> HashMap<String, Vec<u32>> {
 }
 
 fn assert_resume_is_bit_exact(cfg_for: impl Fn(&Path) -> TrainConfig, stop: u64) {
+    let part = Options {
+        stop_after: Some(stop),
+        ..Default::default()
+    };
+    assert_resume_after_is_bit_exact(cfg_for, &part, stop);
+}
+
+/// Train part of a run with `part`'s options, which must end it at step `stop`, resume it to
+/// the end, and compare every weight with an uninterrupted run.
+fn assert_resume_after_is_bit_exact(
+    cfg_for: impl Fn(&Path) -> TrainConfig,
+    part: &Options,
+    stop: u64,
+) {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
     let full = train(
@@ -103,25 +117,20 @@ fn assert_resume_is_bit_exact(cfg_for: impl Fn(&Path) -> TrainConfig, stop: u64)
         &Options {
             resume: false,
             stop_after: None,
+            ..Default::default()
         },
         |_| {},
     )
     .unwrap();
-    let part = train(
-        &cfg_for(b.path()),
-        &Options {
-            resume: false,
-            stop_after: Some(stop),
-        },
-        |_| {},
-    )
-    .unwrap();
+    let part = train(&cfg_for(b.path()), part, |_| {}).unwrap();
     assert_eq!(part.steps, stop);
+    assert!(part.steps < full.steps);
     let rest = train(
         &cfg_for(b.path()),
         &Options {
             resume: true,
             stop_after: None,
+            ..Default::default()
         },
         |_| {},
     )
@@ -141,6 +150,47 @@ fn autoencoder_resume_is_bit_exact_across_stages() {
     assert_resume_is_bit_exact(ae_config, 4);
 }
 
+#[test]
+fn a_time_limit_or_a_stop_request_ends_the_run_with_a_checkpoint_it_resumes_from() {
+    // A zero time limit has passed when the first step ends; a stop flag already raised (as
+    // Ctrl-C raises it) likewise ends the run after the step in progress. Both leave a
+    // checkpoint at step 1 (not a multiple of ckpt_every) that resumes bit-exactly.
+    let timed = Options {
+        time_limit: Some(std::time::Duration::ZERO),
+        ..Default::default()
+    };
+    assert_resume_after_is_bit_exact(ae_config, &timed, 1);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let stopped = Options {
+        stop: Some(stop),
+        ..Default::default()
+    };
+    assert_resume_after_is_bit_exact(ae_config, &stopped, 1);
+    let run = tempfile::tempdir().unwrap();
+    let s = train(&ae_config(run.path()), &timed, |_| {}).unwrap();
+    assert_eq!((s.steps, s.stopped_early), (1, Some("time limit")));
+    let s = train(
+        &ae_config(run.path()),
+        &Options {
+            resume: true,
+            ..stopped
+        },
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!((s.steps, s.stopped_early), (2, Some("interrupted")));
+    let s = train(
+        &ae_config(run.path()),
+        &Options {
+            resume: true,
+            ..Default::default()
+        },
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(s.stopped_early, None);
+}
+
 fn tiny_ae_dir() -> tempfile::TempDir {
     let ae_run = tempfile::tempdir().unwrap();
     let cfg = ae_config(ae_run.path());
@@ -149,6 +199,7 @@ fn tiny_ae_dir() -> tempfile::TempDir {
         &Options {
             resume: false,
             stop_after: Some(2),
+            ..Default::default()
         },
         |_| {},
     )
@@ -170,6 +221,7 @@ fn dit_resume_is_bit_exact_and_exports_a_bundle() {
         &Options {
             resume: false,
             stop_after: None,
+            ..Default::default()
         },
         |_| {},
     )
@@ -186,6 +238,7 @@ fn dit_resume_is_bit_exact_and_exports_a_bundle() {
         &Options {
             resume: true,
             stop_after: None,
+            ..Default::default()
         },
         |_| {},
     )
@@ -277,6 +330,7 @@ fn one_config_trains_identically_twice() {
         &Options {
             resume: false,
             stop_after: Some(2),
+            ..Default::default()
         },
         |_| {},
     )
@@ -286,6 +340,7 @@ fn one_config_trains_identically_twice() {
         &Options {
             resume: false,
             stop_after: Some(2),
+            ..Default::default()
         },
         |_| {},
     )
@@ -309,6 +364,7 @@ fn init_from_starts_at_another_runs_ema_weights() {
         &Options {
             resume: false,
             stop_after: Some(2),
+            ..Default::default()
         },
         |_| {},
     )
@@ -323,6 +379,7 @@ fn init_from_starts_at_another_runs_ema_weights() {
         &Options {
             resume: false,
             stop_after: Some(1),
+            ..Default::default()
         },
         |_| {},
     )
