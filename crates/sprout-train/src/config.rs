@@ -79,6 +79,10 @@ pub struct DitSection {
     /// cover about a tenth of a 256² canvas's tokens, so without it most of the gradient
     /// goes to backgrounds while what a prompt asks for lives in the objects.
     pub object_weight: f64,
+    /// Samples per forward pass: a batch runs in groups of this many samples of similar
+    /// caption length, each padded to its own longest caption. Small groups waste the least
+    /// on padding (the CPU's choice); a GPU wants fewer, larger passes.
+    pub text_group: usize,
 }
 
 impl Default for DitSection {
@@ -93,6 +97,7 @@ impl Default for DitSection {
             caption_dropout: 0.1,
             vocab_samples: 20_000,
             object_weight: 0.0,
+            text_group: 8,
         }
     }
 }
@@ -226,6 +231,9 @@ impl TrainConfig {
                 self.dit.object_weight
             ));
         }
+        if self.dit.text_group == 0 {
+            return bad("dit.text_group must be at least 1".into());
+        }
         // The scene distribution is checked here, before a run starts, not when its stream opens.
         let scenes = SamplerConfig {
             text_prob: self.data.text_prob,
@@ -323,6 +331,8 @@ mod tests {
             e.contains("[data]") && e.contains("background_weights"),
             "{e}"
         );
+        let c0 = TrainConfig::from_toml(&format!("{text}\n[dit]\nae = \"x\"\ntext_group = 0\n"));
+        assert!(c0.unwrap_err().to_string().contains("text_group"));
         let crowd = format!("{text}\n[data]\nmin_objects = 5\nmax_objects = 2\n");
         let e = TrainConfig::from_toml(&crowd).unwrap_err().to_string();
         assert!(e.contains("min_objects"), "{e}");

@@ -30,8 +30,6 @@ use crate::TrainError;
 const TIMESTEP: u64 = 0x7135;
 const DROPOUT: u64 = 0xD209;
 const NOISE: u64 = 0x9015;
-/// Samples per forward pass when a batch is split by caption length.
-const TEXT_GROUP: usize = 8;
 
 /// Which tokens of a `rows`×`cols` token grid over `scene` an object's box touches (1) and
 /// which are background (0), row-major as `patchify` orders tokens.
@@ -150,7 +148,7 @@ impl DitTask {
             text_vars,
             tokenizer,
             shift: ShiftConfig::default(),
-            text_group: TEXT_GROUP,
+            text_group: cfg.dit.text_group,
             dropout: cfg.dit.caption_dropout,
             object_weight: cfg.dit.object_weight,
             seed: cfg.seed,
