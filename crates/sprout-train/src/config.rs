@@ -118,6 +118,21 @@ pub struct DataSection {
     pub background_weights: [f32; 4],
 }
 
+impl DataSection {
+    /// The scene distribution this section sets (canvas choice and size left at their
+    /// defaults; each stage sets its own).
+    pub fn scenes(&self) -> SamplerConfig {
+        SamplerConfig {
+            text_prob: self.text_prob,
+            icon_prob: self.icon_prob,
+            min_objects: self.min_objects,
+            max_objects: self.max_objects,
+            background_weights: self.background_weights,
+            ..SamplerConfig::default()
+        }
+    }
+}
+
 impl Default for DataSection {
     fn default() -> Self {
         DataSection {
@@ -235,15 +250,7 @@ impl TrainConfig {
             return bad("dit.text_group must be at least 1".into());
         }
         // The scene distribution is checked here, before a run starts, not when its stream opens.
-        let scenes = SamplerConfig {
-            text_prob: self.data.text_prob,
-            icon_prob: self.data.icon_prob,
-            min_objects: self.data.min_objects,
-            max_objects: self.data.max_objects,
-            background_weights: self.data.background_weights,
-            ..SamplerConfig::default()
-        };
-        if let Err(e) = scenes.validate() {
+        if let Err(e) = self.data.scenes().validate() {
             return bad(format!("[data]: {e}"));
         }
         Ok(())

@@ -80,12 +80,7 @@ pub fn stream_config(cfg: &TrainConfig, i: usize, stage: &Stage) -> StreamConfig
             }
         },
         base_side: stage.side,
-        text_prob: cfg.data.text_prob,
-        icon_prob: cfg.data.icon_prob,
-        min_objects: cfg.data.min_objects,
-        max_objects: cfg.data.max_objects,
-        background_weights: cfg.data.background_weights,
-        ..SamplerConfig::default()
+        ..cfg.data.scenes()
     };
     StreamConfig {
         seed: cfg.seed.wrapping_add(1000 * i as u64),
