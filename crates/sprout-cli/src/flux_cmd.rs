@@ -7,22 +7,14 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use sprout_models::dit::embed::patchify;
 use sprout_models::flux::files::Variant;
-use sprout_pipeline::flux::{kontext_size, size_multiple, FluxModel, Img2Img};
+use sprout_pipeline::flux::{kontext_size, sampling_defaults, size_multiple, FluxModel, Img2Img};
 use sprout_world::canvas::parse_size;
 use sprout_world::AspectRatio;
 
 use crate::generate_cmd::{output_paths, write_png, GenerateArgs};
-use crate::inputs::{open_image, resized};
+use crate::inputs::open_image;
 use crate::progress::bar;
-
-/// Sampling defaults of each variant (steps, guidance), as their reference pipelines use.
-fn defaults(v: Variant) -> (usize, f64) {
-    match v {
-        Variant::Schnell => (4, 0.0),
-        Variant::Dev => (28, 3.5),
-        Variant::Kontext => (28, 2.5),
-    }
-}
+use sprout_pipeline::generate::resized;
 
 /// Initial latents from a file: one tensor, packed (n, L, 4C) or unpacked (n, C, h, w).
 fn read_latents(path: &Path, channels: usize) -> Result<Tensor> {
@@ -69,7 +61,11 @@ const MAX_REFERENCES: usize = 4;
 fn read_reference(path: &Path, multiple: usize) -> Result<Tensor> {
     let img = open_image(path, "--image")?;
     let (w, h) = kontext_size(img.width() as usize, img.height() as usize);
-    resized(&img, w / multiple * multiple, h / multiple * multiple)
+    Ok(resized(
+        &img,
+        w / multiple * multiple,
+        h / multiple * multiple,
+    )?)
 }
 
 pub fn edit(e: EditArgs) -> Result<()> {
@@ -143,7 +139,7 @@ fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
         }
         (None, None, None) => (1024, 1024),
     };
-    let (default_steps, default_guidance) = defaults(variant);
+    let (default_steps, default_guidance) = sampling_defaults(variant);
     let steps = a.steps.unwrap_or(default_steps);
     let guidance = a.guidance.unwrap_or(default_guidance);
     if steps == 0 || steps > sprout_pipeline::generate::MAX_STEPS {

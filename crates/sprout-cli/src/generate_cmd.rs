@@ -14,8 +14,9 @@ use sprout_pipeline::generate::{generate, InitImage, Request};
 use sprout_world::canvas::parse_size;
 use sprout_world::AspectRatio;
 
-use crate::inputs::{open_image, resized};
+use crate::inputs::open_image;
 use crate::progress::bar;
+use sprout_pipeline::generate::resized;
 
 #[derive(Args)]
 pub struct GenerateArgs {

@@ -1,18 +1,26 @@
-//! `sprout serve [--model default|DIR] [--host H] [--port P] [--queue N] [--deadline S]`
+//! `sprout serve [--model default|DIR|flux-schnell|flux-dev|flux-kontext] [--weights PATH]
+//! [--host H] [--port P] [--queue N] [--deadline S]`
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
 use clap::Args;
-use sprout_server::ServerConfig;
+use sprout_models::flux::files::Variant;
+use sprout_pipeline::flux::FluxModel;
+use sprout_server::{Engine, ServerConfig};
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// `default` (embedded) or a model bundle directory.
+    /// `default` (embedded), a model bundle directory, or flux-schnell, flux-dev,
+    /// flux-kontext (with --weights; flux-kontext also serves /v1/images/edits).
     #[arg(long, default_value = "default")]
     pub model: String,
+    /// FLUX.1 weights: a Black Forest Labs file or folder, or a diffusers snapshot.
+    #[arg(long)]
+    pub weights: Option<std::path::PathBuf>,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// Port to listen on (0 picks a free one; the address is printed).
@@ -65,14 +73,35 @@ pub fn run(a: ServeArgs) -> Result<()> {
         warmup: !a.no_warmup,
         ..ServerConfig::default()
     };
-    let bundle = crate::generate_cmd::load_model(&a.model)?;
-    let name = if a.model == "default" {
-        "sprout-default".to_string()
+    let (engine, name) = if a.model.starts_with("flux-") {
+        let variant = Variant::parse(&a.model)?;
+        let Some(weights) = &a.weights else {
+            bail!(
+                "--model {} needs --weights PATH (a Black Forest Labs file or folder, or a diffusers snapshot)",
+                a.model
+            );
+        };
+        let model = FluxModel::load(weights, variant, &Device::Cpu)?;
+        (Engine::Flux(Box::new(model)), variant.name().to_string())
     } else {
-        bundle.meta.name.clone()
+        if a.weights.is_some() {
+            bail!("--weights is for the FLUX.1 models (--model flux-schnell, flux-dev or flux-kontext); Sprout's models are bundle directories given to --model");
+        }
+        let bundle = crate::generate_cmd::load_model(&a.model)?;
+        let name = if a.model == "default" {
+            "sprout-default".to_string()
+        } else {
+            bundle.meta.name.clone()
+        };
+        (Engine::Native(Box::new(bundle)), name)
     };
-    eprintln!("model {name} loaded; warming up at its largest size");
-    let state = Arc::new(sprout_server::start(bundle, &name, cfg)?);
+    if cfg.warmup {
+        let (w, h) = engine.warmup_size();
+        eprintln!("model {name} loaded; warming up with one step at {w}x{h}");
+    } else {
+        eprintln!("model {name} loaded");
+    }
+    let state = Arc::new(sprout_server::start(engine, &name, cfg)?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -13,59 +13,9 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn config_of(name: &str) -> serde_json::Value {
-    let bytes = std::fs::read(fixture(name)).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    serde_json::from_str(&meta.metadata().as_ref().unwrap()["config"]).unwrap()
-}
-
 /// A diffusers FLUX.1 dev snapshot folder made of the fixture files.
 fn snapshot(root: &Path) {
-    std::fs::create_dir_all(root).unwrap();
-    let put = |dir: &str, file: &str, from: &str, config: Option<serde_json::Value>| {
-        std::fs::create_dir_all(root.join(dir)).unwrap();
-        std::fs::copy(fixture(from), root.join(dir).join(file)).unwrap();
-        if let Some(c) = config {
-            std::fs::write(root.join(dir).join("config.json"), c.to_string()).unwrap();
-        }
-    };
-    std::fs::write(
-        root.join("model_index.json"),
-        r#"{"_class_name": "FluxPipeline"}"#,
-    )
-    .unwrap();
-    put(
-        "transformer",
-        "diffusion_pytorch_model.safetensors",
-        "transformer_dev_diffusers.safetensors",
-        Some(config_of("transformer_dev_diffusers.safetensors")),
-    );
-    put(
-        "vae",
-        "diffusion_pytorch_model.safetensors",
-        "vae_diffusers.safetensors",
-        Some(config_of("vae_diffusers.safetensors")),
-    );
-    put(
-        "text_encoder",
-        "model.safetensors",
-        "clip.safetensors",
-        Some(config_of("clip.safetensors")),
-    );
-    put(
-        "text_encoder_2",
-        "model.safetensors",
-        "t5.safetensors",
-        Some(config_of("t5.safetensors")),
-    );
-    put("tokenizer", "vocab.json", "tokenizer/vocab.json", None);
-    put("tokenizer", "merges.txt", "tokenizer/merges.txt", None);
-    put(
-        "tokenizer_2",
-        "tokenizer.json",
-        "tokenizer_2/tokenizer.json",
-        None,
-    );
+    sprout_pipeline::testing::flux_snapshot(root, "FluxPipeline").unwrap();
 }
 
 fn sprout(args: &[&str]) -> Output {
@@ -244,8 +194,10 @@ fn flux_dev_from_a_gguf_file_stays_near_the_reference_image() {
         .collect();
     let gguf = root.join("flux1-dev-Q8_0.gguf");
     // Not a full-size model: the file says which config (as the random-weight writer does).
-    let dcfg: sprout_models::flux::convert::DiffusersTransformerConfig =
-        serde_json::from_value(config_of("transformer_dev_bfl.safetensors")).unwrap();
+    let dcfg: sprout_models::flux::convert::DiffusersTransformerConfig = serde_json::from_value(
+        sprout_pipeline::testing::flux_fixture_config("transformer_dev_bfl.safetensors").unwrap(),
+    )
+    .unwrap();
     let cfg = serde_json::to_string(&dcfg.to_dit().unwrap()).unwrap();
     sprout_models::gguf::write(
         &gguf,
@@ -330,4 +282,36 @@ fn flux_img2img_from_the_cli_matches_the_reference_image() {
         "{}",
         stderr(&r)
     );
+}
+
+/// `sprout serve` with a FLUX model refuses a missing or wrong `--weights` before it
+/// listens, and `--weights` is refused for Sprout's own models.
+#[test]
+fn serve_checks_flux_weights_before_listening() {
+    for (args, want) in [
+        (vec!["serve", "--model", "flux-dev"], "needs --weights PATH"),
+        (
+            vec![
+                "serve",
+                "--model",
+                "flux-schnell",
+                "--weights",
+                "/nonexistent/flux1-schnell.safetensors",
+            ],
+            "/nonexistent/flux1-schnell.safetensors",
+        ),
+        (
+            vec!["serve", "--model", "flux-pro", "--weights", "/tmp"],
+            "unknown FLUX model",
+        ),
+        (
+            vec!["serve", "--model", "default", "--weights", "/tmp"],
+            "--weights is for the FLUX.1 models",
+        ),
+    ] {
+        let o = sprout(&args);
+        assert!(!o.status.success(), "{args:?} started");
+        assert!(stderr(&o).contains(want), "{args:?}: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    }
 }

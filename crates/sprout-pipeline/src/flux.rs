@@ -3,6 +3,8 @@
 //! shifted by the image's token count, guidance as an input), the FLUX autoencoder.
 //! Reproduces diffusers' `FluxPipeline` from the same initial latents (tested).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use candle_core::{DType, Device, Module, Tensor};
 use candle_transformers::models::clip::text_model::ClipTextTransformer;
 use candle_transformers::models::t5::T5EncoderModel;
@@ -14,6 +16,7 @@ use sprout_models::flux::vae::FluxVae;
 use tokenizers::Tokenizer;
 
 use crate::flow::{euler_step, schedule, ShiftConfig};
+use crate::generate::{preview_steps, to_images, Hooks};
 use crate::noise::noise;
 use crate::PipelineError;
 
@@ -119,6 +122,26 @@ pub const KONTEXT_RESOLUTIONS: [(usize, usize); 17] = [
     (1568, 672),
 ];
 
+/// Sampling defaults of each variant (steps, guidance), as their reference pipelines use.
+pub fn sampling_defaults(v: Variant) -> (usize, f64) {
+    match v {
+        Variant::Schnell => (4, 0.0),
+        Variant::Dev => (28, 3.5),
+        Variant::Kontext => (28, 2.5),
+    }
+}
+
+/// The size a reference image of `width`×`height` enters an edit at: the aspect ratio of
+/// its nearest preferred Kontext resolution, scaled to `area` pixels and rounded down to
+/// `multiple`. At 1024² this is the preferred resolution itself, as the reference pipeline
+/// resizes; a smaller canvas gets proportionally smaller references.
+pub fn reference_size(width: usize, height: usize, area: usize, multiple: usize) -> (usize, usize) {
+    let (kw, kh) = kontext_size(width, height);
+    let scale = (area as f64 / (kw * kh) as f64).sqrt();
+    let side = |v: usize| ((v as f64 * scale) as usize / multiple * multiple).max(multiple);
+    (side(kw), side(kh))
+}
+
 /// The preferred Kontext resolution whose aspect ratio is nearest to `width`/`height`.
 pub fn kontext_size(width: usize, height: usize) -> (usize, usize) {
     let a = width as f64 / height as f64;
@@ -211,6 +234,45 @@ impl FluxModel {
         guidance: f64,
         mut on_step: impl FnMut(usize, usize),
     ) -> Result<Tensor, PipelineError> {
+        let never = AtomicBool::new(false);
+        self.sample_with(
+            text,
+            latents,
+            refs,
+            init,
+            (width, height),
+            steps,
+            guidance,
+            Hooks {
+                cancel: &never,
+                on_step: &mut on_step,
+                previews: 0,
+                on_preview: &mut |_, _| {},
+            },
+        )
+    }
+
+    /// [`sample`](Self::sample) with cancellation (checked before each network evaluation)
+    /// and previews: `hooks.previews` decodes of the current prediction of the final image
+    /// (`x0 = x_t − t·v`), evenly spaced over the steps as the native pipeline spaces them.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_with(
+        &self,
+        text: &FluxText,
+        latents: &Tensor,
+        refs: &[Reference],
+        init: Option<&Img2Img>,
+        (width, height): (usize, usize),
+        steps: usize,
+        guidance: f64,
+        hooks: Hooks<'_>,
+    ) -> Result<Tensor, PipelineError> {
+        let Hooks {
+            cancel,
+            on_step,
+            previews,
+            on_preview,
+        } = hooks;
         let dev = self.device();
         let f = self.vae.cfg.downscale();
         let (h, w) = (height / f, width / f);
@@ -263,7 +325,11 @@ impl FluxModel {
         };
         let run = times.len() - 1;
         let g = Tensor::new(&[guidance as f32], dev)?;
+        let at = preview_steps(run, previews);
         for (i, pair) in times.windows(2).enumerate() {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(PipelineError::Cancelled);
+            }
             let t = Tensor::new(&[pair[0] as f32], dev)?;
             let v = self.dit.forward(&DitInput {
                 guidance: self.variant.guidance_embed().then_some(&g),
@@ -280,15 +346,54 @@ impl FluxModel {
                     &text.pooled,
                 )
             })?;
-            x = euler_step(&x, &v.to_dtype(DType::F32)?, pair[0], pair[1])?;
+            let v = v.to_dtype(DType::F32)?;
+            x = euler_step(&x, &v, pair[0], pair[1])?;
             on_step(i + 1, run);
+            if let Some(k) = at.iter().position(|&s| s == i) {
+                let x0 = (&x - (&v * pair[1])?)?;
+                let img = self.decode(&x0, h, w)?;
+                on_preview(k, to_images(&((img * 2.0)? - 1.0)?)?);
+            }
         }
-        let z = unpatchify(&x, 2, h, w)?.to_dtype(self.parts_dtype)?;
+        self.decode(&x, h, w)
+    }
+
+    /// Packed latents (1, L, 4·C) of an `h`×`w`-cell latent grid to an image (1, 3, H, W) in
+    /// [0, 1]; tiled above 128² cells.
+    fn decode(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor, PipelineError> {
+        let z = unpatchify(x, 2, h, w)?.to_dtype(self.parts_dtype)?;
         let img = if h * w > 128 * 128 {
             self.vae.decode_tiled(&z, 64, 8)?
         } else {
             self.vae.decode(&z)?
         };
         Ok(((img.to_dtype(DType::F32)? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_keep_the_nearest_kontext_ratio_at_the_canvas_area() {
+        // At 1024² the preferred resolutions themselves: 4:3 → 1184×880, portrait 9:16 →
+        // 752×1392 (ratio 0.540 is nearest to 0.5625).
+        assert_eq!(reference_size(800, 600, 1024 * 1024, 16), (1184, 880));
+        assert_eq!(kontext_size(900, 1600), (752, 1392));
+        assert_eq!(reference_size(900, 1600, 1024 * 1024, 16), (752, 1392));
+        // A 32² canvas with steps of 4: about 32² pixels at the same ratio, rounded down.
+        let (w, h) = reference_size(800, 600, 32 * 32, 4);
+        assert_eq!((w % 4, h % 4), (0, 0));
+        assert!(
+            (w * h) as f64 <= 1024.0 && (w * h) as f64 > 0.6 * 1024.0,
+            "{w}x{h}"
+        );
+        assert!(
+            ((w as f64 / h as f64) - 1184.0 / 880.0).abs() < 0.25,
+            "{w}x{h}"
+        );
+        // Never below one step.
+        assert_eq!(reference_size(4000, 10, 16, 16), (16, 16));
     }
 }

@@ -116,6 +116,21 @@ pub fn from_image(img: &RgbImage, device: &Device) -> candle_core::Result<Tensor
     (t / 127.5)? - 1.0
 }
 
+/// `img` resized to `w`×`h` (Lanczos; unchanged when it has that size), as (1, 3, H, W) in
+/// [-1, 1].
+pub fn resized(img: &RgbImage, w: usize, h: usize) -> candle_core::Result<Tensor> {
+    if img.dimensions() == (w as u32, h as u32) {
+        return from_image(img, &Device::Cpu);
+    }
+    let img = image::imageops::resize(
+        img,
+        w as u32,
+        h as u32,
+        image::imageops::FilterType::Lanczos3,
+    );
+    from_image(&img, &Device::Cpu)
+}
+
 /// Latents (n, C, h, w) → RGB images.
 pub fn to_images(x: &Tensor) -> Result<Vec<RgbImage>, PipelineError> {
     let (n, _, h, w) = x.dims4()?;

@@ -80,3 +80,83 @@ pub fn tiny_bundle(words: &[&str], seed: u64) -> Result<BundleParts, PipelineErr
         tokenizer,
     })
 }
+
+/// The tiny FLUX.1 parity fixtures (`tools/flux-parity/make_fixtures.py`).
+pub fn flux_fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../sprout-models/tests/fixtures/flux")
+        .join(name)
+}
+
+/// The `config` metadata of a fixture file.
+pub fn flux_fixture_config(name: &str) -> Result<serde_json::Value, PipelineError> {
+    let bad = |e: String| PipelineError::Weights(format!("fixture {name}: {e}"));
+    let bytes = std::fs::read(flux_fixture(name)).map_err(|e| bad(e.to_string()))?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+    let cfg = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("config"))
+        .ok_or_else(|| bad("no config metadata".into()))?;
+    serde_json::from_str(cfg).map_err(|e| bad(e.to_string()))
+}
+
+/// A diffusers FLUX.1 snapshot folder at `root` made of the tiny fixtures (the dev
+/// transformer, with guidance embedding), whose `model_index.json` names `pipeline_class`
+/// (`FluxPipeline`, or `FluxKontextPipeline` for Kontext).
+pub fn flux_snapshot(root: &std::path::Path, pipeline_class: &str) -> Result<(), PipelineError> {
+    let io = |e: std::io::Error| PipelineError::Weights(format!("{}: {e}", root.display()));
+    std::fs::create_dir_all(root).map_err(io)?;
+    std::fs::write(
+        root.join("model_index.json"),
+        serde_json::json!({ "_class_name": pipeline_class }).to_string(),
+    )
+    .map_err(io)?;
+    let parts: [(&str, &str, &str, bool); 7] = [
+        (
+            "transformer",
+            "diffusion_pytorch_model.safetensors",
+            "transformer_dev_diffusers.safetensors",
+            true,
+        ),
+        (
+            "vae",
+            "diffusion_pytorch_model.safetensors",
+            "vae_diffusers.safetensors",
+            true,
+        ),
+        (
+            "text_encoder",
+            "model.safetensors",
+            "clip.safetensors",
+            true,
+        ),
+        (
+            "text_encoder_2",
+            "model.safetensors",
+            "t5.safetensors",
+            true,
+        ),
+        ("tokenizer", "vocab.json", "tokenizer/vocab.json", false),
+        ("tokenizer", "merges.txt", "tokenizer/merges.txt", false),
+        (
+            "tokenizer_2",
+            "tokenizer.json",
+            "tokenizer_2/tokenizer.json",
+            false,
+        ),
+    ];
+    for (dir, file, from, config) in parts {
+        std::fs::create_dir_all(root.join(dir)).map_err(io)?;
+        std::fs::copy(flux_fixture(from), root.join(dir).join(file)).map_err(io)?;
+        if config {
+            std::fs::write(
+                root.join(dir).join("config.json"),
+                flux_fixture_config(from)?.to_string(),
+            )
+            .map_err(io)?;
+        }
+    }
+    Ok(())
+}

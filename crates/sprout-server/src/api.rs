@@ -92,11 +92,7 @@ async fn generations(
     let _flight = InFlight::new(&s);
     s.metrics.requests.fetch_add(1, Ordering::Relaxed);
     let t0 = Instant::now();
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .unwrap_or_else(|| s.cfg.addr.to_string());
+    let host = host_of(&s, &headers);
     let result = generate_response(&s, &host, body).await;
     s.metrics.observe("total", t0.elapsed().as_secs_f64());
     answer(&s, result)
@@ -117,6 +113,11 @@ async fn generate_response(
 ) -> Result<Response, ApiError> {
     let body = body.map_err(|e| body_error(e, s.cfg.max_body_bytes))?;
     let g = check(parse_json::<GenerationBody>(&body)?, s)?;
+    respond(s, host, g).await
+}
+
+/// Run a checked generation (or edit) and answer: streamed, as base64 or as URLs.
+async fn respond(s: &Arc<AppState>, host: &str, g: Generation) -> Result<Response, ApiError> {
     if g.stream {
         return stream_response(s, g);
     }
@@ -171,6 +172,7 @@ fn submit_with_previews(
     let (tx, rx) = oneshot::channel();
     s.worker.submit(Job {
         req: g.req.clone(),
+        refs: g.refs.clone(),
         ctl: ctl.clone(),
         reply: tx,
         previews: previews
@@ -399,11 +401,25 @@ pub fn images_json(encoded: &[Vec<u8>], seed: u64, format: OutputFormat, model: 
 async fn edits(State(s): St, req: axum::extract::Request) -> Response {
     let _flight = InFlight::new(&s);
     s.metrics.requests.fetch_add(1, Ordering::Relaxed);
-    answer(&s, edit_response(&s, req).await)
+    let t0 = Instant::now();
+    let host = host_of(&s, req.headers());
+    let result = edit_response(&s, &host, req).await;
+    s.metrics.observe("total", t0.elapsed().as_secs_f64());
+    answer(&s, result)
+}
+
+/// The Host the client used (for URLs of stored images).
+fn host_of(s: &AppState, headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| s.cfg.addr.to_string())
 }
 
 async fn edit_response(
     s: &Arc<AppState>,
+    host: &str,
     req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     use axum::extract::FromRequest;
@@ -439,13 +455,44 @@ async fn edit_response(
     if inputs.prompt.as_deref().is_none_or(|p| p.trim().is_empty()) {
         return Err(ApiError::invalid("prompt", "prompt is empty"));
     }
-    Err(ApiError::invalid(
-        "model",
-        format!(
-            "the model {} cannot edit images yet (it draws from text only); use /v1/images/generations",
-            s.model
-        ),
-    ))
+    if !s.profile.edits {
+        return Err(ApiError::invalid(
+            "model",
+            format!(
+                "the model {} cannot edit images (it draws from text only); use /v1/images/generations, or serve flux-kontext to edit",
+                s.model
+            ),
+        ));
+    }
+    if inputs.mask.is_some() {
+        return Err(ApiError::invalid(
+            "mask",
+            format!(
+                "the model {} edits by instruction and takes no mask; describe the change in the prompt",
+                s.model
+            ),
+        ));
+    }
+    let body = inputs.generation_body()?;
+    let auto = body.size.as_deref().is_none_or(|z| z == "auto");
+    let mut g = check(body, s)?;
+    if auto {
+        // An edit keeps its first image's aspect ratio, at the default canvas's area.
+        let p = &s.profile;
+        let first = &inputs.images[0];
+        let (w, h) = sprout_pipeline::flux::reference_size(
+            first.width() as usize,
+            first.height() as usize,
+            (p.default_size.0 * p.default_size.1) as usize,
+            p.multiple as usize,
+        );
+        (g.req.width, g.req.height) = (
+            (w as u32).min(p.max_side / p.multiple * p.multiple),
+            (h as u32).min(p.max_side / p.multiple * p.multiple),
+        );
+    }
+    g.refs = inputs.images.iter().map(|i| i.to_rgb8()).collect();
+    respond(s, host, g).await
 }
 
 async fn stored_image(State(s): St, Path(name): Path<String>) -> Response {
@@ -472,10 +519,25 @@ async fn page() -> Response {
         .into_response()
 }
 
+/// What a client needs to build valid requests (an extension of the model object).
+fn profile_json(p: &crate::Profile) -> Value {
+    let size = |(w, h): (u32, u32)| format!("{w}x{h}");
+    json!({
+        "default_size": size(p.default_size),
+        "sizes": p.sizes().into_iter().map(size).collect::<Vec<_>>(),
+        "size_multiple": p.multiple,
+        "max_side": p.max_side,
+        "default_steps": p.default_steps,
+        "default_guidance": p.default_guidance,
+        "edits": p.edits,
+    })
+}
+
 async fn models(State(s): St) -> Response {
     Json(json!({
         "object": "list",
-        "data": [{"id": s.model, "object": "model", "created": 0, "owned_by": "sprout"}],
+        "data": [{"id": s.model, "object": "model", "created": 0, "owned_by": "sprout",
+                  "sprout": profile_json(&s.profile)}],
     }))
     .into_response()
 }

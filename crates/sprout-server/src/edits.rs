@@ -8,8 +8,10 @@ use axum::extract::Multipart;
 use base64::Engine;
 use image::{DynamicImage, ImageReader, Limits};
 use serde::Deserialize;
+use serde_json::{Map, Value};
 
 use crate::error::ApiError;
+use crate::generations::{parse_json, GenerationBody};
 
 /// Most input images per edit.
 pub const MAX_IMAGES: usize = 16;
@@ -21,6 +23,40 @@ pub struct EditInputs {
     pub mask: Option<DynamicImage>,
     pub prompt: Option<String>,
     pub model: Option<String>,
+    /// The generation fields (`n`, `size`, `seed`, …), checked by the generation rules.
+    pub fields: Map<String, Value>,
+}
+
+impl EditInputs {
+    /// The generation request these fields make (prompt and model included); a field of
+    /// the wrong type is named in the error.
+    pub fn generation_body(&self) -> Result<GenerationBody, ApiError> {
+        let mut f = self.fields.clone();
+        // OpenAI's input fidelity has no counterpart here; accepted so that clients work.
+        f.remove("input_fidelity");
+        if let Some(p) = &self.prompt {
+            f.insert("prompt".into(), Value::String(p.clone()));
+        }
+        if let Some(m) = &self.model {
+            f.insert("model".into(), Value::String(m.clone()));
+        }
+        parse_json(&serde_json::to_vec(&Value::Object(f)).expect("a JSON map serializes"))
+    }
+}
+
+/// A multipart text field as JSON: the numeric and boolean generation fields are parsed
+/// (when they do not parse, they stay text and the generation rules name them).
+fn field_value(name: &str, text: String) -> Value {
+    let parsed = match name {
+        "n" | "output_compression" | "partial_images" | "steps" => {
+            text.trim().parse::<i64>().ok().map(Value::from)
+        }
+        "seed" => text.trim().parse::<u64>().ok().map(Value::from),
+        "guidance" => text.trim().parse::<f64>().ok().map(Value::from),
+        "stream" => text.trim().parse::<bool>().ok().map(Value::from),
+        _ => None,
+    };
+    parsed.unwrap_or(Value::String(text))
 }
 
 /// Decoding limits: no side beyond `max_side`, no allocation beyond `max_alloc` bytes, so a
@@ -62,26 +98,16 @@ pub fn decode_image(
     })
 }
 
-/// The JSON form: `{"prompt": …, "images": [{"image_url": "data:image/png;base64,…"}], "mask": {…}}`.
+/// The JSON form: `{"prompt": …, "images": [{"image_url": "data:image/png;base64,…"}], "mask": {…}}`
+/// and the generation fields.
 #[derive(Debug, Deserialize)]
 pub struct JsonEdit {
     pub prompt: Option<String>,
     pub model: Option<String>,
     pub images: Vec<ImageRef>,
     pub mask: Option<ImageRef>,
-    // Accepted; checked by the generation rules once editing models are served.
-    pub n: Option<i64>,
-    pub size: Option<String>,
-    pub response_format: Option<String>,
-    pub output_format: Option<String>,
-    pub output_compression: Option<i64>,
-    pub seed: Option<u64>,
-    pub steps: Option<i64>,
-    pub guidance: Option<f64>,
-    pub user: Option<String>,
-    pub quality: Option<String>,
-    pub background: Option<String>,
-    pub input_fidelity: Option<String>,
+    #[serde(flatten)]
+    pub rest: Map<String, Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -143,6 +169,7 @@ pub fn from_json(j: JsonEdit, lim: DecodeLimits) -> Result<EditInputs, ApiError>
         mask,
         prompt: j.prompt,
         model: j.model,
+        fields: j.rest,
     };
     check_mask(&inputs)?;
     Ok(inputs)
@@ -188,9 +215,11 @@ pub async fn from_multipart(
                     out.model = Some(text);
                 }
             }
-            // Generation fields (n, size, …) are checked with the generation rules once
-            // editing models are served.
-            _ => {}
+            _ => {
+                let text = String::from_utf8(bytes.to_vec())
+                    .map_err(|_| ApiError::invalid(&name, format!("{name} is not UTF-8 text")))?;
+                out.fields.insert(name.clone(), field_value(&name, text));
+            }
         }
     }
     if out.images.is_empty() {

@@ -3,12 +3,11 @@
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use sprout_models::ae::DOWNSCALE;
 use sprout_pipeline::generate::{Request, MAX_STEPS};
 
 use crate::encode::OutputFormat;
 use crate::error::ApiError;
-use crate::AppState;
+use crate::{AppState, Profile};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +45,8 @@ pub struct Generation {
     pub partial_images: usize,
     /// Answer with URLs of stored images instead of base64.
     pub url: bool,
+    /// An edit's input images (empty for a generation).
+    pub refs: Vec<image::RgbImage>,
 }
 
 /// Parse a JSON body; the error names the offending field where serde knows it.
@@ -73,34 +74,35 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-/// `WxH` with both sides positive multiples of the autoencoder's factor and within the
-/// model's maximum, or `auto` (256x256).
-pub fn parse_size(size: Option<&str>, max_side: u32) -> Result<(u32, u32), ApiError> {
+/// `WxH` with both sides positive multiples of the model's size step and within its
+/// maximum, or `auto` (the model's default canvas).
+pub fn parse_size(size: Option<&str>, p: &Profile) -> Result<(u32, u32), ApiError> {
     let s = match size {
-        None | Some("auto") => return Ok((256, 256)),
+        None | Some("auto") => return Ok(p.default_size),
         Some(s) => s,
     };
     let bad = |m: String| Err(ApiError::invalid("size", m));
-    let Some((w, h)) = s.split_once('x') else {
+    let parsed = s
+        .split_once('x')
+        .and_then(|(w, h)| Some((w.trim().parse::<u32>().ok()?, h.trim().parse::<u32>().ok()?)));
+    let Some((w, h)) = parsed else {
         return bad(format!(
-            "size {s:?} is not WIDTHxHEIGHT (e.g. 256x256) or auto"
+            "size {s:?} is not WIDTHxHEIGHT (e.g. {}x{}) or auto",
+            p.default_size.0, p.default_size.1
         ));
     };
-    let (Ok(w), Ok(h)) = (w.trim().parse::<u32>(), h.trim().parse::<u32>()) else {
-        return bad(format!(
-            "size {s:?} is not WIDTHxHEIGHT (e.g. 256x256) or auto"
-        ));
-    };
-    let m = DOWNSCALE as u32;
+    let (m, max) = (p.multiple, p.max_side);
     for v in [w, h] {
         if v == 0 || v % m != 0 {
             return bad(format!(
-                "size {s}: {v} is not a positive multiple of {m}; this model draws sizes such as 256x256, 320x224 or 512x512"
+                "size {s}: {v} is not a positive multiple of {m}; this model draws sizes such as {0}x{0}, {1}x{0} or {0}x{1}",
+                p.default_size.0,
+                p.default_size.0 + m * 2
             ));
         }
-        if v > max_side {
+        if v > max {
             return bad(format!(
-                "size {s}: {v} exceeds this model's maximum side of {max_side}"
+                "size {s}: {v} exceeds this model's maximum side of {max}"
             ));
         }
     }
@@ -144,7 +146,7 @@ pub fn check(body: GenerationBody, state: &AppState) -> Result<Generation, ApiEr
             format!("n = {n} is out of range (1..={})", state.cfg.max_n),
         ));
     }
-    let (width, height) = parse_size(body.size.as_deref(), state.max_side)?;
+    let (width, height) = parse_size(body.size.as_deref(), &state.profile)?;
     let url = match body.response_format.as_deref() {
         None | Some("b64_json") => false,
         Some("url") => true,
@@ -177,14 +179,14 @@ pub fn check(body: GenerationBody, state: &AppState) -> Result<Generation, ApiEr
         }
         Some(p) => p as usize,
     };
-    let steps = body.steps.unwrap_or(state.default_steps as i64);
+    let steps = body.steps.unwrap_or(state.profile.default_steps as i64);
     if steps < 1 || steps > MAX_STEPS as i64 {
         return Err(ApiError::invalid(
             "steps",
             format!("steps = {steps} is out of range (1..={MAX_STEPS})"),
         ));
     }
-    let guidance = body.guidance.unwrap_or(state.default_guidance);
+    let guidance = body.guidance.unwrap_or(state.profile.default_guidance);
     if !guidance.is_finite() || !(0.0..=50.0).contains(&guidance) {
         return Err(ApiError::invalid(
             "guidance",
@@ -200,7 +202,7 @@ pub fn check(body: GenerationBody, state: &AppState) -> Result<Generation, ApiEr
             guidance,
             width,
             height,
-            sampler: state.sampler,
+            sampler: state.profile.sampler,
             init: None,
         },
         format,
@@ -208,6 +210,7 @@ pub fn check(body: GenerationBody, state: &AppState) -> Result<Generation, ApiEr
         stream,
         partial_images,
         url,
+        refs: Vec::new(),
     })
 }
 
@@ -217,19 +220,41 @@ mod tests {
 
     #[test]
     fn sizes_are_checked_and_named() {
-        assert_eq!(parse_size(None, 512).unwrap(), (256, 256));
-        assert_eq!(parse_size(Some("auto"), 512).unwrap(), (256, 256));
-        assert_eq!(parse_size(Some("320x224"), 512).unwrap(), (320, 224));
+        let p = Profile {
+            multiple: 32,
+            max_side: 512,
+            default_size: (256, 256),
+            default_steps: 20,
+            default_guidance: 4.0,
+            sampler: sprout_pipeline::flow::Sampler::Heun,
+            edits: false,
+        };
+        assert_eq!(parse_size(None, &p).unwrap(), (256, 256));
+        assert_eq!(parse_size(Some("auto"), &p).unwrap(), (256, 256));
+        assert_eq!(parse_size(Some("320x224"), &p).unwrap(), (320, 224));
         for (s, want) in [
             ("7x7", "7 is not a positive multiple of 32"),
             ("1024x1024", "exceeds this model's maximum side of 512"),
             ("big", "not WIDTHxHEIGHT"),
             ("0x256", "0 is not a positive multiple"),
         ] {
-            let e = parse_size(Some(s), 512).unwrap_err();
+            let e = parse_size(Some(s), &p).unwrap_err();
             assert!(e.to_string().contains(want), "{s}: {e}");
             assert!(matches!(e, ApiError::Invalid { param: Some(ref p), .. } if p == "size"));
         }
+        // FLUX.1: steps of 16, 1024² by default.
+        let flux = Profile {
+            multiple: 16,
+            max_side: 2048,
+            default_size: (1024, 1024),
+            ..p
+        };
+        assert_eq!(parse_size(None, &flux).unwrap(), (1024, 1024));
+        assert_eq!(parse_size(Some("1024x768"), &flux).unwrap(), (1024, 768));
+        let e = parse_size(Some("1000x1000"), &flux)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1000 is not a positive multiple of 16"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod edits;
 pub mod encode;
+pub mod engine;
 pub mod error;
 pub mod generations;
 pub mod jobs;
@@ -16,11 +17,10 @@ pub mod worker;
 use std::future::Future;
 use std::sync::Arc;
 
-use sprout_pipeline::bundle::Bundle;
-use sprout_pipeline::flow::Sampler;
-use sprout_pipeline::generate::{generate, Request};
+use sprout_pipeline::generate::{Hooks, Request};
 
 pub use config::ServerConfig;
+pub use engine::{Engine, Profile};
 pub use error::ApiError;
 
 use metrics::Metrics;
@@ -31,10 +31,8 @@ pub struct AppState {
     pub cfg: ServerConfig,
     /// The name clients use for the served model (`/v1/models`).
     pub model: String,
-    pub max_side: u32,
-    pub default_steps: usize,
-    pub default_guidance: f64,
-    pub sampler: Sampler,
+    /// The served model's limits and defaults.
+    pub profile: Profile,
     pub worker: Worker,
     pub metrics: Arc<Metrics>,
     pub jobs: jobs::Jobs,
@@ -49,50 +47,42 @@ impl AppState {
     }
 }
 
-/// Check the model at its largest size (one step) so memory problems show at start, then
-/// start the worker.
-pub fn start(bundle: Bundle, model: &str, cfg: ServerConfig) -> Result<AppState, ApiError> {
-    let meta = &bundle.meta;
+/// Run the model once (one step, at [`Engine::warmup_size`]) so memory problems show at
+/// start, then start the worker.
+pub fn start(mut engine: Engine, model: &str, cfg: ServerConfig) -> Result<AppState, ApiError> {
+    let profile = engine.profile();
     if cfg.warmup {
-        let side = meta.max_side / sprout_models::ae::DOWNSCALE as u32
-            * sprout_models::ae::DOWNSCALE as u32;
-        generate(
-            &bundle,
-            &Request {
-                prompt: "warm-up".into(),
-                n: 1,
-                seed: 0,
-                steps: 1,
-                guidance: meta.default_guidance,
-                width: side,
-                height: side,
-                sampler: meta.sampler,
-                init: None,
-            },
-            |_, _| {},
-        )
-        .map_err(|e| ApiError::Internal(format!("warm-up at {side}x{side} failed: {e}")))?;
+        let (w, h) = engine.warmup_size();
+        let never = std::sync::atomic::AtomicBool::new(false);
+        engine
+            .run(
+                &Request {
+                    prompt: "warm-up".into(),
+                    n: 1,
+                    seed: 0,
+                    steps: 1,
+                    guidance: profile.default_guidance,
+                    width: w,
+                    height: h,
+                    sampler: profile.sampler,
+                    init: None,
+                },
+                &[],
+                Hooks {
+                    cancel: &never,
+                    on_step: &mut |_, _| {},
+                    previews: 0,
+                    on_preview: &mut |_, _| {},
+                },
+            )
+            .map_err(|e| ApiError::Internal(format!("warm-up at {w}x{h} failed: {e}")))?;
     }
     let metrics = Arc::new(Metrics::default());
-    let (max_side, default_steps, default_guidance, sampler) = (
-        meta.max_side,
-        meta.default_steps,
-        meta.default_guidance,
-        meta.sampler,
-    );
-    let worker = Worker::spawn(
-        Arc::new(bundle),
-        cfg.queue_capacity,
-        cfg.deadline,
-        metrics.clone(),
-    );
+    let worker = Worker::spawn(engine, cfg.queue_capacity, cfg.deadline, metrics.clone());
     Ok(AppState {
         cfg,
         model: model.to_string(),
-        max_side,
-        default_steps,
-        default_guidance,
-        sampler,
+        profile,
         worker,
         metrics,
         jobs: jobs::Jobs::new(std::time::Duration::from_secs(3600)),

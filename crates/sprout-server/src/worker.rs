@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
-use sprout_pipeline::bundle::Bundle;
-use sprout_pipeline::generate::{generate_many_with, Hooks, Request};
+use sprout_pipeline::generate::{Hooks, Request};
 use tokio::sync::oneshot;
 
+use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 
@@ -46,6 +46,8 @@ pub type JobResult = Result<Vec<RgbImage>, ApiError>;
 
 pub struct Job {
     pub req: Request,
+    /// An edit's input images (empty for a generation).
+    pub refs: Vec<RgbImage>,
     pub ctl: Arc<JobCtl>,
     pub reply: oneshot::Sender<JobResult>,
     pub previews: Option<Previews>,
@@ -82,7 +84,7 @@ impl Drop for AliveGuard {
 
 impl Worker {
     pub fn spawn(
-        bundle: Arc<Bundle>,
+        mut engine: Engine,
         capacity: usize,
         deadline: Duration,
         metrics: Arc<Metrics>,
@@ -114,7 +116,7 @@ impl Worker {
                         Err(ApiError::Cancelled)
                     } else {
                         metrics.observe("queue", job.ctl.accepted.elapsed().as_secs_f64());
-                        run(&bundle, &job, deadline)
+                        run(&mut engine, &job, deadline)
                     };
                     if job.ctl.started.load(Ordering::SeqCst) {
                         let s = t0.elapsed().as_secs_f64();
@@ -204,7 +206,7 @@ impl Worker {
     }
 }
 
-fn run(bundle: &Bundle, job: &Job, deadline: Duration) -> JobResult {
+fn run(engine: &mut Engine, job: &Job, deadline: Duration) -> JobResult {
     let ctl = &job.ctl;
     ctl.started.store(true, Ordering::SeqCst);
     let out = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -213,9 +215,9 @@ fn run(bundle: &Bundle, job: &Job, deadline: Duration) -> JobResult {
                 let _ = p.tx.send((k, imgs));
             }
         };
-        generate_many_with(
-            bundle,
-            std::slice::from_ref(&job.req),
+        engine.run(
+            &job.req,
+            &job.refs,
             Hooks {
                 cancel: &ctl.cancel,
                 on_step: &mut |done, total| {
@@ -232,7 +234,7 @@ fn run(bundle: &Bundle, job: &Job, deadline: Duration) -> JobResult {
         )
     }));
     match out {
-        Ok(Ok(mut images)) => Ok(images.swap_remove(0)),
+        Ok(Ok(images)) => Ok(images),
         Ok(Err(sprout_pipeline::PipelineError::Cancelled))
             if ctl.timed_out.load(Ordering::SeqCst) =>
         {

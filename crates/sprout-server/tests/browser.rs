@@ -122,7 +122,14 @@ async fn typing_a_prompt_and_clicking_generate_shows_progress_and_the_image() {
         .unwrap()
         .into_bundle(&candle_core::Device::Cpu)
         .unwrap();
-    let state = Arc::new(sprout_server::start(bundle, "tiny", ServerConfig::default()).unwrap());
+    let state = Arc::new(
+        sprout_server::start(
+            sprout_server::Engine::Native(Box::new(bundle)),
+            "tiny",
+            ServerConfig::default(),
+        )
+        .unwrap(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
     tokio::spawn(sprout_server::serve(

@@ -1,62 +1,21 @@
 //! The server over real HTTP on loopback, with a tiny random model: generation, every kind
 //! of bad input, overload and cancellation.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{json, Value};
-use sprout_server::{AppState, ServerConfig};
+use sprout_server::ServerConfig;
 
-struct Server {
-    base: String,
-    state: Arc<AppState>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
+mod common;
+use common::{decode, Server};
 
 async fn start(cfg: ServerConfig) -> Server {
     let bundle = sprout_pipeline::testing::tiny_serving_bundle()
         .unwrap()
         .into_bundle(&candle_core::Device::Cpu)
         .unwrap();
-    let state = Arc::new(sprout_server::start(bundle, "tiny", cfg).unwrap());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(sprout_server::serve(listener, state.clone(), async {
-        let _ = rx.await;
-    }));
-    Server {
-        base,
-        state,
-        stop: Some(tx),
-        task,
-    }
-}
-
-impl Server {
-    async fn post(&self, path: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
-        let r = reqwest::Client::new()
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        (status, r.json().await.unwrap())
-    }
-
-    async fn get(&self, path: &str) -> (u16, String) {
-        let r = reqwest::get(format!("{}{path}", self.base)).await.unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    }
-
-    async fn stop(mut self) {
-        self.stop.take().unwrap().send(()).unwrap();
-        self.task.await.unwrap().unwrap();
-    }
+    Server::start(sprout_server::Engine::Native(Box::new(bundle)), "tiny", cfg).await
 }
 
 fn quick() -> ServerConfig {
@@ -64,13 +23,6 @@ fn quick() -> ServerConfig {
         warmup: true,
         ..ServerConfig::default()
     }
-}
-
-fn decode(item: &Value) -> image::RgbImage {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(item["b64_json"].as_str().unwrap())
-        .unwrap();
-    image::load_from_memory(&bytes).unwrap().to_rgb8()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,6 +79,33 @@ async fn generates_images_with_their_seeds() {
         metrics.contains("sprout_images_generated_total 4"),
         "{metrics}"
     );
+    // The sizes the model offers (the web page's choices) are all accepted.
+    let models: Value = serde_json::from_str(&models).unwrap();
+    let p = &models["data"][0]["sprout"];
+    assert_eq!(
+        (p["default_size"].as_str(), p["edits"].as_bool()),
+        (Some("256x256"), Some(false))
+    );
+    let sizes: Vec<&str> = p["sizes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        sizes.contains(&"256x256") && sizes.contains(&"512x512"),
+        "{sizes:?}"
+    );
+    for size in sizes {
+        let (st, v) = s
+            .post(
+                "/v1/images/generations",
+                json!({"prompt": "a", "size": size, "steps": 1}).to_string(),
+            )
+            .await;
+        assert_eq!(st, 200, "{size}: {v}");
+        assert_eq!(v["size"], size);
+    }
     s.stop().await;
 }
 
@@ -355,7 +334,7 @@ async fn edits_check_every_upload_and_name_the_model_that_cannot_edit() {
             form().part("image", part(png(64, 64, false))),
             400,
             "model",
-            "cannot edit images yet",
+            "cannot edit images",
         ),
         (
             form().part("image", part(b"just text".to_vec())),
