@@ -70,13 +70,37 @@ for kwargs, status, param in [
     else:
         raise AssertionError(f"{kwargs} was accepted")
 
-# Edits: the upload is read and checked; a text-only model says so by name.
+# Edits: the upload is read and checked; a text-only model asked for an instruction edit
+# (no mask) says so by name.
 try:
     client.images.edit(model=models[0], image=("in.png", png(64, 64), "image/png"), prompt="make it blue")
 except openai.BadRequestError as e:
     assert e.body["param"] == "model" and models[0] in e.body["message"], e.body
 else:
     raise AssertionError("a text-only model accepted an edit")
+
+
+def half_transparent_mask(w: int, h: int) -> bytes:
+    """An RGBA PNG, transparent (= redraw) on its left half."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + b"".join(b"\x00\x00\x00" + (b"\x00" if x < w // 2 else b"\xff") for x in range(w)) for _ in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+# With a mask, the same model redraws the masked area (inpainting) and keeps the rest.
+inpainted = client.images.edit(
+    model=models[0],
+    image=("in.png", png(64, 64), "image/png"),
+    mask=("mask.png", half_transparent_mask(64, 64), "image/png"),
+    prompt="a red circle",
+    size="64x64",
+    extra_body={"seed": 2, "steps": 2},
+)
+assert png_size(base64.b64decode(inpainted.data[0].b64_json)) == (64, 64), "a masked edit"
 try:
     client.images.edit(image=("in.png", b"not an image", "image/png"), prompt="make it blue")
 except openai.BadRequestError as e:

@@ -1,6 +1,7 @@
 """The official `openai` client against `sprout serve --model flux-kontext` on the tiny
 parity fixtures (address in argv[1]): generation and an edit with two input images over
-real HTTP, with the OpenAI request shapes, and a mask refused by name.
+real HTTP, with the OpenAI request shapes, a masked edit, and a mask of the wrong size
+refused by name.
 """
 
 import base64
@@ -61,11 +62,14 @@ assert pngs[0] != pngs[1], "images 0 and 1 of an edit come from different seeds"
 other = edit([("a.png", png(40, 24, 0), "image/png"), ("c.png", png(24, 24, 2), "image/png")])
 assert base64.b64decode(other.data[0].b64_json) != pngs[0], "the second reference changes the edit"
 
+masked = edit([("a.png", png(40, 24, 0), "image/png")], mask=("m.png", png(40, 24, 0, alpha=True), "image/png"))
+assert all(png_size(base64.b64decode(d.b64_json)) == (32, 32) for d in masked.data), "a masked edit"
+
 try:
-    edit([("a.png", png(40, 24, 0), "image/png")], mask=("m.png", png(40, 24, 0, alpha=True), "image/png"))
+    edit([("a.png", png(40, 24, 0), "image/png")], mask=("m.png", png(32, 32, 0, alpha=True), "image/png"))
 except openai.BadRequestError as e:
     assert e.body["param"] == "mask", e.body
 else:
-    raise AssertionError("a mask was accepted by an instruction-editing model")
+    raise AssertionError("a mask of another size than the image was accepted")
 
-print("openai client: flux-kontext generation, two-image edit and errors ok")
+print("openai client: flux-kontext generation, two-image and masked edits, errors ok")

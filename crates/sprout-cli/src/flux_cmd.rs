@@ -7,11 +7,13 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use sprout_models::dit::embed::patchify;
 use sprout_models::flux::files::Variant;
-use sprout_pipeline::flux::{kontext_size, sampling_defaults, size_multiple, FluxModel, Img2Img};
+use sprout_pipeline::flux::{
+    kontext_size, sampling_defaults, size_multiple, FluxModel, Img2Img, Inpaint,
+};
 use sprout_world::canvas::parse_size;
 use sprout_world::AspectRatio;
 
-use crate::generate_cmd::{output_paths, write_png, GenerateArgs};
+use crate::generate_cmd::{default_strength, output_paths, read_mask, write_png, GenerateArgs};
 use crate::inputs::open_image;
 use crate::progress::bar;
 use sprout_pipeline::generate::resized;
@@ -194,12 +196,14 @@ fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
         })
         .collect::<Result<Vec<_>>>()?;
     let init = match &init_image {
-        Some(img) => Some(Img2Img {
-            image: model
-                .encode_reference(&resized(img, width as usize, height as usize)?)?
-                .tokens,
-            strength: a.strength.unwrap_or(0.6),
-        }),
+        Some(img) => {
+            let image = resized(img, width as usize, height as usize)?;
+            Some(Img2Img {
+                image: model.encode_reference(&image)?.tokens,
+                strength: a.strength.unwrap_or(default_strength(&a)),
+                inpaint: read_mask(&a, width, height)?.map(|mask| Inpaint { mask, image }),
+            })
+        }
         None => None,
     };
     if let Some(init) = &init {
@@ -255,6 +259,9 @@ fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
         if let (Some(p), Some(init)) = (&a.init_image, &init) {
             meta.push(("init_image", p.display().to_string()));
             meta.push(("strength", init.strength.to_string()));
+            if let Some(m) = &a.mask {
+                meta.push(("mask", m.display().to_string()));
+            }
         }
         meta.push(match &a.latents {
             Some(p) => ("latents", format!("{} [{i}]", p.display())),

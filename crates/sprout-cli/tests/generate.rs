@@ -231,3 +231,62 @@ fn native_img2img_keeps_the_image_size_and_records_its_input() {
     );
     assert!(!stderr(&o).contains("panicked") && !png.exists());
 }
+
+/// `--mask` (inpainting): a black-and-white mask without alpha redraws its white area; the
+/// rest of the output is the input's own pixels; a mask that marks nothing is refused.
+#[test]
+fn inpainting_keeps_the_unmasked_pixels() {
+    let model = tempfile::tempdir().unwrap();
+    write_tiny_bundle(model.path());
+    let m = model.path().to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    let base = image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([(x * 3) as u8, (y * 3) as u8, 90])
+    });
+    base.save(&input).unwrap();
+    let mask = dir.path().join("mask.png");
+    let white_left = |x: u32| if x < 32 { 255u8 } else { 0 };
+    image::GrayImage::from_fn(64, 64, |x, _| image::Luma([white_left(x)]))
+        .save(&mask)
+        .unwrap();
+    let png = dir.path().join("x.png");
+    let run = |mask: &std::path::Path| {
+        sprout(&[
+            "generate",
+            "a red circle",
+            "--model",
+            m,
+            "--init-image",
+            input.to_str().unwrap(),
+            "--mask",
+            mask.to_str().unwrap(),
+            "--steps",
+            "2",
+            "-o",
+            png.to_str().unwrap(),
+        ])
+    };
+    let o = run(&mask);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(out.dimensions(), (64, 64));
+    let (mut kept_same, mut drawn_same) = (true, true);
+    for (x, y, p) in out.enumerate_pixels() {
+        if x >= 32 {
+            kept_same &= p == base.get_pixel(x, y);
+        } else {
+            drawn_same &= p == base.get_pixel(x, y);
+        }
+    }
+    assert!(kept_same && !drawn_same);
+    let black = dir.path().join("black.png");
+    image::GrayImage::new(64, 64).save(&black).unwrap();
+    let o = run(&black);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("marks nothing to redraw"),
+        "{}",
+        stderr(&o)
+    );
+}

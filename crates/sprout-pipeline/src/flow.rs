@@ -99,12 +99,36 @@ impl Sampler {
     }
 }
 
+/// Inpainting by latent blending, as diffusers' inpainting pipelines do it: after each step
+/// to time `t`, the region to keep is put back at the image's latents noised to `t`
+/// (`t·noise + (1 − t)·latents`), so only the masked region is drawn and it is drawn to fit
+/// what surrounds it. At `t = 0` the kept region is the image's latents exactly.
+#[derive(Debug, Clone)]
+pub struct Blend {
+    /// The image's latents.
+    pub latents: Tensor,
+    /// The noise the sampling started from.
+    pub noise: Tensor,
+    /// 1 where the image is redrawn, 0 where it is kept; broadcast against the latents.
+    pub mask: Tensor,
+}
+
+impl Blend {
+    pub fn apply(&self, x: &Tensor, t: f64) -> Result<Tensor> {
+        let known = ((&self.noise * t)? + (&self.latents * (1.0 - t))?)?;
+        let m = self.mask.broadcast_as(x.shape())?;
+        (x * &m)? + (known * (1.0 - m)?)?
+    }
+}
+
 /// Integrate from noise `x` along `times` with velocity function `f(x, t)`; `on_step` is
-/// called after each step with (step index, current x).
+/// called after each step with (step index, current x). With `blend`, the kept region is
+/// put back after each step (inpainting).
 pub fn sample(
     x: Tensor,
     times: &[f64],
     sampler: Sampler,
+    blend: Option<&Blend>,
     mut f: impl FnMut(&Tensor, f64) -> Result<Tensor>,
     mut on_step: impl FnMut(usize, &Tensor) -> Result<()>,
 ) -> Result<Tensor> {
@@ -125,6 +149,9 @@ pub fn sample(
         // variables would chain every step into one graph, and dropping a graph of
         // hundreds of steps recurses deep enough to overflow a thread's stack.
         x = x.detach();
+        if let Some(b) = blend {
+            x = b.apply(&x, tn)?;
+        }
         on_step(i, &x)?;
     }
     Ok(x)
@@ -191,12 +218,57 @@ mod tests {
                 noise.clone(),
                 &schedule(8, 0.5),
                 sampler,
+                None,
                 |x, t| (x - &x0)? / t,
                 |_, _| Ok(()),
             )
             .unwrap();
             let d = sprout_models::ops::max_abs_diff(&out, &x0).unwrap();
             assert!(d < 1e-5, "{sampler:?}: {d}");
+        }
+    }
+
+    #[test]
+    fn blending_keeps_the_image_where_the_mask_is_zero() {
+        // Exact velocity towards x0 (elementwise): masked entries land on x0 as without
+        // blending; kept entries are the image's latents exactly at t = 0 and its noised
+        // latents in between.
+        let dev = Device::Cpu;
+        let x0 = Tensor::new(&[0.3f32, -1.2, 2.0, 0.7], &dev).unwrap();
+        let noise = Tensor::new(&[1.0f32, 0.5, -0.7, 0.2], &dev).unwrap();
+        let image = Tensor::new(&[5f32, 6., 7., 8.], &dev).unwrap();
+        let blend = Blend {
+            latents: image.clone(),
+            noise: noise.clone(),
+            mask: Tensor::new(&[1f32, 1., 0., 0.], &dev).unwrap(),
+        };
+        let times = schedule(6, 0.5);
+        for sampler in [Sampler::Euler, Sampler::Heun] {
+            let mut seen = Vec::new();
+            let out = sample(
+                noise.clone(),
+                &times,
+                sampler,
+                Some(&blend),
+                |x, t| (x - &x0)? / t,
+                |i, x| {
+                    seen.push((i, x.to_vec1::<f32>()?));
+                    Ok(())
+                },
+            )
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+            assert!(
+                (out[0] - 0.3).abs() < 1e-5 && (out[1] + 1.2).abs() < 1e-5,
+                "{out:?}"
+            );
+            assert_eq!(&out[2..], &[7., 8.]);
+            // After step 0 (to times[1]) the kept entries are t·noise + (1 − t)·image.
+            let t = times[1] as f32;
+            let (i, x) = &seen[0];
+            assert_eq!(*i, 0);
+            assert!((x[3] - (t * 0.2 + (1.0 - t) * 8.0)).abs() < 1e-6, "{x:?}");
         }
     }
 
@@ -214,6 +286,7 @@ mod tests {
                     x,
                     &schedule(5000, 0.0),
                     Sampler::Euler,
+                    None,
                     |x, _| x.mul(w.as_tensor()),
                     |_, _| Ok(()),
                 )
@@ -235,6 +308,7 @@ mod tests {
                 x,
                 &schedule(steps, 0.0),
                 sampler,
+                None,
                 |x, _| Ok(x.clone()),
                 |_, _| Ok(()),
             )

@@ -15,8 +15,8 @@ use sprout_models::flux::tokenize::encode_fixed;
 use sprout_models::flux::vae::FluxVae;
 use tokenizers::Tokenizer;
 
-use crate::flow::{euler_step, schedule, ShiftConfig};
-use crate::generate::{preview_steps, to_images, Hooks};
+use crate::flow::{euler_step, schedule, Blend, ShiftConfig};
+use crate::generate::{composite, preview_steps, to_images, Hooks};
 use crate::noise::noise;
 use crate::PipelineError;
 
@@ -92,6 +92,18 @@ pub struct Img2Img {
     pub image: Tensor,
     /// In (0, 1]: 1 starts from pure noise, small values keep the image.
     pub strength: f64,
+    /// Inpainting: redraw only the mask's area (see [`Inpaint`]).
+    pub inpaint: Option<Inpaint>,
+}
+
+/// The area an img2img run redraws: latent cells touching it are drawn
+/// ([`crate::flow::Blend`], as diffusers' `FluxInpaintPipeline` blends), the others follow
+/// the image, and the result keeps the image's own pixels outside it.
+pub struct Inpaint {
+    /// (1, 1, H, W): 1 where the image is redrawn, 0 where it is kept.
+    pub mask: Tensor,
+    /// The image (1, 3, H, W) in [-1, 1], at the canvas size.
+    pub image: Tensor,
 }
 
 impl Img2Img {
@@ -305,9 +317,29 @@ impl FluxModel {
             Variant::Dev | Variant::Kontext => ShiftConfig::default().mu(tokens),
         };
         let times = schedule(steps, mu);
+        let mut blend = None;
         let (times, mut x) = match init {
             None => (&times[..], latents.to_dtype(DType::F32)?),
             Some(init) => {
+                if let Some(ip) = &init.inpaint {
+                    let want = [1, 1, height, width];
+                    if ip.mask.dims() != want || ip.image.dims() != [1, 3, height, width] {
+                        return Err(PipelineError::Request(format!(
+                            "the inpainting mask {:?} and image {:?} must be {want:?} and [1, 3, {height}, {width}]",
+                            ip.mask.dims(),
+                            ip.image.dims()
+                        )));
+                    }
+                    // A latent cell is drawn when any of its pixels is; packed as the latents.
+                    let c = self.dit.config().latent_channels;
+                    let cells = ip.mask.to_device(dev)?.max_pool2d(f)?;
+                    let mask = patchify(&cells.broadcast_as((1, c, h, w))?.contiguous()?, 2)?;
+                    blend = Some(Blend {
+                        latents: init.image.to_dtype(DType::F32)?,
+                        noise: latents.to_dtype(DType::F32)?,
+                        mask,
+                    });
+                }
                 let start = init.first_step(steps)?;
                 if init.image.dims() != latents.dims() {
                     return Err(PipelineError::Request(format!(
@@ -348,6 +380,9 @@ impl FluxModel {
             })?;
             let v = v.to_dtype(DType::F32)?;
             x = euler_step(&x, &v, pair[0], pair[1])?;
+            if let Some(b) = &blend {
+                x = b.apply(&x, pair[1])?;
+            }
             on_step(i + 1, run);
             if let Some(k) = at.iter().position(|&s| s == i) {
                 let x0 = (&x - (&v * pair[1])?)?;
@@ -355,7 +390,14 @@ impl FluxModel {
                 on_preview(k, to_images(&((img * 2.0)? - 1.0)?)?);
             }
         }
-        self.decode(&x, h, w)
+        let img = self.decode(&x, h, w)?;
+        match init.and_then(|i| i.inpaint.as_ref()) {
+            Some(ip) => {
+                let image = ((ip.image.to_device(dev)?.to_dtype(DType::F32)? + 1.0)? / 2.0)?;
+                Ok(composite(&img, &image, &ip.mask.to_device(dev)?)?)
+            }
+            None => Ok(img),
+        }
     }
 
     /// Packed latents (1, L, 4·C) of an `h`×`w`-cell latent grid to an image (1, 3, H, W) in

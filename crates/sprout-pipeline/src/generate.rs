@@ -10,7 +10,7 @@ use sprout_models::dit::DitInput;
 use sprout_models::text::TextEncoder;
 
 use crate::bundle::Bundle;
-use crate::flow::{sample, schedule, Sampler};
+use crate::flow::{sample, schedule, Blend, Sampler};
 use crate::noise::noise_batch;
 use crate::PipelineError;
 
@@ -42,6 +42,51 @@ pub struct InitImage {
     pub image: Tensor,
     /// In (0, 1]: 1 starts from pure noise (the image is ignored), small values keep it.
     pub strength: f64,
+    /// Inpainting: (1, 1, height, width), 1 where the image is redrawn and 0 where it is
+    /// kept. Latent cells touching the redrawn area are drawn ([`crate::flow::Blend`]), the
+    /// rest follow the image; the kept pixels of the result are the image's own.
+    pub mask: Option<Tensor>,
+}
+
+/// A mask (1, 1, H, W) in {0, 1} from a mask image, resized (nearest) to `width`×`height`:
+/// with an alpha channel its transparent pixels (alpha below one half) are redrawn, as
+/// OpenAI's edits API has it; without one its light pixels (luma from one half up) are, as
+/// diffusers' inpainting pipelines have it.
+pub fn mask_from_image(
+    mask: &image::DynamicImage,
+    width: u32,
+    height: u32,
+) -> candle_core::Result<Tensor> {
+    let alpha = mask.color().has_alpha();
+    let m = image::imageops::resize(
+        &mask.to_rgba8(),
+        width,
+        height,
+        image::imageops::FilterType::Nearest,
+    );
+    let v: Vec<f32> = m
+        .pixels()
+        .map(|p| {
+            let redraw = if alpha {
+                p[3] < 128
+            } else {
+                (0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32) >= 127.5
+            };
+            if redraw {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Tensor::from_vec(v, (1, 1, height as usize, width as usize), &Device::Cpu)
+}
+
+/// The kept pixels of `image` over `drawn` (both (n, 3, H, W)) where `mask` (1, 1, H, W)
+/// is 0.
+pub fn composite(drawn: &Tensor, image: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+    let m = mask.broadcast_as(drawn.shape())?;
+    (drawn * &m)? + (image.broadcast_as(drawn.shape())? * (1.0 - m)?)?
 }
 
 /// Index of the first step of a `steps`-step schedule that img2img at `strength` runs
@@ -100,6 +145,17 @@ impl Request {
                     self.width,
                     self.height
                 ));
+            }
+            if let Some(m) = &init.mask {
+                let want = [1, 1, self.height as usize, self.width as usize];
+                if m.dims() != want {
+                    return bad(format!(
+                        "the mask has shape {:?}; a {}x{} canvas needs {want:?}",
+                        m.dims(),
+                        self.width,
+                        self.height
+                    ));
+                }
             }
         }
         Ok(())
@@ -288,19 +344,40 @@ pub fn generate_many_with(
     let txt_ids = text_ids(emb.states.dim(1)?, &dev)?;
     let mu = bundle.meta.shift.mu((h / p) * (w / p));
     let times = schedule(req.steps, mu);
-    let (times, x) = match &req.init {
-        None => (&times[..], x),
+    let inpaint = reqs
+        .iter()
+        .any(|r| r.init.as_ref().is_some_and(|i| i.mask.is_some()));
+    let (times, x, blend) = match &req.init {
+        None => (&times[..], x, None),
         Some(init) => {
             let first = img2img_first_step(req.steps, init.strength)?;
-            let mut latents = Vec::with_capacity(n);
+            let (mut latents, mut masks) = (Vec::with_capacity(n), Vec::with_capacity(n));
             for r in reqs {
-                let image = &r.init.as_ref().expect("strengths match").image;
-                let z = bundle.ae.encode(&image.to_device(&dev)?)?;
+                let init = r.init.as_ref().expect("strengths match");
+                let z = bundle.ae.encode(&init.image.to_device(&dev)?)?;
                 latents.extend(std::iter::repeat_n(z, r.n));
+                if inpaint {
+                    // A latent cell is drawn when any of its pixels is; without a mask, all are.
+                    let m = match &init.mask {
+                        Some(m) => m.max_pool2d(DOWNSCALE)?,
+                        None => Tensor::ones((1, 1, h, w), DType::F32, &dev)?,
+                    };
+                    masks.extend(std::iter::repeat_n(m, r.n));
+                }
             }
             let z = Tensor::cat(&latents, 0)?;
             let t = times[first];
-            (&times[first..], ((x * t)? + (z * (1.0 - t))?)?)
+            let start = ((&x * t)? + (&z * (1.0 - t))?)?;
+            let blend = inpaint
+                .then(|| -> candle_core::Result<Blend> {
+                    Ok(Blend {
+                        latents: z,
+                        noise: x,
+                        mask: Tensor::cat(&masks, 0)?,
+                    })
+                })
+                .transpose()?;
+            (&times[first..], start, blend)
         }
     };
     let steps = times.len() - 1;
@@ -339,6 +416,7 @@ pub fn generate_many_with(
         x,
         times,
         req.sampler,
+        blend.as_ref(),
         |x, t| {
             let v = velocity(x, t)?;
             done += 1;
@@ -367,7 +445,22 @@ pub fn generate_many_with(
         Err(_) if cancel.load(Ordering::Relaxed) => return Err(PipelineError::Cancelled),
         Err(e) => return Err(e.into()),
     };
-    let mut images = to_images(&decode(bundle, &z)?)?.into_iter();
+    let mut drawn = decode(bundle, &z)?;
+    if inpaint {
+        let mut parts = Vec::with_capacity(reqs.len());
+        let mut k = 0;
+        for r in reqs {
+            let part = drawn.narrow(0, k, r.n)?;
+            k += r.n;
+            let init = r.init.as_ref().expect("inpainting has an init image");
+            parts.push(match &init.mask {
+                Some(m) => composite(&part, &init.image, m)?,
+                None => part,
+            });
+        }
+        drawn = Tensor::cat(&parts, 0)?;
+    }
+    let mut images = to_images(&drawn)?.into_iter();
     Ok(reqs
         .iter()
         .map(|r| images.by_ref().take(r.n).collect())

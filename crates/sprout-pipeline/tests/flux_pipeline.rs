@@ -160,6 +160,7 @@ fn img2img_matches_diffusers_from_the_same_image_and_noise() {
     let init = Img2Img {
         image: m.encode_reference(&image).unwrap().tokens,
         strength: 0.6,
+        inpaint: None,
     };
     // diffusers: int(5 − min(5·0.6, 5)) = 2, so the last 3 of 5 steps run.
     assert_eq!(init.first_step(5).unwrap(), 2);
@@ -178,6 +179,7 @@ fn img2img_matches_diffusers_from_the_same_image_and_noise() {
     let at = |strength| Img2Img {
         image: init.image.clone(),
         strength,
+        inpaint: None,
     };
     assert_eq!(at(0.01).first_step(5).unwrap(), 4);
     assert_eq!(at(1.0).first_step(5).unwrap(), 0);

@@ -241,6 +241,7 @@ fn img2img(n: usize, seed: u64, strength: f64, flip: bool) -> Request {
         init: Some(InitImage {
             image: init_image(flip),
             strength,
+            mask: None,
         }),
         ..req(n, seed)
     }

@@ -23,6 +23,7 @@ use crate::generations::{check, parse_json, Generation, GenerationBody};
 use crate::jobs::Outcome;
 use crate::worker::{Job, JobCtl, JobResult, Previews};
 use crate::AppState;
+use sprout_pipeline::generate::{mask_from_image, resized, InitImage};
 
 type St = State<Arc<AppState>>;
 
@@ -455,20 +456,11 @@ async fn edit_response(
     if inputs.prompt.as_deref().is_none_or(|p| p.trim().is_empty()) {
         return Err(ApiError::invalid("prompt", "prompt is empty"));
     }
-    if !s.profile.edits {
+    if !s.profile.edits && inputs.mask.is_none() {
         return Err(ApiError::invalid(
             "model",
             format!(
-                "the model {} cannot edit images (it draws from text only); use /v1/images/generations, or serve flux-kontext to edit",
-                s.model
-            ),
-        ));
-    }
-    if inputs.mask.is_some() {
-        return Err(ApiError::invalid(
-            "mask",
-            format!(
-                "the model {} edits by instruction and takes no mask; describe the change in the prompt",
+                "the model {} cannot edit images by instruction (it draws from text only); send a mask to redraw part of the image, or serve flux-kontext",
                 s.model
             ),
         ));
@@ -491,7 +483,28 @@ async fn edit_response(
             (h as u32).min(p.max_side / p.multiple * p.multiple),
         );
     }
-    g.refs = inputs.images.iter().map(|i| i.to_rgb8()).collect();
+    if let Some(mask) = &inputs.mask {
+        // Inpainting: the first image, redrawn where the mask is transparent.
+        let (w, h) = (g.req.width, g.req.height);
+        let m = mask_from_image(mask, w, h).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let marked = m.sum_all().and_then(|v| v.to_scalar::<f32>());
+        if marked.map_err(|e| ApiError::Internal(e.to_string()))? == 0.0 {
+            return Err(ApiError::invalid(
+                "mask",
+                "the mask has no transparent pixels, so nothing would be redrawn",
+            ));
+        }
+        let image = resized(&inputs.images[0].to_rgb8(), w as usize, h as usize)
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        g.req.init = Some(InitImage {
+            image,
+            strength: 1.0,
+            mask: Some(m),
+        });
+    }
+    if s.profile.edits {
+        g.refs = inputs.images.iter().map(|i| i.to_rgb8()).collect();
+    }
     respond(s, host, g).await
 }
 

@@ -6,7 +6,7 @@ use sprout_models::ae::DOWNSCALE;
 use sprout_models::flux::files::Variant;
 use sprout_pipeline::bundle::Bundle;
 use sprout_pipeline::flow::Sampler;
-use sprout_pipeline::flux::{reference_size, sampling_defaults, size_multiple, FluxModel};
+use sprout_pipeline::flux::{reference_size, sampling_defaults, size_multiple, FluxModel, Inpaint};
 use sprout_pipeline::generate::{generate_many_with, resized, to_images, Hooks, Request};
 use sprout_pipeline::PipelineError;
 use sprout_world::AspectRatio;
@@ -158,6 +158,10 @@ fn run_flux(
         Some(i) => Some(sprout_pipeline::flux::Img2Img {
             image: m.encode_reference(&i.image)?.tokens,
             strength: i.strength,
+            inpaint: i.mask.as_ref().map(|mask| Inpaint {
+                mask: mask.clone(),
+                image: i.image.clone(),
+            }),
         }),
         None => None,
     };

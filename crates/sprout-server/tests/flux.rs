@@ -232,13 +232,35 @@ async fn flux_kontext_edits_with_two_references_as_the_pipeline_does() {
         .post_form("/v1/images/edits", form(&[("size", "33x32")]))
         .await;
     assert_eq!((st, &v["error"]["param"]), (400, &json!("size")), "{v}");
-    // Kontext edits by instruction: a mask is refused, not ignored.
-    let mask = image::DynamicImage::ImageRgba8(image::RgbaImage::new(40, 24));
-    let f = form(&[("size", "32x32")]).part(
-        "mask",
-        reqwest::multipart::Part::bytes(png_bytes(&mask)).file_name("mask.png"),
-    );
+    // With a mask, the edit is also limited to the mask's area: the kept half is the
+    // input's own pixels, the redrawn half is not.
+    let base = picture(32, 32, 0);
+    let mask = image::RgbaImage::from_fn(32, 32, |x, _| {
+        image::Rgba([0, 0, 0, if x < 16 { 0 } else { 255 }])
+    });
+    let f = reqwest::multipart::Form::new()
+        .text("prompt", PROMPT)
+        .text("size", "32x32")
+        .text("seed", "3")
+        .text("steps", "2")
+        .part("image", part(&base))
+        .part(
+            "mask",
+            reqwest::multipart::Part::bytes(png_bytes(&image::DynamicImage::ImageRgba8(mask)))
+                .file_name("mask.png"),
+        );
     let (st, v) = s.post_form("/v1/images/edits", f).await;
-    assert_eq!((st, &v["error"]["param"]), (400, &json!("mask")), "{v}");
+    assert_eq!(st, 200, "{v}");
+    let out = decode(&v["data"][0]);
+    assert_eq!(out.dimensions(), (32, 32));
+    let (mut kept_same, mut drawn_same) = (true, true);
+    for (x, y, p) in out.enumerate_pixels() {
+        if x >= 16 {
+            kept_same &= p == base.get_pixel(x, y);
+        } else {
+            drawn_same &= p == base.get_pixel(x, y);
+        }
+    }
+    assert!(kept_same && !drawn_same);
     s.stop().await;
 }

@@ -307,6 +307,64 @@ fn png(w: u32, h: u32, alpha: bool) -> Vec<u8> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_masked_edit_redraws_only_the_transparent_area() {
+    let s = start(quick()).await;
+    let base = image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 4) as u8, ((x + y) * 2) as u8])
+    });
+    let rgba = |f: &dyn Fn(u32) -> u8| {
+        let m = image::RgbaImage::from_fn(64, 64, |x, _| image::Rgba([0, 0, 0, f(x)]));
+        common::png_bytes(&image::DynamicImage::ImageRgba8(m))
+    };
+    let part = |bytes: Vec<u8>| reqwest::multipart::Part::bytes(bytes).file_name("x.png");
+    let form = |mask: Vec<u8>| {
+        reqwest::multipart::Form::new()
+            .text("prompt", "a red circle")
+            .text("seed", "4")
+            .text("steps", "2")
+            .text("size", "64x64")
+            .part(
+                "image",
+                part(common::png_bytes(&image::DynamicImage::ImageRgb8(
+                    base.clone(),
+                ))),
+            )
+            .part("mask", part(mask))
+    };
+    // Transparent left half: redrawn; the right half keeps the input's pixels.
+    let (st, v) = s
+        .post_form(
+            "/v1/images/edits",
+            form(rgba(&|x| if x < 32 { 0 } else { 255 })),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let out = decode(&v["data"][0]);
+    assert_eq!(out.dimensions(), (64, 64));
+    let (mut kept_same, mut drawn_same) = (true, true);
+    for (x, y, p) in out.enumerate_pixels() {
+        if x >= 32 {
+            kept_same &= p == base.get_pixel(x, y);
+        } else {
+            drawn_same &= p == base.get_pixel(x, y);
+        }
+    }
+    assert!(kept_same && !drawn_same);
+    // The same request again gives the same image (seeded), another seed another one.
+    let (_, again) = s
+        .post_form(
+            "/v1/images/edits",
+            form(rgba(&|x| if x < 32 { 0 } else { 255 })),
+        )
+        .await;
+    assert_eq!(decode(&again["data"][0]), out);
+    // A mask with nothing transparent would redraw nothing.
+    let (st, v) = s.post_form("/v1/images/edits", form(rgba(&|_| 255))).await;
+    assert_eq!((st, &v["error"]["param"]), (400, &json!("mask")), "{v}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_check_every_upload_and_name_the_model_that_cannot_edit() {
     let s = start(ServerConfig {
         max_body_bytes: 1 << 20,
