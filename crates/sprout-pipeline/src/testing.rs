@@ -160,3 +160,18 @@ pub fn flux_snapshot(root: &std::path::Path, pipeline_class: &str) -> Result<(),
     }
     Ok(())
 }
+
+/// Whether `out` equals `base` pixel for pixel right of column `split` (the kept area of an
+/// inpainting whose mask is the left part) and left of it: (kept equal, redrawn equal).
+pub fn halves_equal(out: &image::RgbImage, base: &image::RgbImage, split: u32) -> (bool, bool) {
+    let (mut kept, mut drawn) = (true, true);
+    for (x, y, p) in out.enumerate_pixels() {
+        let same = p == base.get_pixel(x, y);
+        if x >= split {
+            kept &= same;
+        } else {
+            drawn &= same;
+        }
+    }
+    (kept, drawn)
+}
