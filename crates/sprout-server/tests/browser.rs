@@ -115,9 +115,8 @@ async fn start_driver() -> Driver {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs chromium and chromedriver; .ci/run installs them and runs it"]
-async fn typing_a_prompt_and_clicking_generate_shows_progress_and_the_image() {
+/// The tiny native model served on a free port; the page's address.
+async fn serve_tiny() -> String {
     let bundle = sprout_pipeline::testing::tiny_serving_bundle()
         .unwrap()
         .into_bundle(&candle_core::Device::Cpu)
@@ -137,7 +136,112 @@ async fn typing_a_prompt_and_clicking_generate_shows_progress_and_the_image() {
         state,
         std::future::pending(),
     ));
+    url
+}
 
+impl Driver {
+    /// Poll `js` (which returns a value or null) until it gives a value.
+    async fn wait_for(&self, what: &str, js: &str) -> Value {
+        let t0 = Instant::now();
+        loop {
+            let v = self.script(js).await;
+            if !v.is_null() {
+                return v;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(120),
+                "{what}: nothing after 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn click(&self, css: &str) {
+        let e = self.element(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{e}/click"),
+            json!({}),
+        )
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromedriver; .ci/run installs them and runs it"]
+async fn uploading_an_image_and_painting_a_mask_edits_it() {
+    let url = serve_tiny().await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 4) as u8, 90])
+    })
+    .save(&input)
+    .unwrap();
+    let d = start_driver().await;
+    d.call(reqwest::Method::POST, "/url", json!({"url": url}))
+        .await;
+    d.click("#tabEdit").await;
+    let files = d.element("#files").await;
+    d.call(
+        reqwest::Method::POST,
+        &format!("/element/{files}/value"),
+        json!({"text": input.to_str().unwrap()}),
+    )
+    .await;
+    d.wait_for(
+        "the upload on the canvas",
+        "return document.getElementById('base').width === 64 ? true : null;",
+    )
+    .await;
+    let prompt = d.element("#prompt").await;
+    d.call(
+        reqwest::Method::POST,
+        &format!("/element/{prompt}/value"),
+        json!({"text": "a red circle"}),
+    )
+    .await;
+    d.script("document.getElementById('steps').value = '2';")
+        .await;
+    // Without a painted mask the tiny text-only model cannot edit: the page shows why.
+    d.click("#go").await;
+    let err = d
+        .wait_for(
+            "the error",
+            "const s = document.getElementById('status').textContent; return s.includes('mask') ? s : null;",
+        )
+        .await;
+    assert!(
+        err.as_str()
+            .unwrap()
+            .contains("cannot edit images by instruction"),
+        "{err}"
+    );
+    // Paint the left half of the mask with the brush, as a pointer would.
+    d.script(
+        "const m = document.getElementById('mask'), r = m.getBoundingClientRect();
+         const at = (type, fx, fy) => m.dispatchEvent(new PointerEvent(type, {bubbles: true,
+             clientX: r.left + fx * r.width, clientY: r.top + fy * r.height}));
+         at('pointerdown', 0.1, 0.1);
+         for (let y = 0.05; y < 1; y += 0.1) for (let x = 0.05; x < 0.5; x += 0.1) at('pointermove', x, y);
+         window.dispatchEvent(new PointerEvent('pointerup'));",
+    )
+    .await;
+    d.click("#go").await;
+    let width = d
+        .wait_for(
+            "the edited image",
+            "const img = document.querySelector('#gallery img');
+             return img && img.naturalWidth > 0 ? img.naturalWidth : null;",
+        )
+        .await;
+    assert_eq!(width, 256, "the default canvas of the tiny model");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromedriver; .ci/run installs them and runs it"]
+async fn typing_a_prompt_and_clicking_generate_shows_progress_and_the_image() {
+    let url = serve_tiny().await;
     let d = start_driver().await;
     d.call(reqwest::Method::POST, "/url", json!({"url": url}))
         .await;
