@@ -156,6 +156,17 @@ impl Driver {
         }
     }
 
+    /// Send `text` as keystrokes to the element (a file input takes a path this way).
+    async fn type_into(&self, css: &str, text: &str) {
+        let e = self.element(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{e}/value"),
+            json!({"text": text}),
+        )
+        .await;
+    }
+
     async fn click(&self, css: &str) {
         let e = self.element(css).await;
         self.call(
@@ -182,25 +193,13 @@ async fn uploading_an_image_and_painting_a_mask_edits_it() {
     d.call(reqwest::Method::POST, "/url", json!({"url": url}))
         .await;
     d.click("#tabEdit").await;
-    let files = d.element("#files").await;
-    d.call(
-        reqwest::Method::POST,
-        &format!("/element/{files}/value"),
-        json!({"text": input.to_str().unwrap()}),
-    )
-    .await;
+    d.type_into("#files", input.to_str().unwrap()).await;
     d.wait_for(
         "the upload on the canvas",
         "return document.getElementById('base').width === 64 ? true : null;",
     )
     .await;
-    let prompt = d.element("#prompt").await;
-    d.call(
-        reqwest::Method::POST,
-        &format!("/element/{prompt}/value"),
-        json!({"text": "a red circle"}),
-    )
-    .await;
+    d.type_into("#prompt", "a red circle").await;
     d.script("document.getElementById('steps').value = '2';")
         .await;
     // Without a painted mask the tiny text-only model cannot edit: the page shows why.
@@ -245,13 +244,7 @@ async fn typing_a_prompt_and_clicking_generate_shows_progress_and_the_image() {
     let d = start_driver().await;
     d.call(reqwest::Method::POST, "/url", json!({"url": url}))
         .await;
-    let prompt = d.element("#prompt").await;
-    d.call(
-        reqwest::Method::POST,
-        &format!("/element/{prompt}/value"),
-        json!({"text": "a red circle"}),
-    )
-    .await;
+    d.type_into("#prompt", "a red circle").await;
     // Enough steps at the largest size that the job runs for a visible while.
     d.script("document.getElementById('steps').value = '400'; document.getElementById('size').value = '512x512';")
         .await;
