@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use sprout_models::dit::embed::patchify;
 use sprout_models::flux::files::Variant;
 use sprout_pipeline::flux::{
-    kontext_size, sampling_defaults, size_multiple, FluxModel, Img2Img, Inpaint,
+    reference_size, sampling_defaults, size_multiple, FluxModel, Img2Img, Inpaint,
 };
 use sprout_world::canvas::parse_size;
 use sprout_world::AspectRatio;
@@ -59,15 +59,17 @@ pub struct EditArgs {
 /// Largest number of input images of one edit.
 const MAX_REFERENCES: usize = 4;
 
-/// An input image resized to Kontext's nearest preferred resolution, as (1, 3, H, W) in [-1, 1].
+/// An input image resized to Kontext's nearest preferred resolution (rounded down to
+/// `multiple`), as (1, 3, H, W) in [-1, 1].
 fn read_reference(path: &Path, multiple: usize) -> Result<Tensor> {
     let img = open_image(path, "--image")?;
-    let (w, h) = kontext_size(img.width() as usize, img.height() as usize);
-    Ok(resized(
-        &img,
-        w / multiple * multiple,
-        h / multiple * multiple,
-    )?)
+    let (w, h) = reference_size(
+        img.width() as usize,
+        img.height() as usize,
+        1024 * 1024,
+        multiple,
+    );
+    Ok(resized(&img, w, h)?)
 }
 
 pub fn edit(e: EditArgs) -> Result<()> {

@@ -143,13 +143,13 @@ pub fn sampling_defaults(v: Variant) -> (usize, f64) {
     }
 }
 
-/// The size a reference image of `width`×`height` enters an edit at: the aspect ratio of
-/// its nearest preferred Kontext resolution, scaled to `area` pixels and rounded down to
-/// `multiple`. At 1024² this is the preferred resolution itself, as the reference pipeline
-/// resizes; a smaller canvas gets proportionally smaller references.
+/// The size a reference image of `width`×`height` enters an edit at: its nearest preferred
+/// Kontext resolution (those are about 1024² pixels), scaled by √(`area` / 1024²) and
+/// rounded down to `multiple`. At 1024² this is the preferred resolution itself, as the
+/// reference pipeline resizes; a smaller canvas gets proportionally smaller references.
 pub fn reference_size(width: usize, height: usize, area: usize, multiple: usize) -> (usize, usize) {
     let (kw, kh) = kontext_size(width, height);
-    let scale = (area as f64 / (kw * kh) as f64).sqrt();
+    let scale = (area as f64).sqrt() / 1024.0;
     let side = |v: usize| ((v as f64 * scale) as usize / multiple * multiple).max(multiple);
     (side(kw), side(kh))
 }
@@ -424,6 +424,11 @@ mod tests {
         assert_eq!(reference_size(800, 600, 1024 * 1024, 16), (1184, 880));
         assert_eq!(kontext_size(900, 1600), (752, 1392));
         assert_eq!(reference_size(900, 1600, 1024 * 1024, 16), (752, 1392));
+        // Every preferred resolution maps to itself at 1024², also those whose area is not
+        // exactly 1024² (672×1568 is 1.05 MP).
+        for (w, h) in KONTEXT_RESOLUTIONS {
+            assert_eq!(reference_size(w, h, 1024 * 1024, 16), (w, h));
+        }
         // A 32² canvas with steps of 4: about 32² pixels at the same ratio, rounded down.
         let (w, h) = reference_size(800, 600, 32 * 32, 4);
         assert_eq!((w % 4, h % 4), (0, 0));
