@@ -88,11 +88,7 @@ pub fn default_strength(a: &GenerateArgs) -> f64 {
 /// `--mask` as (1, 1, height, width), 1 where the image is redrawn.
 pub fn read_mask(a: &GenerateArgs, width: u32, height: u32) -> Result<Option<Tensor>> {
     let Some(p) = &a.mask else { return Ok(None) };
-    let img = image::ImageReader::open(p)
-        .with_context(|| format!("--mask {}", p.display()))?
-        .with_guessed_format()?
-        .decode()
-        .with_context(|| format!("--mask {}: not a readable image", p.display()))?;
+    let img = crate::inputs::open_any(p, "--mask")?;
     let m = sprout_pipeline::generate::mask_from_image(&img, width, height)?;
     if m.sum_all()?.to_scalar::<f32>()? == 0.0 {
         anyhow::bail!(
