@@ -31,6 +31,8 @@ pub struct BenchArgs {
     /// one DiT step at --flux-size (timed once: a full-size step takes minutes on a CPU).
     #[arg(long)]
     weights: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    parts: crate::flux_parts::FluxPartsArgs,
     /// Canvas of the FLUX.1 step row.
     #[arg(long, default_value = "1024x1024")]
     flux_size: String,
@@ -52,6 +54,7 @@ fn flux_rows(a: &BenchArgs, weights: &std::path::Path, rows: &mut Vec<Row>) -> R
     let t0 = Instant::now();
     let (model, mut texts) = FluxModel::load_with_prompts(
         weights,
+        &a.parts.components(),
         variant,
         &Device::Cpu,
         &["a red circle to the left of a blue star"],
@@ -229,7 +232,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     });
     if let Some(weights) = &a.weights {
         flux_rows(&a, weights, &mut rows)?;
-    } else if a.model.starts_with("flux-") {
+    } else if a.model.starts_with("flux-") || !a.parts.components().is_empty() {
         anyhow::bail!(
             "--model {} needs --weights (FLUX.1 weights file or folder)",
             a.model

@@ -164,6 +164,7 @@ fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
     // The prompt is encoded while loading: T5 can then be dropped before the DiT loads.
     let (model, mut texts) = FluxModel::load_with_prompts(
         weights,
+        &a.parts.components(),
         variant,
         &Device::Cpu,
         &[a.prompt.as_str()],

@@ -49,6 +49,8 @@ pub struct GenerateArgs {
     /// FLUX weights: a Black Forest Labs file or folder, or a diffusers snapshot folder.
     #[arg(long)]
     pub weights: Option<PathBuf>,
+    #[command(flatten)]
+    pub parts: crate::flux_parts::FluxPartsArgs,
     /// Start from these initial latents (a safetensors file holding one tensor, packed
     /// (n, tokens, 64) as diffusers' `latents=` argument or unpacked (n, 16, H/8, W/8))
     /// instead of seeded noise, to compare with another implementation.
@@ -149,6 +151,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if a.weights.is_some() || a.latents.is_some() || a.max_sequence_length.is_some() {
         bail!("--weights, --latents and --max-sequence-length apply to the FLUX models (--model flux-schnell|flux-dev|flux-kontext)");
     }
+    a.parts.refuse_for(&a.model)?;
     if let Some(s) = a.strength {
         if !(s > 0.0 && s <= 1.0) {
             bail!("--strength {s} is out of range (0, 1]");

@@ -3,6 +3,7 @@
 mod bench_cmd;
 mod eval_cmd;
 mod flux_cmd;
+mod flux_parts;
 mod generate_cmd;
 mod inputs;
 mod progress;

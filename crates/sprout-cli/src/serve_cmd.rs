@@ -21,6 +21,8 @@ pub struct ServeArgs {
     /// FLUX.1 weights: a Black Forest Labs file or folder, or a diffusers snapshot.
     #[arg(long)]
     pub weights: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub parts: crate::flux_parts::FluxPartsArgs,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// Port to listen on (0 picks a free one; the address is printed).
@@ -81,12 +83,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
                 a.model
             );
         };
-        let model = FluxModel::load(weights, variant, &Device::Cpu)?;
+        let model = FluxModel::load(weights, &a.parts.components(), variant, &Device::Cpu)?;
         (Engine::Flux(Box::new(model)), variant.name().to_string())
     } else {
         if a.weights.is_some() {
             bail!("--weights is for the FLUX.1 models (--model flux-schnell, flux-dev or flux-kontext); Sprout's models are bundle directories given to --model");
         }
+        a.parts.refuse_for(&a.model)?;
         let bundle = crate::generate_cmd::load_model(&a.model)?;
         let name = if a.model == "default" {
             "sprout-default".to_string()

@@ -315,3 +315,109 @@ fn serve_checks_flux_weights_before_listening() {
         assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
     }
 }
+
+/// Parts kept apart from the transformer, as other tools lay them out (`models/vae/ae.safetensors`
+/// with Black Forest Labs names, `models/clip/…`, `models/t5/…`, tokenizers elsewhere), given
+/// with --vae, --clip, --t5 and --tokenizers: the same reference image as the snapshot; a
+/// missing part names the flag that supplies it, a wrong one names the file.
+#[test]
+fn flux_dev_from_parts_kept_apart_matches_the_reference_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, models) = (dir.path().join("flux-dev"), dir.path().join("models"));
+    snapshot(&root);
+    for (from, to) in [
+        ("text_encoder", "clip"),
+        ("text_encoder_2", "t5"),
+        ("tokenizer", "tokenizers/tokenizer"),
+        ("tokenizer_2", "tokenizers/tokenizer_2"),
+    ] {
+        std::fs::create_dir_all(models.join(to).parent().unwrap()).unwrap();
+        std::fs::rename(root.join(from), models.join(to)).unwrap();
+    }
+    std::fs::rename(
+        models.join("clip/model.safetensors"),
+        models.join("clip/clip_l.safetensors"),
+    )
+    .unwrap();
+    std::fs::rename(
+        models.join("t5/model.safetensors"),
+        models.join("t5/t5xxl_fp16.safetensors"),
+    )
+    .unwrap();
+    // The autoencoder as Black Forest Labs ships it (ae.safetensors), beside its config.
+    std::fs::create_dir_all(models.join("vae")).unwrap();
+    std::fs::copy(
+        fixture("vae_bfl.safetensors"),
+        models.join("vae/ae.safetensors"),
+    )
+    .unwrap();
+    std::fs::rename(root.join("vae/config.json"), models.join("vae/config.json")).unwrap();
+    std::fs::remove_dir_all(root.join("vae")).unwrap();
+
+    let io =
+        candle_core::safetensors::load(fixture("pipeline_io.safetensors"), &Device::Cpu).unwrap();
+    let latents = dir.path().join("latents.safetensors");
+    save_one(&latents, &io["dev_latents"]);
+    let out = dir.path().join("out.png");
+    let p = |s: &str| models.join(s).to_str().unwrap().to_string();
+    let (vae, clip, t5, tok) = (
+        p("vae/ae.safetensors"),
+        p("clip/clip_l.safetensors"),
+        p("t5/t5xxl_fp16.safetensors"),
+        p("tokenizers"),
+    );
+    let l = latents.to_str().unwrap();
+    let common = ["--latents", l, "--steps", "3", "--size", "48x32"];
+    let mut all: Vec<&str> = common.to_vec();
+    all.extend([
+        "--vae",
+        &vae,
+        "--clip",
+        &clip,
+        "--t5",
+        &t5,
+        "--tokenizers",
+        &tok,
+    ]);
+    let r = generate_dev(&root, &out, &all);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let w = worst(&pixel_diffs(&out, &io["dev_image"]));
+    assert!(w <= 1.0, "pixels differ by up to {w}");
+
+    // Without --vae the folder has no autoencoder: the error says which flag gives one.
+    let mut no_vae: Vec<&str> = common.to_vec();
+    no_vae.extend(["--clip", &clip, "--t5", &t5, "--tokenizers", &tok]);
+    let r = generate_dev(&root, &out, &no_vae);
+    assert!(!r.status.success());
+    let e = stderr(&r);
+    assert!(
+        e.contains("no autoencoder found") && e.contains("--vae FILE"),
+        "{e}"
+    );
+    // The CLIP file given as T5: its tensors are named as they fail to load.
+    let mut swapped: Vec<&str> = common.to_vec();
+    swapped.extend([
+        "--vae",
+        &vae,
+        "--clip",
+        &clip,
+        "--t5",
+        &clip,
+        "--tokenizers",
+        &tok,
+    ]);
+    let r = generate_dev(&root, &out, &swapped);
+    assert!(!r.status.success());
+    let e = stderr(&r);
+    assert!(
+        e.contains("clip_l.safetensors") && !e.contains("panicked"),
+        "{e}"
+    );
+    // The flags belong to FLUX models.
+    let r = sprout(&["generate", "x", "--vae", &vae, "-o", out.to_str().unwrap()]);
+    assert!(
+        stderr(&r).contains("apply to the FLUX models"),
+        "{}",
+        stderr(&r)
+    );
+}

@@ -10,12 +10,13 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::clip::text_model::ClipTextTransformer;
 use candle_transformers::models::t5::{Config as T5Config, T5EncoderModel};
 use sprout_models::dit::{Dit, DitConfig};
-use sprout_models::flux::configs::{clip_config, vae_config};
+use sprout_models::flux::components::Components;
+use sprout_models::flux::configs::{clip_config, clip_l_json, t5_xxl_json, vae_config};
 use sprout_models::flux::convert::{DiffusersTransformerConfig, Renamed};
 use sprout_models::flux::files::{locate, FluxFiles, Layout, Variant};
 use sprout_models::flux::inspect::{
     available_memory, check_memory, gguf_metadata_string, inspect_transformer, resolve_variant,
-    GGUF_CONFIG_KEY,
+    safetensors_elements, GGUF_CONFIG_KEY,
 };
 use sprout_models::flux::tokenize::{clip_tokenizer, t5_tokenizer};
 use sprout_models::flux::vae::{FluxVae, FluxVaeConfig};
@@ -65,16 +66,18 @@ fn require<'a, T>(
     part.as_ref().ok_or_else(|| {
         weights_err(format!(
             "{}: no {what} found (expected next to the transformer, as in a diffusers snapshot: \
-             text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, vae/ or ae.safetensors)",
+             text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/, vae/ or ae.safetensors; \
+             parts kept elsewhere are given with --vae FILE, --clip FILE, --t5 FILE and \
+             --tokenizers DIR)",
             files.transformer[0].display()
         ))
     })
 }
 
-/// Bytes the weights take when loaded as `dtype`, estimated from the stored sizes of `files`
-/// (stored as 2-byte floats in FLUX releases).
-fn loaded_bytes(stored: u64, dtype: DType) -> u64 {
-    stored / 2 * dtype.size_in_bytes() as u64
+/// Bytes `elements` weights take when loaded as `dtype` (whatever they are stored as:
+/// FP8, fp16, bf16 or f32).
+fn loaded_bytes(elements: u64, dtype: DType) -> u64 {
+    elements * dtype.size_in_bytes() as u64
 }
 
 fn stored_bytes(files: &[std::path::PathBuf]) -> u64 {
@@ -133,24 +136,29 @@ impl FluxModel {
     /// its quantized weights and computes in f32 on the CPU (bf16 on CUDA).
     pub fn load(
         weights: &Path,
+        parts: &Components,
         asked: Variant,
         device: &Device,
     ) -> Result<FluxModel, PipelineError> {
-        Self::load_with_prompts(weights, asked, device, &[], None).map(|(m, _)| m)
+        Self::load_with_prompts(weights, parts, asked, device, &[], None).map(|(m, _)| m)
     }
 
     /// [`load`](Self::load), encoding `prompts` on the way: when memory cannot hold T5 next to
     /// the DiT, the text encoders are loaded first, the prompts encoded, T5 dropped and only
     /// then the DiT loaded (later prompts load T5 again for themselves). `t5_len` overrides
-    /// the variant's T5 tokens per prompt ([`Variant::t5_len`]).
+    /// the variant's T5 tokens per prompt ([`Variant::t5_len`]). `parts` names components kept
+    /// apart from the transformer; their configs come from a `config.json` beside them, else
+    /// FLUX.1's (CLIP-L, T5-v1.1-XXL), and every tensor's shape is checked as it loads.
     pub fn load_with_prompts(
         weights: &Path,
+        parts: &Components,
         asked: Variant,
         device: &Device,
         prompts: &[&str],
         t5_len: Option<usize>,
     ) -> Result<(FluxModel, Vec<FluxText>), PipelineError> {
-        let files = locate(weights)?;
+        let mut files = locate(weights)?;
+        parts.apply(&mut files)?;
         let inspection = inspect_transformer(&files)?;
         let variant = resolve_variant(asked, &files, &inspection)?;
         let gguf = files.layout == Layout::Gguf;
@@ -167,6 +175,12 @@ impl FluxModel {
         let (vae_files, vae_diffusers) = require(&files.vae, "autoencoder", &files)?;
         let clip_tok = require(&files.clip_tokenizer, "CLIP tokenizer (tokenizer/)", &files)?;
         let t5_tok = require(&files.t5_tokenizer, "T5 tokenizer (tokenizer_2/)", &files)?;
+        let elements = |f: &[std::path::PathBuf]| safetensors_elements(f).map_err(weights_err);
+        let (t5_elems, clip_elems, vae_elems) = (
+            elements(t5_files)?,
+            elements(clip_files)?,
+            elements(vae_files)?,
+        );
         let parts_stored =
             stored_bytes(t5_files) + stored_bytes(clip_files) + stored_bytes(vae_files);
         // T5-XXL stays in bf16 when large (9.5 GB; f32 would double it). The autoencoder and
@@ -186,28 +200,28 @@ impl FluxModel {
                 // Quantized blocks as stored, plus the largest weight dequantized for a product.
                 inspection.bytes + inspection.largest * dtype.size_in_bytes() as u64
             } else {
-                loaded_bytes(inspection.bytes, dtype)
+                loaded_bytes(inspection.elements, dtype)
             },
-            t5: loaded_bytes(stored_bytes(t5_files), t5_dtype),
-            rest: loaded_bytes(
-                stored_bytes(clip_files) + stored_bytes(vae_files),
-                parts_dtype,
-            ) + if full_size { FULL_SIZE_ACTIVATIONS } else { 0 },
+            t5: loaded_bytes(t5_elems, t5_dtype),
+            rest: loaded_bytes(clip_elems + vae_elems, parts_dtype)
+                + if full_size { FULL_SIZE_ACTIVATIONS } else { 0 },
         };
         let plan = needs.plan(variant.name(), available_memory())?;
 
-        let ccfg = clip_config(
-            &component_config(clip_files)
-                .ok_or_else(|| weights_err("text_encoder/config.json is missing"))?,
-        )?;
+        let ccfg = clip_config(&component_config(clip_files).unwrap_or_else(clip_l_json))?;
         let vb = VarBuilder::from_backend(Box::new(mmap(clip_files)?), parts_dtype, device.clone());
         let clip = ClipTextTransformer::new(vb.pp("text_model"), &ccfg)
             .map_err(|e| weights_err(format!("{}: {e}", clip_files[0].display())))?;
-        let tcfg: T5Config = serde_json::from_value(
-            component_config(t5_files)
-                .ok_or_else(|| weights_err("text_encoder_2/config.json is missing"))?,
-        )
-        .map_err(|e| weights_err(format!("text_encoder_2/config.json: {e}")))?;
+        let tcfg: T5Config =
+            serde_json::from_value(component_config(t5_files).unwrap_or_else(t5_xxl_json))
+                .map_err(|e| {
+                    let beside = t5_files[0].with_file_name("config.json");
+                    weights_err(format!(
+                        "{}, beside the T5 weights {}: not a T5 config ({e})",
+                        beside.display(),
+                        t5_files[0].display()
+                    ))
+                })?;
         let t5 = T5Slot::Resident(load_t5(t5_files, &tcfg, t5_dtype, device)?);
         let mut text = TextParts {
             clip,

@@ -18,7 +18,7 @@ use common::{decode, png_bytes, Server};
 const PROMPT: &str = "a photo of a red circle";
 
 fn load(root: &Path, variant: Variant) -> FluxModel {
-    FluxModel::load(root, variant, &Device::Cpu).unwrap()
+    FluxModel::load(root, &Default::default(), variant, &Device::Cpu).unwrap()
 }
 
 /// A serving config without the start-up run (FLUX's default canvas, 1024², is far too

@@ -69,3 +69,67 @@ pub fn vae_config(v: &serde_json::Value) -> Result<FluxVaeConfig> {
         shift_factor: v["shift_factor"].as_f64().unwrap_or(f.shift_factor),
     })
 }
+
+/// The config of FLUX.1's CLIP-L text encoder (openai/clip-vit-large-patch14's text tower),
+/// for a weight file given without its `config.json`.
+pub fn clip_l_json() -> serde_json::Value {
+    serde_json::json!({
+        "vocab_size": 49408,
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "max_position_embeddings": 77,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "hidden_act": "quick_gelu",
+        "projection_dim": 768
+    })
+}
+
+/// The config of FLUX.1's T5 encoder (google/t5-v1_1-xxl), for a weight file given without
+/// its `config.json`.
+pub fn t5_xxl_json() -> serde_json::Value {
+    serde_json::json!({
+        "vocab_size": 32128,
+        "d_model": 4096,
+        "d_kv": 64,
+        "d_ff": 10240,
+        "num_layers": 24,
+        "num_heads": 64,
+        "relative_attention_num_buckets": 32,
+        "relative_attention_max_distance": 128,
+        "dropout_rate": 0.1,
+        "layer_norm_epsilon": 1e-6,
+        "initializer_factor": 1.0,
+        "feed_forward_proj": "gated-gelu",
+        "tie_word_embeddings": false,
+        "is_encoder_decoder": true,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0
+    })
+}
+
+#[cfg(test)]
+mod preset_tests {
+    use super::*;
+
+    #[test]
+    fn text_encoder_presets_parse_to_the_published_sizes() {
+        let c = clip_config(&clip_l_json()).unwrap();
+        assert_eq!(
+            (
+                c.embed_dim,
+                c.num_hidden_layers,
+                c.num_attention_heads,
+                c.intermediate_size
+            ),
+            (768, 12, 12, 3072)
+        );
+        let t: candle_transformers::models::t5::Config =
+            serde_json::from_value(t5_xxl_json()).unwrap();
+        // 4096 = 64 heads × 64; T5-v1.1's gated GELU feed-forward.
+        assert_eq!(t.num_heads * t.d_kv, t.d_model);
+        assert_eq!((t.d_model, t.d_ff, t.num_layers), (4096, 10240, 24));
+        assert!(t.feed_forward_proj.gated);
+    }
+}

@@ -115,8 +115,42 @@ pub struct Inspection {
     pub diffusers_names: bool,
     /// Bytes of all transformer tensors as stored.
     pub bytes: u64,
+    /// Elements of all transformer tensors (bytes once loaded = elements × dtype size).
+    pub elements: u64,
     /// Elements of the largest tensor (a quantized one is dequantized whole for a product).
     pub largest: u64,
+}
+
+/// "Scaled" FP8 files store each weight divided by a per-tensor scale kept beside it
+/// (`*.scale_weight`, marked by a `scaled_fp8` tensor); read as plain FP8 they would give
+/// wrong numbers, so they are refused by name.
+pub fn refuse_scaled_fp8(path: &Path, infos: &[TensorInfo]) -> Result<()> {
+    if infos
+        .iter()
+        .any(|t| t.name == "scaled_fp8" || t.name.ends_with(".scale_weight"))
+    {
+        return Err(bad(
+            path,
+            "scaled FP8 weights (a scaled_fp8 / *.scale_weight tensor) are not supported; \
+             use the file in bf16, fp16 or plain FP8 (e4m3fn), or a GGUF transformer",
+        ));
+    }
+    Ok(())
+}
+
+/// Elements of all tensors of some safetensors files (checking each file's header), and
+/// refusing scaled FP8 ones.
+pub fn safetensors_elements(files: &[std::path::PathBuf]) -> Result<u64> {
+    let mut n = 0;
+    for f in files {
+        let infos = safetensors_header(f)?;
+        refuse_scaled_fp8(f, &infos)?;
+        n += infos
+            .iter()
+            .map(|t| t.shape.iter().product::<usize>() as u64)
+            .sum::<u64>();
+    }
+    Ok(n)
 }
 
 pub fn inspect_transformer(files: &FluxFiles) -> Result<Inspection> {
@@ -135,10 +169,15 @@ pub fn inspect_transformer(files: &FluxFiles) -> Result<Inspection> {
             files.transformer[0].display()
         )));
     }
+    refuse_scaled_fp8(&files.transformer[0], &infos)?;
     Ok(Inspection {
         guidance: has("guidance_in.") || has("time_text_embed.guidance_embedder."),
         diffusers_names,
         bytes: infos.iter().map(|t| t.bytes).sum(),
+        elements: infos
+            .iter()
+            .map(|t| t.shape.iter().product::<usize>() as u64)
+            .sum(),
         largest: infos
             .iter()
             .map(|t| t.shape.iter().product::<usize>() as u64)
@@ -237,6 +276,7 @@ mod tests {
                 guidance: true,
                 diffusers_names: false,
                 bytes: 2 * 6 * 2,
+                elements: 2 * 6,
                 largest: 6
             }
         );
@@ -255,6 +295,18 @@ mod tests {
         let f = locate(&schnell).unwrap();
         let i = inspect_transformer(&f).unwrap();
         assert!(!i.guidance);
+        let scaled = d.path().join("flux1-dev-fp8-scaled.safetensors");
+        write(
+            &scaled,
+            &["double_blocks.0.img_attn.qkv.weight", "scaled_fp8"],
+        );
+        let e = inspect_transformer(&locate(&scaled).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("scaled FP8 weights") && e.contains("fp8-scaled"),
+            "{e}"
+        );
         assert!(resolve_variant(Variant::Dev, &f, &i).is_err());
         assert_eq!(
             resolve_variant(Variant::Schnell, &f, &i).unwrap(),

@@ -2,6 +2,7 @@
 //! diffusers snapshot directories), converted to the module paths of [`crate::dit`], and the
 //! FLUX autoencoder.
 
+pub mod components;
 pub mod configs;
 pub mod convert;
 pub mod files;

@@ -1,0 +1,44 @@
+//! `--vae`, `--clip`, `--t5`, `--tokenizers`: FLUX.1 parts kept apart from the transformer,
+//! shared by `generate`, `edit`, `serve` and `bench`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use sprout_models::flux::components::Components;
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct FluxPartsArgs {
+    /// FLUX: the autoencoder's safetensors file (e.g. ae.safetensors), when it is not beside
+    /// the transformer.
+    #[arg(long)]
+    pub vae: Option<PathBuf>,
+    /// FLUX: CLIP-L's text encoder (e.g. clip_l.safetensors, or a text_encoder/ folder).
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
+    /// FLUX: T5-XXL's encoder (e.g. t5xxl_fp16.safetensors or the fp8_e4m3fn file, or a
+    /// text_encoder_2/ folder).
+    #[arg(long)]
+    pub t5: Option<PathBuf>,
+    /// FLUX: a folder with tokenizer/ (CLIP) and tokenizer_2/ (T5), as in a diffusers snapshot.
+    #[arg(long)]
+    pub tokenizers: Option<PathBuf>,
+}
+
+impl FluxPartsArgs {
+    pub fn components(&self) -> Components {
+        Components {
+            vae: self.vae.clone(),
+            clip: self.clip.clone(),
+            t5: self.t5.clone(),
+            tokenizers: self.tokenizers.clone(),
+        }
+    }
+
+    /// Refuse the flags where the model is not a FLUX one.
+    pub fn refuse_for(&self, model: &str) -> Result<()> {
+        if !self.components().is_empty() {
+            bail!("--vae, --clip, --t5 and --tokenizers apply to the FLUX models (--model flux-schnell|flux-dev|flux-kontext), not {model:?}");
+        }
+        Ok(())
+    }
+}
