@@ -15,8 +15,8 @@ pub struct FluxPartsArgs {
     /// FLUX: CLIP-L's text encoder (e.g. clip_l.safetensors, or a text_encoder/ folder).
     #[arg(long)]
     pub clip: Option<PathBuf>,
-    /// FLUX: T5-XXL's encoder (e.g. t5xxl_fp16.safetensors or the fp8_e4m3fn file, or a
-    /// text_encoder_2/ folder).
+    /// FLUX: T5-XXL's encoder (e.g. t5xxl_fp16.safetensors or the fp8_e4m3fn file, a
+    /// text_encoder_2/ folder, or a GGUF file such as t5-v1_1-xxl-encoder-Q8_0.gguf).
     #[arg(long)]
     pub t5: Option<PathBuf>,
     /// FLUX: a folder with tokenizer/ (CLIP) and tokenizer_2/ (T5), as in a diffusers snapshot.

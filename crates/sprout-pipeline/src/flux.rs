@@ -45,11 +45,32 @@ pub struct TextParts {
     pub device: Device,
 }
 
+/// A T5 encoder: candle-transformers' from safetensors, Sprout's from a GGUF file.
+pub enum T5Model {
+    Dense(T5EncoderModel),
+    Gguf(sprout_models::t5::T5Encoder),
+}
+
+impl From<T5EncoderModel> for T5Model {
+    fn from(m: T5EncoderModel) -> Self {
+        T5Model::Dense(m)
+    }
+}
+
+impl T5Model {
+    pub fn forward(&mut self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            T5Model::Dense(m) => m.forward(ids),
+            T5Model::Gguf(m) => m.forward(ids),
+        }
+    }
+}
+
 /// The T5 encoder: held, or loaded for each prompt and dropped before the DiT runs (chosen at
 /// load when the machine cannot hold T5 next to the DiT).
 pub enum T5Slot {
-    Resident(T5EncoderModel),
-    OnDemand(Box<dyn Fn() -> Result<T5EncoderModel, PipelineError> + Send + Sync>),
+    Resident(T5Model),
+    OnDemand(Box<dyn Fn() -> Result<T5Model, PipelineError> + Send + Sync>),
 }
 
 impl T5Slot {

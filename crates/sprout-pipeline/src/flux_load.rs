@@ -24,7 +24,7 @@ use sprout_models::flux::vae::{FluxVae, FluxVaeConfig};
 use candle_transformers::quantized_var_builder::VarBuilder as QVarBuilder;
 use sprout_models::weights::Weights;
 
-use crate::flux::{FluxModel, FluxText, T5Slot, TextParts};
+use crate::flux::{FluxModel, FluxText, T5Model, T5Slot, TextParts};
 use crate::PipelineError;
 
 fn weights_err(e: impl std::fmt::Display) -> PipelineError {
@@ -120,14 +120,42 @@ impl Needs {
     }
 }
 
+fn is_gguf(p: &Path) -> bool {
+    p.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// T5 from safetensors (candle-transformers' encoder, `cfg`) or from a GGUF file (Sprout's,
+/// its config read from the file; computing in f32 on the CPU as GGUF transformers do).
 fn load_t5(
     files: &[std::path::PathBuf],
     cfg: &T5Config,
     dtype: DType,
     device: &Device,
-) -> Result<T5EncoderModel, PipelineError> {
+) -> Result<T5Model, PipelineError> {
+    if is_gguf(&files[0]) {
+        let dtype = if device.is_cpu() { DType::F32 } else { dtype };
+        return Ok(T5Model::Gguf(
+            sprout_models::t5::load_gguf(&files[0], dtype, device).map_err(weights_err)?,
+        ));
+    }
     let vb = VarBuilder::from_backend(Box::new(mmap(files)?), dtype, device.clone());
-    T5EncoderModel::load(vb, cfg).map_err(|e| weights_err(format!("{}: {e}", files[0].display())))
+    T5EncoderModel::load(vb, cfg)
+        .map(T5Model::Dense)
+        .map_err(|e| weights_err(format!("{}: {e}", files[0].display())))
+}
+
+/// Bytes a GGUF T5 takes once loaded: its blocks as stored, the embedding table (the largest
+/// tensor) dequantized to f32.
+fn gguf_t5_bytes(file: &Path) -> Result<u64, PipelineError> {
+    let infos = sprout_models::flux::inspect::gguf_header(file).map_err(weights_err)?;
+    let stored: u64 = infos.iter().map(|t| t.bytes).sum();
+    let largest = infos
+        .iter()
+        .map(|t| t.shape.iter().product::<usize>() as u64)
+        .max()
+        .unwrap_or(0);
+    Ok(stored + 4 * largest)
 }
 
 impl FluxModel {
@@ -176,11 +204,8 @@ impl FluxModel {
         let clip_tok = require(&files.clip_tokenizer, "CLIP tokenizer (tokenizer/)", &files)?;
         let t5_tok = require(&files.t5_tokenizer, "T5 tokenizer (tokenizer_2/)", &files)?;
         let elements = |f: &[std::path::PathBuf]| safetensors_elements(f).map_err(weights_err);
-        let (t5_elems, clip_elems, vae_elems) = (
-            elements(t5_files)?,
-            elements(clip_files)?,
-            elements(vae_files)?,
-        );
+        let t5_gguf = is_gguf(&t5_files[0]);
+        let (clip_elems, vae_elems) = (elements(clip_files)?, elements(vae_files)?);
         let parts_stored =
             stored_bytes(t5_files) + stored_bytes(clip_files) + stored_bytes(vae_files);
         // T5-XXL stays in bf16 when large (9.5 GB; f32 would double it). The autoencoder and
@@ -202,7 +227,11 @@ impl FluxModel {
             } else {
                 loaded_bytes(inspection.elements, dtype)
             },
-            t5: loaded_bytes(t5_elems, t5_dtype),
+            t5: if t5_gguf {
+                gguf_t5_bytes(&t5_files[0])?
+            } else {
+                loaded_bytes(elements(t5_files)?, t5_dtype)
+            },
             rest: loaded_bytes(clip_elems + vae_elems, parts_dtype)
                 + if full_size { FULL_SIZE_ACTIVATIONS } else { 0 },
         };
@@ -212,16 +241,20 @@ impl FluxModel {
         let vb = VarBuilder::from_backend(Box::new(mmap(clip_files)?), parts_dtype, device.clone());
         let clip = ClipTextTransformer::new(vb.pp("text_model"), &ccfg)
             .map_err(|e| weights_err(format!("{}: {e}", clip_files[0].display())))?;
-        let tcfg: T5Config =
-            serde_json::from_value(component_config(t5_files).unwrap_or_else(t5_xxl_json))
-                .map_err(|e| {
-                    let beside = t5_files[0].with_file_name("config.json");
-                    weights_err(format!(
-                        "{}, beside the T5 weights {}: not a T5 config ({e})",
-                        beside.display(),
-                        t5_files[0].display()
-                    ))
-                })?;
+        // A GGUF T5 carries its sizes; this config is for safetensors weights.
+        let tcfg: T5Config = serde_json::from_value(
+            component_config(t5_files)
+                .filter(|_| !t5_gguf)
+                .unwrap_or_else(t5_xxl_json),
+        )
+        .map_err(|e| {
+            let beside = t5_files[0].with_file_name("config.json");
+            weights_err(format!(
+                "{}, beside the T5 weights {}: not a T5 config ({e})",
+                beside.display(),
+                t5_files[0].display()
+            ))
+        })?;
         let t5 = T5Slot::Resident(load_t5(t5_files, &tcfg, t5_dtype, device)?);
         let mut text = TextParts {
             clip,

@@ -1,5 +1,6 @@
-//! FLUX.1 weights stored as plain FP8 (e4m3fn, as in `t5xxl_fp8_e4m3fn.safetensors` and
-//! `flux1-dev-fp8.safetensors`) load and compute exactly as the same values stored in f32.
+//! FLUX.1 weights in the other forms users keep them: plain FP8 (e4m3fn, as in
+//! `t5xxl_fp8_e4m3fn.safetensors`, `flux1-dev-fp8.safetensors`) computes exactly as the same
+//! values stored in f32; a GGUF T5 encoder (llama.cpp names) as the safetensors one.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -93,4 +94,47 @@ fn fp8_text_encoder_and_transformer_equal_their_f32_values() {
         .unwrap()
         .states;
     assert!(d(&s, &s32) > 0.0);
+}
+
+/// `--t5 FILE.gguf`: a GGUF T5 encoder with llama.cpp's names, stored as f32, gives the same
+/// text states as the safetensors one; stored as Q8_0, states within 3 % of their scale.
+#[test]
+fn gguf_t5_encoder_gives_the_text_states_of_the_safetensors_one() {
+    use candle_core::quantized::GgmlDType;
+    use sprout_models::t5::{llama_cpp_name, GGUF_T5_CONFIG_KEY};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("snap");
+    flux_snapshot(&root, "FluxPipeline").unwrap();
+    let t5 = root.join("text_encoder_2");
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(t5.join("config.json")).unwrap()).unwrap();
+    let cfg: sprout_models::t5::T5EncoderConfig = serde_json::from_value(cfg).unwrap();
+    let json = serde_json::to_string(&cfg).unwrap();
+    let w = candle_core::safetensors::load(t5.join("model.safetensors"), &Device::Cpu).unwrap();
+    let encode = |parts: &Components| {
+        let mut m = FluxModel::load(&root, parts, Variant::Dev, &Device::Cpu).unwrap();
+        m.text.t5_len = 16;
+        m.encode_text("a photo of a red circle").unwrap().states
+    };
+    let want = encode(&Components::default());
+    let scale = sprout_models::ops::max_abs(&want).unwrap();
+    for (q, tol) in [(GgmlDType::F32, 1e-5), (GgmlDType::Q8_0, 0.03 * scale)] {
+        let mut tensors: Vec<_> = w
+            .iter()
+            .map(|(k, v)| {
+                let n = llama_cpp_name(k);
+                (n.clone(), sprout_models::gguf::quantize(&n, v, q).unwrap())
+            })
+            .collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let p = dir.path().join(format!("t5-{q:?}.gguf"));
+        sprout_models::gguf::write(&p, &tensors, &[(GGUF_T5_CONFIG_KEY, &json)]).unwrap();
+        let got = encode(&Components {
+            t5: Some(p),
+            ..Default::default()
+        });
+        let d = sprout_models::ops::max_abs_diff(&got, &want).unwrap();
+        eprintln!("{q:?}: max abs difference {d:.2e} (scale {scale:.2})");
+        assert!(d <= tol, "{q:?}: {d} > {tol}");
+    }
 }

@@ -65,7 +65,7 @@ fn model(variant: Variant, file: &str) -> FluxModel {
         vae,
         text: TextParts {
             clip,
-            t5: T5Slot::Resident(T5EncoderModel::load(vb, &t5cfg).unwrap()),
+            t5: T5Slot::Resident(T5EncoderModel::load(vb, &t5cfg).unwrap().into()),
             clip_tokenizer: clip_tokenizer(&fixture("tokenizer")).unwrap(),
             t5_tokenizer: t5_tokenizer(&fixture("tokenizer_2")).unwrap(),
             t5_len: 16,

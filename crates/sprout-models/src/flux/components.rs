@@ -1,6 +1,6 @@
 //! FLUX.1 parts the user keeps apart from the transformer, as other tools lay them out
 //! (`ae.safetensors`, `clip_l.safetensors`, `t5xxl_fp16.safetensors` in separate folders):
-//! `--vae`, `--clip`, `--t5` name such files and `--tokenizers` a folder holding diffusers'
+//! `--vae`, `--clip`, `--t5` (also a GGUF T5 encoder) name such files and `--tokenizers` a folder holding diffusers'
 //! `tokenizer/` and `tokenizer_2/`. What they name replaces what [`locate`](super::files::locate)
 //! found beside the transformer.
 
@@ -17,7 +17,8 @@ pub struct Components {
     pub vae: Option<PathBuf>,
     /// CLIP-L's text encoder: one safetensors file (transformers' names, `text_model.*`).
     pub clip: Option<PathBuf>,
-    /// T5-XXL's encoder: one safetensors file or a folder of shards with their index JSON.
+    /// T5-XXL's encoder: one safetensors file, a folder of shards with their index JSON, or a
+    /// GGUF file (llama.cpp's names, e.g. `t5-v1_1-xxl-encoder-Q8_0.gguf`).
     pub t5: Option<PathBuf>,
     /// A folder with `tokenizer/` (CLIP) and `tokenizer_2/` (T5), as in a diffusers snapshot.
     pub tokenizers: Option<PathBuf>,
@@ -81,7 +82,15 @@ impl Components {
             files.clip = Some(weight_files("--clip", p)?);
         }
         if let Some(p) = &self.t5 {
-            files.t5 = Some(weight_files("--t5", p)?);
+            // T5 may also be a GGUF file (llama.cpp's or transformers' tensor names).
+            let gguf = p
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+            files.t5 = Some(if gguf && p.is_file() {
+                vec![p.clone()]
+            } else {
+                weight_files("--t5", p)?
+            });
         }
         if let Some(d) = &self.tokenizers {
             if !d.is_dir() {
@@ -183,10 +192,10 @@ mod tests {
             e.contains("--t5") && e.contains("missing.safetensors") && e.contains("no such file"),
             "{e}"
         );
-        std::fs::write(r.join("t5.gguf"), b"").unwrap();
+        std::fs::write(r.join("clip.gguf"), b"").unwrap();
         let e = err(
             Components {
-                t5: Some(r.join("t5.gguf")),
+                clip: Some(r.join("clip.gguf")),
                 ..Default::default()
             },
             &mut f,
