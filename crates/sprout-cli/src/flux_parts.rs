@@ -22,6 +22,10 @@ pub struct FluxPartsArgs {
     /// FLUX: a folder with tokenizer/ (CLIP) and tokenizer_2/ (T5), as in a diffusers snapshot.
     #[arg(long)]
     pub tokenizers: Option<PathBuf>,
+    /// FLUX: a LoRA adapter for the transformer, FILE or FILE:STRENGTH (default 1), merged into
+    /// its weights as they load (repeatable; BFL, diffusers/PEFT and kohya names).
+    #[arg(long = "lora", value_name = "FILE[:STRENGTH]", value_parser = sprout_models::flux::lora::parse_spec)]
+    pub loras: Vec<(PathBuf, f64)>,
 }
 
 impl FluxPartsArgs {
@@ -31,13 +35,14 @@ impl FluxPartsArgs {
             clip: self.clip.clone(),
             t5: self.t5.clone(),
             tokenizers: self.tokenizers.clone(),
+            loras: self.loras.clone(),
         }
     }
 
     /// Refuse the flags where the model is not a FLUX one.
     pub fn refuse_for(&self, model: &str) -> Result<()> {
         if !self.components().is_empty() {
-            bail!("--vae, --clip, --t5 and --tokenizers apply to the FLUX models (--model flux-schnell|flux-dev|flux-kontext), not {model:?}");
+            bail!("--vae, --clip, --t5, --tokenizers and --lora apply to the FLUX models (--model flux-schnell|flux-dev|flux-kontext), not {model:?}");
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ use sprout_models::flux::inspect::{
     available_memory, check_memory, gguf_metadata_string, inspect_transformer, resolve_variant,
     safetensors_elements, GGUF_CONFIG_KEY,
 };
+use sprout_models::flux::lora::{Lora, WithLora};
 use sprout_models::flux::tokenize::{clip_tokenizer, t5_tokenizer};
 use sprout_models::flux::vae::{FluxVae, FluxVaeConfig};
 
@@ -190,6 +191,22 @@ impl FluxModel {
         let inspection = inspect_transformer(&files)?;
         let variant = resolve_variant(asked, &files, &inspection)?;
         let gguf = files.layout == Layout::Gguf;
+        // Adapters are read first, so that a bad file fails before minutes of loading.
+        let mut lora = None;
+        if !parts.loras.is_empty() {
+            if gguf {
+                return Err(weights_err(format!(
+                    "{}: --lora needs the transformer as safetensors (bf16, fp16 or FP8): a GGUF \
+                     file's weights are quantized, and adapters are merged into the weights",
+                    files.transformer[0].display()
+                )));
+            }
+            let mut l = Lora::default();
+            for (p, s) in &parts.loras {
+                l.add_file(p, *s)?;
+            }
+            lora = Some(l);
+        }
         // The tests' tiny models are far below a gigabyte; FLUX.1 releases far above.
         let full_size = inspection.bytes >= 1 << 30;
         let dtype = match (gguf, device.is_cpu()) {
@@ -301,20 +318,37 @@ impl FluxModel {
         let in_file = |e: &dyn std::fmt::Display| {
             weights_err(format!("{}: {e}", files.transformer[0].display()))
         };
+        let mut usage = None;
         let dit = if gguf {
             let vb =
                 QVarBuilder::from_gguf(&files.transformer[0], device).map_err(|e| in_file(&e))?;
             Dit::new(&dit_cfg, Weights::Quantized { vb, dtype })
         } else {
             let st = mmap(&files.transformer)?;
-            let vb = if inspection.diffusers_names {
-                VarBuilder::from_backend(Box::new(Renamed::transformer(st)), dtype, device.clone())
-            } else {
-                VarBuilder::from_backend(Box::new(st), dtype, device.clone())
+            let vb = match (lora.take(), inspection.diffusers_names) {
+                (None, true) => VarBuilder::from_backend(
+                    Box::new(Renamed::transformer(st)),
+                    dtype,
+                    device.clone(),
+                ),
+                (None, false) => VarBuilder::from_backend(Box::new(st), dtype, device.clone()),
+                (Some(l), true) => {
+                    let (b, u) = WithLora::new(Renamed::transformer(st), l);
+                    usage = Some(u);
+                    VarBuilder::from_backend(Box::new(b), dtype, device.clone())
+                }
+                (Some(l), false) => {
+                    let (b, u) = WithLora::new(st, l);
+                    usage = Some(u);
+                    VarBuilder::from_backend(Box::new(b), dtype, device.clone())
+                }
             };
             Dit::new(&dit_cfg, vb)
         }
         .map_err(|e| in_file(&e))?;
+        if let Some(u) = usage {
+            u.check_all_used()?;
+        }
 
         let vcfg = match component_config(vae_files) {
             Some(v) => vae_config(&v)?,

@@ -11,7 +11,7 @@ use crate::flux::files::FluxFiles;
 use crate::flux::inspect::safetensors_header;
 
 /// Separately given FLUX.1 parts; `None` keeps what was found beside the transformer.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Components {
     /// The autoencoder: one safetensors file, Black Forest Labs or diffusers names.
     pub vae: Option<PathBuf>,
@@ -22,6 +22,9 @@ pub struct Components {
     pub t5: Option<PathBuf>,
     /// A folder with `tokenizer/` (CLIP) and `tokenizer_2/` (T5), as in a diffusers snapshot.
     pub tokenizers: Option<PathBuf>,
+    /// LoRA adapters for the transformer with their strengths, merged as it loads
+    /// ([`crate::flux::lora`]).
+    pub loras: Vec<(PathBuf, f64)>,
 }
 
 fn bad(p: &Path, e: impl std::fmt::Display) -> ModelError {
@@ -159,6 +162,7 @@ mod tests {
             clip: Some(r.join("clip/clip_l.safetensors")),
             t5: Some(r.join("clip/t5xxl_fp16.safetensors")),
             tokenizers: Some(r.join("tok")),
+            ..Default::default()
         };
         c.apply(&mut f).unwrap();
         assert_eq!(f.vae, Some((vec![r.join("vae/ae.safetensors")], false)));

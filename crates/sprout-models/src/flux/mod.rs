@@ -7,5 +7,6 @@ pub mod configs;
 pub mod convert;
 pub mod files;
 pub mod inspect;
+pub mod lora;
 pub mod tokenize;
 pub mod vae;

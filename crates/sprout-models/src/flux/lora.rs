@@ -1,0 +1,382 @@
+//! LoRA adapters for the FLUX.1 transformer, merged into its weights as they load:
+//! `W' = W + Σ scale · (alpha / rank) · B·A` for every adapted linear layer.
+//!
+//! The files in circulation name layers three ways, all read here: Black Forest Labs module
+//! paths (`diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight`), diffusers / PEFT
+//! paths (`transformer.transformer_blocks.0.attn.to_q.lora_A.weight`, where q, k and v are
+//! separate layers that BFL's weights fuse), and kohya's flattened names
+//! (`lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight` with a `.alpha`). Written here
+//! because candle has no LoRA loader; the merge sits in a VarBuilder backend over the
+//! BFL-named weights, so it applies whichever layout the base weights come in, and every
+//! adapter tensor must land on a layer (an adapter for another model is an error, not a no-op).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+
+use crate::error::{ModelError, Result};
+use crate::flux::convert::{transformer_source, Source};
+
+/// One adapted layer: `up (out, rank) · down (rank, in)`, times `scale`.
+#[derive(Debug, Clone)]
+struct Pair {
+    down: Tensor,
+    up: Tensor,
+    scale: f64,
+}
+
+/// What a file holds for one layer: down, up, alpha.
+type Found = (Option<Tensor>, Option<Tensor>, Option<f64>);
+
+/// Adapters to merge: layer key (as the file names it, prefixes removed) → pairs.
+#[derive(Debug, Default)]
+pub struct Lora {
+    layers: HashMap<String, Vec<Pair>>,
+    /// Which file each key came from, for errors.
+    files: HashMap<String, PathBuf>,
+}
+
+fn bad(p: &Path, e: impl std::fmt::Display) -> ModelError {
+    ModelError::Config(format!("{}: {e}", p.display()))
+}
+
+/// `(layer key, role)` of a tensor name; role is "down", "up" or "alpha".
+fn parse_name(name: &str) -> Option<(String, &'static str)> {
+    let mut n = name;
+    for p in [
+        "base_model.model.",
+        "model.diffusion_model.",
+        "diffusion_model.",
+        "transformer.",
+    ] {
+        if let Some(rest) = n.strip_prefix(p) {
+            n = rest;
+            break;
+        }
+    }
+    for (suffix, role) in [
+        (".lora_A.weight", "down"),
+        (".lora_B.weight", "up"),
+        (".lora_down.weight", "down"),
+        (".lora_up.weight", "up"),
+        (".lora.down.weight", "down"),
+        (".lora.up.weight", "up"),
+        (".alpha", "alpha"),
+    ] {
+        if let Some(key) = n.strip_suffix(suffix) {
+            return Some((key.to_string(), role));
+        }
+    }
+    None
+}
+
+impl Lora {
+    pub fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    /// Add the adapter in `path` at strength `strength` (1 = as trained).
+    pub fn add_file(&mut self, path: &Path, strength: f64) -> Result<()> {
+        if !strength.is_finite() {
+            return Err(bad(
+                path,
+                format!("LoRA strength {strength} is not a number"),
+            ));
+        }
+        let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+            .map_err(|e| bad(path, format!("not a readable safetensors LoRA file ({e})")))?;
+        let mut parts: HashMap<String, Found> = HashMap::new();
+        for (name, t) in tensors {
+            let (key, role) = parse_name(&name).ok_or_else(|| {
+                bad(
+                    path,
+                    format!(
+                        "tensor {name} is not a LoRA tensor (expected *.lora_A/lora_B.weight, \
+                         *.lora_down/lora_up.weight or *.alpha)"
+                    ),
+                )
+            })?;
+            let e = parts.entry(key).or_default();
+            let t = t.to_dtype(DType::F32)?;
+            match role {
+                "down" => e.0 = Some(t),
+                "up" => e.1 = Some(t),
+                _ => e.2 = Some(t.flatten_all()?.to_vec1::<f32>()?[0] as f64),
+            }
+        }
+        if parts.is_empty() {
+            return Err(bad(path, "holds no tensors"));
+        }
+        for (key, (down, up, alpha)) in parts {
+            let (Some(down), Some(up)) = (down, up) else {
+                return Err(bad(
+                    path,
+                    format!("layer {key} lacks its down (A) or up (B) matrix"),
+                ));
+            };
+            let (rank, _) = down.dims2().map_err(|e| bad(path, format!("{key}: {e}")))?;
+            let (_, up_rank) = up.dims2().map_err(|e| bad(path, format!("{key}: {e}")))?;
+            if rank != up_rank || rank == 0 {
+                return Err(bad(
+                    path,
+                    format!(
+                        "layer {key}: down {:?} and up {:?} do not share a rank",
+                        down.dims(),
+                        up.dims()
+                    ),
+                ));
+            }
+            // No alpha stored means alpha = rank (PEFT's files), i.e. a factor of 1.
+            let scale = strength * alpha.map_or(1.0, |a| a / rank as f64);
+            self.files.insert(key.clone(), path.to_path_buf());
+            self.layers
+                .entry(key)
+                .or_default()
+                .push(Pair { down, up, scale });
+        }
+        Ok(())
+    }
+
+    /// The pairs stored for BFL module `module` under any of its names (BFL dotted, kohya
+    /// flattened), marking them used.
+    fn lookup(&self, keys: &[String], used: &mut HashSet<String>) -> Vec<Pair> {
+        let mut out = Vec::new();
+        for k in keys {
+            if let Some(p) = self.layers.get(k) {
+                used.insert(k.clone());
+                out.extend(p.iter().cloned());
+            }
+        }
+        out
+    }
+}
+
+/// The names a module goes by in adapter files: its path and kohya's flattening of it.
+fn names_of(module: &str, kohya_prefix: &str) -> Vec<String> {
+    vec![
+        module.to_string(),
+        format!("{kohya_prefix}{}", module.replace('.', "_")),
+    ]
+}
+
+/// Σ scale · up·down for `pairs`, (out, in) in f32; None without pairs.
+fn delta(pairs: &[Pair], out: usize, inp: usize, key: &str) -> candle_core::Result<Option<Tensor>> {
+    let mut acc: Option<Tensor> = None;
+    for p in pairs {
+        let d = (p.up.matmul(&p.down)? * p.scale)?;
+        if d.dims() != [out, inp] {
+            candle_core::bail!(
+                "LoRA for {key} makes a {:?} update, the layer is {:?}",
+                d.dims(),
+                [out, inp]
+            );
+        }
+        acc = Some(match acc {
+            Some(a) => (a + d)?,
+            None => d,
+        });
+    }
+    Ok(acc)
+}
+
+/// A VarBuilder backend serving BFL-named transformer weights from `inner` with the
+/// adapters merged in.
+pub struct WithLora<B> {
+    inner: B,
+    usage: LoraUsage,
+}
+
+/// Which adapter layers the model has asked for, shared with the backend.
+#[derive(Clone)]
+pub struct LoraUsage {
+    lora: Arc<Lora>,
+    used: Arc<Mutex<HashSet<String>>>,
+}
+
+impl LoraUsage {
+    /// Adapter layers that matched no weight the model loaded: an error naming them (after the
+    /// model is built, every real layer has been asked for).
+    pub fn check_all_used(&self) -> Result<()> {
+        let used = self.used.lock().expect("not poisoned");
+        let mut unused: Vec<&String> = self
+            .lora
+            .layers
+            .keys()
+            .filter(|k| !used.contains(*k))
+            .collect();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        unused.sort();
+        let file = self.lora.files[unused[0]].display().to_string();
+        Err(ModelError::Config(format!(
+            "{file}: {} LoRA layer(s) match no layer of this FLUX.1 transformer (first: {}); \
+             is it an adapter for another model?",
+            unused.len(),
+            unused[0]
+        )))
+    }
+}
+
+impl<B: SimpleBackend> WithLora<B> {
+    /// The backend, and a handle to check afterwards that every adapter layer was used.
+    pub fn new(inner: B, lora: Lora) -> (Self, LoraUsage) {
+        let usage = LoraUsage {
+            lora: Arc::new(lora),
+            used: Arc::new(Mutex::new(HashSet::new())),
+        };
+        (
+            WithLora {
+                inner,
+                usage: usage.clone(),
+            },
+            usage,
+        )
+    }
+
+    /// The update of BFL weight `name` (out, in), if any adapter touches it.
+    fn update(&self, name: &str, out: usize, inp: usize) -> candle_core::Result<Option<Tensor>> {
+        let Some(module) = name.strip_suffix(".weight") else {
+            return Ok(None);
+        };
+        let lora = &self.usage.lora;
+        let mut used = self.usage.used.lock().expect("not poisoned");
+        let mut total = delta(
+            &lora.lookup(&names_of(module, "lora_unet_"), &mut used),
+            out,
+            inp,
+            module,
+        )?;
+        // The same layer under diffusers' names: one layer, or several fused along the rows.
+        let diffusers = |k: &str, used: &mut HashSet<String>| {
+            let m = k.strip_suffix(".weight").unwrap_or(k);
+            lora.lookup(&names_of(m, "lora_transformer_"), used)
+        };
+        let add = |a: Option<Tensor>, b: Tensor| -> candle_core::Result<Tensor> {
+            match a {
+                Some(a) => a + b,
+                None => Ok(b),
+            }
+        };
+        match transformer_source(name) {
+            Some(Source::Key(k)) => {
+                if let Some(d) = delta(&diffusers(&k, &mut used), out, inp, &k)? {
+                    total = Some(add(total, d)?);
+                }
+            }
+            Some(Source::SwapHalves(k)) => {
+                if let Some(d) = delta(&diffusers(&k, &mut used), out, inp, &k)? {
+                    let h = out / 2;
+                    let d = Tensor::cat(&[d.narrow(0, h, h)?, d.narrow(0, 0, h)?], 0)?;
+                    total = Some(add(total, d)?);
+                }
+            }
+            Some(Source::Cat(keys)) => {
+                // Attention parts have as many rows as the layer has inputs; an MLP part
+                // (single blocks' linear1) takes the rest.
+                let n = keys.len();
+                let mut parts = Vec::with_capacity(n);
+                let mut any = false;
+                for (i, k) in keys.iter().enumerate() {
+                    let rows = if i + 1 < n { inp } else { out - (n - 1) * inp };
+                    match delta(&diffusers(k, &mut used), rows, inp, k)? {
+                        Some(d) => {
+                            any = true;
+                            parts.push(d);
+                        }
+                        None => parts.push(Tensor::zeros((rows, inp), DType::F32, &Device::Cpu)?),
+                    }
+                }
+                if any {
+                    total = Some(add(total, Tensor::cat(&parts, 0)?)?);
+                }
+            }
+            _ => {}
+        }
+        Ok(total)
+    }
+
+    fn merged(&self, name: &str, t: Tensor) -> candle_core::Result<Tensor> {
+        if t.rank() != 2 {
+            return Ok(t);
+        }
+        let (out, inp) = t.dims2()?;
+        match self.update(name, out, inp)? {
+            None => Ok(t),
+            Some(d) => {
+                let dtype = t.dtype();
+                (t.to_dtype(DType::F32)? + d.to_device(t.device())?)?.to_dtype(dtype)
+            }
+        }
+    }
+}
+
+impl<B: SimpleBackend> SimpleBackend for WithLora<B> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        init: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.inner.get(s, name, init, dtype, dev)?;
+        self.merged(name, t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let t = self.inner.get_unchecked(name, dtype, dev)?;
+        self.merged(name, t)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.inner.contains_tensor(name)
+    }
+}
+
+/// Parse `FILE[:STRENGTH]` (strength 1 when absent).
+pub fn parse_spec(spec: &str) -> std::result::Result<(PathBuf, f64), String> {
+    if let Some((file, s)) = spec.rsplit_once(':') {
+        if let Ok(v) = s.parse::<f64>() {
+            if !v.is_finite() {
+                return Err(format!("--lora {spec}: strength {s} is not a number"));
+            }
+            return Ok((PathBuf::from(file), v));
+        }
+    }
+    Ok((PathBuf::from(spec), 1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_of_the_three_schemes() {
+        assert_eq!(
+            parse_name("diffusion_model.double_blocks.0.img_attn.qkv.lora_A.weight"),
+            Some(("double_blocks.0.img_attn.qkv".into(), "down"))
+        );
+        assert_eq!(
+            parse_name("transformer.transformer_blocks.3.attn.to_q.lora_B.weight"),
+            Some(("transformer_blocks.3.attn.to_q".into(), "up"))
+        );
+        assert_eq!(
+            parse_name("lora_unet_single_blocks_7_linear1.alpha"),
+            Some(("lora_unet_single_blocks_7_linear1".into(), "alpha"))
+        );
+        assert_eq!(parse_name("double_blocks.0.img_attn.qkv.weight"), None);
+        assert_eq!(
+            names_of("single_blocks.7.linear1", "lora_unet_")[1],
+            "lora_unet_single_blocks_7_linear1"
+        );
+        assert_eq!(parse_spec("a/b.safetensors:0.8").unwrap().1, 0.8);
+        assert_eq!(
+            parse_spec("C:/x.safetensors").unwrap(),
+            (PathBuf::from("C:/x.safetensors"), 1.0)
+        );
+    }
+}
