@@ -280,6 +280,34 @@ pub fn llama_cpp_name(name: &str) -> String {
     .fold(n, |n, (a, b)| n.replace(a, b))
 }
 
+/// Write a T5 encoder's tensors (transformers' names) as a GGUF file with llama.cpp's names,
+/// linear weights stored as `q` where their rows split into blocks (as [`crate::gguf`]
+/// decides), and `cfg` in the metadata.
+pub fn write_gguf(
+    path: &std::path::Path,
+    tensors: &std::collections::HashMap<String, Tensor>,
+    q: candle_core::quantized::GgmlDType,
+    cfg: Option<&T5EncoderConfig>,
+) -> crate::error::Result<()> {
+    let mut out = tensors
+        .iter()
+        .map(|(k, v)| {
+            let n = llama_cpp_name(k);
+            Ok((n.clone(), crate::gguf::quantize(&n, v, q)?))
+        })
+        .collect::<crate::error::Result<Vec<_>>>()?;
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    let json = cfg
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| crate::error::ModelError::Config(e.to_string()))?;
+    let meta: Vec<(&str, &str)> = json
+        .as_deref()
+        .map(|j| vec![(GGUF_T5_CONFIG_KEY, j)])
+        .unwrap_or_default();
+    crate::gguf::write(path, &out, &meta)
+}
+
 /// The GGUF metadata key under which `sprout` writes a T5 file's config (other files get
 /// their sizes from the tensor shapes, with T5's relative max distance 128 and ε 1e-6).
 pub const GGUF_T5_CONFIG_KEY: &str = "sprout.t5_config";

@@ -424,3 +424,67 @@ fn gguf_quantized_transformer_stays_near_the_reference() {
         }
     }
 }
+
+#[test]
+fn t5_encoder_from_dense_and_gguf_weights_matches_the_reference() {
+    // Sprout's T5 encoder (for GGUF files) from dense weights, and from GGUF files with
+    // llama.cpp's tensor names stored as f32 (equal) and Q8_0 (close).
+    use candle_core::quantized::GgmlDType;
+    use sprout_models::ops::max_abs;
+    use sprout_models::t5::{load_gguf, write_gguf, T5Encoder, T5EncoderConfig, T5Names};
+    use sprout_models::weights::Weights;
+    let (w, c) = load("t5.safetensors");
+    let (io, _) = load("t5_io.safetensors");
+    let ids = io["input_ids"].to_dtype(DType::U32).unwrap();
+    let want = &io["last_hidden_state"];
+    let scale = max_abs(want).unwrap();
+    let cfg: T5EncoderConfig = serde_json::from_value(c).unwrap();
+
+    let dense =
+        T5Encoder::new(&cfg, T5Names::Transformers, &Weights::Dense(vb(w.clone()))).unwrap();
+    let got = dense.forward(&ids).unwrap();
+    let d = max_abs_diff(&got, want).unwrap();
+    eprintln!("dense: max abs error {d:.2e} (reference max |x| {scale:.2})");
+    assert!(d <= 1e-4, "dense: {d}");
+
+    let dir = tempfile::tempdir().unwrap();
+    for (q, tol) in [(GgmlDType::F32, 1e-4), (GgmlDType::Q8_0, 0.03 * scale)] {
+        let p = dir.path().join(format!("t5-{q:?}.gguf"));
+        write_gguf(&p, &w, q, Some(&cfg)).unwrap();
+        let t5 = load_gguf(&p, DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(t5.config(), &cfg);
+        let d = max_abs_diff(&t5.forward(&ids).unwrap(), want).unwrap();
+        eprintln!("gguf {q:?}: max abs error {d:.2e}");
+        assert!(d <= tol, "{q:?}: {d} > {tol}");
+    }
+
+    // A file without Sprout's metadata: the sizes come from the shapes, with T5's own
+    // relative max distance (128; the fixture uses 20).
+    let p = dir.path().join("community.gguf");
+    write_gguf(&p, &w, GgmlDType::Q8_0, None).unwrap();
+    let t5 = load_gguf(&p, DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(
+        t5.config(),
+        &T5EncoderConfig {
+            relative_attention_max_distance: 128,
+            ..cfg.clone()
+        }
+    );
+
+    // A tensor of the wrong shape is named.
+    let mut bad = w.clone();
+    bad.insert(
+        "encoder.block.1.layer.1.DenseReluDense.wo.weight".into(),
+        Tensor::zeros((32, 40), DType::F32, &Device::Cpu).unwrap(),
+    );
+    let p = dir.path().join("bad.gguf");
+    write_gguf(&p, &bad, GgmlDType::F32, Some(&cfg)).unwrap();
+    let e = load_gguf(&p, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("enc.blk.1.ffn_down.weight") && e.contains("bad.gguf"),
+        "{e}"
+    );
+}

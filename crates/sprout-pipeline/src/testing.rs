@@ -175,3 +175,29 @@ pub fn halves_equal(out: &image::RgbImage, base: &image::RgbImage, split: u32) -
     }
     (kept, drawn)
 }
+
+/// The FLUX.1 dev model at `root` (a snapshot of the tiny fixtures) loaded with `parts`, run
+/// as the parity fixtures were made: 16 T5 tokens, the fixture prompt and initial latents,
+/// 48×32, 3 steps, guidance 3.5. Returns (T5 states, image in [0, 1]).
+pub fn flux_dev_run(
+    root: &std::path::Path,
+    parts: &sprout_models::flux::components::Components,
+) -> Result<(Tensor, Tensor), PipelineError> {
+    use sprout_models::flux::files::Variant;
+    let io = candle_core::safetensors::load(flux_fixture("pipeline_io.safetensors"), &Device::Cpu)?;
+    let mut m = crate::flux::FluxModel::load(root, parts, Variant::Dev, &Device::Cpu)?;
+    m.text.t5_len = 16;
+    let text = m.encode_text("a photo of a red circle")?;
+    let img = m.sample(
+        &text,
+        &io["dev_latents"],
+        &[],
+        None,
+        48,
+        32,
+        3,
+        3.5,
+        |_, _| {},
+    )?;
+    Ok((text.states, img))
+}

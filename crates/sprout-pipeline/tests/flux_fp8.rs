@@ -7,9 +7,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use sprout_models::flux::components::Components;
-use sprout_models::flux::files::Variant;
-use sprout_pipeline::flux::FluxModel;
-use sprout_pipeline::testing::{flux_fixture, flux_snapshot};
+use sprout_pipeline::testing::{flux_dev_run, flux_snapshot};
 
 /// Write `from`'s tensors to `fp8` as F8E4M3 and to `rounded` as the f32 values FP8 holds.
 fn to_fp8(from: &Path, fp8: &Path, rounded: &Path) {
@@ -48,52 +46,17 @@ fn fp8_text_encoder_and_transformer_equal_their_f32_values() {
         .sum();
     assert_eq!(header.iter().map(|t| t.bytes).sum::<u64>(), elems);
 
-    let io = candle_core::safetensors::load(flux_fixture("pipeline_io.safetensors"), &Device::Cpu)
-        .unwrap();
-    let run = |root: &Path| {
-        let mut m =
-            FluxModel::load(root, &Components::default(), Variant::Dev, &Device::Cpu).unwrap();
-        m.text.t5_len = 16;
-        let text = m.encode_text("a photo of a red circle").unwrap();
-        let img = m
-            .sample(
-                &text,
-                &io["dev_latents"],
-                &[],
-                None,
-                48,
-                32,
-                3,
-                3.5,
-                |_, _| {},
-            )
-            .unwrap();
-        (text.states, img)
-    };
+    let run = |root: &Path| flux_dev_run(root, &Components::default()).unwrap();
     let (s8, i8) = run(&fp8);
     let (s32, i32) = run(&rounded);
     let d = |a: &Tensor, b: &Tensor| sprout_models::ops::max_abs_diff(a, b).unwrap();
     assert_eq!(d(&s8, &s32), 0.0);
     assert_eq!(d(&i8, &i32), 0.0);
     // And FP8 rounding did change the model (the comparison is not of identical files).
-    let original = FluxModel::load(
-        &{
-            let r = dir.path().join("original");
-            flux_snapshot(&r, "FluxPipeline").unwrap();
-            r
-        },
-        &Components::default(),
-        Variant::Dev,
-        &Device::Cpu,
-    )
-    .unwrap();
-    let mut original = original;
-    original.text.t5_len = 16;
-    let s = original
-        .encode_text("a photo of a red circle")
-        .unwrap()
-        .states;
-    assert!(d(&s, &s32) > 0.0);
+    let original = dir.path().join("original");
+    flux_snapshot(&original, "FluxPipeline").unwrap();
+    let (s, i) = run(&original);
+    assert!(d(&s, &s32) > 0.0 && d(&i, &i32) > 0.0);
 }
 
 /// `--t5 FILE.gguf`: a GGUF T5 encoder with llama.cpp's names, stored as f32, gives the same
@@ -101,7 +64,6 @@ fn fp8_text_encoder_and_transformer_equal_their_f32_values() {
 #[test]
 fn gguf_t5_encoder_gives_the_text_states_of_the_safetensors_one() {
     use candle_core::quantized::GgmlDType;
-    use sprout_models::t5::{llama_cpp_name, GGUF_T5_CONFIG_KEY};
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("snap");
     flux_snapshot(&root, "FluxPipeline").unwrap();
@@ -109,26 +71,13 @@ fn gguf_t5_encoder_gives_the_text_states_of_the_safetensors_one() {
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(t5.join("config.json")).unwrap()).unwrap();
     let cfg: sprout_models::t5::T5EncoderConfig = serde_json::from_value(cfg).unwrap();
-    let json = serde_json::to_string(&cfg).unwrap();
     let w = candle_core::safetensors::load(t5.join("model.safetensors"), &Device::Cpu).unwrap();
-    let encode = |parts: &Components| {
-        let mut m = FluxModel::load(&root, parts, Variant::Dev, &Device::Cpu).unwrap();
-        m.text.t5_len = 16;
-        m.encode_text("a photo of a red circle").unwrap().states
-    };
+    let encode = |parts: &Components| flux_dev_run(&root, parts).unwrap().0;
     let want = encode(&Components::default());
     let scale = sprout_models::ops::max_abs(&want).unwrap();
     for (q, tol) in [(GgmlDType::F32, 1e-5), (GgmlDType::Q8_0, 0.03 * scale)] {
-        let mut tensors: Vec<_> = w
-            .iter()
-            .map(|(k, v)| {
-                let n = llama_cpp_name(k);
-                (n.clone(), sprout_models::gguf::quantize(&n, v, q).unwrap())
-            })
-            .collect();
-        tensors.sort_by(|a, b| a.0.cmp(&b.0));
         let p = dir.path().join(format!("t5-{q:?}.gguf"));
-        sprout_models::gguf::write(&p, &tensors, &[(GGUF_T5_CONFIG_KEY, &json)]).unwrap();
+        sprout_models::t5::write_gguf(&p, &w, q, Some(&cfg)).unwrap();
         let got = encode(&Components {
             t5: Some(p),
             ..Default::default()

@@ -12,11 +12,9 @@ use candle_nn::var_builder::SimpleBackend;
 use candle_nn::Init;
 use sprout_models::flux::components::Components;
 use sprout_models::flux::convert::Renamed;
-use sprout_models::flux::files::Variant;
 use sprout_models::flux::lora::{Lora, WithLora};
 use sprout_models::ops::max_abs_diff;
-use sprout_pipeline::flux::FluxModel;
-use sprout_pipeline::testing::{flux_fixture, flux_snapshot};
+use sprout_pipeline::testing::{flux_dev_run, flux_fixture, flux_snapshot};
 
 fn load(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(flux_fixture(name), &Device::Cpu)
@@ -267,6 +265,25 @@ fn merged_weights_follow_the_closed_form_in_every_naming_and_base_layout() {
         e.contains("sdxl.safetensors") && e.contains("lora_unet_input_blocks_4_1_proj_in"),
         "{e}"
     );
+    // Text-encoder parts (kohya's lora_te1_*) are not applied, and the error says so.
+    let te = dir.path().join("with_te.safetensors");
+    let k = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj";
+    write(
+        &te,
+        vec![
+            (format!("{k}.lora_down.weight"), rand(RANK, HIDDEN, 11)),
+            (format!("{k}.lora_up.weight"), rand(HIDDEN, RANK, 12)),
+        ],
+    );
+    let (b, u) = WithLora::new(bfl.clone(), lora(&te, 1.0));
+    for (name, base) in &bfl {
+        get(&b, name, base.dims());
+    }
+    let e = u.check_all_used().unwrap_err().to_string();
+    assert!(
+        e.contains("adapts the text encoders too") && e.contains(k),
+        "{e}"
+    );
     // Not a LoRA file at all, and mismatched ranks.
     let mut l = Lora::default();
     let e = l
@@ -297,28 +314,12 @@ fn the_pipeline_draws_the_same_image_with_the_adapter_in_any_naming() {
     );
     kohya_file(&fk);
     diffusers_file(&fd);
-    let io = candle_core::safetensors::load(flux_fixture("pipeline_io.safetensors"), &Device::Cpu)
-        .unwrap();
     let image = |loras: Vec<(std::path::PathBuf, f64)>| {
         let parts = Components {
             loras,
             ..Default::default()
         };
-        let mut m = FluxModel::load(&root, &parts, Variant::Dev, &Device::Cpu).unwrap();
-        m.text.t5_len = 16;
-        let text = m.encode_text("a photo of a red circle").unwrap();
-        m.sample(
-            &text,
-            &io["dev_latents"],
-            &[],
-            None,
-            48,
-            32,
-            3,
-            3.5,
-            |_, _| {},
-        )
-        .unwrap()
+        flux_dev_run(&root, &parts).unwrap().1
     };
     let plain = image(vec![]);
     let k = image(vec![(fk.clone(), 1.0)]);

@@ -212,6 +212,13 @@ impl LoraUsage {
         }
         unused.sort();
         let file = self.lora.files[unused[0]].display().to_string();
+        let text = |k: &str| k.starts_with("lora_te") || k.starts_with("text_encoder");
+        if let Some(k) = unused.iter().find(|k| text(k)) {
+            return Err(ModelError::Config(format!(
+                "{file}: adapts the text encoders too ({k}), which Sprout does not apply; \
+                 only transformer adapters are merged"
+            )));
+        }
         Err(ModelError::Config(format!(
             "{file}: {} LoRA layer(s) match no layer of this FLUX.1 transformer (first: {}); \
              is it an adapter for another model?",
@@ -280,8 +287,11 @@ impl<B: SimpleBackend> WithLora<B> {
                 let n = keys.len();
                 let mut parts = Vec::with_capacity(n);
                 let mut any = false;
+                let Some(last) = out.checked_sub((n - 1) * inp) else {
+                    candle_core::bail!("{name}: {out} rows cannot hold {n} fused layers of {inp}");
+                };
                 for (i, k) in keys.iter().enumerate() {
-                    let rows = if i + 1 < n { inp } else { out - (n - 1) * inp };
+                    let rows = if i + 1 < n { inp } else { last };
                     match delta(&diffusers(k, &mut used), rows, inp, k)? {
                         Some(d) => {
                             any = true;
