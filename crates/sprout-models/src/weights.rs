@@ -10,6 +10,8 @@ use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_transformers::quantized_var_builder::VarBuilder as QVarBuilder;
 
+use crate::flux::lora::LoraUsage;
+
 #[derive(Clone)]
 pub enum Weights<'a> {
     Dense(candle_nn::VarBuilder<'a>),
@@ -17,6 +19,13 @@ pub enum Weights<'a> {
     Quantized {
         vb: QVarBuilder,
         dtype: DType,
+    },
+    /// `inner` with LoRA adapters applied unmerged to its linear layers (for quantized
+    /// weights, which cannot take a merged update); `prefix` is the module path so far.
+    Adapted {
+        inner: Box<Weights<'a>>,
+        lora: LoraUsage,
+        prefix: String,
     },
 }
 
@@ -31,7 +40,16 @@ impl<'a> From<candle_nn::VarBuilder<'a>> for Weights<'a> {
 #[derive(Debug, Clone)]
 pub enum LinearWeight {
     Dense(Tensor),
-    Quantized { q: Arc<QTensor>, dtype: DType },
+    Quantized {
+        q: Arc<QTensor>,
+        dtype: DType,
+    },
+    /// `base` plus a low-rank update `up (out, R) · down (R, in)` kept apart (f32).
+    Adapted {
+        base: Box<LinearWeight>,
+        up: Tensor,
+        down: Tensor,
+    },
 }
 
 /// Activation rows from which a quantized weight is dequantized for a dense product instead
@@ -44,6 +62,7 @@ impl LinearWeight {
         match self {
             LinearWeight::Dense(w) => w.dims2(),
             LinearWeight::Quantized { q, .. } => q.shape().dims2(),
+            LinearWeight::Adapted { base, .. } => base.dims2(),
         }
     }
 
@@ -52,6 +71,7 @@ impl LinearWeight {
         match self {
             LinearWeight::Dense(w) => w.dtype(),
             LinearWeight::Quantized { dtype, .. } => *dtype,
+            LinearWeight::Adapted { base, .. } => base.dtype(),
         }
     }
 
@@ -73,6 +93,15 @@ impl LinearWeight {
                     y.to_dtype(*dtype)
                 }
             }
+            LinearWeight::Adapted { base, up, down } => {
+                let y = base.matmul_t(x)?;
+                let d = x
+                    .to_dtype(DType::F32)?
+                    .matmul(&down.t()?)?
+                    .matmul(&up.t()?)?;
+                let dt = y.dtype();
+                y + d.to_dtype(dt)?
+            }
         }
     }
 }
@@ -85,6 +114,22 @@ impl<'a> Weights<'a> {
                 vb: vb.pp(s),
                 dtype: *dtype,
             },
+            Weights::Adapted {
+                inner,
+                lora,
+                prefix,
+            } => {
+                let s = s.to_string();
+                Weights::Adapted {
+                    inner: Box::new(inner.pp(&s)),
+                    lora: lora.clone(),
+                    prefix: if prefix.is_empty() {
+                        s
+                    } else {
+                        format!("{prefix}.{s}")
+                    },
+                }
+            }
         }
     }
 
@@ -92,6 +137,7 @@ impl<'a> Weights<'a> {
         match self {
             Weights::Dense(vb) => vb.device(),
             Weights::Quantized { vb, .. } => vb.device(),
+            Weights::Adapted { inner, .. } => inner.device(),
         }
     }
 
@@ -99,6 +145,7 @@ impl<'a> Weights<'a> {
         match self {
             Weights::Dense(vb) => vb.dtype(),
             Weights::Quantized { dtype, .. } => *dtype,
+            Weights::Adapted { inner, .. } => inner.dtype(),
         }
     }
 
@@ -115,6 +162,7 @@ impl<'a> Weights<'a> {
                 .get(shape, name)?
                 .dequantize(vb.device())?
                 .to_dtype(*dtype),
+            Weights::Adapted { inner, .. } => inner.get_with_hints(shape, name, init),
         }
     }
 
@@ -143,6 +191,26 @@ impl<'a> Weights<'a> {
                     )),
                     _ => Ok(LinearWeight::Quantized { q, dtype: *dtype }),
                 }
+            }
+            Weights::Adapted {
+                inner,
+                lora,
+                prefix,
+            } => {
+                let base = inner.linear_weight(out, inp, name, init)?;
+                let full = if prefix.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{prefix}.{name}")
+                };
+                Ok(match lora.low_rank(&full, out, inp)? {
+                    None => base,
+                    Some(lr) => LinearWeight::Adapted {
+                        base: Box::new(base),
+                        up: lr.up.to_device(self.device())?,
+                        down: lr.down.to_device(self.device())?,
+                    },
+                })
             }
         }
     }

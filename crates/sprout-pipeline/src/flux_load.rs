@@ -18,7 +18,7 @@ use sprout_models::flux::inspect::{
     available_memory, check_memory, gguf_metadata_string, inspect_transformer, resolve_variant,
     safetensors_elements, GGUF_CONFIG_KEY,
 };
-use sprout_models::flux::lora::{Lora, WithLora};
+use sprout_models::flux::lora::{Lora, LoraUsage, WithLora};
 use sprout_models::flux::tokenize::{clip_tokenizer, t5_tokenizer};
 use sprout_models::flux::vae::{FluxVae, FluxVaeConfig};
 
@@ -194,13 +194,6 @@ impl FluxModel {
         // Adapters are read first, so that a bad file fails before minutes of loading.
         let mut lora = None;
         if !parts.loras.is_empty() {
-            if gguf {
-                return Err(weights_err(format!(
-                    "{}: --lora needs the transformer as safetensors (bf16, fp16 or FP8): a GGUF \
-                     file's weights are quantized, and adapters are merged into the weights",
-                    files.transformer[0].display()
-                )));
-            }
             let mut l = Lora::default();
             for (p, s) in &parts.loras {
                 l.add_file(p, *s)?;
@@ -322,7 +315,23 @@ impl FluxModel {
         let dit = if gguf {
             let vb =
                 QVarBuilder::from_gguf(&files.transformer[0], device).map_err(|e| in_file(&e))?;
-            Dit::new(&dit_cfg, Weights::Quantized { vb, dtype })
+            let w = Weights::Quantized { vb, dtype };
+            match lora.take() {
+                None => Dit::new(&dit_cfg, w),
+                // Quantized weights take the adapters unmerged, beside each product.
+                Some(l) => {
+                    let u = LoraUsage::new(l);
+                    usage = Some(u.clone());
+                    Dit::new(
+                        &dit_cfg,
+                        Weights::Adapted {
+                            inner: Box::new(w),
+                            lora: u,
+                            prefix: String::new(),
+                        },
+                    )
+                }
+            }
         } else {
             let st = mmap(&files.transformer)?;
             let vb = match (lora.take(), inspection.diffusers_names) {

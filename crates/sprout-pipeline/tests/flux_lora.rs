@@ -331,3 +331,63 @@ fn the_pipeline_draws_the_same_image_with_the_adapter_in_any_naming() {
     assert!(max_abs_diff(&k, &halves).unwrap() <= 1e-5);
     assert_eq!(max_abs_diff(&image(vec![(fk, 0.0)]), &plain).unwrap(), 0.0);
 }
+
+/// Over a GGUF transformer the adapter is applied unmerged, beside each (quantized) product:
+/// with the weights stored as f32 it draws the image of the merged adapter over the dense
+/// weights; stored as Q8_0, an image near it.
+#[test]
+fn a_gguf_transformer_takes_the_adapter_unmerged() {
+    use candle_core::quantized::GgmlDType;
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("snap");
+    flux_snapshot(&snap, "FluxPipeline").unwrap();
+    let fk = dir.path().join("kohya.safetensors");
+    kohya_file(&fk);
+    let with = |root: &Path| {
+        let parts = Components {
+            loras: vec![(fk.clone(), 1.0)],
+            ..Default::default()
+        };
+        flux_dev_run(root, &parts).unwrap().1
+    };
+    let merged = with(&snap);
+    let bfl = load("transformer_dev_bfl.safetensors");
+    let mut names: Vec<&String> = bfl.keys().collect();
+    names.sort();
+    let dcfg: sprout_models::flux::convert::DiffusersTransformerConfig = serde_json::from_value(
+        sprout_pipeline::testing::flux_fixture_config("transformer_dev_bfl.safetensors").unwrap(),
+    )
+    .unwrap();
+    let cfg = serde_json::to_string(&dcfg.to_dit().unwrap()).unwrap();
+    for (q, tol) in [(GgmlDType::F32, 1e-5), (GgmlDType::Q8_0, 0.05)] {
+        // A Black Forest Labs folder: the GGUF transformer at its root, the rest beside it.
+        let root = dir.path().join(format!("gguf-{q:?}"));
+        flux_snapshot(&root, "FluxPipeline").unwrap();
+        std::fs::remove_dir_all(root.join("transformer")).unwrap();
+        std::fs::remove_file(root.join("model_index.json")).unwrap();
+        let tensors: Vec<_> = names
+            .iter()
+            .map(|n| {
+                (
+                    n.to_string(),
+                    sprout_models::gguf::quantize(n, &bfl[*n], q).unwrap(),
+                )
+            })
+            .collect();
+        sprout_models::gguf::write(
+            &root.join("flux1-dev-test.gguf"),
+            &tensors,
+            &[
+                ("general.architecture", "flux"),
+                (sprout_models::flux::inspect::GGUF_CONFIG_KEY, &cfg),
+            ],
+        )
+        .unwrap();
+        let got = with(&root);
+        let d = max_abs_diff(&got, &merged).unwrap();
+        eprintln!("{q:?} GGUF with the adapter unmerged: max abs difference {d:.2e}");
+        assert!(d <= tol, "{q:?}: {d} > {tol}");
+        let plain = flux_dev_run(&root, &Components::default()).unwrap().1;
+        assert!(max_abs_diff(&got, &plain).unwrap() > 1e-3);
+    }
+}

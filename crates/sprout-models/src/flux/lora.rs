@@ -9,6 +9,8 @@
 //! because candle has no LoRA loader; the merge sits in a VarBuilder backend over the
 //! BFL-named weights, so it applies whichever layout the base weights come in, and every
 //! adapter tensor must land on a layer (an adapter for another model is an error, not a no-op).
+//! Quantized (GGUF) weights take the same updates as low-rank factors beside each product
+//! ([`crate::weights::Weights::Adapted`]).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -162,22 +164,83 @@ fn names_of(module: &str, kohya_prefix: &str) -> Vec<String> {
     ]
 }
 
-/// Σ scale · up·down for `pairs`, (out, in) in f32; None without pairs.
-fn delta(pairs: &[Pair], out: usize, inp: usize, key: &str) -> candle_core::Result<Option<Tensor>> {
-    let mut acc: Option<Tensor> = None;
+/// A low-rank update `up (out, R) · down (R, in)`, strengths folded into `up`.
+#[derive(Debug, Clone)]
+pub struct LowRank {
+    pub up: Tensor,
+    pub down: Tensor,
+}
+
+impl LowRank {
+    /// Both updates at once: ranks stacked.
+    fn join(a: Option<LowRank>, b: LowRank) -> candle_core::Result<LowRank> {
+        Ok(match a {
+            None => b,
+            Some(a) => LowRank {
+                up: Tensor::cat(&[a.up, b.up], 1)?,
+                down: Tensor::cat(&[a.down, b.down], 0)?,
+            },
+        })
+    }
+
+    /// The update of `rows` output rows placed at row `offset` of `out` (zeros elsewhere).
+    fn placed(self, offset: usize, out: usize) -> candle_core::Result<LowRank> {
+        let (rows, r) = self.up.dims2()?;
+        let mut parts = Vec::new();
+        if offset > 0 {
+            parts.push(Tensor::zeros((offset, r), DType::F32, &Device::Cpu)?);
+        }
+        parts.push(self.up);
+        if offset + rows < out {
+            parts.push(Tensor::zeros(
+                (out - offset - rows, r),
+                DType::F32,
+                &Device::Cpu,
+            )?);
+        }
+        Ok(LowRank {
+            up: Tensor::cat(&parts, 0)?,
+            down: self.down,
+        })
+    }
+
+    /// The two halves of the output rows exchanged.
+    fn swapped(self) -> candle_core::Result<LowRank> {
+        let h = self.up.dim(0)? / 2;
+        Ok(LowRank {
+            up: Tensor::cat(&[self.up.narrow(0, h, h)?, self.up.narrow(0, 0, h)?], 0)?,
+            down: self.down,
+        })
+    }
+
+    /// The dense update `up · down`.
+    pub fn dense(&self) -> candle_core::Result<Tensor> {
+        self.up.matmul(&self.down)
+    }
+}
+
+/// The pairs of one layer as one low-rank update of an (out, in) weight; None without pairs.
+fn factors(
+    pairs: &[Pair],
+    out: usize,
+    inp: usize,
+    key: &str,
+) -> candle_core::Result<Option<LowRank>> {
+    let mut acc = None;
     for p in pairs {
-        let d = (p.up.matmul(&p.down)? * p.scale)?;
-        if d.dims() != [out, inp] {
+        let (o, i) = (p.up.dim(0)?, p.down.dim(1)?);
+        if (o, i) != (out, inp) {
             candle_core::bail!(
                 "LoRA for {key} makes a {:?} update, the layer is {:?}",
-                d.dims(),
+                [o, i],
                 [out, inp]
             );
         }
-        acc = Some(match acc {
-            Some(a) => (a + d)?,
-            None => d,
-        });
+        let lr = LowRank {
+            up: (&p.up * p.scale)?,
+            down: p.down.clone(),
+        };
+        acc = Some(LowRank::join(acc, lr)?);
     }
     Ok(acc)
 }
@@ -197,6 +260,69 @@ pub struct LoraUsage {
 }
 
 impl LoraUsage {
+    /// Adapters to apply, none used yet (for weights that take them unmerged, see
+    /// [`crate::weights::Weights::Adapted`]).
+    pub fn new(lora: Lora) -> LoraUsage {
+        LoraUsage {
+            lora: Arc::new(lora),
+            used: Arc::new(Mutex::new(HashSet::new())),
+        }
+    }
+
+    /// The update of BFL weight `name` (out, in) as low-rank factors, if any adapter touches
+    /// it (marking the adapter layers used).
+    pub fn low_rank(
+        &self,
+        name: &str,
+        out: usize,
+        inp: usize,
+    ) -> candle_core::Result<Option<LowRank>> {
+        let Some(module) = name.strip_suffix(".weight") else {
+            return Ok(None);
+        };
+        let lora = &self.lora;
+        let mut used = self.used.lock().expect("not poisoned");
+        let mut total = factors(
+            &lora.lookup(&names_of(module, "lora_unet_"), &mut used),
+            out,
+            inp,
+            module,
+        )?;
+        // The same layer under diffusers' names: one layer, or several fused along the rows.
+        let diffusers = |k: &str, used: &mut HashSet<String>| {
+            let m = k.strip_suffix(".weight").unwrap_or(k);
+            lora.lookup(&names_of(m, "lora_transformer_"), used)
+        };
+        match transformer_source(name) {
+            Some(Source::Key(k)) => {
+                if let Some(lr) = factors(&diffusers(&k, &mut used), out, inp, &k)? {
+                    total = Some(LowRank::join(total, lr)?);
+                }
+            }
+            Some(Source::SwapHalves(k)) => {
+                if let Some(lr) = factors(&diffusers(&k, &mut used), out, inp, &k)? {
+                    total = Some(LowRank::join(total, lr.swapped()?)?);
+                }
+            }
+            Some(Source::Cat(keys)) => {
+                // Attention parts have as many rows as the layer has inputs; an MLP part
+                // (single blocks' linear1) takes the rest.
+                let n = keys.len();
+                let Some(last) = out.checked_sub((n - 1) * inp) else {
+                    candle_core::bail!("{name}: {out} rows cannot hold {n} fused layers of {inp}");
+                };
+                for (i, k) in keys.iter().enumerate() {
+                    let rows = if i + 1 < n { inp } else { last };
+                    if let Some(lr) = factors(&diffusers(k, &mut used), rows, inp, k)? {
+                        total = Some(LowRank::join(total, lr.placed(i * inp, out)?)?);
+                    }
+                }
+            }
+            _ => {}
+        }
+        Ok(total)
+    }
+
     /// Adapter layers that matched no weight the model loaded: an error naming them (after the
     /// model is built, every real layer has been asked for).
     pub fn check_all_used(&self) -> Result<()> {
@@ -231,10 +357,7 @@ impl LoraUsage {
 impl<B: SimpleBackend> WithLora<B> {
     /// The backend, and a handle to check afterwards that every adapter layer was used.
     pub fn new(inner: B, lora: Lora) -> (Self, LoraUsage) {
-        let usage = LoraUsage {
-            lora: Arc::new(lora),
-            used: Arc::new(Mutex::new(HashSet::new())),
-        };
+        let usage = LoraUsage::new(lora);
         (
             WithLora {
                 inner,
@@ -244,81 +367,16 @@ impl<B: SimpleBackend> WithLora<B> {
         )
     }
 
-    /// The update of BFL weight `name` (out, in), if any adapter touches it.
-    fn update(&self, name: &str, out: usize, inp: usize) -> candle_core::Result<Option<Tensor>> {
-        let Some(module) = name.strip_suffix(".weight") else {
-            return Ok(None);
-        };
-        let lora = &self.usage.lora;
-        let mut used = self.usage.used.lock().expect("not poisoned");
-        let mut total = delta(
-            &lora.lookup(&names_of(module, "lora_unet_"), &mut used),
-            out,
-            inp,
-            module,
-        )?;
-        // The same layer under diffusers' names: one layer, or several fused along the rows.
-        let diffusers = |k: &str, used: &mut HashSet<String>| {
-            let m = k.strip_suffix(".weight").unwrap_or(k);
-            lora.lookup(&names_of(m, "lora_transformer_"), used)
-        };
-        let add = |a: Option<Tensor>, b: Tensor| -> candle_core::Result<Tensor> {
-            match a {
-                Some(a) => a + b,
-                None => Ok(b),
-            }
-        };
-        match transformer_source(name) {
-            Some(Source::Key(k)) => {
-                if let Some(d) = delta(&diffusers(&k, &mut used), out, inp, &k)? {
-                    total = Some(add(total, d)?);
-                }
-            }
-            Some(Source::SwapHalves(k)) => {
-                if let Some(d) = delta(&diffusers(&k, &mut used), out, inp, &k)? {
-                    let h = out / 2;
-                    let d = Tensor::cat(&[d.narrow(0, h, h)?, d.narrow(0, 0, h)?], 0)?;
-                    total = Some(add(total, d)?);
-                }
-            }
-            Some(Source::Cat(keys)) => {
-                // Attention parts have as many rows as the layer has inputs; an MLP part
-                // (single blocks' linear1) takes the rest.
-                let n = keys.len();
-                let mut parts = Vec::with_capacity(n);
-                let mut any = false;
-                let Some(last) = out.checked_sub((n - 1) * inp) else {
-                    candle_core::bail!("{name}: {out} rows cannot hold {n} fused layers of {inp}");
-                };
-                for (i, k) in keys.iter().enumerate() {
-                    let rows = if i + 1 < n { inp } else { last };
-                    match delta(&diffusers(k, &mut used), rows, inp, k)? {
-                        Some(d) => {
-                            any = true;
-                            parts.push(d);
-                        }
-                        None => parts.push(Tensor::zeros((rows, inp), DType::F32, &Device::Cpu)?),
-                    }
-                }
-                if any {
-                    total = Some(add(total, Tensor::cat(&parts, 0)?)?);
-                }
-            }
-            _ => {}
-        }
-        Ok(total)
-    }
-
     fn merged(&self, name: &str, t: Tensor) -> candle_core::Result<Tensor> {
         if t.rank() != 2 {
             return Ok(t);
         }
         let (out, inp) = t.dims2()?;
-        match self.update(name, out, inp)? {
+        match self.usage.low_rank(name, out, inp)? {
             None => Ok(t),
-            Some(d) => {
+            Some(lr) => {
                 let dtype = t.dtype();
-                (t.to_dtype(DType::F32)? + d.to_device(t.device())?)?.to_dtype(dtype)
+                (t.to_dtype(DType::F32)? + lr.dense()?.to_device(t.device())?)?.to_dtype(dtype)
             }
         }
     }
