@@ -18,7 +18,7 @@ use sprout_models::flux::inspect::{
     available_memory, check_memory, gguf_metadata_string, inspect_transformer, resolve_variant,
     safetensors_elements, GGUF_CONFIG_KEY,
 };
-use sprout_models::flux::lora::{Lora, LoraUsage, WithLora};
+use sprout_models::flux::lora::{Lora, LoraUsage, Target, WithLora};
 use sprout_models::flux::tokenize::{clip_tokenizer, t5_tokenizer};
 use sprout_models::flux::vae::{FluxVae, FluxVaeConfig};
 
@@ -248,7 +248,23 @@ impl FluxModel {
         let plan = needs.plan(variant.name(), available_memory())?;
 
         let ccfg = clip_config(&component_config(clip_files).unwrap_or_else(clip_l_json))?;
-        let vb = VarBuilder::from_backend(Box::new(mmap(clip_files)?), parts_dtype, device.clone());
+        // Adapters may touch CLIP too (kohya's lora_te1_*); one record of what was used
+        // serves CLIP and the transformer.
+        let usage = lora.take().map(LoraUsage::new);
+        let vb = match &usage {
+            None => {
+                VarBuilder::from_backend(Box::new(mmap(clip_files)?), parts_dtype, device.clone())
+            }
+            Some(u) => VarBuilder::from_backend(
+                Box::new(WithLora::with_usage(
+                    mmap(clip_files)?,
+                    u.clone(),
+                    Target::Clip,
+                )),
+                parts_dtype,
+                device.clone(),
+            ),
+        };
         let clip = ClipTextTransformer::new(vb.pp("text_model"), &ccfg)
             .map_err(|e| weights_err(format!("{}: {e}", clip_files[0].display())))?;
         // A GGUF T5 carries its sizes; this config is for safetensors weights.
@@ -311,46 +327,45 @@ impl FluxModel {
         let in_file = |e: &dyn std::fmt::Display| {
             weights_err(format!("{}: {e}", files.transformer[0].display()))
         };
-        let mut usage = None;
         let dit = if gguf {
             let vb =
                 QVarBuilder::from_gguf(&files.transformer[0], device).map_err(|e| in_file(&e))?;
             let w = Weights::Quantized { vb, dtype };
-            match lora.take() {
+            match &usage {
                 None => Dit::new(&dit_cfg, w),
                 // Quantized weights take the adapters unmerged, beside each product.
-                Some(l) => {
-                    let u = LoraUsage::new(l);
-                    usage = Some(u.clone());
-                    Dit::new(
-                        &dit_cfg,
-                        Weights::Adapted {
-                            inner: Box::new(w),
-                            lora: u,
-                            prefix: String::new(),
-                        },
-                    )
-                }
+                Some(u) => Dit::new(
+                    &dit_cfg,
+                    Weights::Adapted {
+                        inner: Box::new(w),
+                        lora: u.clone(),
+                        prefix: String::new(),
+                    },
+                ),
             }
         } else {
             let st = mmap(&files.transformer)?;
-            let vb = match (lora.take(), inspection.diffusers_names) {
+            let vb = match (usage.clone(), inspection.diffusers_names) {
                 (None, true) => VarBuilder::from_backend(
                     Box::new(Renamed::transformer(st)),
                     dtype,
                     device.clone(),
                 ),
                 (None, false) => VarBuilder::from_backend(Box::new(st), dtype, device.clone()),
-                (Some(l), true) => {
-                    let (b, u) = WithLora::new(Renamed::transformer(st), l);
-                    usage = Some(u);
-                    VarBuilder::from_backend(Box::new(b), dtype, device.clone())
-                }
-                (Some(l), false) => {
-                    let (b, u) = WithLora::new(st, l);
-                    usage = Some(u);
-                    VarBuilder::from_backend(Box::new(b), dtype, device.clone())
-                }
+                (Some(u), true) => VarBuilder::from_backend(
+                    Box::new(WithLora::with_usage(
+                        Renamed::transformer(st),
+                        u,
+                        Target::Transformer,
+                    )),
+                    dtype,
+                    device.clone(),
+                ),
+                (Some(u), false) => VarBuilder::from_backend(
+                    Box::new(WithLora::with_usage(st, u, Target::Transformer)),
+                    dtype,
+                    device.clone(),
+                ),
             };
             Dit::new(&dit_cfg, vb)
         }

@@ -265,9 +265,9 @@ fn merged_weights_follow_the_closed_form_in_every_naming_and_base_layout() {
         e.contains("sdxl.safetensors") && e.contains("lora_unet_input_blocks_4_1_proj_in"),
         "{e}"
     );
-    // Text-encoder parts (kohya's lora_te1_*) are not applied, and the error says so.
+    // T5 parts (kohya's lora_te2_*) are not applied, and the error says so.
     let te = dir.path().join("with_te.safetensors");
-    let k = "lora_te1_text_model_encoder_layers_0_self_attn_q_proj";
+    let k = "lora_te2_encoder_block_0_layer_0_SelfAttention_q";
     write(
         &te,
         vec![
@@ -280,10 +280,7 @@ fn merged_weights_follow_the_closed_form_in_every_naming_and_base_layout() {
         get(&b, name, base.dims());
     }
     let e = u.check_all_used().unwrap_err().to_string();
-    assert!(
-        e.contains("adapts the text encoders too") && e.contains(k),
-        "{e}"
-    );
+    assert!(e.contains("adapts T5 too") && e.contains(k), "{e}");
     // Not a LoRA file at all, and mismatched ranks.
     let mut l = Lora::default();
     let e = l
@@ -390,4 +387,54 @@ fn a_gguf_transformer_takes_the_adapter_unmerged() {
         let plain = flux_dev_run(&root, &Components::default()).unwrap().1;
         assert!(max_abs_diff(&got, &plain).unwrap() > 1e-3);
     }
+}
+
+/// Adapters for CLIP (kohya's `lora_te1_*`, PEFT's `text_encoder.*`) are merged into CLIP:
+/// both namings draw the same image, which differs from the plain one.
+#[test]
+fn clip_adapters_are_merged_into_clip() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("snap");
+    flux_snapshot(&root, "FluxPipeline").unwrap();
+    let clip = load("clip.safetensors");
+    let m = "text_model.encoder.layers.0.self_attn.q_proj";
+    let (out, inp) = clip[&format!("{m}.weight")].dims2().unwrap();
+    let (down, up) = (rand(RANK, inp, 21), rand(out, RANK, 22));
+    let (fk, fp) = (
+        dir.path().join("te_kohya.safetensors"),
+        dir.path().join("te_peft.safetensors"),
+    );
+    let k = format!("lora_te1_{}", m.replace('.', "_"));
+    write(
+        &fk,
+        vec![
+            (format!("{k}.lora_down.weight"), down.clone()),
+            (format!("{k}.lora_up.weight"), up.clone()),
+            (
+                format!("{k}.alpha"),
+                Tensor::new(&[RANK as f32], &Device::Cpu).unwrap(),
+            ),
+        ],
+    );
+    write(
+        &fp,
+        vec![
+            (format!("text_encoder.{m}.lora_A.weight"), down),
+            (format!("text_encoder.{m}.lora_B.weight"), up),
+        ],
+    );
+    let image = |loras: Vec<(std::path::PathBuf, f64)>| {
+        let parts = Components {
+            loras,
+            ..Default::default()
+        };
+        flux_dev_run(&root, &parts).unwrap().1
+    };
+    let (a, b, plain) = (
+        image(vec![(fk, 1.0)]),
+        image(vec![(fp, 1.0)]),
+        image(vec![]),
+    );
+    assert!(max_abs_diff(&a, &b).unwrap() <= 1e-6);
+    assert!(max_abs_diff(&a, &plain).unwrap() > 1e-4);
 }

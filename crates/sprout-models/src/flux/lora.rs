@@ -10,7 +10,8 @@
 //! BFL-named weights, so it applies whichever layout the base weights come in, and every
 //! adapter tensor must land on a layer (an adapter for another model is an error, not a no-op).
 //! Quantized (GGUF) weights take the same updates as low-rank factors beside each product
-//! ([`crate::weights::Weights::Adapted`]).
+//! ([`crate::weights::Weights::Adapted`]). Adapter parts for CLIP-L (`lora_te1_*`,
+//! `text_encoder.*`) merge into CLIP the same way ([`Target::Clip`]); T5 parts are refused.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -245,11 +246,20 @@ fn factors(
     Ok(acc)
 }
 
-/// A VarBuilder backend serving BFL-named transformer weights from `inner` with the
-/// adapters merged in.
+/// Which model a [`WithLora`] backend serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The transformer, by BFL names.
+    Transformer,
+    /// CLIP-L's text encoder (`text_model.*`; kohya's `lora_te1_*`).
+    Clip,
+}
+
+/// A VarBuilder backend serving weights from `inner` with the adapters merged in.
 pub struct WithLora<B> {
     inner: B,
     usage: LoraUsage,
+    target: Target,
 }
 
 /// Which adapter layers the model has asked for, shared with the backend.
@@ -267,6 +277,23 @@ impl LoraUsage {
             lora: Arc::new(lora),
             used: Arc::new(Mutex::new(HashSet::new())),
         }
+    }
+
+    /// The update of CLIP weight `name` (`text_model.…weight`, out × in) as low-rank factors,
+    /// under its path, kohya's `lora_te1_*` or PEFT's `text_encoder.*` name.
+    pub fn low_rank_clip(
+        &self,
+        name: &str,
+        out: usize,
+        inp: usize,
+    ) -> candle_core::Result<Option<LowRank>> {
+        let Some(module) = name.strip_suffix(".weight") else {
+            return Ok(None);
+        };
+        let mut names = names_of(module, "lora_te1_");
+        names.push(format!("text_encoder.{module}"));
+        let mut used = self.used.lock().expect("not poisoned");
+        factors(&self.lora.lookup(&names, &mut used), out, inp, module)
     }
 
     /// The update of BFL weight `name` (out, in) as low-rank factors, if any adapter touches
@@ -338,11 +365,11 @@ impl LoraUsage {
         }
         unused.sort();
         let file = self.lora.files[unused[0]].display().to_string();
-        let text = |k: &str| k.starts_with("lora_te") || k.starts_with("text_encoder");
-        if let Some(k) = unused.iter().find(|k| text(k)) {
+        let t5 = |k: &str| k.starts_with("lora_te2") || k.starts_with("text_encoder_2");
+        if let Some(k) = unused.iter().find(|k| t5(k)) {
             return Err(ModelError::Config(format!(
-                "{file}: adapts the text encoders too ({k}), which Sprout does not apply; \
-                 only transformer adapters are merged"
+                "{file}: adapts T5 too ({k}), which Sprout does not apply; adapters are \
+                 applied to the transformer and CLIP"
             )));
         }
         Err(ModelError::Config(format!(
@@ -359,12 +386,18 @@ impl<B: SimpleBackend> WithLora<B> {
     pub fn new(inner: B, lora: Lora) -> (Self, LoraUsage) {
         let usage = LoraUsage::new(lora);
         (
-            WithLora {
-                inner,
-                usage: usage.clone(),
-            },
+            Self::with_usage(inner, usage.clone(), Target::Transformer),
             usage,
         )
+    }
+
+    /// A backend for `target` sharing `usage` with the other parts' backends.
+    pub fn with_usage(inner: B, usage: LoraUsage, target: Target) -> Self {
+        WithLora {
+            inner,
+            usage,
+            target,
+        }
     }
 
     fn merged(&self, name: &str, t: Tensor) -> candle_core::Result<Tensor> {
@@ -372,7 +405,11 @@ impl<B: SimpleBackend> WithLora<B> {
             return Ok(t);
         }
         let (out, inp) = t.dims2()?;
-        match self.usage.low_rank(name, out, inp)? {
+        let lr = match self.target {
+            Target::Transformer => self.usage.low_rank(name, out, inp)?,
+            Target::Clip => self.usage.low_rank_clip(name, out, inp)?,
+        };
+        match lr {
             None => Ok(t),
             Some(lr) => {
                 let dtype = t.dtype();
