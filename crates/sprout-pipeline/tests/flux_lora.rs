@@ -298,6 +298,23 @@ fn merged_weights_follow_the_closed_form_in_every_naming_and_base_layout() {
     );
     let e = l.add_file(&odd, 1.0).unwrap_err().to_string();
     assert!(e.contains("do not share a rank"), "{e}");
+    // An alpha that is not one number.
+    write(
+        &odd,
+        vec![
+            ("x.lora_A.weight".into(), rand(4, HIDDEN, 1)),
+            ("x.lora_B.weight".into(), rand(HIDDEN, 4, 2)),
+            (
+                "x.alpha".into(),
+                Tensor::zeros(0, DType::F32, &Device::Cpu).unwrap(),
+            ),
+        ],
+    );
+    let e = l.add_file(&odd, 1.0).unwrap_err().to_string();
+    assert!(
+        e.contains("x.alpha: alpha is not one positive number"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -103,11 +103,24 @@ impl Lora {
                 )
             })?;
             let e = parts.entry(key).or_default();
-            let t = t.to_dtype(DType::F32)?;
+            let t = t
+                .to_dtype(DType::F32)
+                .map_err(|e| bad(path, format!("{name}: {e}")))?;
             match role {
                 "down" => e.0 = Some(t),
                 "up" => e.1 = Some(t),
-                _ => e.2 = Some(t.flatten_all()?.to_vec1::<f32>()?[0] as f64),
+                _ => {
+                    let v = t.flatten_all()?.to_vec1::<f32>()?;
+                    match v.as_slice() {
+                        [a] if a.is_finite() && *a > 0.0 => e.2 = Some(*a as f64),
+                        _ => {
+                            return Err(bad(
+                                path,
+                                format!("{name}: alpha is not one positive number ({v:?})"),
+                            ))
+                        }
+                    }
+                }
             }
         }
         if parts.is_empty() {
