@@ -7,6 +7,7 @@ mod flux_parts;
 mod generate_cmd;
 mod inputs;
 mod progress;
+mod quantize_cmd;
 mod serve_cmd;
 mod train_cmd;
 mod world_cmd;
@@ -40,6 +41,8 @@ enum Command {
     Bench(bench_cmd::BenchArgs),
     /// Serve a model over an OpenAI-compatible HTTP API.
     Serve(serve_cmd::ServeArgs),
+    /// Write FLUX.1 weights (LoRA adapters merged) or a T5 encoder as a quantized GGUF file.
+    Quantize(quantize_cmd::QuantizeArgs),
 }
 
 /// Keep freed tensor buffers in the heap instead of returning them to the kernel.
@@ -71,6 +74,7 @@ fn main() {
         Command::Train(a) => train_cmd::run(a),
         Command::Bench(a) => bench_cmd::run(a),
         Command::Serve(a) => serve_cmd::run(a),
+        Command::Quantize(a) => quantize_cmd::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -429,3 +429,155 @@ fn flux_dev_from_parts_kept_apart_matches_the_reference_image() {
         stderr(&r)
     );
 }
+
+/// `sprout quantize`: the snapshot's transformer written as Q8_0 GGUF runs in a Black Forest
+/// Labs folder near the reference image; with an adapter merged (as f16) it draws what the
+/// snapshot draws with the adapter; the T5 encoder as GGUF serves `--t5`; an existing output,
+/// an unknown format and a GGUF input are refused.
+#[test]
+fn quantize_writes_gguf_files_the_loader_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("snap");
+    snapshot(&snap);
+    let bfl = dir.path().join("bfl");
+    snapshot(&bfl);
+    std::fs::remove_dir_all(bfl.join("transformer")).unwrap();
+    std::fs::remove_file(bfl.join("model_index.json")).unwrap();
+    let io =
+        candle_core::safetensors::load(fixture("pipeline_io.safetensors"), &Device::Cpu).unwrap();
+    let latents = dir.path().join("latents.safetensors");
+    save_one(&latents, &io["dev_latents"]);
+    let l = latents.to_str().unwrap();
+    let common = ["--latents", l, "--steps", "3", "--size", "48x32"];
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (snap_s, out) = (s(&snap), dir.path().join("out.png"));
+
+    let q8 = bfl.join("flux1-dev-Q8_0.gguf");
+    let q8_s = s(&q8);
+    let r = sprout(&[
+        "quantize",
+        "--model",
+        "flux-dev",
+        "--weights",
+        &snap_s,
+        "-o",
+        &q8_s,
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    assert!(stderr(&r).contains("tensors"), "{}", stderr(&r));
+    let r = generate_dev(&q8, &out, &common);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let diffs = pixel_diffs(&out, &io["dev_image"]);
+    let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+    assert!(mean <= 2.0 && worst(&diffs) <= 12.0, "mean {mean}");
+
+    // An adapter merged before quantizing (f16) against the adapter over the dense snapshot.
+    let lora = dir.path().join("lora.safetensors");
+    let t = |r: usize, c: usize, s: f32| {
+        Tensor::arange(0f32, (r * c) as f32, &Device::Cpu)
+            .unwrap()
+            .reshape((r, c))
+            .unwrap()
+            .affine(0.001 * s as f64, -0.05)
+            .unwrap()
+            .cos()
+            .unwrap()
+    };
+    candle_core::safetensors::save(
+        &[
+            (
+                "lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight".to_string(),
+                t(4, 32, 1.0),
+            ),
+            (
+                "lora_unet_double_blocks_0_img_attn_qkv.lora_up.weight".to_string(),
+                t(96, 4, 3.0),
+            ),
+        ]
+        .into_iter()
+        .collect(),
+        &lora,
+    )
+    .unwrap();
+    let lora_s = s(&lora);
+    std::fs::remove_file(&q8).unwrap();
+    let f16 = bfl.join("flux1-dev-F16.gguf");
+    let f16_s = s(&f16);
+    let r = sprout(&[
+        "quantize",
+        "--model",
+        "flux-dev",
+        "--weights",
+        &snap_s,
+        "--type",
+        "f16",
+        "--lora",
+        &lora_s,
+        "-o",
+        &f16_s,
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let dense_out = dir.path().join("dense.png");
+    let mut with_lora: Vec<&str> = common.to_vec();
+    with_lora.extend(["--lora", &lora_s]);
+    let r = generate_dev(&snap, &dense_out, &with_lora);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let r = generate_dev(&f16, &out, &common);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let (a, b) = (
+        image::open(&out).unwrap().to_rgb8(),
+        image::open(&dense_out).unwrap().to_rgb8(),
+    );
+    let d = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| (*x as i32 - *y as i32).abs())
+        .max()
+        .unwrap();
+    eprintln!("merged-then-f16 vs adapter over dense weights: worst {d} levels");
+    assert!(d <= 2, "{d}");
+    let plain = pixel_diffs(&out, &io["dev_image"]);
+    assert!(worst(&plain) > 2.0, "the adapter changed nothing");
+
+    // The T5 encoder as GGUF, given with --t5.
+    let t5 = dir.path().join("t5-Q8_0.gguf");
+    let t5_s = s(&t5);
+    let r = sprout(&[
+        "quantize",
+        "--model",
+        "t5",
+        "--weights",
+        &s(&snap.join("text_encoder_2")),
+        "-o",
+        &t5_s,
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let mut with_t5: Vec<&str> = common.to_vec();
+    with_t5.extend(["--t5", &t5_s]);
+    let r = generate_dev(&snap, &out, &with_t5);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let diffs = pixel_diffs(&out, &io["dev_image"]);
+    let mean = diffs.iter().sum::<f32>() / diffs.len() as f32;
+    eprintln!("Q8_0 T5: mean |difference| {mean:.2} levels");
+    assert!(mean <= 2.0, "mean {mean}");
+
+    // Refusals: an existing output, an unknown format, a GGUF input.
+    for (args, want) in [
+        (vec!["--weights", &snap_s, "-o", &t5_s], "exists"),
+        (
+            vec!["--weights", &snap_s, "--type", "q3_x", "-o", "x.gguf"],
+            "unknown quantization",
+        ),
+        (
+            vec!["--weights", &f16_s, "-o", "y.gguf"],
+            "already a GGUF file",
+        ),
+    ] {
+        let mut a = vec!["quantize", "--model", "flux-dev"];
+        a.extend(args);
+        let r = sprout(&a);
+        assert!(!r.status.success());
+        assert!(stderr(&r).contains(want), "{want}: {}", stderr(&r));
+    }
+}

@@ -28,7 +28,7 @@ use sprout_models::weights::Weights;
 use crate::flux::{FluxModel, FluxText, T5Model, T5Slot, TextParts};
 use crate::PipelineError;
 
-fn weights_err(e: impl std::fmt::Display) -> PipelineError {
+pub(crate) fn weights_err(e: impl std::fmt::Display) -> PipelineError {
     PipelineError::Weights(e.to_string())
 }
 
@@ -38,7 +38,7 @@ fn read_json(p: &Path) -> Result<serde_json::Value, PipelineError> {
     serde_json::from_str(&text).map_err(|e| weights_err(format!("{}: {e}", p.display())))
 }
 
-fn mmap(files: &[std::path::PathBuf]) -> Result<MmapedSafetensors, PipelineError> {
+pub(crate) fn mmap(files: &[std::path::PathBuf]) -> Result<MmapedSafetensors, PipelineError> {
     // SAFETY: the files are opened read-only and must not be modified while the model runs,
     // as with every memory-mapped weight loader.
     unsafe { MmapedSafetensors::multi(files) }.map_err(|e| {
@@ -157,6 +157,36 @@ fn gguf_t5_bytes(file: &Path) -> Result<u64, PipelineError> {
         .max()
         .unwrap_or(0);
     Ok(stored + 4 * largest)
+}
+
+/// The transformer's config: diffusers' `config.json`, Sprout's GGUF metadata, else the
+/// FLUX.1 preset of the variant.
+pub(crate) fn transformer_config(
+    files: &sprout_models::flux::files::FluxFiles,
+    variant: Variant,
+) -> Result<DitConfig, PipelineError> {
+    let gguf_config = if files.layout == Layout::Gguf {
+        gguf_metadata_string(&files.transformer[0], GGUF_CONFIG_KEY)?
+    } else {
+        None
+    };
+    Ok(match (&files.transformer_config, files.layout) {
+        (Some(p), Layout::Diffusers) => {
+            let c: DiffusersTransformerConfig = serde_json::from_value(read_json(p)?)
+                .map_err(|e| weights_err(format!("{}: {e}", p.display())))?;
+            c.to_dit()?
+        }
+        _ if gguf_config.is_some() => {
+            serde_json::from_str(gguf_config.as_deref().unwrap_or_default()).map_err(|e| {
+                weights_err(format!(
+                    "{}: metadata {GGUF_CONFIG_KEY}: {e}",
+                    files.transformer[0].display()
+                ))
+            })?
+        }
+        _ if variant.guidance_embed() => DitConfig::flux_dev(),
+        _ => DitConfig::flux_schnell(),
+    })
 }
 
 impl FluxModel {
@@ -302,28 +332,7 @@ impl FluxModel {
             }));
         }
 
-        let gguf_config = if gguf {
-            gguf_metadata_string(&files.transformer[0], GGUF_CONFIG_KEY)?
-        } else {
-            None
-        };
-        let dit_cfg = match (&files.transformer_config, files.layout) {
-            (Some(p), Layout::Diffusers) => {
-                let c: DiffusersTransformerConfig = serde_json::from_value(read_json(p)?)
-                    .map_err(|e| weights_err(format!("{}: {e}", p.display())))?;
-                c.to_dit()?
-            }
-            _ if gguf_config.is_some() => {
-                serde_json::from_str(gguf_config.as_deref().unwrap_or_default()).map_err(|e| {
-                    weights_err(format!(
-                        "{}: metadata {GGUF_CONFIG_KEY}: {e}",
-                        files.transformer[0].display()
-                    ))
-                })?
-            }
-            _ if variant.guidance_embed() => DitConfig::flux_dev(),
-            _ => DitConfig::flux_schnell(),
-        };
+        let dit_cfg = transformer_config(&files, variant)?;
         let in_file = |e: &dyn std::fmt::Display| {
             weights_err(format!("{}: {e}", files.transformer[0].display()))
         };

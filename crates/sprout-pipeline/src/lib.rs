@@ -5,6 +5,7 @@ pub mod embedded;
 pub mod flow;
 pub mod flux;
 pub mod flux_load;
+pub mod flux_quantize;
 pub mod generate;
 pub mod noise;
 pub mod testing;

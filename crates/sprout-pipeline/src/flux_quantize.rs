@@ -1,0 +1,232 @@
+//! Writing a FLUX.1 transformer (any layout the loader reads, LoRA adapters merged) or a T5
+//! encoder as a GGUF file, as community conversions are: Black Forest Labs tensor names
+//! (llama.cpp's for T5), linear weights in the chosen block format, norms, biases and short
+//! rows in f32 ([`sprout_models::gguf`]), and the config in Sprout's metadata key.
+
+use std::path::Path;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+use sprout_models::dit::{Dit, DitConfig};
+use sprout_models::flux::components::Components;
+use sprout_models::flux::convert::Renamed;
+use sprout_models::flux::files::{locate, Layout, Variant};
+use sprout_models::flux::inspect::{inspect_transformer, resolve_variant, GGUF_CONFIG_KEY};
+use sprout_models::flux::lora::{Lora, LoraUsage, Target, WithLora};
+
+use crate::flux_load::{mmap, transformer_config, weights_err};
+use crate::PipelineError;
+
+/// A backend that hands out small zero tensors and records the names asked for: building a
+/// DiT of the same depth over it lists the weights a model of that structure has.
+struct Recorder {
+    names: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl SimpleBackend for Recorder {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        self.names
+            .lock()
+            .expect("not poisoned")
+            .push(name.to_string());
+        Tensor::zeros(s, dtype, dev)
+    }
+
+    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+        candle_core::bail!("{name}: the recorder needs shapes")
+    }
+
+    fn contains_tensor(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// The BFL names of every tensor of a transformer with `cfg`'s structure (depths, guidance
+/// embedding, biases), from a narrow model of the same structure.
+pub fn transformer_tensor_names(cfg: &DitConfig) -> Result<Vec<String>, PipelineError> {
+    let narrow = DitConfig {
+        vec_in_dim: 8,
+        context_in_dim: 8,
+        hidden_size: 32,
+        num_heads: 2,
+        axes_dim: vec![4, 6, 6],
+        ..cfg.clone()
+    };
+    let names = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let rec = Recorder {
+        names: names.clone(),
+    };
+    let vb = VarBuilder::from_backend(Box::new(rec), DType::F32, Device::Cpu);
+    Dit::new(&narrow, vb)?;
+    let mut names = names.lock().expect("not poisoned").clone();
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// What was written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Written {
+    pub tensors: usize,
+    pub quantized: usize,
+    pub bytes: u64,
+}
+
+fn write(
+    out: &Path,
+    tensors: Vec<(String, QTensor)>,
+    meta: &[(&str, &str)],
+    q: GgmlDType,
+) -> Result<Written, PipelineError> {
+    let quantized = tensors.iter().filter(|(_, t)| t.dtype() == q).count();
+    let n = tensors.len();
+    sprout_models::gguf::write(out, &tensors, meta)?;
+    Ok(Written {
+        tensors: n,
+        quantized,
+        bytes: std::fs::metadata(out).map(|m| m.len()).unwrap_or(0),
+    })
+}
+
+/// Write the transformer of `weights` (with `parts.loras` merged) to `out` as GGUF in
+/// format `q`; `on_tensor(done, total)` reports progress.
+pub fn quantize_transformer(
+    weights: &Path,
+    parts: &Components,
+    asked: Variant,
+    q: GgmlDType,
+    out: &Path,
+    mut on_tensor: impl FnMut(usize, usize),
+) -> Result<Written, PipelineError> {
+    let files = locate(weights)?;
+    if files.layout == Layout::Gguf {
+        return Err(weights_err(format!(
+            "{}: already a GGUF file; quantize from the safetensors weights",
+            files.transformer[0].display()
+        )));
+    }
+    let inspection = inspect_transformer(&files)?;
+    let variant = resolve_variant(asked, &files, &inspection)?;
+    let cfg = transformer_config(&files, variant)?;
+    let names = transformer_tensor_names(&cfg)?;
+    let st = mmap(&files.transformer)?;
+    let usage = if parts.loras.is_empty() {
+        None
+    } else {
+        let mut l = Lora::default();
+        for (p, s) in &parts.loras {
+            l.add_file(p, *s)?;
+        }
+        Some(LoraUsage::new(l))
+    };
+    let file = files.transformer[0].display().to_string();
+    let mut gather = |b: &dyn SimpleBackend| -> Result<Vec<(String, QTensor)>, PipelineError> {
+        let mut tensors = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            let t = b
+                .get_unchecked(name, DType::F32, &Device::Cpu)
+                .map_err(|e| weights_err(format!("{file}: {e}")))?;
+            tensors.push((name.clone(), sprout_models::gguf::quantize(name, &t, q)?));
+            on_tensor(i + 1, names.len());
+        }
+        Ok(tensors)
+    };
+    let t = Target::Transformer;
+    let tensors = match (usage.clone(), inspection.diffusers_names) {
+        (None, true) => gather(&Renamed::transformer(st))?,
+        (None, false) => gather(&st)?,
+        (Some(u), true) => gather(&WithLora::with_usage(Renamed::transformer(st), u, t))?,
+        (Some(u), false) => gather(&WithLora::with_usage(st, u, t))?,
+    };
+    if let Some(u) = usage {
+        u.check_all_used()?;
+    }
+    let json = serde_json::to_string(&cfg).map_err(|e| weights_err(e.to_string()))?;
+    write(
+        out,
+        tensors,
+        &[("general.architecture", "flux"), (GGUF_CONFIG_KEY, &json)],
+        q,
+    )
+}
+
+/// Write a T5 encoder's safetensors weights (transformers' names; config from a
+/// `config.json` beside them, else T5-v1.1-XXL) to `out` as GGUF with llama.cpp's names.
+pub fn quantize_t5(t5: &Path, q: GgmlDType, out: &Path) -> Result<Written, PipelineError> {
+    let files = sprout_models::flux::files::component_files(t5)?
+        .or_else(|| t5.is_file().then(|| vec![t5.to_path_buf()]))
+        .ok_or_else(|| weights_err(format!("{}: no T5 safetensors weights", t5.display())))?;
+    let cfg_json = files[0]
+        .parent()
+        .map(|d| d.join("config.json"))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .map(|s| serde_json::from_str::<serde_json::Value>(&s))
+        .transpose()
+        .map_err(|e| weights_err(format!("{}: config.json: {e}", t5.display())))?
+        .unwrap_or_else(sprout_models::flux::configs::t5_xxl_json);
+    let cfg: sprout_models::t5::T5EncoderConfig = serde_json::from_value(cfg_json)
+        .map_err(|e| weights_err(format!("{}: not a T5 config ({e})", t5.display())))?;
+    let mut tensors = std::collections::HashMap::new();
+    for f in &files {
+        for (k, v) in candle_core::safetensors::load(f, &Device::Cpu)? {
+            // The decoder and the LM head, if the file has them, are not the encoder's.
+            if k == "shared.weight" || k.starts_with("encoder.") {
+                tensors.insert(k, v.to_dtype(DType::F32)?);
+            }
+        }
+    }
+    if !tensors.contains_key("shared.weight") {
+        return Err(weights_err(format!(
+            "{}: not a T5 encoder (no shared.weight)",
+            t5.display()
+        )));
+    }
+    let n = tensors.len();
+    sprout_models::t5::write_gguf(out, &tensors, q, Some(&cfg))?;
+    let quantized = tensors
+        .iter()
+        .filter(|(k, v)| {
+            sprout_models::gguf::quantizes(&sprout_models::t5::llama_cpp_name(k), v.dims(), q)
+        })
+        .count();
+    Ok(Written {
+        tensors: n,
+        quantized,
+        bytes: std::fs::metadata(out).map(|m| m.len()).unwrap_or(0),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{flux_fixture, flux_fixture_config};
+
+    /// The names listed from the structure are exactly the tensors of the BFL fixture files
+    /// (with and without the guidance embedding).
+    #[test]
+    fn tensor_names_are_those_of_the_files() {
+        for v in ["dev", "schnell"] {
+            let file = format!("transformer_{v}_bfl.safetensors");
+            let c: sprout_models::flux::convert::DiffusersTransformerConfig =
+                serde_json::from_value(flux_fixture_config(&file).unwrap()).unwrap();
+            let names = transformer_tensor_names(&c.to_dit().unwrap()).unwrap();
+            let mut want: Vec<String> =
+                sprout_models::flux::inspect::safetensors_header(&flux_fixture(&file))
+                    .unwrap()
+                    .into_iter()
+                    .map(|t| t.name)
+                    .collect();
+            want.sort();
+            assert_eq!(names, want, "{v}");
+        }
+    }
+}
