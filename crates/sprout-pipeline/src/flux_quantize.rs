@@ -117,6 +117,13 @@ pub fn quantize_transformer(
     let inspection = inspect_transformer(&files)?;
     let variant = resolve_variant(asked, &files, &inspection)?;
     let cfg = transformer_config(&files, variant)?;
+    // The quantized tensors are held until the file is written.
+    let held = inspection.elements as f64 * q.type_size() as f64 / q.block_size() as f64;
+    sprout_models::flux::inspect::check_memory(
+        "quantizing",
+        held as u64,
+        sprout_models::flux::inspect::available_memory(),
+    )?;
     let names = transformer_tensor_names(&cfg)?;
     let st = mmap(&files.transformer)?;
     let usage = if parts.loras.is_empty() {
