@@ -18,6 +18,15 @@ fn snapshot(root: &Path) {
     sprout_pipeline::testing::flux_snapshot(root, "FluxPipeline").unwrap();
 }
 
+/// A Black Forest Labs folder: the snapshot's parts without its diffusers transformer, for a
+/// transformer file to be put at the root (the tiny autoencoder stays in vae/ with its config,
+/// as a full-size ae.safetensors needs none).
+fn bfl_folder(root: &Path) {
+    snapshot(root);
+    std::fs::remove_dir_all(root.join("transformer")).unwrap();
+    std::fs::remove_file(root.join("model_index.json")).unwrap();
+}
+
 fn sprout(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sprout"))
         .args(args)
@@ -172,11 +181,7 @@ fn flux_dev_from_a_diffusers_snapshot_matches_the_reference_image() {
 fn flux_dev_from_a_gguf_file_stays_near_the_reference_image() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("flux-dev-gguf");
-    snapshot(&root);
-    // The BFL layout: the transformer file at the root, the other parts beside it (the tiny
-    // autoencoder in vae/ with its config, as a full-size ae.safetensors needs none).
-    std::fs::remove_dir_all(root.join("transformer")).unwrap();
-    std::fs::remove_file(root.join("model_index.json")).unwrap();
+    bfl_folder(&root);
     let w =
         candle_core::safetensors::load(fixture("transformer_dev_bfl.safetensors"), &Device::Cpu)
             .unwrap();
@@ -440,9 +445,7 @@ fn quantize_writes_gguf_files_the_loader_runs() {
     let snap = dir.path().join("snap");
     snapshot(&snap);
     let bfl = dir.path().join("bfl");
-    snapshot(&bfl);
-    std::fs::remove_dir_all(bfl.join("transformer")).unwrap();
-    std::fs::remove_file(bfl.join("model_index.json")).unwrap();
+    bfl_folder(&bfl);
     let io =
         candle_core::safetensors::load(fixture("pipeline_io.safetensors"), &Device::Cpu).unwrap();
     let latents = dir.path().join("latents.safetensors");

@@ -15,71 +15,15 @@
 //! (no memory is allocated for them), so the files match what the loaders ask for.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
-use candle_core::{DType, Device, Result, Shape, Tensor};
-use candle_nn::var_builder::SimpleBackend;
+use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 use sprout_models::dit::{Dit, DitConfig};
 use sprout_models::flux::configs::clip_config;
 use sprout_models::flux::vae::{FluxVae, FluxVaeConfig};
 
-/// Records every requested parameter and answers with a zero-size broadcast view.
-#[derive(Default)]
-struct Recorder(Mutex<Vec<(String, Vec<usize>)>>);
-
-impl SimpleBackend for Recorder {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> Result<Tensor> {
-        self.0
-            .lock()
-            .expect("recorder")
-            .push((name.to_string(), s.dims().to_vec()));
-        Tensor::zeros((), dtype, dev)?.broadcast_as(s)
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> Result<Tensor> {
-        candle_core::bail!("{name}: shape needed")
-    }
-
-    fn contains_tensor(&self, _: &str) -> bool {
-        true
-    }
-}
-
 fn record(build: impl FnOnce(VarBuilder) -> Result<()>) -> Vec<(String, Vec<usize>)> {
-    let rec = std::sync::Arc::new(Recorder::default());
-    struct Shared(std::sync::Arc<Recorder>);
-    impl SimpleBackend for Shared {
-        fn get(
-            &self,
-            s: Shape,
-            n: &str,
-            h: candle_nn::Init,
-            d: DType,
-            dev: &Device,
-        ) -> Result<Tensor> {
-            self.0.get(s, n, h, d, dev)
-        }
-        fn get_unchecked(&self, n: &str, d: DType, dev: &Device) -> Result<Tensor> {
-            self.0.get_unchecked(n, d, dev)
-        }
-        fn contains_tensor(&self, n: &str) -> bool {
-            self.0.contains_tensor(n)
-        }
-    }
-    let vb = VarBuilder::from_backend(Box::new(Shared(rec.clone())), DType::F32, Device::Cpu);
-    build(vb).expect("model builds over the recorder");
-    let mut v = rec.0.lock().expect("recorder").clone();
-    v.sort();
-    v.dedup();
-    v
+    sprout_models::recorder::record(build).expect("model builds over the recorder")
 }
 
 /// Random values of a parameter: unit norm scales, zero biases, N(0, 0.02²) elsewhere.

@@ -16,6 +16,7 @@ pub mod gguf;
 pub mod init;
 pub mod ops;
 pub mod probe;
+pub mod recorder;
 pub mod t5;
 pub mod text;
 pub mod tiling;

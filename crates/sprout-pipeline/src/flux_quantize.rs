@@ -6,9 +6,8 @@
 use std::path::Path;
 
 use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{DType, Device, Shape, Tensor};
+use candle_core::{DType, Device};
 use candle_nn::var_builder::SimpleBackend;
-use candle_nn::VarBuilder;
 use sprout_models::dit::{Dit, DitConfig};
 use sprout_models::flux::components::Components;
 use sprout_models::flux::convert::Renamed;
@@ -19,58 +18,15 @@ use sprout_models::flux::lora::{Lora, LoraUsage, Target, WithLora};
 use crate::flux_load::{mmap, transformer_config, weights_err};
 use crate::PipelineError;
 
-/// A backend that hands out small zero tensors and records the names asked for: building a
-/// DiT of the same depth over it lists the weights a model of that structure has.
-struct Recorder {
-    names: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl SimpleBackend for Recorder {
-    fn get(
-        &self,
-        s: Shape,
-        name: &str,
-        _: candle_nn::Init,
-        dtype: DType,
-        dev: &Device,
-    ) -> candle_core::Result<Tensor> {
-        self.names
-            .lock()
-            .expect("not poisoned")
-            .push(name.to_string());
-        Tensor::zeros(s, dtype, dev)
-    }
-
-    fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
-        candle_core::bail!("{name}: the recorder needs shapes")
-    }
-
-    fn contains_tensor(&self, _: &str) -> bool {
-        true
-    }
-}
-
-/// The BFL names of every tensor of a transformer with `cfg`'s structure (depths, guidance
-/// embedding, biases), from a narrow model of the same structure.
+/// The BFL names of every tensor of a transformer with config `cfg`, from building it over
+/// a recording backend.
 pub fn transformer_tensor_names(cfg: &DitConfig) -> Result<Vec<String>, PipelineError> {
-    let narrow = DitConfig {
-        vec_in_dim: 8,
-        context_in_dim: 8,
-        hidden_size: 32,
-        num_heads: 2,
-        axes_dim: vec![4, 6, 6],
-        ..cfg.clone()
-    };
-    let names = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let rec = Recorder {
-        names: names.clone(),
-    };
-    let vb = VarBuilder::from_backend(Box::new(rec), DType::F32, Device::Cpu);
-    Dit::new(&narrow, vb)?;
-    let mut names = names.lock().expect("not poisoned").clone();
-    names.sort();
-    names.dedup();
-    Ok(names)
+    let params = sprout_models::recorder::record(|vb| {
+        Dit::new(cfg, vb)
+            .map(|_| ())
+            .map_err(candle_core::Error::wrap)
+    })?;
+    Ok(params.into_iter().map(|(n, _)| n).collect())
 }
 
 /// What was written.
