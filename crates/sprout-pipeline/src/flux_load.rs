@@ -53,9 +53,15 @@ pub(crate) fn mmap(files: &[std::path::PathBuf]) -> Result<MmapedSafetensors, Pi
 }
 
 /// A diffusers `config.json` next to a component's weights, if there is one.
-fn component_config(weights: &[std::path::PathBuf]) -> Option<serde_json::Value> {
-    let p = weights.first()?.parent()?.join("config.json");
-    read_json(&p).ok()
+/// None where there is no such file; an unreadable or invalid one is an error, not a reason
+/// to fall back to a preset.
+pub(crate) fn component_config(
+    weights: &[std::path::PathBuf],
+) -> Result<Option<serde_json::Value>, PipelineError> {
+    match weights.first().and_then(|w| w.parent()) {
+        Some(d) if d.join("config.json").is_file() => read_json(&d.join("config.json")).map(Some),
+        _ => Ok(None),
+    }
 }
 
 /// Name what the folder lacks, and where it is looked for.
@@ -277,7 +283,7 @@ impl FluxModel {
         };
         let plan = needs.plan(variant.name(), available_memory())?;
 
-        let ccfg = clip_config(&component_config(clip_files).unwrap_or_else(clip_l_json))?;
+        let ccfg = clip_config(&component_config(clip_files)?.unwrap_or_else(clip_l_json))?;
         // Adapters may touch CLIP too (kohya's lora_te1_*); one record of what was used
         // serves CLIP and the transformer.
         let usage = lora.take().map(LoraUsage::new);
@@ -299,7 +305,7 @@ impl FluxModel {
             .map_err(|e| weights_err(format!("{}: {e}", clip_files[0].display())))?;
         // A GGUF T5 carries its sizes; this config is for safetensors weights.
         let tcfg: T5Config = serde_json::from_value(
-            component_config(t5_files)
+            component_config(t5_files)?
                 .filter(|_| !t5_gguf)
                 .unwrap_or_else(t5_xxl_json),
         )
@@ -383,7 +389,7 @@ impl FluxModel {
             u.check_all_used()?;
         }
 
-        let vcfg = match component_config(vae_files) {
+        let vcfg = match component_config(vae_files)? {
             Some(v) => vae_config(&v)?,
             None => FluxVaeConfig::flux(),
         };

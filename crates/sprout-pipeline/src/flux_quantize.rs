@@ -15,7 +15,7 @@ use sprout_models::flux::files::{locate, Layout, Variant};
 use sprout_models::flux::inspect::{inspect_transformer, resolve_variant, GGUF_CONFIG_KEY};
 use sprout_models::flux::lora::{Lora, LoraUsage, Target, WithLora};
 
-use crate::flux_load::{mmap, transformer_config, weights_err};
+use crate::flux_load::{component_config, mmap, transformer_config, weights_err};
 use crate::PipelineError;
 
 /// The BFL names of every tensor of a transformer with config `cfg`, from building it over
@@ -128,14 +128,8 @@ pub fn quantize_t5(t5: &Path, q: GgmlDType, out: &Path) -> Result<Written, Pipel
     let files = sprout_models::flux::files::component_files(t5)?
         .or_else(|| t5.is_file().then(|| vec![t5.to_path_buf()]))
         .ok_or_else(|| weights_err(format!("{}: no T5 safetensors weights", t5.display())))?;
-    let cfg_json = files[0]
-        .parent()
-        .map(|d| d.join("config.json"))
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .map(|s| serde_json::from_str::<serde_json::Value>(&s))
-        .transpose()
-        .map_err(|e| weights_err(format!("{}: config.json: {e}", t5.display())))?
-        .unwrap_or_else(sprout_models::flux::configs::t5_xxl_json);
+    let cfg_json =
+        component_config(&files)?.unwrap_or_else(sprout_models::flux::configs::t5_xxl_json);
     let cfg: sprout_models::t5::T5EncoderConfig = serde_json::from_value(cfg_json)
         .map_err(|e| weights_err(format!("{}: not a T5 config ({e})", t5.display())))?;
     let mut tensors = std::collections::HashMap::new();

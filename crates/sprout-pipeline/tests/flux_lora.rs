@@ -365,36 +365,19 @@ fn a_gguf_transformer_takes_the_adapter_unmerged() {
         flux_dev_run(root, &parts).unwrap().1
     };
     let merged = with(&snap);
-    let bfl = load("transformer_dev_bfl.safetensors");
-    let mut names: Vec<&String> = bfl.keys().collect();
-    names.sort();
-    let dcfg: sprout_models::flux::convert::DiffusersTransformerConfig = serde_json::from_value(
-        sprout_pipeline::testing::flux_fixture_config("transformer_dev_bfl.safetensors").unwrap(),
-    )
-    .unwrap();
-    let cfg = serde_json::to_string(&dcfg.to_dit().unwrap()).unwrap();
     for (q, tol) in [(GgmlDType::F32, 1e-5), (GgmlDType::Q8_0, 0.05)] {
         // A Black Forest Labs folder: the GGUF transformer at its root, the rest beside it.
         let root = dir.path().join(format!("gguf-{q:?}"));
         flux_snapshot(&root, "FluxPipeline").unwrap();
         std::fs::remove_dir_all(root.join("transformer")).unwrap();
         std::fs::remove_file(root.join("model_index.json")).unwrap();
-        let tensors: Vec<_> = names
-            .iter()
-            .map(|n| {
-                (
-                    n.to_string(),
-                    sprout_models::gguf::quantize(n, &bfl[*n], q).unwrap(),
-                )
-            })
-            .collect();
-        sprout_models::gguf::write(
+        sprout_pipeline::flux_quantize::quantize_transformer(
+            &snap,
+            &Components::default(),
+            sprout_models::flux::files::Variant::Dev,
+            q,
             &root.join("flux1-dev-test.gguf"),
-            &tensors,
-            &[
-                ("general.architecture", "flux"),
-                (sprout_models::flux::inspect::GGUF_CONFIG_KEY, &cfg),
-            ],
+            |_, _| {},
         )
         .unwrap();
         let got = with(&root);
