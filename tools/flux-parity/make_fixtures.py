@@ -6,7 +6,7 @@ configuration, CLIP and T5 text encoders), runs them on fixed inputs and writes 
 (diffusers naming and Black Forest Labs naming) plus inputs and outputs as safetensors into
 crates/sprout-models/tests/fixtures/flux/. Needs no download; CI never runs it.
 
-    python -m venv venv && venv/bin/pip install torch diffusers transformers safetensors
+    python -m venv venv && venv/bin/pip install torch diffusers transformers safetensors peft
     venv/bin/python tools/flux-parity/make_fixtures.py
 """
 
@@ -25,10 +25,24 @@ MODELS = {}
 torch.set_default_dtype(torch.float32)
 
 
+# When set, `save` writes nothing and instead checks that the committed file holds what this
+# run computed: the parts are rebuilt this way for fixtures made on top of them (`lora`).
+REBUILD = False
+
+
 def save(name, tensors, meta=None, dtype=torch.float32):
     """Weights are stored as bf16 (they are bf16-representable by construction, see
     `randomise`), inputs and outputs as f32."""
     path = os.path.join(OUT, name)
+    if REBUILD:
+        from safetensors.torch import load_file
+
+        stored = load_file(path)
+        assert stored.keys() == tensors.keys(), f"{name}: other tensors than committed"
+        worst = max(float((stored[k].float() - v.detach().to(dtype).float()).abs().max()) for k, v in tensors.items())
+        print(f"{name}: rebuilt, max abs difference to the committed file {worst:.1e}")
+        assert worst <= 1e-5, f"{name}: this environment does not reproduce the committed fixture"
+        return
     save_file({k: v.detach().contiguous().to(dtype) for k, v in tensors.items()}, path,
               metadata={k: json.dumps(v) for k, v in (meta or {}).items()})
     print(f"{name}: {len(tensors)} tensors, {os.path.getsize(path)} bytes")
@@ -463,8 +477,146 @@ def pipeline_fixtures():
     save("pipeline_io.safetensors", out)
 
 
+# ---------------------------------------------------------------- LoRA adapters
+
+
+def lora_fixtures():
+    """LoRA adapters over the dev transformer, loaded the way diffusers loads them
+    (`FluxPipeline.lora_state_dict`, `load_lora_into_transformer`, `load_lora_weights`):
+    - lora_peft.safetensors: a PEFT adapter on every linear layer, written by
+      `FluxPipeline.save_lora_weights` with its adapter config in the file's metadata (alpha 8
+      over rank 4, and per-layer rank and alpha patterns);
+    - lora_kohya.safetensors: kohya (sd-scripts) names over Black Forest Labs modules, fused
+      qkv and linear1 included, each with its own alpha, plus CLIP parts (`lora_te1_*`).
+    lora_io.safetensors holds the transformer's output on the transformer fixture's inputs with
+    each adapter (the PEFT one also at strength 0.6) and the dev pipeline's image (the pipeline
+    fixture's prompt, latents and settings) with the kohya adapter. The parts are rebuilt and
+    checked against the committed fixtures first; only the lora_* files are written."""
+    global REBUILD
+    import copy
+    import shutil
+    import tempfile
+
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    REBUILD = True
+    transformer_fixtures()
+    vae_fixtures()
+    text_fixtures()
+    REBUILD = False
+    base = MODELS["dev"]
+    io = load_file(os.path.join(OUT, "transformer_dev_io.safetensors"))
+
+    def forward(model):
+        with torch.no_grad():
+            return model(hidden_states=io["img"], encoder_hidden_states=io["txt"], pooled_projections=io["y"],
+                         timestep=io["timesteps"], img_ids=io["img_ids"], txt_ids=io["txt_ids"],
+                         guidance=io["guidance"], return_dict=False)[0]
+
+    assert torch.allclose(forward(base), io["out"], atol=1e-5), "the rebuilt dev transformer differs from its fixture"
+
+    def load_into(model, weight_name, strength=1.0):
+        sd, alphas, meta = FluxPipeline.lora_state_dict(OUT, weight_name=weight_name, return_alphas=True,
+                                                        return_lora_metadata=True)
+        FluxPipeline.load_lora_into_transformer(sd, network_alphas=alphas, transformer=model, adapter_name="a",
+                                                metadata=meta)
+        if strength != 1.0:
+            model.set_adapters(["a"], weights=[strength])
+        return model
+
+    out = {}
+    # PEFT, every linear layer; B is random too, so that every layer changes the output.
+    linears = sorted(n for n, m in base.named_modules() if isinstance(m, torch.nn.Linear))
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules=linears, init_lora_weights=False,
+                     rank_pattern={"single_transformer_blocks.1.proj_mlp": 2},
+                     alpha_pattern={"norm_out.linear": 2, "transformer_blocks.0.attn.to_k": 1})
+    trained = copy.deepcopy(base)
+    trained.add_adapter(cfg, adapter_name="default")
+    g = torch.Generator().manual_seed(51)
+    with torch.no_grad():
+        for name, p in sorted(trained.named_parameters()):
+            if ".lora_" in name:
+                p.copy_(0.1 * torch.randn(p.shape, generator=g))
+    with tempfile.TemporaryDirectory() as tmp:
+        FluxPipeline.save_lora_weights(tmp, transformer_lora_layers=get_peft_model_state_dict(trained),
+                                       transformer_lora_adapter_metadata=cfg.to_dict())
+        shutil.move(os.path.join(tmp, "pytorch_lora_weights.safetensors"), os.path.join(OUT, "lora_peft.safetensors"))
+    out["peft_out"] = forward(load_into(copy.deepcopy(base), "lora_peft.safetensors"))
+    assert torch.allclose(out["peft_out"], forward(trained), atol=1e-5), "the saved adapter does not reload"
+    out["peft_out_strength_0_6"] = forward(load_into(copy.deepcopy(base), "lora_peft.safetensors", 0.6))
+
+    # kohya: every 2-D weight of the BFL layout's blocks, and every linear layer of CLIP. Only
+    # the blocks: diffusers 0.42 converts kohya adapters of the embedders and the final layer
+    # to names without the `transformer.` prefix and then silently loads none of them (and
+    # drops the final layer's alpha); the PEFT adapter above covers those layers.
+    bfl = flux_diffusers_to_bfl(base.state_dict(), TINY["num_layers"], TINY["num_single_layers"])
+    kohya = {}
+    g = torch.Generator().manual_seed(52)
+    for i, (name, w) in enumerate(sorted(bfl.items())):
+        if not name.endswith(".weight") or w.dim() != 2 or not name.startswith(("double_blocks.", "single_blocks.")):
+            continue
+        key = "lora_unet_" + name[: -len(".weight")].replace(".", "_")
+        kohya[f"{key}.lora_down.weight"] = 0.3 * torch.randn(4, w.shape[1], generator=g)
+        kohya[f"{key}.lora_up.weight"] = 0.3 * torch.randn(w.shape[0], 4, generator=g)
+        # Alphas that differ from the rank and from each other.
+        kohya[f"{key}.alpha"] = torch.tensor((2.0, 8.0, 1.0)[i % 3])
+    for name, m in sorted(MODELS["clip"].named_modules()):
+        if isinstance(m, torch.nn.Linear) and "text_projection" not in name:
+            key = "lora_te1_" + ("text_model." + name if not name.startswith("text_model.") else name).replace(".", "_")
+            kohya[f"{key}.lora_down.weight"] = 0.3 * torch.randn(4, m.in_features, generator=g)
+            kohya[f"{key}.lora_up.weight"] = 0.3 * torch.randn(m.out_features, 4, generator=g)
+            kohya[f"{key}.alpha"] = torch.tensor(2.0)
+    save_file(kohya, os.path.join(OUT, "lora_kohya.safetensors"))
+    # diffusers' kohya converter splits single blocks' linear1 at FLUX.1's widths (3072 × 3 +
+    # 12288); the same converter at the tiny model's widths:
+    import inspect
+
+    import diffusers.loaders.lora_conversion_utils as conv
+
+    hidden = TINY["num_attention_heads"] * TINY["attention_head_dim"]
+    src = inspect.getsource(conv._convert_kohya_flux_lora_to_diffusers)
+    assert "dims=[3072, 3072, 3072, 12288]" in src
+    exec(src.replace("dims=[3072, 3072, 3072, 12288]", f"dims=[{hidden}, {hidden}, {hidden}, {4 * hidden}]"),
+         conv.__dict__)
+    import diffusers.loaders.lora_pipeline as lp
+
+    lp._convert_kohya_flux_lora_to_diffusers = conv._convert_kohya_flux_lora_to_diffusers
+    out["kohya_out"] = forward(load_into(copy.deepcopy(base), "lora_kohya.safetensors"))
+
+    clip_tok = CLIPTokenizer(os.path.join(OUT, "tokenizer", "vocab.json"),
+                             os.path.join(OUT, "tokenizer", "merges.txt"), pad_token="<|endoftext|>",
+                             model_max_length=77)
+    t5_tok = T5TokenizerFast(tokenizer_file=os.path.join(OUT, "tokenizer_2", "tokenizer.json"))
+    sched = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                            base_image_seq_len=256, max_image_seq_len=4096)
+    pipe = FluxPipeline(scheduler=sched, vae=MODELS["vae"], text_encoder=copy.deepcopy(MODELS["clip"]),
+                        tokenizer=clip_tok, text_encoder_2=MODELS["t5"], tokenizer_2=t5_tok,
+                        transformer=copy.deepcopy(base))
+    latents = load_file(os.path.join(OUT, "pipeline_io.safetensors"))["dev_latents"]
+    with torch.no_grad():
+        plain = pipe(prompt="a photo of a red circle", height=32, width=48, num_inference_steps=3,
+                     guidance_scale=3.5, latents=latents.clone(), max_sequence_length=16, output_type="pt").images
+    stored = load_file(os.path.join(OUT, "pipeline_io.safetensors"))["dev_image"]
+    assert torch.allclose(plain, stored, atol=1e-5), "the rebuilt pipeline differs from its fixture"
+    pipe.load_lora_weights(OUT, weight_name="lora_kohya.safetensors")
+    assert sum("lora_" in n for n, _ in pipe.text_encoder.named_parameters()) == 2 * len(
+        [k for k in kohya if k.startswith("lora_te1_") and k.endswith("lora_down.weight")]), "CLIP parts not loaded"
+    assert forward(pipe.transformer).sub(out["kohya_out"]).abs().max() == 0
+    with torch.no_grad():
+        out["kohya_image"] = pipe(prompt="a photo of a red circle", height=32, width=48, num_inference_steps=3,
+                                  guidance_scale=3.5, latents=latents.clone(), max_sequence_length=16,
+                                  output_type="pt").images
+    for k, v in out.items():
+        print(f"{k}: max |difference| to the plain model's {float((v - (plain if 'image' in k else io['out'])).abs().max()):.3f}")
+    save("lora_io.safetensors", out)
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
-    which = sys.argv[1:] or ["transformer", "scheduler", "vae", "text", "tokenizer", "pipeline"]
+    which = sys.argv[1:] or ["transformer", "scheduler", "vae", "text", "tokenizer", "pipeline", "lora"]
     for w in which:
         globals()[f"{w}_fixtures"]()

@@ -438,3 +438,38 @@ fn clip_adapters_are_merged_into_clip() {
     assert!(max_abs_diff(&a, &b).unwrap() <= 1e-6);
     assert!(max_abs_diff(&a, &plain).unwrap() > 1e-4);
 }
+
+/// diffusers' FluxPipeline with the kohya fixture adapter (blocks and CLIP, each layer with its
+/// alpha) loaded by `load_lora_weights` draws the same image as Sprout loading it with
+/// `--lora` (`tools/flux-parity/make_fixtures.py lora`; the same prompt, latents and
+/// settings as the plain dev pipeline fixture).
+#[test]
+fn the_pipeline_with_a_kohya_adapter_matches_diffusers() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("snap");
+    flux_snapshot(&root, "FluxPipeline").unwrap();
+    let want = &load("lora_io.safetensors")["kohya_image"];
+    let parts = Components {
+        loras: vec![(flux_fixture("lora_kohya.safetensors"), 1.0)],
+        ..Default::default()
+    };
+    let got = flux_dev_run(&root, &parts).unwrap().1;
+    let d = max_abs_diff(&got, want).unwrap();
+    eprintln!("kohya adapter, whole pipeline: max abs error {d:.2e} on a [0, 1] image");
+    assert!(d <= 1e-4, "{d}");
+    // Without its CLIP parts the adapter draws another image: they are applied, not skipped.
+    let blocks = dir.path().join("blocks.safetensors");
+    write(
+        &blocks,
+        load("lora_kohya.safetensors")
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("lora_te1_"))
+            .collect(),
+    );
+    let parts = Components {
+        loras: vec![(blocks, 1.0)],
+        ..Default::default()
+    };
+    let without_clip = flux_dev_run(&root, &parts).unwrap().1;
+    assert!(max_abs_diff(&without_clip, want).unwrap() > 0.05);
+}

@@ -21,8 +21,8 @@ fn bad(p: &Path, e: impl std::fmt::Display) -> ModelError {
     ModelError::Config(format!("{}: {e}", p.display()))
 }
 
-/// The tensors of a safetensors file, from its JSON header.
-pub fn safetensors_header(path: &Path) -> Result<Vec<TensorInfo>> {
+/// A safetensors file's JSON header as an object, its length, and the file's length.
+fn header_object(path: &Path) -> Result<(serde_json::Map<String, serde_json::Value>, u64, u64)> {
     let mut f = std::fs::File::open(path).map_err(|e| bad(path, e))?;
     let file_len = f.metadata().map_err(|e| bad(path, e))?.len();
     let mut n = [0u8; 8];
@@ -36,11 +36,34 @@ pub fn safetensors_header(path: &Path) -> Result<Vec<TensorInfo>> {
     f.read_exact(&mut header).map_err(|e| bad(path, e))?;
     let v: serde_json::Value = serde_json::from_slice(&header)
         .map_err(|e| bad(path, format!("not a safetensors file ({e})")))?;
-    let obj = v
+    match v {
+        serde_json::Value::Object(obj) => Ok((obj, n, file_len)),
+        _ => Err(bad(path, "safetensors header is not an object")),
+    }
+}
+
+/// The free-form `__metadata__` strings of a safetensors file (empty when it has none).
+pub fn safetensors_metadata(path: &Path) -> Result<std::collections::HashMap<String, String>> {
+    let (obj, _, _) = header_object(path)?;
+    let Some(meta) = obj.get("__metadata__") else {
+        return Ok(Default::default());
+    };
+    let meta = meta
         .as_object()
-        .ok_or_else(|| bad(path, "safetensors header is not an object"))?;
+        .ok_or_else(|| bad(path, "__metadata__ is not an object"))?;
+    meta.iter()
+        .map(|(k, v)| match v.as_str() {
+            Some(s) => Ok((k.clone(), s.to_string())),
+            None => Err(bad(path, format!("__metadata__ entry {k} is not a string"))),
+        })
+        .collect()
+}
+
+/// The tensors of a safetensors file, from its JSON header.
+pub fn safetensors_header(path: &Path) -> Result<Vec<TensorInfo>> {
+    let (obj, n, file_len) = header_object(path)?;
     let mut out = Vec::with_capacity(obj.len());
-    for (name, t) in obj {
+    for (name, t) in &obj {
         if name == "__metadata__" {
             continue;
         }

@@ -76,6 +76,108 @@ fn parse_name(name: &str) -> Option<(String, &'static str)> {
     None
 }
 
+/// The metadata entry in which diffusers stores each model's PEFT `LoraConfig` as JSON (keys
+/// `transformer.lora_alpha`, `transformer.alpha_pattern`, `text_encoder.r`, …).
+const PEFT_METADATA: &str = "lora_adapter_metadata";
+
+/// One model's PEFT adapter config: what sets the factor of layers without an `.alpha` tensor.
+#[derive(Debug, Default)]
+struct PeftConfig {
+    alpha: Option<f64>,
+    /// Per-layer alphas: PEFT matches pattern `p` against a layer's path as the regular
+    /// expression `(.*\.)?(p)$`, taking the first match in the stored (sorted) order.
+    alpha_pattern: Vec<(regex::Regex, f64)>,
+    /// rsLoRA divides alpha by √rank instead of rank.
+    rslora: bool,
+}
+
+/// The PEFT configs of a file's models (`transformer`, `text_encoder`), from its metadata.
+#[derive(Debug, Default)]
+struct PeftConfigs(HashMap<String, PeftConfig>);
+
+impl PeftConfigs {
+    fn read(path: &Path) -> Result<PeftConfigs> {
+        let meta = crate::flux::inspect::safetensors_metadata(path)?;
+        let Some(text) = meta.get(PEFT_METADATA) else {
+            return Ok(PeftConfigs::default());
+        };
+        let fields: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text)
+            .map_err(|e| {
+                bad(
+                    path,
+                    format!("metadata {PEFT_METADATA} is not a JSON object ({e})"),
+                )
+            })?;
+        let number = |k: &str, v: &serde_json::Value| {
+            v.as_f64()
+                .filter(|a| a.is_finite() && *a > 0.0)
+                .ok_or_else(|| {
+                    bad(
+                        path,
+                        format!("metadata {PEFT_METADATA}: {k} = {v} is not a positive number"),
+                    )
+                })
+        };
+        let mut out: HashMap<String, PeftConfig> = HashMap::new();
+        for (k, v) in &fields {
+            let Some((model, field)) = k.split_once('.') else {
+                continue;
+            };
+            let c = out.entry(model.to_string()).or_default();
+            match field {
+                "lora_alpha" => c.alpha = Some(number(k, v)?),
+                "use_rslora" => c.rslora = v.as_bool() == Some(true),
+                "use_dora" if v.as_bool() == Some(true) => {
+                    return Err(bad(
+                        path,
+                        format!("a DoRA adapter ({k} is true); Sprout applies plain LoRA only"),
+                    ))
+                }
+                "alpha_pattern" => {
+                    for (p, a) in v.as_object().into_iter().flatten() {
+                        let re =
+                            regex::Regex::new(&format!(r"^(?:.*\.)?(?:{p})$")).map_err(|e| {
+                                bad(
+                                    path,
+                                    format!("metadata {PEFT_METADATA}: {k} pattern {p:?}: {e}"),
+                                )
+                            })?;
+                        c.alpha_pattern.push((re, number(&format!("{k}.{p}"), a)?));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(PeftConfigs(out))
+    }
+
+    /// The factor alpha / rank (alpha / √rank for rsLoRA) of layer `key` (as [`parse_name`]
+    /// leaves it: `text_encoder.` kept, `transformer.` removed) of rank `rank`; None where no
+    /// config covers it (kohya's `lora_*` names carry their alphas as tensors).
+    fn factor(&self, key: &str, rank: usize) -> Option<f64> {
+        if key.starts_with("lora_") {
+            return None;
+        }
+        let (model, module) = match key.split_once('.') {
+            Some((m @ ("text_encoder" | "text_encoder_2"), rest)) => (m, rest),
+            _ => ("transformer", key),
+        };
+        let c = self.0.get(model)?;
+        let alpha = c
+            .alpha_pattern
+            .iter()
+            .find(|(re, _)| re.is_match(module))
+            .map(|(_, a)| *a)
+            .or(c.alpha)?;
+        let r = rank as f64;
+        Some(if c.rslora {
+            alpha / r.sqrt()
+        } else {
+            alpha / r
+        })
+    }
+}
+
 impl Lora {
     pub fn is_empty(&self) -> bool {
         self.layers.is_empty()
@@ -89,6 +191,7 @@ impl Lora {
                 format!("LoRA strength {strength} is not a number"),
             ));
         }
+        let peft = PeftConfigs::read(path)?;
         let tensors = candle_core::safetensors::load(path, &Device::Cpu)
             .map_err(|e| bad(path, format!("not a readable safetensors LoRA file ({e})")))?;
         let mut parts: HashMap<String, Found> = HashMap::new();
@@ -145,8 +248,13 @@ impl Lora {
                     ),
                 ));
             }
-            // No alpha stored means alpha = rank (PEFT's files), i.e. a factor of 1.
-            let scale = strength * alpha.map_or(1.0, |a| a / rank as f64);
+            // Without an alpha tensor, the adapter config in the metadata gives the factor;
+            // without either, alpha = rank (as diffusers reads such files): a factor of 1.
+            let factor = match alpha {
+                Some(a) => a / rank as f64,
+                None => peft.factor(&key, rank).unwrap_or(1.0),
+            };
+            let scale = strength * factor;
             self.files.insert(key.clone(), path.to_path_buf());
             self.layers
                 .entry(key)
