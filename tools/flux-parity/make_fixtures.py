@@ -615,8 +615,65 @@ def lora_fixtures():
     save("lora_io.safetensors", out)
 
 
+# ---------------------------------------------------------------- inpainting
+
+
+def inpaint_fixtures():
+    """diffusers' FluxInpaintPipeline (dev, 4 steps, strength 0.85) and FluxKontextInpaintPipeline
+    (Kontext over the dev transformer: the image is also the reference, 3 steps, strength 1)
+    over the tiny parts, from a fixed image, mask and noise. The mask is aligned to the
+    autoencoder's 2-pixel cells, where diffusers' nearest-neighbour mask resize and Sprout's
+    "a cell is redrawn when any of its pixels is" agree. The parts are rebuilt and checked
+    against the committed fixtures first; only inpaint_io.safetensors is written."""
+    global REBUILD
+    import diffusers.pipelines.flux.pipeline_flux_inpaint as inp
+    import diffusers.pipelines.flux.pipeline_flux_kontext_inpaint as kinp
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from PIL import Image
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    REBUILD = True
+    transformer_fixtures()
+    vae_fixtures()
+    text_fixtures()
+    REBUILD = False
+    clip_tok = CLIPTokenizer(os.path.join(OUT, "tokenizer", "vocab.json"),
+                             os.path.join(OUT, "tokenizer", "merges.txt"), pad_token="<|endoftext|>",
+                             model_max_length=77)
+    t5_tok = T5TokenizerFast(tokenizer_file=os.path.join(OUT, "tokenizer_2", "tokenizer.json"))
+    g = torch.Generator().manual_seed(91)
+    pixels = (torch.rand(32, 48, 3, generator=g) * 255).round().to(torch.uint8)
+    # Redraw a 16×20-pixel box and a 4×6 one (both on even pixels), keep the rest.
+    mask = torch.zeros(32, 48, dtype=torch.uint8)
+    mask[6:22, 10:30] = 255
+    mask[24:28, 36:42] = 255
+    noise = torch.randn(1, 4, 16, 24, generator=g)  # this VAE has 4 latent channels
+    out = dict(input=pixels.float(), mask=mask.float() / 255, noise=noise)
+    for module in (inp, kinp):
+        module.retrieve_latents = lambda enc, generator=None, sample_mode="sample": enc.latent_dist.mode()
+        module.randn_tensor = lambda shape, generator=None, device=None, dtype=None, layout=None: noise.clone()
+
+    def sched():
+        return FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                               base_image_seq_len=256, max_image_seq_len=4096)
+
+    parts = dict(vae=MODELS["vae"], text_encoder=MODELS["clip"], tokenizer=clip_tok, text_encoder_2=MODELS["t5"],
+                 tokenizer_2=t5_tok, transformer=MODELS["dev"])
+    image, mask_image = Image.fromarray(pixels.numpy()), Image.fromarray(mask.numpy())
+    with torch.no_grad():
+        out["inpaint_image"] = inp.FluxInpaintPipeline(scheduler=sched(), **parts)(
+            prompt="a photo of a red circle", image=image, mask_image=mask_image, height=32, width=48,
+            strength=0.85, num_inference_steps=4, guidance_scale=3.5, max_sequence_length=16,
+            output_type="pt").images
+        out["kontext_inpaint_image"] = kinp.FluxKontextInpaintPipeline(scheduler=sched(), **parts)(
+            prompt="make the circle blue", image=image, mask_image=mask_image, height=32, width=48,
+            strength=1.0, num_inference_steps=3, guidance_scale=2.5, max_sequence_length=16,
+            output_type="pt", _auto_resize=False, max_area=32 * 48).images
+    save("inpaint_io.safetensors", out)
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
-    which = sys.argv[1:] or ["transformer", "scheduler", "vae", "text", "tokenizer", "pipeline", "lora"]
+    which = sys.argv[1:] or ["transformer", "scheduler", "vae", "text", "tokenizer", "pipeline", "lora", "inpaint"]
     for w in which:
         globals()[f"{w}_fixtures"]()

@@ -115,8 +115,12 @@ fn peft_file(path: &std::path::Path, metadata: &str) -> (Tensor, Tensor) {
     let (out, inp) = load("transformer_dev_bfl.safetensors")["img_in.weight"]
         .dims2()
         .unwrap();
-    let down: Vec<f32> = (0..4 * inp).map(|i| ((i * 7 % 13) as f32 - 6.0) / 10.0).collect();
-    let up: Vec<f32> = (0..out * 4).map(|i| ((i * 5 % 11) as f32 - 5.0) / 10.0).collect();
+    let down: Vec<f32> = (0..4 * inp)
+        .map(|i| ((i * 7 % 13) as f32 - 6.0) / 10.0)
+        .collect();
+    let up: Vec<f32> = (0..out * 4)
+        .map(|i| ((i * 5 % 11) as f32 - 5.0) / 10.0)
+        .collect();
     let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let (db, ub) = (bytes(&down), bytes(&up));
     let views = vec![
@@ -189,6 +193,9 @@ fn the_peft_config_in_the_metadata_sets_the_factor() {
     ] {
         peft_file(&f, meta);
         let e = merged_img_in(&f).unwrap_err().to_string();
-        assert!(e.contains(says) && e.contains("a.safetensors"), "{meta}: {e}");
+        assert!(
+            e.contains(says) && e.contains("a.safetensors"),
+            "{meta}: {e}"
+        );
     }
 }

@@ -14,7 +14,7 @@ use sprout_models::flux::convert::DiffusersTransformerConfig;
 use sprout_models::flux::files::Variant;
 use sprout_models::flux::tokenize::{clip_tokenizer, t5_tokenizer};
 use sprout_models::flux::vae::FluxVae;
-use sprout_pipeline::flux::{FluxModel, Img2Img, T5Slot, TextParts};
+use sprout_pipeline::flux::{FluxModel, Img2Img, Inpaint, T5Slot, TextParts};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -195,4 +195,82 @@ fn kontext_sizes_follow_the_reference_list() {
     assert_eq!(kontext_size(512, 512), (1024, 1024));
     assert_eq!(kontext_size(1920, 1080), (1392, 752));
     assert_eq!(kontext_size(600, 1400), (672, 1568));
+}
+
+/// Inpainting against diffusers' FluxInpaintPipeline (dev, strength 0.85) and
+/// FluxKontextInpaintPipeline (the image is also Kontext's reference, strength 1), from the same
+/// image, mask and noise: inside the mask Sprout draws the reference's pixels; outside it
+/// keeps the input's own pixels (diffusers returns them as decoded, Sprout pastes them back).
+#[test]
+fn inpainting_matches_diffusers_inside_the_mask_and_keeps_the_image_outside() {
+    let (_, io, _) = load("inpaint_io.safetensors");
+    let image = model_image(&io["input"]);
+    let input = (image.clone() + 1.0).unwrap() / 2.0;
+    let input = input.unwrap();
+    let mask = io["mask"].reshape((1, 1, 32, 48)).unwrap();
+    let kept = (1.0 - &mask).unwrap();
+    let noise = sprout_models::dit::embed::patchify(&io["noise"], 2).unwrap();
+    for (variant, prompt, steps, guidance, strength, key) in [
+        (
+            Variant::Dev,
+            "a photo of a red circle",
+            4,
+            3.5,
+            0.85,
+            "inpaint_image",
+        ),
+        (
+            Variant::Kontext,
+            "make the circle blue",
+            3,
+            2.5,
+            1.0,
+            "kontext_inpaint_image",
+        ),
+    ] {
+        let mut m = model(variant, "dev");
+        let text = m.encode_text(prompt).unwrap();
+        let r = m.encode_reference(&image).unwrap();
+        let init = Img2Img {
+            image: r.tokens.clone(),
+            strength,
+            inpaint: Some(Inpaint {
+                mask: mask.clone(),
+                image: image.clone(),
+            }),
+        };
+        let refs = if variant == Variant::Kontext {
+            vec![r]
+        } else {
+            vec![]
+        };
+        let img = m
+            .sample(
+                &text,
+                &noise,
+                &refs,
+                Some(&init),
+                48,
+                32,
+                steps,
+                guidance,
+                |_, _| {},
+            )
+            .unwrap();
+        let want = &io[key];
+        let inside =
+            sprout_models::ops::max_abs(&(&img - want).unwrap().broadcast_mul(&mask).unwrap())
+                .unwrap();
+        let outside =
+            sprout_models::ops::max_abs(&(&img - &input).unwrap().broadcast_mul(&kept).unwrap())
+                .unwrap();
+        eprintln!("{key}: max abs error {inside:.2e} inside the mask; {outside:.1e} from the input outside it");
+        assert!(inside <= 1e-4, "{key}: {inside}");
+        assert!(outside <= 1e-6, "{key}: {outside}");
+        // The masked area is drawn anew: it is not the input there.
+        let changed =
+            sprout_models::ops::max_abs(&(&img - &input).unwrap().broadcast_mul(&mask).unwrap())
+                .unwrap();
+        assert!(changed > 0.1, "{key}: {changed}");
+    }
 }
