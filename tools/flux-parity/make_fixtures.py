@@ -480,6 +480,27 @@ def pipeline_fixtures():
 # ---------------------------------------------------------------- LoRA adapters
 
 
+def rebuilt_parts():
+    """Rebuild the tiny parts into MODELS, checking each against its committed fixture (for
+    fixtures made on top of them), and return the (CLIP, T5) tokenizers of the fixtures."""
+    global REBUILD
+    from transformers import CLIPTokenizer, T5TokenizerFast
+
+    REBUILD = True
+    try:
+        transformer_fixtures()
+        vae_fixtures()
+        text_fixtures()
+    finally:
+        REBUILD = False
+    clip_tok = CLIPTokenizer(os.path.join(OUT, "tokenizer", "vocab.json"),
+                             os.path.join(OUT, "tokenizer", "merges.txt"), pad_token="<|endoftext|>",
+                             model_max_length=77)
+    t5_tok = T5TokenizerFast(tokenizer_file=os.path.join(OUT, "tokenizer_2", "tokenizer.json"))
+    return clip_tok, t5_tok
+
+
+
 def lora_fixtures():
     """LoRA adapters over the dev transformer, loaded the way diffusers loads them
     (`FluxPipeline.lora_state_dict`, `load_lora_into_transformer`, `load_lora_weights`):
@@ -492,7 +513,6 @@ def lora_fixtures():
     each adapter (the PEFT one also at strength 0.6) and the dev pipeline's image (the pipeline
     fixture's prompt, latents and settings) with the kohya adapter. The parts are rebuilt and
     checked against the committed fixtures first; only the lora_* files are written."""
-    global REBUILD
     import copy
     import shutil
     import tempfile
@@ -501,13 +521,8 @@ def lora_fixtures():
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import load_file
-    from transformers import CLIPTokenizer, T5TokenizerFast
 
-    REBUILD = True
-    transformer_fixtures()
-    vae_fixtures()
-    text_fixtures()
-    REBUILD = False
+    clip_tok, t5_tok = rebuilt_parts()
     base = MODELS["dev"]
     io = load_file(os.path.join(OUT, "transformer_dev_io.safetensors"))
 
@@ -543,7 +558,10 @@ def lora_fixtures():
                 p.copy_(0.1 * torch.randn(p.shape, generator=g))
     with tempfile.TemporaryDirectory() as tmp:
         FluxPipeline.save_lora_weights(tmp, transformer_lora_layers=get_peft_model_state_dict(trained),
-                                       transformer_lora_adapter_metadata=cfg.to_dict())
+                                       # PEFT keeps target_modules as a set: sorted, the
+                                       # file is the same from run to run.
+                                       transformer_lora_adapter_metadata=dict(
+                                           cfg.to_dict(), target_modules=sorted(cfg.target_modules)))
         shutil.move(os.path.join(tmp, "pytorch_lora_weights.safetensors"), os.path.join(OUT, "lora_peft.safetensors"))
     out["peft_out"] = forward(load_into(copy.deepcopy(base), "lora_peft.safetensors"))
     assert torch.allclose(out["peft_out"], forward(trained), atol=1e-5), "the saved adapter does not reload"
@@ -587,10 +605,6 @@ def lora_fixtures():
     lp._convert_kohya_flux_lora_to_diffusers = conv._convert_kohya_flux_lora_to_diffusers
     out["kohya_out"] = forward(load_into(copy.deepcopy(base), "lora_kohya.safetensors"))
 
-    clip_tok = CLIPTokenizer(os.path.join(OUT, "tokenizer", "vocab.json"),
-                             os.path.join(OUT, "tokenizer", "merges.txt"), pad_token="<|endoftext|>",
-                             model_max_length=77)
-    t5_tok = T5TokenizerFast(tokenizer_file=os.path.join(OUT, "tokenizer_2", "tokenizer.json"))
     sched = FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                             base_image_seq_len=256, max_image_seq_len=4096)
     pipe = FluxPipeline(scheduler=sched, vae=MODELS["vae"], text_encoder=copy.deepcopy(MODELS["clip"]),
@@ -625,22 +639,12 @@ def inpaint_fixtures():
     autoencoder's 2-pixel cells, where diffusers' nearest-neighbour mask resize and Sprout's
     "a cell is redrawn when any of its pixels is" agree. The parts are rebuilt and checked
     against the committed fixtures first; only inpaint_io.safetensors is written."""
-    global REBUILD
     import diffusers.pipelines.flux.pipeline_flux_inpaint as inp
     import diffusers.pipelines.flux.pipeline_flux_kontext_inpaint as kinp
     from diffusers import FlowMatchEulerDiscreteScheduler
     from PIL import Image
-    from transformers import CLIPTokenizer, T5TokenizerFast
 
-    REBUILD = True
-    transformer_fixtures()
-    vae_fixtures()
-    text_fixtures()
-    REBUILD = False
-    clip_tok = CLIPTokenizer(os.path.join(OUT, "tokenizer", "vocab.json"),
-                             os.path.join(OUT, "tokenizer", "merges.txt"), pad_token="<|endoftext|>",
-                             model_max_length=77)
-    t5_tok = T5TokenizerFast(tokenizer_file=os.path.join(OUT, "tokenizer_2", "tokenizer.json"))
+    clip_tok, t5_tok = rebuilt_parts()
     g = torch.Generator().manual_seed(91)
     pixels = (torch.rand(32, 48, 3, generator=g) * 255).round().to(torch.uint8)
     # Redraw a 16×20-pixel box and a 4×6 one (both on even pixels), keep the rest.
