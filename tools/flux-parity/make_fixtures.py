@@ -676,8 +676,68 @@ def inpaint_fixtures():
     save("inpaint_io.safetensors", out)
 
 
+# ---------------------------------------------------------------- Fill, Canny / Depth
+
+
+def conditioned_fixtures():
+    """FLUX.1 Fill and FLUX.1 Canny / Depth: the dev transformer's design with extra input
+    channels per token. Fill takes the masked image's latents and the mask (pixel-unshuffled
+    by the autoencoder's factor) beside the latents: in_channels 4·C + 4·C + 4·f² = 48 here
+    (384 at full size); Canny / Depth take the control image's latents: 4·C + 4·C = 32 (128).
+    Writes tiny random transformers of both (both layouts) and, in conditioned_io.safetensors,
+    FluxFillPipeline's image (strength 1, 3 steps, guidance 30) and FluxControlPipeline's
+    (3 steps, guidance 10) over the other tiny parts, from a fixed image, mask, control image
+    and noise. The autoencoder's posterior is read at its mean, as Sprout encodes."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxControlPipeline, FluxFillPipeline, FluxTransformer2DModel
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    import diffusers.pipelines.flux.pipeline_flux_fill as fill
+    from PIL import Image
+
+    clip_tok, t5_tok = rebuilt_parts()
+    DiagonalGaussianDistribution.sample = lambda self, generator=None: self.mode()
+    g = torch.Generator().manual_seed(101)
+    out = {}
+    models = {}
+    for name, in_channels, seed in (("fill", 48, 15), ("control", 32, 16)):
+        cfg = dict(TINY, in_channels=in_channels, out_channels=16, guidance_embeds=True)
+        model = FluxTransformer2DModel(**cfg).eval()
+        randomise(model, seed, std=0.1)
+        models[name] = model
+        sd = model.state_dict()
+        save(f"transformer_{name}_diffusers.safetensors", sd, {"config": cfg}, torch.bfloat16)
+        save(f"transformer_{name}_bfl.safetensors",
+             flux_diffusers_to_bfl(sd, TINY["num_layers"], TINY["num_single_layers"]), {"config": cfg},
+             torch.bfloat16)
+
+    def sched():
+        return FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                               base_image_seq_len=256, max_image_seq_len=4096)
+
+    parts = dict(vae=MODELS["vae"], text_encoder=MODELS["clip"], tokenizer=clip_tok, text_encoder_2=MODELS["t5"],
+                 tokenizer_2=t5_tok)
+    pixels = (torch.rand(32, 48, 3, generator=g) * 255).round().to(torch.uint8)
+    mask = torch.zeros(32, 48, dtype=torch.uint8)
+    mask[5:21, 9:31] = 255  # odd edges: cells half inside the mask
+    noise = torch.randn(1, 4, 16, 24, generator=g)
+    fill.randn_tensor = lambda shape, generator=None, device=None, dtype=None, layout=None: noise.clone()
+    control = (torch.rand(32, 48, 3, generator=g) * 255).round().to(torch.uint8)
+    latents = torch.randn(1, 8 * 12, 16, generator=g)
+    with torch.no_grad():
+        out["fill_image"] = FluxFillPipeline(scheduler=sched(), transformer=models["fill"], **parts)(
+            prompt="a photo of a red circle", image=Image.fromarray(pixels.numpy()),
+            mask_image=Image.fromarray(mask.numpy()), height=32, width=48, strength=1.0, num_inference_steps=3,
+            guidance_scale=30.0, max_sequence_length=16, output_type="pt").images
+        out["control_image"] = FluxControlPipeline(scheduler=sched(), transformer=models["control"], **parts)(
+            prompt="a photo of a red circle", control_image=Image.fromarray(control.numpy()), height=32, width=48,
+            num_inference_steps=3, guidance_scale=10.0, latents=latents.clone(), max_sequence_length=16,
+            output_type="pt").images
+    out.update(fill_input=pixels.float(), fill_mask=mask.float() / 255, fill_noise=noise, control_input=control.float(),
+               control_latents=latents)
+    save("conditioned_io.safetensors", out)
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
-    which = sys.argv[1:] or ["transformer", "scheduler", "vae", "text", "tokenizer", "pipeline", "lora", "inpaint"]
+    which = sys.argv[1:] or ["transformer", "scheduler", "vae", "text", "tokenizer", "pipeline", "lora", "inpaint", "conditioned"]
     for w in which:
         globals()[f"{w}_fixtures"]()

@@ -74,7 +74,7 @@ fn flux_rows(a: &BenchArgs, weights: &std::path::Path, rows: &mut Vec<Row>) -> R
     let f = model.vae.cfg.downscale() * 2;
     let tokens = (w as usize / f) * (h as usize / f);
     let cfg = model.dit.config().clone();
-    let img = Tensor::randn(0f32, 1.0, (1, tokens, cfg.in_channels()), &Device::Cpu)?
+    let img = Tensor::randn(0f32, 1.0, (1, tokens, cfg.embed_channels()), &Device::Cpu)?
         .to_dtype(model.dtype())?;
     let img_ids = grid_ids(0, h as usize / f, w as usize / f, &Device::Cpu)?;
     let lt = text.states.dim(1)?;

@@ -1,4 +1,5 @@
-//! `sprout generate --model flux-schnell|flux-dev|flux-kontext --weights PATH …`
+//! `sprout generate --model flux-schnell|flux-dev|flux-kontext|flux-fill|flux-canny|flux-depth
+//! --weights PATH …`
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -113,21 +114,49 @@ fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
             bail!("--strength {s} is out of range (0, 1]");
         }
     }
+    match (variant, &a.control_image) {
+        (Variant::Canny | Variant::Depth, None) => bail!(
+            "--model {} draws from an {} map: give it with --control-image",
+            a.model,
+            if variant == Variant::Canny {
+                "edge"
+            } else {
+                "depth"
+            }
+        ),
+        (Variant::Canny | Variant::Depth, Some(_)) => {}
+        (_, Some(_)) => bail!(
+            "--control-image is for --model flux-canny or flux-depth, not {}",
+            a.model
+        ),
+        (_, None) => {}
+    }
+    if variant == Variant::Fill && a.mask.is_none() {
+        bail!(
+            "--model flux-fill redraws the masked area of an image: give --init-image and --mask"
+        );
+    }
     let init_image = match &a.init_image {
         Some(p) => Some(open_image(p, "--init-image")?),
         None => None,
     };
+    let control_image = match &a.control_image {
+        Some(p) => Some(open_image(p, "--control-image")?),
+        None => None,
+    };
+    let sized = init_image
+        .as_ref()
+        .map(|i| ("--init-image", i))
+        .or(control_image.as_ref().map(|i| ("--control-image", i)));
     let (width, height) = match (&a.size, &a.aspect, inputs.first()) {
         (Some(s), _, _) => parse_size(s)?,
         (None, Some(r), _) => AspectRatio::parse(r)?.canvas(1024),
-        // img2img keeps its image's size (rounded down to FLUX's multiple of 16).
-        (None, None, _) if init_image.is_some() => {
-            let (w, h) = init_image
-                .as_ref()
-                .map(|i| i.dimensions())
-                .unwrap_or_default();
+        // img2img and control keep their image's size (rounded down to FLUX's multiple of 16).
+        (None, None, _) if sized.is_some() => {
+            let (flag, img) = sized.expect("checked");
+            let (w, h) = img.dimensions();
             if w < 16 || h < 16 {
-                bail!("--init-image is {w}x{h}; FLUX needs at least 16x16");
+                bail!("{flag} is {w}x{h}; FLUX needs at least 16x16");
             }
             (w / 16 * 16, h / 16 * 16)
         }
@@ -190,7 +219,7 @@ fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
             bail!("--latents holds {} samples, -n asks for {}", l.dim(0)?, a.n);
         }
     }
-    let refs = inputs
+    let mut refs = inputs
         .iter()
         .map(|p| {
             model
@@ -198,6 +227,10 @@ fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
                 .map_err(anyhow::Error::from)
         })
         .collect::<Result<Vec<_>>>()?;
+    if let Some(img) = &control_image {
+        let image = resized(img, width as usize, height as usize)?;
+        refs.push(model.encode_reference(&image)?);
+    }
     let init = match &init_image {
         Some(img) => {
             let image = resized(img, width as usize, height as usize)?;
@@ -265,6 +298,9 @@ fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
             if let Some(m) = &a.mask {
                 meta.push(("mask", m.display().to_string()));
             }
+        }
+        if let Some(p) = &a.control_image {
+            meta.push(("control_image", p.display().to_string()));
         }
         meta.push(match &a.latents {
             Some(p) => ("latents", format!("{} [{i}]", p.display())),

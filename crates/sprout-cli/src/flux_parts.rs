@@ -42,7 +42,7 @@ impl FluxPartsArgs {
     /// Refuse the flags where the model is not a FLUX one.
     pub fn refuse_for(&self, model: &str) -> Result<()> {
         if !self.components().is_empty() {
-            bail!("--vae, --clip, --t5, --tokenizers and --lora apply to the FLUX models (--model flux-schnell|flux-dev|flux-kontext), not {model:?}");
+            bail!("--vae, --clip, --t5, --tokenizers and --lora apply to the FLUX models (--model flux-schnell|flux-dev|flux-kontext|flux-fill|flux-canny|flux-depth), not {model:?}");
         }
         Ok(())
     }

@@ -43,7 +43,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub sampler: Option<String>,
     /// `default` (embedded), a model bundle directory, or flux-schnell | flux-dev |
-    /// flux-kontext (with --weights).
+    /// flux-kontext | flux-fill | flux-canny | flux-depth (with --weights).
     #[arg(long, default_value = "default")]
     pub model: String,
     /// FLUX weights: a Black Forest Labs file or folder, or a diffusers snapshot folder.
@@ -73,6 +73,10 @@ pub struct GenerateArgs {
     /// defaults to 1 (the area is drawn anew).
     #[arg(long, requires = "init_image")]
     pub mask: Option<PathBuf>,
+    /// FLUX.1 Canny / Depth: the edge map or depth map that lays out the image (resized to
+    /// the canvas, which defaults to its size rounded down to 16).
+    #[arg(long)]
+    pub control_image: Option<PathBuf>,
     /// Output PNG (with several images: OUT_0.png, OUT_1.png, …).
     #[arg(short = 'o', long)]
     pub out: PathBuf,
@@ -148,8 +152,12 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     if a.model.starts_with("flux-") {
         return crate::flux_cmd::generate(a);
     }
-    if a.weights.is_some() || a.latents.is_some() || a.max_sequence_length.is_some() {
-        bail!("--weights, --latents and --max-sequence-length apply to the FLUX models (--model flux-schnell|flux-dev|flux-kontext)");
+    if a.weights.is_some()
+        || a.latents.is_some()
+        || a.max_sequence_length.is_some()
+        || a.control_image.is_some()
+    {
+        bail!("--weights, --latents, --max-sequence-length and --control-image apply to the FLUX models (--model flux-schnell|flux-dev|flux-kontext|flux-fill|flux-canny|flux-depth)");
     }
     a.parts.refuse_for(&a.model)?;
     if let Some(s) = a.strength {

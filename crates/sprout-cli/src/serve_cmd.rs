@@ -77,6 +77,13 @@ pub fn run(a: ServeArgs) -> Result<()> {
     };
     let (engine, name) = if a.model.starts_with("flux-") {
         let variant = Variant::parse(&a.model)?;
+        if matches!(variant, Variant::Fill | Variant::Canny | Variant::Depth) {
+            bail!(
+                "the server does not serve {} yet (its start-up run draws from text alone); use `sprout generate --model {}`",
+                variant.name(),
+                variant.name()
+            );
+        }
         let Some(weights) = &a.weights else {
             bail!(
                 "--model {} needs --weights PATH (a Black Forest Labs file or folder, or a diffusers snapshot)",

@@ -584,3 +584,187 @@ fn quantize_writes_gguf_files_the_loader_runs() {
         assert!(stderr(&r).contains(want), "{want}: {}", stderr(&r));
     }
 }
+
+/// An 8-bit (H, W, 3) fixture image as a PNG.
+fn save_rgb(path: &Path, pixels: &Tensor) {
+    let (h, w, _) = pixels.dims3().unwrap();
+    let v: Vec<u8> = pixels
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|v| *v as u8)
+        .collect();
+    image::RgbImage::from_raw(w as u32, h as u32, v)
+        .unwrap()
+        .save(path)
+        .unwrap();
+}
+
+/// FLUX.1 Fill and Canny from the CLI on snapshots of the tiny fixtures: Fill with
+/// `--init-image` and `--mask` draws diffusers' FluxFillPipeline image inside the mask and
+/// keeps the input outside it; Canny with `--control-image` draws FluxControlPipeline's image;
+/// a missing mask or control image, or weights of another kind, are refused by name.
+#[test]
+fn flux_fill_and_canny_from_the_cli_match_the_reference_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = candle_core::safetensors::load(fixture("conditioned_io.safetensors"), &Device::Cpu)
+        .unwrap();
+    let (fill, canny) = (dir.path().join("fill"), dir.path().join("canny"));
+    sprout_pipeline::testing::flux_snapshot_with(
+        &fill,
+        "FluxFillPipeline",
+        "transformer_fill_diffusers.safetensors",
+    )
+    .unwrap();
+    sprout_pipeline::testing::flux_snapshot_with(
+        &canny,
+        "FluxControlPipeline",
+        "transformer_control_diffusers.safetensors",
+    )
+    .unwrap();
+    let (input, mask, control) = (
+        dir.path().join("in.png"),
+        dir.path().join("mask.png"),
+        dir.path().join("edges.png"),
+    );
+    save_rgb(&input, &io["fill_input"]);
+    save_rgb(&control, &io["control_input"]);
+    let m = (&io["fill_mask"] * 255.0).unwrap().unsqueeze(2).unwrap();
+    save_rgb(&mask, &Tensor::cat(&[&m, &m, &m], 2).unwrap());
+    let (noise, latents) = (
+        dir.path().join("noise.safetensors"),
+        dir.path().join("latents.safetensors"),
+    );
+    save_one(&noise, &io["fill_noise"]);
+    save_one(&latents, &io["control_latents"]);
+    let out = dir.path().join("out.png");
+    let run = |model: &str, weights: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "a photo of a red circle",
+            "--model",
+            model,
+            "--weights",
+            weights.to_str().unwrap(),
+            "--steps",
+            "3",
+            "--max-sequence-length",
+            "16",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        sprout(&args)
+    };
+    let (i, k, c) = (
+        input.to_str().unwrap(),
+        mask.to_str().unwrap(),
+        control.to_str().unwrap(),
+    );
+    let r = run(
+        "flux-fill",
+        &fill,
+        &[
+            "--init-image",
+            i,
+            "--mask",
+            k,
+            "--latents",
+            noise.to_str().unwrap(),
+        ],
+    );
+    assert!(r.status.success(), "{}", stderr(&r));
+    let diffs = pixel_diffs(&out, &io["fill_image"]);
+    let kept = pixel_diffs(
+        &out,
+        &((&io["fill_input"] / 255.0)
+            .unwrap()
+            .permute((2, 0, 1))
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap()),
+    );
+    let masked: Vec<bool> = io["fill_mask"]
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .flat_map(|m| [*m > 0.5; 3])
+        .collect();
+    let inside = diffs
+        .iter()
+        .zip(&masked)
+        .filter(|(_, m)| **m)
+        .map(|(d, _)| *d);
+    let outside = kept
+        .iter()
+        .zip(&masked)
+        .filter(|(_, m)| !**m)
+        .map(|(d, _)| *d);
+    let (inside, outside): (Vec<f32>, Vec<f32>) = (inside.collect(), outside.collect());
+    assert!(
+        worst(&inside) <= 1.0,
+        "fill: inside the mask up to {}",
+        worst(&inside)
+    );
+    assert_eq!(
+        worst(&outside),
+        0.0,
+        "fill: the input changed outside the mask"
+    );
+    let r = run(
+        "flux-canny",
+        &canny,
+        &[
+            "--control-image",
+            c,
+            "--guidance",
+            "10",
+            "--latents",
+            latents.to_str().unwrap(),
+        ],
+    );
+    assert!(r.status.success(), "{}", stderr(&r));
+    let w = worst(&pixel_diffs(&out, &io["control_image"]));
+    assert!(w <= 1.0, "canny: pixels differ by up to {w}");
+    // Refusals, each naming what is wrong.
+    for (model, weights, extra, says) in [
+        (
+            "flux-fill",
+            &fill,
+            vec!["--init-image", i],
+            "give --init-image and --mask",
+        ),
+        ("flux-canny", &canny, vec![], "--control-image"),
+        ("flux-dev", &fill, vec![], "FLUX.1 Fill weights"),
+        (
+            "flux-depth",
+            &fill,
+            vec!["--control-image", c],
+            "FLUX.1 Fill weights",
+        ),
+        (
+            "flux-fill",
+            &canny,
+            vec!["--init-image", i, "--mask", k],
+            "Canny or Depth",
+        ),
+        (
+            "flux-dev",
+            &canny,
+            vec!["--control-image", c],
+            "--control-image is for",
+        ),
+    ] {
+        let r = run(model, weights, &extra);
+        assert!(!r.status.success(), "{model}: {extra:?}");
+        assert!(
+            stderr(&r).contains(says),
+            "{model} {extra:?}: {}",
+            stderr(&r)
+        );
+    }
+}

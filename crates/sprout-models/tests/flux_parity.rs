@@ -488,3 +488,41 @@ fn t5_encoder_from_dense_and_gguf_weights_matches_the_reference() {
         "{e}"
     );
 }
+
+/// The conditioning channels tell Fill, Canny / Depth and the plain models apart, from the
+/// headers alone; asking for another kind names what the file holds.
+#[test]
+fn conditioned_weights_are_told_apart_by_their_input_channels() {
+    use sprout_models::flux::files::{locate, Variant};
+    use sprout_models::flux::inspect::{inspect_transformer, resolve_variant};
+    for (file, ok, holds) in [
+        (
+            "transformer_fill_bfl.safetensors",
+            Variant::Fill,
+            "Fill weights",
+        ),
+        (
+            "transformer_control_bfl.safetensors",
+            Variant::Canny,
+            "Canny or Depth weights",
+        ),
+        (
+            "transformer_dev_bfl.safetensors",
+            Variant::Dev,
+            "without conditioning channels",
+        ),
+    ] {
+        let files = locate(&fixture(file)).unwrap();
+        let i = inspect_transformer(&files).unwrap();
+        assert_eq!(resolve_variant(ok, &files, &i).unwrap(), ok);
+        for other in [Variant::Dev, Variant::Fill, Variant::Depth] {
+            if sprout_models::flux::inspect::Conditioning::of(other)
+                == sprout_models::flux::inspect::Conditioning::of(ok)
+            {
+                continue;
+            }
+            let e = resolve_variant(other, &files, &i).unwrap_err().to_string();
+            assert!(e.contains(holds) && e.contains(other.name()), "{file}: {e}");
+        }
+    }
+}

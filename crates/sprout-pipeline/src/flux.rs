@@ -1,6 +1,7 @@
 //! FLUX.1 text-to-image on the shared MMDiT: CLIP-L pooled text and T5 token states, 2×2
-//! packed latents, the flow-matching Euler schedule (schnell: unshifted; dev and Kontext:
-//! shifted by the image's token count, guidance as an input), the FLUX autoencoder.
+//! packed latents, the flow-matching Euler schedule (schnell: unshifted; the others: shifted
+//! by the image's token count, guidance as an input), the FLUX autoencoder; Kontext's
+//! reference tokens, and Fill's, Canny's and Depth's conditioning channels (`flux_cond`).
 //! Reproduces diffusers' `FluxPipeline` from the same initial latents (tested).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -161,6 +162,9 @@ pub fn sampling_defaults(v: Variant) -> (usize, f64) {
         Variant::Schnell => (4, 0.0),
         Variant::Dev => (28, 3.5),
         Variant::Kontext => (28, 2.5),
+        Variant::Fill => (50, 30.0),
+        Variant::Canny => (50, 30.0),
+        Variant::Depth => (30, 10.0),
     }
 }
 
@@ -318,6 +322,9 @@ impl FluxModel {
             )));
         }
         let img_ids = grid_ids(0, h / 2, w / 2, dev)?;
+        let cond = self.conditioning(refs, init, (width, height), tokens)?;
+        // Canny's and Depth's image is conditioning, not a sequence of reference tokens.
+        let refs = if self.variant.is_control() { &[] } else { refs };
         let (ref_tokens, ref_ids) = if refs.is_empty() {
             (None, None)
         } else {
@@ -335,14 +342,15 @@ impl FluxModel {
         let txt_ids = Tensor::zeros((1, text.states.dim(1)?, 3), DType::F32, dev)?;
         let mu = match self.variant {
             Variant::Schnell => 0.0,
-            Variant::Dev | Variant::Kontext => ShiftConfig::default().mu(tokens),
+            _ => ShiftConfig::default().mu(tokens),
         };
         let times = schedule(steps, mu);
         let mut blend = None;
         let (times, mut x) = match init {
             None => (&times[..], latents.to_dtype(DType::F32)?),
             Some(init) => {
-                if let Some(ip) = &init.inpaint {
+                // Fill inpaints by its conditioning; the others by blending (diffusers' way).
+                if let Some(ip) = init.inpaint.as_ref().filter(|_| cond.is_none()) {
                     let want = [1, 1, height, width];
                     if ip.mask.dims() != want || ip.image.dims() != [1, 3, height, width] {
                         return Err(PipelineError::Request(format!(
@@ -384,20 +392,19 @@ impl FluxModel {
                 return Err(PipelineError::Cancelled);
             }
             let t = Tensor::new(&[pair[0] as f32], dev)?;
+            let xin = match &cond {
+                Some(c) => {
+                    Tensor::cat(&[&x.to_dtype(self.dtype())?, &c.to_dtype(self.dtype())?], 2)?
+                }
+                None => x.to_dtype(self.dtype())?,
+            };
             let v = self.dit.forward(&DitInput {
                 guidance: self.variant.guidance_embed().then_some(&g),
                 references: ref_tokens
                     .as_ref()
                     .zip(ref_ids.as_ref())
                     .map(|(tokens, ids)| sprout_models::dit::References { tokens, ids }),
-                ..DitInput::new(
-                    &x.to_dtype(self.dtype())?,
-                    &img_ids,
-                    &text.states,
-                    &txt_ids,
-                    &t,
-                    &text.pooled,
-                )
+                ..DitInput::new(&xin, &img_ids, &text.states, &txt_ids, &t, &text.pooled)
             })?;
             let v = v.to_dtype(DType::F32)?;
             x = euler_step(&x, &v, pair[0], pair[1])?;

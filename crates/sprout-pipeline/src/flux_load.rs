@@ -190,8 +190,19 @@ pub(crate) fn transformer_config(
                 ))
             })?
         }
-        _ if variant.guidance_embed() => DitConfig::flux_dev(),
-        _ => DitConfig::flux_schnell(),
+        // No config stored: FLUX.1's, with the conditioning channels the weights take
+        // (Fill, Canny, Depth).
+        _ => {
+            let preset = if variant.guidance_embed() {
+                DitConfig::flux_dev()
+            } else {
+                DitConfig::flux_schnell()
+            };
+            DitConfig {
+                cond_channels: inspect_transformer(files)?.cond_channels(),
+                ..preset
+            }
+        }
     })
 }
 

@@ -4,6 +4,7 @@ pub mod bundle;
 pub mod embedded;
 pub mod flow;
 pub mod flux;
+pub mod flux_cond;
 pub mod flux_load;
 pub mod flux_quantize;
 pub mod generate;

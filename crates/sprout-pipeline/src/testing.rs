@@ -106,6 +106,20 @@ pub fn flux_fixture_config(name: &str) -> Result<serde_json::Value, PipelineErro
 /// transformer, with guidance embedding), whose `model_index.json` names `pipeline_class`
 /// (`FluxPipeline`, or `FluxKontextPipeline` for Kontext).
 pub fn flux_snapshot(root: &std::path::Path, pipeline_class: &str) -> Result<(), PipelineError> {
+    flux_snapshot_with(
+        root,
+        pipeline_class,
+        "transformer_dev_diffusers.safetensors",
+    )
+}
+
+/// [`flux_snapshot`] with the transformer of fixture file `transformer` (diffusers names),
+/// e.g. `transformer_fill_diffusers.safetensors` under `FluxFillPipeline`.
+pub fn flux_snapshot_with(
+    root: &std::path::Path,
+    pipeline_class: &str,
+    transformer: &str,
+) -> Result<(), PipelineError> {
     let io = |e: std::io::Error| PipelineError::Weights(format!("{}: {e}", root.display()));
     std::fs::create_dir_all(root).map_err(io)?;
     std::fs::write(
@@ -117,7 +131,7 @@ pub fn flux_snapshot(root: &std::path::Path, pipeline_class: &str) -> Result<(),
         (
             "transformer",
             "diffusion_pytorch_model.safetensors",
-            "transformer_dev_diffusers.safetensors",
+            transformer,
             true,
         ),
         (

@@ -274,3 +274,121 @@ fn inpainting_matches_diffusers_inside_the_mask_and_keeps_the_image_outside() {
         assert!(changed > 0.1, "{key}: {changed}");
     }
 }
+
+/// FLUX.1 Fill against diffusers' FluxFillPipeline (strength 1, guidance 30) from the same
+/// image, mask and noise: the masked image's latents and the pixel-level mask enter as extra
+/// channels, nothing is blended; inside the mask Sprout draws the reference's pixels, outside
+/// it keeps the input's. The mask's edges cut through the autoencoder's cells.
+#[test]
+fn fill_matches_diffusers_inside_the_mask() {
+    let (_, io, _) = load("conditioned_io.safetensors");
+    let mut m = model(Variant::Fill, "fill");
+    assert_eq!(m.dit.config().cond_channels, 32);
+    let text = m.encode_text("a photo of a red circle").unwrap();
+    let image = model_image(&io["fill_input"]);
+    let mask = io["fill_mask"].reshape((1, 1, 32, 48)).unwrap();
+    let init = Img2Img {
+        image: m.encode_reference(&image).unwrap().tokens,
+        strength: 1.0,
+        inpaint: Some(Inpaint {
+            mask: mask.clone(),
+            image: image.clone(),
+        }),
+    };
+    let noise = sprout_models::dit::embed::patchify(&io["fill_noise"], 2).unwrap();
+    let img = m
+        .sample(&text, &noise, &[], Some(&init), 48, 32, 3, 30.0, |_, _| {})
+        .unwrap();
+    let abs = |t: Tensor| sprout_models::ops::max_abs(&t).unwrap();
+    let inside = abs((&img - &io["fill_image"])
+        .unwrap()
+        .broadcast_mul(&mask)
+        .unwrap());
+    let input = ((image + 1.0).unwrap() / 2.0).unwrap();
+    let kept = (1.0 - &mask).unwrap();
+    let outside = abs((&img - &input).unwrap().broadcast_mul(&kept).unwrap());
+    eprintln!(
+        "fill: max abs error {inside:.2e} inside the mask; {outside:.1e} from the input outside it"
+    );
+    assert!(inside <= 1e-4, "fill: {inside}");
+    assert!(outside <= 1e-6, "fill: {outside}");
+    // Without its mask, Fill is refused by name.
+    let plain = Img2Img {
+        image: init.image.clone(),
+        strength: 1.0,
+        inpaint: None,
+    };
+    let e = m
+        .sample(&text, &noise, &[], Some(&plain), 48, 32, 3, 30.0, |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("flux-fill") && e.contains("mask"), "{e}");
+}
+
+/// FLUX.1 Canny / Depth against diffusers' FluxControlPipeline (guidance 10) from the same
+/// latents: the control image's latents enter as extra channels.
+#[test]
+fn control_matches_diffusers() {
+    let (_, io, _) = load("conditioned_io.safetensors");
+    for variant in [Variant::Canny, Variant::Depth] {
+        let mut m = model(variant, "control");
+        assert_eq!(m.dit.config().cond_channels, 16);
+        let text = m.encode_text("a photo of a red circle").unwrap();
+        let control = m
+            .encode_reference(&model_image(&io["control_input"]))
+            .unwrap();
+        let img = m
+            .sample(
+                &text,
+                &io["control_latents"],
+                std::slice::from_ref(&control),
+                None,
+                48,
+                32,
+                3,
+                10.0,
+                |_, _| {},
+            )
+            .unwrap();
+        let d = sprout_models::ops::max_abs_diff(&img, &io["control_image"]).unwrap();
+        eprintln!(
+            "{}: max abs error {d:.2e} on a [0, 1] image",
+            variant.name()
+        );
+        assert!(d <= 1e-4, "{}: {d}", variant.name());
+        // No control image, or one of another size: refused by name.
+        let e = m
+            .sample(
+                &text,
+                &io["control_latents"],
+                &[],
+                None,
+                48,
+                32,
+                3,
+                10.0,
+                |_, _| {},
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs one control image"), "{e}");
+        let small = m
+            .encode_reference(&model_image(&io["control_input"].narrow(0, 0, 16).unwrap()))
+            .unwrap();
+        let e = m
+            .sample(
+                &text,
+                &io["control_latents"],
+                &[small],
+                None,
+                48,
+                32,
+                3,
+                10.0,
+                |_, _| {},
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("canvas size"), "{e}");
+    }
+}

@@ -27,6 +27,11 @@ pub struct DitConfig {
     pub qkv_bias: bool,
     /// Guidance-distilled models take the guidance scale as an input (FLUX.1 dev).
     pub guidance_embed: bool,
+    /// Conditioning channels concatenated to each target token before the input projection
+    /// (FLUX.1 Fill: the masked image's latents and the mask, 320; FLUX.1 Canny / Depth: the
+    /// control image's latents, 64); 0 for models that take none.
+    #[serde(default)]
+    pub cond_channels: usize,
 }
 
 impl DitConfig {
@@ -46,6 +51,7 @@ impl DitConfig {
             theta: 10_000,
             qkv_bias: true,
             guidance_embed: false,
+            cond_channels: 0,
         }
     }
 
@@ -73,6 +79,7 @@ impl DitConfig {
             theta: 10_000,
             qkv_bias: true,
             guidance_embed: false,
+            cond_channels: 0,
         }
     }
 
@@ -92,6 +99,7 @@ impl DitConfig {
             theta: 10_000,
             qkv_bias: true,
             guidance_embed: false,
+            cond_channels: 0,
         }
     }
 
@@ -110,6 +118,11 @@ impl DitConfig {
     /// Channels of one token: latent channels times the patch area.
     pub fn in_channels(&self) -> usize {
         self.latent_channels * self.patch_size * self.patch_size
+    }
+
+    /// Channels the input projection takes per target token: the token plus its conditioning.
+    pub fn embed_channels(&self) -> usize {
+        self.in_channels() + self.cond_channels
     }
 
     pub fn head_dim(&self) -> usize {
@@ -158,7 +171,7 @@ impl DitConfig {
         let double = per_token_double * l + attn;
         let single = per_token_single * l + attn;
         let embed = 2.0
-            * (li * self.in_channels() as f64 * h
+            * (li * self.embed_channels() as f64 * h
                 + lt * self.context_in_dim as f64 * h
                 + li * self.in_channels() as f64 * h);
         b * (self.depth as f64 * double + self.depth_single_blocks as f64 * single + embed)
@@ -173,7 +186,7 @@ impl DitConfig {
         let attn = lin(h, 3 * h) + 2 * self.head_dim() + lin(h, h);
         let double = 2 * (lin(h, 6 * h) + attn + lin(h, m) + lin(m, h));
         let single = lin(h, 3 * h + m) + lin(h + m, h) + 2 * self.head_dim() + lin(h, 3 * h);
-        lin(self.in_channels(), h)
+        lin(self.embed_channels(), h)
             + mlp_emb(256)
             + mlp_emb(self.vec_in_dim)
             + if self.guidance_embed { mlp_emb(256) } else { 0 }

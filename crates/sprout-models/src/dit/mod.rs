@@ -99,7 +99,7 @@ impl Dit {
             .map(|i| SingleStreamBlock::new(cfg, vb.pp(format!("single_blocks.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         Ok(Dit {
-            img_in: crate::ops::linear(cfg.in_channels(), h, vb.pp("img_in"))?,
+            img_in: crate::ops::linear(cfg.embed_channels(), h, vb.pp("img_in"))?,
             txt_in: crate::ops::linear(cfg.context_in_dim, h, vb.pp("txt_in"))?,
             time_in: MlpEmbedder::new(256, h, vb.pp("time_in"))?,
             vector_in: MlpEmbedder::new(cfg.vec_in_dim, h, vb.pp("vector_in"))?,

@@ -17,6 +17,10 @@ use crate::error::{ModelError, Result};
 #[derive(Debug, Clone, Deserialize)]
 pub struct DiffusersTransformerConfig {
     pub in_channels: usize,
+    /// Set where the model takes more channels than it predicts (FLUX.1 Fill: 384 in, 64
+    /// out; Canny / Depth: 128 in): the rest are conditioning.
+    #[serde(default)]
+    pub out_channels: Option<usize>,
     #[serde(default = "one")]
     pub patch_size: usize,
     pub num_layers: usize,
@@ -38,14 +42,16 @@ impl DiffusersTransformerConfig {
     /// The DiT config: FLUX packs 2×2 latent patches into one token, so a diffusers model with
     /// `in_channels` 64 runs on 16-channel latents with patch size 2.
     pub fn to_dit(&self) -> Result<DitConfig> {
-        if self.patch_size != 1 || !self.in_channels.is_multiple_of(4) {
+        let out = self.out_channels.unwrap_or(self.in_channels);
+        if self.patch_size != 1 || !out.is_multiple_of(4) || out > self.in_channels {
             return Err(ModelError::Config(format!(
-                "transformer config: patch_size {} with in_channels {} is not FLUX's packed 2×2 layout",
+                "transformer config: patch_size {} with in_channels {} and out_channels {out} is not FLUX's packed 2×2 layout",
                 self.patch_size, self.in_channels
             )));
         }
         let cfg = DitConfig {
-            latent_channels: self.in_channels / 4,
+            latent_channels: out / 4,
+            cond_channels: self.in_channels - out,
             patch_size: 2,
             vec_in_dim: self.pooled_projection_dim,
             context_in_dim: self.joint_attention_dim,

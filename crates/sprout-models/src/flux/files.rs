@@ -3,7 +3,8 @@
 //! diffusers snapshot directory (`model_index.json`, `transformer/`, `vae/`, `text_encoder/`,
 //! `text_encoder_2/`, `tokenizer/`, `tokenizer_2/`, sharded weights with their index JSON).
 //! Which variant the files hold is read from the weights (a guidance embedding means dev or
-//! Kontext) and from names (`kontext` in the file name, `FluxKontextPipeline` in the index).
+//! Kontext) and from names (`kontext`, `fill`, `canny`, `depth` in the file name,
+//! `FluxKontextPipeline` or `FluxFillPipeline` in the index).
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,13 @@ pub enum Variant {
     Schnell,
     Dev,
     Kontext,
+    /// FLUX.1 Fill [dev]: inpainting and outpainting, the masked image and the mask as extra
+    /// input channels.
+    Fill,
+    /// FLUX.1 Canny [dev]: an edge map's latents as extra input channels.
+    Canny,
+    /// FLUX.1 Depth [dev]: a depth map's latents as extra input channels.
+    Depth,
 }
 
 impl Variant {
@@ -22,8 +30,11 @@ impl Variant {
             "flux-schnell" => Ok(Variant::Schnell),
             "flux-dev" => Ok(Variant::Dev),
             "flux-kontext" => Ok(Variant::Kontext),
+            "flux-fill" => Ok(Variant::Fill),
+            "flux-canny" => Ok(Variant::Canny),
+            "flux-depth" => Ok(Variant::Depth),
             _ => Err(ModelError::Config(format!(
-                "unknown FLUX model {s:?}; models: flux-schnell, flux-dev, flux-kontext"
+                "unknown FLUX model {s:?}; models: flux-schnell, flux-dev, flux-kontext, flux-fill, flux-canny, flux-depth"
             ))),
         }
     }
@@ -33,10 +44,18 @@ impl Variant {
             Variant::Schnell => "flux-schnell",
             Variant::Dev => "flux-dev",
             Variant::Kontext => "flux-kontext",
+            Variant::Fill => "flux-fill",
+            Variant::Canny => "flux-canny",
+            Variant::Depth => "flux-depth",
         }
     }
 
-    /// T5 tokens per prompt in the reference pipelines: schnell 256, dev and Kontext 512.
+    /// Canny and Depth: a control image's latents beside the target's.
+    pub fn is_control(self) -> bool {
+        matches!(self, Variant::Canny | Variant::Depth)
+    }
+
+    /// T5 tokens per prompt in the reference pipelines: schnell 256, the others 512.
     pub fn t5_len(self) -> usize {
         if self == Variant::Schnell {
             256
@@ -141,6 +160,12 @@ fn variant_in_name(p: &Path) -> Option<Variant> {
     let n = p.file_name()?.to_string_lossy().to_lowercase();
     if n.contains("kontext") {
         Some(Variant::Kontext)
+    } else if n.contains("fill") {
+        Some(Variant::Fill)
+    } else if n.contains("canny") {
+        Some(Variant::Canny)
+    } else if n.contains("depth") {
+        Some(Variant::Depth)
     } else if n.contains("schnell") {
         Some(Variant::Schnell)
     } else if n.contains("dev") {
@@ -214,11 +239,10 @@ pub fn locate(path: &Path) -> Result<FluxFiles> {
         let index = root.join("model_index.json");
         if let Ok(text) = std::fs::read_to_string(&index) {
             let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| io(&index, e))?;
-            if v["_class_name"]
-                .as_str()
-                .is_some_and(|c| c.contains("Kontext"))
-            {
-                f.named_variant = Some(Variant::Kontext);
+            match v["_class_name"].as_str() {
+                Some(c) if c.contains("Kontext") => f.named_variant = Some(Variant::Kontext),
+                Some(c) if c.contains("Fill") => f.named_variant = Some(Variant::Fill),
+                _ => {}
             }
         }
     } else {

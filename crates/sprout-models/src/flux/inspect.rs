@@ -142,6 +142,66 @@ pub struct Inspection {
     pub elements: u64,
     /// Elements of the largest tensor (a quantized one is dequantized whole for a product).
     pub largest: u64,
+    /// Channels the input projection takes per token (`img_in` / `x_embedder`): 64 for the
+    /// text-to-image and Kontext models, 384 for Fill, 128 for Canny and Depth.
+    pub input_channels: Option<usize>,
+    /// Channels the final layer predicts per token (`final_layer.linear` / `proj_out`): 64.
+    pub output_channels: Option<usize>,
+}
+
+impl Inspection {
+    /// Conditioning channels per token: what the input projection takes beyond what the
+    /// model predicts.
+    pub fn cond_channels(&self) -> usize {
+        match (self.input_channels, self.output_channels) {
+            (Some(i), Some(o)) => i.saturating_sub(o),
+            _ => 0,
+        }
+    }
+
+    /// What the conditioning channels make of the model.
+    pub fn conditioning(&self) -> Conditioning {
+        let (cond, out) = (self.cond_channels(), self.output_channels.unwrap_or(0));
+        match cond {
+            0 => Conditioning::None,
+            c if c == out => Conditioning::Control,
+            c if c > out => Conditioning::Fill,
+            _ => Conditioning::Unknown,
+        }
+    }
+}
+
+/// The kinds of FLUX.1 transformer by their extra input channels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conditioning {
+    /// schnell, dev, Kontext.
+    None,
+    /// Canny, Depth: a control image's latents (as many channels as the model predicts).
+    Control,
+    /// Fill: the masked image's latents and the mask.
+    Fill,
+    Unknown,
+}
+
+impl Conditioning {
+    pub fn of(v: Variant) -> Conditioning {
+        match v {
+            Variant::Fill => Conditioning::Fill,
+            Variant::Canny | Variant::Depth => Conditioning::Control,
+            Variant::Schnell | Variant::Dev | Variant::Kontext => Conditioning::None,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Conditioning::None => {
+                "FLUX.1 weights without conditioning channels (schnell, dev or Kontext)"
+            }
+            Conditioning::Control => "FLUX.1 Canny or Depth weights",
+            Conditioning::Fill => "FLUX.1 Fill weights",
+            Conditioning::Unknown => "weights with conditioning channels of no known FLUX.1 model",
+        }
+    }
 }
 
 /// "Scaled" FP8 files store each weight divided by a per-tensor scale kept beside it
@@ -193,7 +253,17 @@ pub fn inspect_transformer(files: &FluxFiles) -> Result<Inspection> {
         )));
     }
     refuse_scaled_fp8(&files.transformer[0], &infos)?;
+    let input_channels = infos
+        .iter()
+        .find(|t| t.name == "img_in.weight" || t.name == "x_embedder.weight")
+        .and_then(|t| t.shape.last().copied());
+    let output_channels = infos
+        .iter()
+        .find(|t| t.name == "final_layer.linear.weight" || t.name == "proj_out.weight")
+        .and_then(|t| t.shape.first().copied());
     Ok(Inspection {
+        input_channels,
+        output_channels,
         guidance: has("guidance_in.") || has("time_text_embed.guidance_embedder."),
         diffusers_names,
         bytes: infos.iter().map(|t| t.bytes).sum(),
@@ -214,13 +284,23 @@ pub fn resolve_variant(asked: Variant, files: &FluxFiles, i: &Inspection) -> Res
     let path = files.transformer[0].display();
     if i.guidance != asked.guidance_embed() {
         let held = if i.guidance {
-            "FLUX.1 dev or Kontext weights (they have a guidance embedding)"
+            "guidance-distilled weights (dev, Kontext, Fill, Canny or Depth: they have a guidance embedding)"
         } else {
             "FLUX.1 schnell weights (they have no guidance embedding)"
         };
         return Err(ModelError::Config(format!(
             "--model {} does not match {path}: these are {held}",
             asked.name()
+        )));
+    }
+    if i.conditioning() != Conditioning::of(asked) {
+        let held = i.conditioning().describe();
+        return Err(ModelError::Config(format!(
+            "--model {} does not match {path}: these are {held} (the input projection takes {} \
+             channels per token, the model predicts {})",
+            asked.name(),
+            i.input_channels.unwrap_or(0),
+            i.output_channels.unwrap_or(0)
         )));
     }
     match (asked, files.named_variant) {
@@ -300,7 +380,9 @@ mod tests {
                 diffusers_names: false,
                 bytes: 2 * 6 * 2,
                 elements: 2 * 6,
-                largest: 6
+                largest: 6,
+                input_channels: None,
+                output_channels: None,
             }
         );
         assert_eq!(resolve_variant(Variant::Dev, &f, &i).unwrap(), Variant::Dev);
