@@ -1,4 +1,4 @@
-//! `sprout serve [--model default|DIR|flux-schnell|flux-dev|flux-kontext] [--weights PATH]
+//! `sprout serve [--model default|DIR|flux-schnell|flux-dev|flux-kontext|flux-fill] [--weights PATH]
 //! [--host H] [--port P] [--queue N] [--deadline S]`
 
 use std::net::SocketAddr;
@@ -77,9 +77,9 @@ pub fn run(a: ServeArgs) -> Result<()> {
     };
     let (engine, name) = if a.model.starts_with("flux-") {
         let variant = Variant::parse(&a.model)?;
-        if matches!(variant, Variant::Fill | Variant::Canny | Variant::Depth) {
+        if variant.is_control() {
             bail!(
-                "the server does not serve {} yet (its start-up run draws from text alone); use `sprout generate --model {}`",
+                "the server does not serve {} yet (the API has no control image); use `sprout generate --model {} --control-image MAP.png`",
                 variant.name(),
                 variant.name()
             );

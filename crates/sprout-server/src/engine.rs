@@ -7,7 +7,9 @@ use sprout_models::flux::files::Variant;
 use sprout_pipeline::bundle::Bundle;
 use sprout_pipeline::flow::Sampler;
 use sprout_pipeline::flux::{reference_size, sampling_defaults, size_multiple, FluxModel, Inpaint};
-use sprout_pipeline::generate::{generate_many_with, resized, to_images, Hooks, Request};
+use sprout_pipeline::generate::{
+    generate_many_with, resized, to_images, Hooks, InitImage, Request,
+};
 use sprout_pipeline::PipelineError;
 use sprout_world::AspectRatio;
 
@@ -96,6 +98,39 @@ impl Engine {
         }
     }
 
+    /// The start-up run's request: one step at `(w, h)` from text; for FLUX.1 Fill, which
+    /// only inpaints, a grey canvas redrawn whole.
+    pub fn warmup_request(&self, (w, h): (u32, u32)) -> Result<Request, PipelineError> {
+        let p = self.profile();
+        let init = match self {
+            Engine::Flux(m) if m.variant == Variant::Fill => {
+                let dev = candle_core::Device::Cpu;
+                let (w, h) = (w as usize, h as usize);
+                Some(InitImage {
+                    image: candle_core::Tensor::zeros((1, 3, h, w), candle_core::DType::F32, &dev)?,
+                    strength: 1.0,
+                    mask: Some(candle_core::Tensor::ones(
+                        (1, 1, h, w),
+                        candle_core::DType::F32,
+                        &dev,
+                    )?),
+                })
+            }
+            _ => None,
+        };
+        Ok(Request {
+            prompt: "warm-up".into(),
+            n: 1,
+            seed: 0,
+            steps: 1,
+            guidance: p.default_guidance,
+            width: w,
+            height: h,
+            sampler: p.sampler,
+            init,
+        })
+    }
+
     /// `req.n` images (image `i` from seed `req.seed + i`); `refs` are an edit's input
     /// images, which only models whose [`Profile::edits`] is set take. Previews of a FLUX
     /// request show its first image.
@@ -131,6 +166,11 @@ fn run_flux(
             "the model {} draws from text only; editing needs flux-kontext",
             m.variant.name()
         )));
+    }
+    if m.variant == Variant::Fill && req.init.as_ref().and_then(|i| i.mask.as_ref()).is_none() {
+        return Err(PipelineError::Request(
+            "flux-fill only redraws the masked area of an image: send the image and a mask to /v1/images/edits".into(),
+        ));
     }
     if req.sampler != Sampler::Euler {
         return Err(PipelineError::Request(

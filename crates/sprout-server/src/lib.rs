@@ -17,7 +17,7 @@ pub mod worker;
 use std::future::Future;
 use std::sync::Arc;
 
-use sprout_pipeline::generate::{Hooks, Request};
+use sprout_pipeline::generate::Hooks;
 
 pub use config::ServerConfig;
 pub use engine::{Engine, Profile};
@@ -54,19 +54,12 @@ pub fn start(mut engine: Engine, model: &str, cfg: ServerConfig) -> Result<AppSt
     if cfg.warmup {
         let (w, h) = engine.warmup_size();
         let never = std::sync::atomic::AtomicBool::new(false);
+        let req = engine
+            .warmup_request((w, h))
+            .map_err(|e| ApiError::Internal(format!("warm-up at {w}x{h}: {e}")))?;
         engine
             .run(
-                &Request {
-                    prompt: "warm-up".into(),
-                    n: 1,
-                    seed: 0,
-                    steps: 1,
-                    guidance: profile.default_guidance,
-                    width: w,
-                    height: h,
-                    sampler: profile.sampler,
-                    init: None,
-                },
+                &req,
                 &[],
                 Hooks {
                     cancel: &never,

@@ -257,3 +257,122 @@ async fn flux_kontext_edits_with_two_references_as_the_pipeline_does() {
     assert!(kept_same && !drawn_same);
     s.stop().await;
 }
+
+/// FLUX.1 Fill over HTTP: an edit with a mask is an inpainting by the model's conditioning
+/// (the kept half is the input's own pixels, the redrawn half is what the pipeline draws for
+/// the same seed); a generation, or an edit without a mask, is a 400 saying Fill needs both;
+/// the start-up run's request (a grey canvas redrawn whole) runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flux_fill_inpaints_masked_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("flux-fill");
+    sprout_pipeline::testing::flux_snapshot_with(
+        &root,
+        "FluxFillPipeline",
+        "transformer_fill_diffusers.safetensors",
+    )
+    .unwrap();
+    let mut engine = Engine::Flux(Box::new(load(&root, Variant::Fill)));
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let warm = engine.warmup_request((32, 24)).unwrap();
+    let out = engine
+        .run(
+            &warm,
+            &[],
+            sprout_pipeline::generate::Hooks {
+                cancel: &never,
+                on_step: &mut |_, _| {},
+                previews: 0,
+                on_preview: &mut |_, _| {},
+            },
+        )
+        .unwrap();
+    assert_eq!(out[0].dimensions(), (32, 24));
+    assert_eq!(
+        (
+            engine.profile().default_steps,
+            engine.profile().default_guidance
+        ),
+        (50, 30.0)
+    );
+    let s = Server::start(engine, "flux-fill", no_warmup()).await;
+    let base = picture(32, 32, 0);
+    let mask = image::RgbaImage::from_fn(32, 32, |x, _| {
+        image::Rgba([0, 0, 0, if x < 16 { 0 } else { 255 }])
+    });
+    let png = |img: image::DynamicImage| reqwest::multipart::Part::bytes(png_bytes(&img));
+    let form = |with_mask: bool| {
+        let f = reqwest::multipart::Form::new()
+            .text("prompt", PROMPT)
+            .text("size", "32x32")
+            .text("seed", "3")
+            .text("steps", "2")
+            .part(
+                "image",
+                png(image::DynamicImage::ImageRgb8(base.clone())).file_name("in.png"),
+            );
+        if with_mask {
+            f.part(
+                "mask",
+                png(image::DynamicImage::ImageRgba8(mask.clone())).file_name("mask.png"),
+            )
+        } else {
+            f
+        }
+    };
+    let (st, v) = s.post_form("/v1/images/edits", form(true)).await;
+    assert_eq!(st, 200, "{v}");
+    let out = decode(&v["data"][0]);
+    let (kept_same, drawn_same) = sprout_pipeline::testing::halves_equal(&out, &base, 16);
+    assert!(kept_same && !drawn_same);
+    // The pipeline's own inpainting for the same seed.
+    let mut m = load(&root, Variant::Fill);
+    let text = m.encode_text(PROMPT).unwrap();
+    let image = resized(&base, 32, 32).unwrap();
+    let mask_t = sprout_pipeline::generate::mask_from_image(
+        &image::DynamicImage::ImageRgba8(mask.clone()),
+        32,
+        32,
+    )
+    .unwrap();
+    let init = sprout_pipeline::flux::Img2Img {
+        image: m.encode_reference(&image).unwrap().tokens,
+        strength: 1.0,
+        inpaint: Some(sprout_pipeline::flux::Inpaint {
+            mask: mask_t,
+            image,
+        }),
+    };
+    let latents = m.initial_latents(3, 32, 32).unwrap();
+    let img = m
+        .sample(
+            &text,
+            &latents,
+            &[],
+            Some(&init),
+            32,
+            32,
+            2,
+            30.0,
+            |_, _| {},
+        )
+        .unwrap();
+    let want = to_images(&((img * 2.0).unwrap() - 1.0).unwrap())
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(out, want);
+    for (st, v) in [
+        s.post_form("/v1/images/edits", form(false)).await,
+        s.post(
+            "/v1/images/generations",
+            json!({"prompt": PROMPT, "size": "32x32"}).to_string(),
+        )
+        .await,
+    ] {
+        assert_eq!(st, 400, "{v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("mask"), "{msg}");
+    }
+    s.stop().await;
+}
