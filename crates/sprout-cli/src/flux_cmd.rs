@@ -17,6 +17,7 @@ use sprout_world::AspectRatio;
 use crate::generate_cmd::{default_strength, output_paths, read_mask, write_png, GenerateArgs};
 use crate::inputs::open_image;
 use crate::progress::bar;
+use sprout_pipeline::flux_cond::{canny_map, CANNY_THRESHOLDS};
 use sprout_pipeline::generate::resized;
 
 /// Initial latents from a file: one tensor, packed (n, L, 4C) or unpacked (n, C, h, w).
@@ -131,6 +132,12 @@ fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
         ),
         (_, None) => {}
     }
+    if a.canny && variant != Variant::Canny {
+        bail!(
+            "--canny makes an edge map for --model flux-canny, not {}",
+            a.model
+        );
+    }
     if variant == Variant::Fill && a.mask.is_none() {
         bail!(
             "--model flux-fill redraws the masked area of an image: give --init-image and --mask"
@@ -141,6 +148,10 @@ fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
         None => None,
     };
     let control_image = match &a.control_image {
+        Some(p) if a.canny => Some(canny_map(
+            &open_image(p, "--control-image")?,
+            CANNY_THRESHOLDS,
+        )),
         Some(p) => Some(open_image(p, "--control-image")?),
         None => None,
     };
@@ -300,7 +311,8 @@ fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
             }
         }
         if let Some(p) = &a.control_image {
-            meta.push(("control_image", p.display().to_string()));
+            let how = if a.canny { " (its Canny edges)" } else { "" };
+            meta.push(("control_image", format!("{}{how}", p.display())));
         }
         meta.push(match &a.latents {
             Some(p) => ("latents", format!("{} [{i}]", p.display())),

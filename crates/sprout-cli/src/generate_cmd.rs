@@ -77,6 +77,10 @@ pub struct GenerateArgs {
     /// the canvas, which defaults to its size rounded down to 16).
     #[arg(long)]
     pub control_image: Option<PathBuf>,
+    /// FLUX.1 Canny: --control-image is a picture; make its edge map first (Canny edge
+    /// detection, thresholds 50 and 200).
+    #[arg(long, requires = "control_image")]
+    pub canny: bool,
     /// Output PNG (with several images: OUT_0.png, OUT_1.png, …).
     #[arg(short = 'o', long)]
     pub out: PathBuf,

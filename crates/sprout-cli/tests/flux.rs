@@ -730,6 +730,17 @@ fn flux_fill_and_canny_from_the_cli_match_the_reference_images() {
     assert!(r.status.success(), "{}", stderr(&r));
     let w = worst(&pixel_diffs(&out, &io["control_image"]));
     assert!(w <= 1.0, "canny: pixels differ by up to {w}");
+    // --canny makes the edge map from a picture first: from the same latents, the picture
+    // and its edge map as controls draw different images.
+    let l = latents.to_str().unwrap();
+    let with = |extra: &[&str]| {
+        let mut args = vec!["--control-image", i, "--latents", l];
+        args.extend(extra);
+        let r = run("flux-canny", &canny, &args);
+        assert!(r.status.success(), "{}", stderr(&r));
+        image::open(&out).unwrap().to_rgb8()
+    };
+    assert_ne!(with(&[]), with(&["--canny"]));
     // Refusals, each naming what is wrong.
     for (model, weights, extra, says) in [
         (
@@ -757,6 +768,12 @@ fn flux_fill_and_canny_from_the_cli_match_the_reference_images() {
             &canny,
             vec!["--control-image", c],
             "--control-image is for",
+        ),
+        (
+            "flux-depth",
+            &canny,
+            vec!["--control-image", c, "--canny"],
+            "--canny makes",
         ),
     ] {
         let r = run(model, weights, &extra);

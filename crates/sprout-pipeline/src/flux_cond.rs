@@ -26,6 +26,21 @@ pub fn packed_mask(mask: &Tensor, f: usize) -> candle_core::Result<Tensor> {
     patchify(&cells, 2)
 }
 
+/// Canny thresholds of the reference's edge encoder for FLUX.1 Canny (low, high).
+pub const CANNY_THRESHOLDS: (f32, f32) = (50.0, 200.0);
+
+/// An edge map of `img` for FLUX.1 Canny, white edges on black: imageproc's Canny detector
+/// (Gaussian blur σ 1.4, Sobel gradient magnitude, non-maximum suppression, hysteresis between
+/// `low` and `high`) on the image's luma. The reference uses OpenCV's, which skips the blur
+/// and thresholds |dx| + |dy|, so maps differ in detail.
+pub fn canny_map(img: &image::RgbImage, (low, high): (f32, f32)) -> image::RgbImage {
+    let edges = imageproc::edges::canny(&image::imageops::grayscale(img), low, high);
+    image::RgbImage::from_fn(img.width(), img.height(), |x, y| {
+        let v = edges.get_pixel(x, y)[0];
+        image::Rgb([v, v, v])
+    })
+}
+
 impl FluxModel {
     /// The conditioning tokens (1, L, cond_channels) for a `width`×`height` canvas of `tokens`
     /// packed tokens, or None for models that take none. Fill reads the image and mask of
@@ -105,6 +120,47 @@ impl FluxModel {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn the_edge_map_of_a_square_is_its_outline() {
+        // A 20×20 white square at (22, 22) on a 64×64 black image: edge pixels lie within two
+        // pixels of its border, they go round it, and none lie elsewhere.
+        let img = image::RgbImage::from_fn(64, 64, |x, y| {
+            let inside = (22..42).contains(&x) && (22..42).contains(&y);
+            image::Rgb(if inside { [255; 3] } else { [0; 3] })
+        });
+        let e = canny_map(&img, CANNY_THRESHOLDS);
+        // Pixels from the square's border: 0 on its outermost rows and columns, counting
+        // inwards inside it and outwards outside it.
+        let dist = |x: i32, y: i32| {
+            let outside = (22 - x).max(x - 41).max(22 - y).max(y - 41);
+            if outside > 0 {
+                outside
+            } else {
+                (x - 22).min(41 - x).min(y - 22).min(41 - y)
+            }
+        };
+        let mut on = 0;
+        for (x, y, p) in e.enumerate_pixels() {
+            assert!(p[0] == 0 || p[0] == 255);
+            assert!(p[0] == p[1] && p[1] == p[2]);
+            if p[0] == 255 {
+                on += 1;
+                assert!(dist(x as i32, y as i32) <= 2, "edge at ({x}, {y})");
+            }
+        }
+        // Most of the 80-pixel outline is found.
+        assert!(on >= 60, "{on} edge pixels");
+        // Every side has edges along its middle.
+        let edge = |x: u32, y: u32| e.get_pixel(x, y)[0] == 255;
+        let along = |xs: std::ops::Range<u32>, ys: std::ops::Range<u32>| {
+            xs.clone().any(|x| ys.clone().any(|y| edge(x, y)))
+        };
+        assert!(along(26..38, 19..25), "top");
+        assert!(along(26..38, 39..45), "bottom");
+        assert!(along(19..25, 26..38), "left");
+        assert!(along(39..45, 26..38), "right");
+    }
 
     #[test]
     fn the_mask_is_unshuffled_per_pixel_block() {
