@@ -254,18 +254,7 @@ fn flux_img2img_from_the_cli_matches_the_reference_image() {
     let io =
         candle_core::safetensors::load(fixture("pipeline_io.safetensors"), &Device::Cpu).unwrap();
     let input = dir.path().join("in.png");
-    let pixels: Vec<u8> = io["img2img_input"]
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap()
-        .iter()
-        .map(|v| *v as u8)
-        .collect();
-    image::RgbImage::from_raw(48, 32, pixels)
-        .unwrap()
-        .save(&input)
-        .unwrap();
+    save_rgb(&input, &io["img2img_input"]);
     let noise = dir.path().join("noise.safetensors");
     save_one(&noise, &io["img2img_noise"]);
     let out = dir.path().join("out.png");

@@ -357,11 +357,11 @@ fn control_matches_diffusers() {
         );
         assert!(d <= 1e-4, "{}: {d}", variant.name());
         // No control image, or one of another size: refused by name.
-        let e = m
-            .sample(
+        let refused = |refs: &[sprout_pipeline::flux::Reference]| {
+            m.sample(
                 &text,
                 &io["control_latents"],
-                &[],
+                refs,
                 None,
                 48,
                 32,
@@ -370,25 +370,14 @@ fn control_matches_diffusers() {
                 |_, _| {},
             )
             .unwrap_err()
-            .to_string();
+            .to_string()
+        };
+        let e = refused(&[]);
         assert!(e.contains("needs one control image"), "{e}");
         let small = m
             .encode_reference(&model_image(&io["control_input"].narrow(0, 0, 16).unwrap()))
             .unwrap();
-        let e = m
-            .sample(
-                &text,
-                &io["control_latents"],
-                &[small],
-                None,
-                48,
-                32,
-                3,
-                10.0,
-                |_, _| {},
-            )
-            .unwrap_err()
-            .to_string();
+        let e = refused(&[small]);
         assert!(e.contains("canvas size"), "{e}");
     }
 }
