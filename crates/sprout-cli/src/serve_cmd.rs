@@ -1,4 +1,4 @@
-//! `sprout serve [--model default|DIR|flux-schnell|flux-dev|flux-kontext|flux-fill] [--weights PATH]
+//! `sprout serve [--model default|DIR|flux-schnell|flux-dev|flux-kontext|flux-fill|flux-canny|flux-depth] [--weights PATH]
 //! [--host H] [--port P] [--queue N] [--deadline S]`
 
 use std::net::SocketAddr;
@@ -77,13 +77,6 @@ pub fn run(a: ServeArgs) -> Result<()> {
     };
     let (engine, name) = if a.model.starts_with("flux-") {
         let variant = Variant::parse(&a.model)?;
-        if variant.is_control() {
-            bail!(
-                "the server does not serve {} yet (the API has no control image); use `sprout generate --model {} --control-image MAP.png`",
-                variant.name(),
-                variant.name()
-            );
-        }
         let Some(weights) = &a.weights else {
             bail!(
                 "--model {} needs --weights PATH (a Black Forest Labs file or folder, or a diffusers snapshot)",

@@ -79,7 +79,7 @@ impl Engine {
                     default_steps: steps,
                     default_guidance: guidance,
                     sampler: Sampler::Euler,
-                    edits: m.variant == Variant::Kontext,
+                    edits: m.variant == Variant::Kontext || m.variant.is_control(),
                 }
             }
         }
@@ -98,9 +98,13 @@ impl Engine {
         }
     }
 
-    /// The start-up run's request: one step at `(w, h)` from text; for FLUX.1 Fill, which
-    /// only inpaints, a grey canvas redrawn whole.
-    pub fn warmup_request(&self, (w, h): (u32, u32)) -> Result<Request, PipelineError> {
+    /// The start-up run's request and input images: one step at `(w, h)` from text; for
+    /// FLUX.1 Fill, which only inpaints, a grey canvas redrawn whole; for Canny and Depth, a
+    /// grey control image.
+    pub fn warmup_request(
+        &self,
+        (w, h): (u32, u32),
+    ) -> Result<(Request, Vec<RgbImage>), PipelineError> {
         let p = self.profile();
         let init = match self {
             Engine::Flux(m) if m.variant == Variant::Fill => {
@@ -118,7 +122,13 @@ impl Engine {
             }
             _ => None,
         };
-        Ok(Request {
+        let inputs = match self {
+            Engine::Flux(m) if m.variant.is_control() => {
+                vec![RgbImage::from_pixel(w, h, image::Rgb([128; 3]))]
+            }
+            _ => vec![],
+        };
+        let req = Request {
             prompt: "warm-up".into(),
             n: 1,
             seed: 0,
@@ -128,7 +138,8 @@ impl Engine {
             height: h,
             sampler: p.sampler,
             init,
-        })
+        };
+        Ok((req, inputs))
     }
 
     /// `req.n` images (image `i` from seed `req.seed + i`); `refs` are an edit's input
@@ -161,10 +172,16 @@ fn run_flux(
     refs: &[RgbImage],
     hooks: Hooks<'_>,
 ) -> Result<Vec<RgbImage>, PipelineError> {
-    if !refs.is_empty() && m.variant != Variant::Kontext {
+    let name = m.variant.name();
+    if m.variant.is_control() {
+        if refs.len() != 1 || req.init.is_some() {
+            return Err(PipelineError::Request(format!(
+                "{name} draws from one control image (an edge or depth map) and no mask: send it as the one image of /v1/images/edits"
+            )));
+        }
+    } else if !refs.is_empty() && m.variant != Variant::Kontext {
         return Err(PipelineError::Request(format!(
-            "the model {} draws from text only; editing needs flux-kontext",
-            m.variant.name()
+            "the model {name} draws from text only; editing needs flux-kontext"
         )));
     }
     if m.variant == Variant::Fill && req.init.as_ref().and_then(|i| i.mask.as_ref()).is_none() {
@@ -189,8 +206,12 @@ fn run_flux(
     let references = refs
         .iter()
         .map(|img| {
-            let (rw, rh) =
-                reference_size(img.width() as usize, img.height() as usize, w * h, multiple);
+            // A control image covers the canvas; Kontext's references keep their shape.
+            let (rw, rh) = if m.variant.is_control() {
+                (w, h)
+            } else {
+                reference_size(img.width() as usize, img.height() as usize, w * h, multiple)
+            };
             m.encode_reference(&resized(img, rw, rh)?)
         })
         .collect::<Result<Vec<_>, _>>()?;

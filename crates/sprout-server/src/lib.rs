@@ -54,13 +54,13 @@ pub fn start(mut engine: Engine, model: &str, cfg: ServerConfig) -> Result<AppSt
     if cfg.warmup {
         let (w, h) = engine.warmup_size();
         let never = std::sync::atomic::AtomicBool::new(false);
-        let req = engine
+        let (req, inputs) = engine
             .warmup_request((w, h))
             .map_err(|e| ApiError::Internal(format!("warm-up at {w}x{h}: {e}")))?;
         engine
             .run(
                 &req,
-                &[],
+                &inputs,
                 Hooks {
                     cancel: &never,
                     on_step: &mut |_, _| {},

@@ -274,11 +274,11 @@ async fn flux_fill_inpaints_masked_edits() {
     .unwrap();
     let mut engine = Engine::Flux(Box::new(load(&root, Variant::Fill)));
     let never = std::sync::atomic::AtomicBool::new(false);
-    let warm = engine.warmup_request((32, 24)).unwrap();
+    let (warm, inputs) = engine.warmup_request((32, 24)).unwrap();
     let out = engine
         .run(
             &warm,
-            &[],
+            &inputs,
             sprout_pipeline::generate::Hooks {
                 cancel: &never,
                 on_step: &mut |_, _| {},
@@ -373,6 +373,102 @@ async fn flux_fill_inpaints_masked_edits() {
         assert_eq!(st, 400, "{v}");
         let msg = v["error"]["message"].as_str().unwrap();
         assert!(msg.contains("mask"), "{msg}");
+    }
+    s.stop().await;
+}
+
+/// FLUX.1 Canny over HTTP: an edit's one image is the control image (resized to the canvas),
+/// and the result is the pipeline's for the same seed; a generation, a mask or a second image
+/// is a 400 naming the control image; the start-up run (a grey control image) runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flux_canny_draws_from_the_edit_image_as_control() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("flux-canny");
+    sprout_pipeline::testing::flux_snapshot_with(
+        &root,
+        "FluxControlPipeline",
+        "transformer_control_diffusers.safetensors",
+    )
+    .unwrap();
+    let mut engine = Engine::Flux(Box::new(load(&root, Variant::Canny)));
+    assert!(engine.profile().edits);
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let (warm, inputs) = engine.warmup_request((32, 24)).unwrap();
+    assert_eq!(inputs.len(), 1);
+    let hooks = sprout_pipeline::generate::Hooks {
+        cancel: &never,
+        on_step: &mut |_, _| {},
+        previews: 0,
+        on_preview: &mut |_, _| {},
+    };
+    assert_eq!(
+        engine.run(&warm, &inputs, hooks).unwrap()[0].dimensions(),
+        (32, 24)
+    );
+    let s = Server::start(engine, "flux-canny", no_warmup()).await;
+    let edges = picture(48, 40, 2);
+    let part = |img: &image::RgbImage| {
+        reqwest::multipart::Part::bytes(png_bytes(&image::DynamicImage::ImageRgb8(img.clone())))
+            .file_name("edges.png")
+    };
+    let form = || {
+        reqwest::multipart::Form::new()
+            .text("prompt", PROMPT)
+            .text("size", "32x32")
+            .text("seed", "4")
+            .text("steps", "2")
+            .part("image", part(&edges))
+    };
+    let (st, v) = s.post_form("/v1/images/edits", form()).await;
+    assert_eq!(st, 200, "{v}");
+    let mut m = load(&root, Variant::Canny);
+    let text = m.encode_text(PROMPT).unwrap();
+    let control = m
+        .encode_reference(&resized(&edges, 32, 32).unwrap())
+        .unwrap();
+    let latents = m.initial_latents(4, 32, 32).unwrap();
+    let img = m
+        .sample(
+            &text,
+            &latents,
+            &[control],
+            None,
+            32,
+            32,
+            2,
+            30.0,
+            |_, _| {},
+        )
+        .unwrap();
+    let want = to_images(&((img * 2.0).unwrap() - 1.0).unwrap())
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(decode(&v["data"][0]), want);
+    let mask = image::RgbaImage::from_pixel(48, 40, image::Rgba([0, 0, 0, 0]));
+    for (st, v) in [
+        s.post(
+            "/v1/images/generations",
+            json!({"prompt": PROMPT, "size": "32x32"}).to_string(),
+        )
+        .await,
+        s.post_form("/v1/images/edits", form().part("image", part(&edges)))
+            .await,
+        s.post_form(
+            "/v1/images/edits",
+            form().part(
+                "mask",
+                reqwest::multipart::Part::bytes(png_bytes(&image::DynamicImage::ImageRgba8(
+                    mask.clone(),
+                )))
+                .file_name("mask.png"),
+            ),
+        )
+        .await,
+    ] {
+        assert_eq!(st, 400, "{v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("control image"), "{msg}");
     }
     s.stop().await;
 }
