@@ -704,6 +704,48 @@ fn flux_fill_and_canny_from_the_cli_match_the_reference_images() {
         0.0,
         "fill: the input changed outside the mask"
     );
+    // Quantized to GGUF (f16), which holds no diffusers config: the header's input channels
+    // make it Fill again, and it draws near the same image.
+    let bfl = dir.path().join("bfl");
+    bfl_folder(&bfl);
+    let gguf = bfl.join("flux1-fill-dev-F16.gguf");
+    let r = sprout(&[
+        "quantize",
+        "--model",
+        "flux-fill",
+        "--weights",
+        fill.to_str().unwrap(),
+        "--type",
+        "f16",
+        "-o",
+        gguf.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let dense = image::open(&out).unwrap().to_rgb8();
+    let r = run(
+        "flux-fill",
+        &gguf,
+        &[
+            "--init-image",
+            i,
+            "--mask",
+            k,
+            "--latents",
+            noise.to_str().unwrap(),
+        ],
+    );
+    assert!(r.status.success(), "{}", stderr(&r));
+    let q = image::open(&out).unwrap().to_rgb8();
+    let far = q
+        .as_raw()
+        .iter()
+        .zip(dense.as_raw())
+        .map(|(a, b)| (*a as i32 - *b as i32).abs())
+        .max()
+        .unwrap();
+    assert!(far <= 3, "f16 GGUF Fill differs by up to {far} levels");
+    let r = run("flux-dev", &gguf, &[]);
+    assert!(stderr(&r).contains("FLUX.1 Fill weights"), "{}", stderr(&r));
     let r = run(
         "flux-canny",
         &canny,
