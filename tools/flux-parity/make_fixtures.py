@@ -736,8 +736,46 @@ def conditioned_fixtures():
     save("conditioned_io.safetensors", out)
 
 
+# ---------------------------------------------------------------- true classifier-free guidance
+
+
+def true_cfg_fixtures():
+    """diffusers' FluxPipeline (dev, 3 steps, guidance 3.5) with a negative prompt and
+    true_cfg_scale 2 (each step runs both prompts: v_neg + 2·(v − v_neg)), from the pipeline
+    fixture's latents; and FluxKontextPipeline likewise (its fixture's image and latents,
+    guidance 2.5, true_cfg_scale 1.5). Writes true_cfg_io.safetensors."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxKontextPipeline, FluxPipeline
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    clip_tok, t5_tok = rebuilt_parts()
+    io = load_file(os.path.join(OUT, "pipeline_io.safetensors"))
+
+    def sched():
+        return FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                               base_image_seq_len=256, max_image_seq_len=4096)
+
+    parts = dict(vae=MODELS["vae"], text_encoder=MODELS["clip"], tokenizer=clip_tok, text_encoder_2=MODELS["t5"],
+                 tokenizer_2=t5_tok, transformer=MODELS["dev"])
+    out = {}
+    with torch.no_grad():
+        out["dev_image"] = FluxPipeline(scheduler=sched(), **parts)(
+            prompt="a photo of a red circle", negative_prompt="a blue square", true_cfg_scale=2.0, height=32,
+            width=48, num_inference_steps=3, guidance_scale=3.5, latents=io["dev_latents"].clone(),
+            max_sequence_length=16, output_type="pt").images
+        pixels = io["kontext_input"].to(torch.uint8)
+        out["kontext_image"] = FluxKontextPipeline(scheduler=sched(), **parts)(
+            image=Image.fromarray(pixels.numpy()), prompt="make the circle blue", negative_prompt="blurry",
+            true_cfg_scale=1.5, height=32, width=48, num_inference_steps=3, guidance_scale=2.5,
+            latents=io["kontext_latents"].clone(), max_sequence_length=16, output_type="pt", _auto_resize=False,
+            max_area=32 * 48).images
+    for k in ("dev_image", "kontext_image"):
+        print(f"{k}: max |difference| to the plain pipeline's {float((out[k] - io[k]).abs().max()):.3f}")
+    save("true_cfg_io.safetensors", out)
+
+
 if __name__ == "__main__":
     os.makedirs(OUT, exist_ok=True)
-    which = sys.argv[1:] or ["transformer", "scheduler", "vae", "text", "tokenizer", "pipeline", "lora", "inpaint", "conditioned"]
+    which = sys.argv[1:] or ["transformer", "scheduler", "vae", "text", "tokenizer", "pipeline", "lora", "inpaint", "conditioned", "true_cfg"]
     for w in which:
         globals()[f"{w}_fixtures"]()

@@ -201,16 +201,39 @@ fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
             );
         }
     }
-    // The prompt is encoded while loading: T5 can then be dropped before the DiT loads.
+    let true_cfg = match a.true_cfg {
+        Some(s) if !(s.is_finite() && s >= 1.0) => {
+            bail!("--true-cfg {s} is out of range (at least 1; 1 disables it)")
+        }
+        Some(s) if s > 1.0 => Some(s),
+        _ => None,
+    };
+    if a.negative_prompt.is_some() && true_cfg.is_none() {
+        bail!("--negative-prompt has no effect at --true-cfg 1; give a scale above 1");
+    }
+    let mut prompts = vec![a.prompt.as_str()];
+    if true_cfg.is_some() {
+        prompts.push(a.negative_prompt.as_deref().unwrap_or(""));
+    }
+    // The prompts are encoded while loading: T5 can then be dropped before the DiT loads.
     let (model, mut texts) = FluxModel::load_with_prompts(
         weights,
         &a.parts.components(),
         variant,
         &Device::Cpu,
-        &[a.prompt.as_str()],
+        &prompts,
         a.max_sequence_length,
     )?;
-    let text = texts.pop().expect("one prompt encoded");
+    let text = match true_cfg {
+        Some(s) => {
+            let negative = texts.pop().expect("the negative prompt encoded");
+            texts
+                .pop()
+                .expect("the prompt encoded")
+                .with_negative(negative, s)
+        }
+        None => texts.pop().expect("one prompt encoded"),
+    };
     if !model.text.t5.is_resident() {
         eprintln!(
             "memory is tight: T5 was dropped after encoding the prompt, before the DiT loaded"
@@ -309,6 +332,13 @@ fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
             if let Some(m) = &a.mask {
                 meta.push(("mask", m.display().to_string()));
             }
+        }
+        if let Some(s) = true_cfg {
+            meta.push(("true_cfg", s.to_string()));
+            meta.push((
+                "negative_prompt",
+                a.negative_prompt.clone().unwrap_or_default(),
+            ));
         }
         if let Some(p) = &a.control_image {
             let how = if a.canny { " (its Canny edges)" } else { "" };

@@ -77,6 +77,13 @@ pub struct GenerateArgs {
     /// the canvas, which defaults to its size rounded down to 16).
     #[arg(long)]
     pub control_image: Option<PathBuf>,
+    /// FLUX: true classifier-free guidance scale (above 1 runs the negative prompt beside the
+    /// prompt each step, at twice the cost: v_neg + S·(v − v_neg)); 1 (default) disables it.
+    #[arg(long)]
+    pub true_cfg: Option<f64>,
+    /// FLUX: what to guide away from with --true-cfg (the empty prompt when omitted).
+    #[arg(long, requires = "true_cfg")]
+    pub negative_prompt: Option<String>,
     /// FLUX.1 Canny: --control-image is a picture; make its edge map first (Canny edge
     /// detection, thresholds 50 and 200).
     #[arg(long, requires = "control_image")]
@@ -160,8 +167,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         || a.latents.is_some()
         || a.max_sequence_length.is_some()
         || a.control_image.is_some()
+        || a.true_cfg.is_some()
     {
-        bail!("--weights, --latents, --max-sequence-length and --control-image apply to the FLUX models (--model flux-schnell|flux-dev|flux-kontext|flux-fill|flux-canny|flux-depth)");
+        bail!("--weights, --latents, --max-sequence-length, --control-image and --true-cfg apply to the FLUX models (--model flux-schnell|flux-dev|flux-kontext|flux-fill|flux-canny|flux-depth)");
     }
     a.parts.refuse_for(&a.model)?;
     if let Some(s) = a.strength {

@@ -816,3 +816,51 @@ fn flux_fill_and_canny_from_the_cli_match_the_reference_images() {
         );
     }
 }
+
+/// `--true-cfg 2 --negative-prompt …` draws diffusers' image with `true_cfg_scale=2` and the
+/// same negative prompt (within 1 level); a scale below 1, or a negative prompt it would
+/// ignore, is refused.
+#[test]
+fn true_cfg_from_the_cli_matches_the_reference_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("flux-dev");
+    snapshot(&root);
+    let io =
+        candle_core::safetensors::load(fixture("pipeline_io.safetensors"), &Device::Cpu).unwrap();
+    let want =
+        candle_core::safetensors::load(fixture("true_cfg_io.safetensors"), &Device::Cpu).unwrap();
+    let latents = dir.path().join("latents.safetensors");
+    save_one(&latents, &io["dev_latents"]);
+    let out = dir.path().join("out.png");
+    let l = latents.to_str().unwrap();
+    let r = generate_dev(
+        &root,
+        &out,
+        &[
+            "--latents",
+            l,
+            "--steps",
+            "3",
+            "--size",
+            "48x32",
+            "--true-cfg",
+            "2",
+            "--negative-prompt",
+            "a blue square",
+        ],
+    );
+    assert!(r.status.success(), "{}", stderr(&r));
+    let w = worst(&pixel_diffs(&out, &want["dev_image"]));
+    assert!(w <= 1.0, "pixels differ by up to {w}");
+    for (extra, says) in [
+        (vec!["--true-cfg", "0.5"], "--true-cfg 0.5 is out of range"),
+        (
+            vec!["--true-cfg", "1", "--negative-prompt", "x"],
+            "has no effect",
+        ),
+    ] {
+        let r = generate_dev(&root, &out, &extra);
+        assert!(!r.status.success());
+        assert!(stderr(&r).contains(says), "{}", stderr(&r));
+    }
+}

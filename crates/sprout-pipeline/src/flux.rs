@@ -94,6 +94,20 @@ pub struct FluxText {
     pub states: Tensor,
     /// CLIP pooled vector (1, 768).
     pub pooled: Tensor,
+    /// True classifier-free guidance (diffusers' `true_cfg_scale` with a negative prompt):
+    /// each step also runs the negative prompt and moves along `v_neg + scale·(v − v_neg)`.
+    pub true_cfg: Option<(Box<FluxText>, f64)>,
+}
+
+impl FluxText {
+    /// This prompt guided away from `negative` at `scale` (true CFG; 1 would change nothing,
+    /// at twice the cost).
+    pub fn with_negative(self, negative: FluxText, scale: f64) -> FluxText {
+        FluxText {
+            true_cfg: Some((Box::new(negative), scale)),
+            ..self
+        }
+    }
 }
 
 /// A reference image for in-context editing (Kontext): its packed latents and the packed
@@ -210,6 +224,7 @@ impl TextParts {
         Ok(FluxText {
             pooled: self.clip.forward(&clip_ids)?.to_dtype(self.dtype)?,
             states: self.t5.encode(&t5_ids)?.to_dtype(self.dtype)?,
+            true_cfg: None,
         })
     }
 }
@@ -398,15 +413,25 @@ impl FluxModel {
                 }
                 None => x.to_dtype(self.dtype())?,
             };
-            let v = self.dit.forward(&DitInput {
-                guidance: self.variant.guidance_embed().then_some(&g),
-                references: ref_tokens
-                    .as_ref()
-                    .zip(ref_ids.as_ref())
-                    .map(|(tokens, ids)| sprout_models::dit::References { tokens, ids }),
-                ..DitInput::new(&xin, &img_ids, &text.states, &txt_ids, &t, &text.pooled)
-            })?;
-            let v = v.to_dtype(DType::F32)?;
+            let velocity = |text: &FluxText| -> Result<Tensor, PipelineError> {
+                let v = self.dit.forward(&DitInput {
+                    guidance: self.variant.guidance_embed().then_some(&g),
+                    references: ref_tokens
+                        .as_ref()
+                        .zip(ref_ids.as_ref())
+                        .map(|(tokens, ids)| sprout_models::dit::References { tokens, ids }),
+                    ..DitInput::new(&xin, &img_ids, &text.states, &txt_ids, &t, &text.pooled)
+                })?;
+                Ok(v.to_dtype(DType::F32)?)
+            };
+            let mut v = velocity(text)?;
+            if let Some((negative, scale)) = &text.true_cfg {
+                if cancel.load(Ordering::Relaxed) {
+                    return Err(PipelineError::Cancelled);
+                }
+                let vn = velocity(negative)?;
+                v = (&vn + ((v - &vn)? * *scale)?)?;
+            }
             x = euler_step(&x, &v, pair[0], pair[1])?;
             if let Some(b) = &blend {
                 x = b.apply(&x, pair[1])?;

@@ -381,3 +381,61 @@ fn control_matches_diffusers() {
         assert!(e.contains("canvas size"), "{e}");
     }
 }
+
+/// True classifier-free guidance against diffusers (`negative_prompt` with `true_cfg_scale`):
+/// FluxPipeline (dev, scale 2) and FluxKontextPipeline (scale 1.5) from the same latents.
+#[test]
+fn true_cfg_with_a_negative_prompt_matches_diffusers() {
+    let (_, io, _) = load("pipeline_io.safetensors");
+    let (_, want, _) = load("true_cfg_io.safetensors");
+    let mut m = model(Variant::Dev, "dev");
+    let negative = m.encode_text("a blue square").unwrap();
+    let text = m
+        .encode_text("a photo of a red circle")
+        .unwrap()
+        .with_negative(negative, 2.0);
+    let img = m
+        .sample(
+            &text,
+            &io["dev_latents"],
+            &[],
+            None,
+            48,
+            32,
+            3,
+            3.5,
+            |_, _| {},
+        )
+        .unwrap();
+    let d = sprout_models::ops::max_abs_diff(&img, &want["dev_image"]).unwrap();
+    eprintln!("dev with true CFG: max abs error {d:.2e} on a [0, 1] image");
+    assert!(d <= 1e-4, "dev: {d}");
+    // It is not the plain image.
+    assert!(sprout_models::ops::max_abs_diff(&img, &io["dev_image"]).unwrap() > 0.05);
+
+    let mut m = model(Variant::Kontext, "dev");
+    let negative = m.encode_text("blurry").unwrap();
+    let text = m
+        .encode_text("make the circle blue")
+        .unwrap()
+        .with_negative(negative, 1.5);
+    let r = m
+        .encode_reference(&model_image(&io["kontext_input"]))
+        .unwrap();
+    let img = m
+        .sample(
+            &text,
+            &io["kontext_latents"],
+            &[r],
+            None,
+            48,
+            32,
+            3,
+            2.5,
+            |_, _| {},
+        )
+        .unwrap();
+    let d = sprout_models::ops::max_abs_diff(&img, &want["kontext_image"]).unwrap();
+    eprintln!("kontext with true CFG: max abs error {d:.2e} on a [0, 1] image");
+    assert!(d <= 1e-4, "kontext: {d}");
+}
