@@ -251,6 +251,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
             height: 256,
             sampler: model.meta.sampler,
             init: None,
+            negative_prompt: None,
+            true_cfg: None,
         };
         let s = time(a.repeat, || {
             sprout_pipeline::generate::generate(&model, &req, |_, _| {})?;

@@ -145,6 +145,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
             height: p.height,
             sampler,
             init: None,
+            negative_prompt: None,
+            true_cfg: None,
         };
         // Generated lazily in batches: a prompt not yet generated is generated together
         // with the following prompts of the same canvas size.

@@ -81,8 +81,9 @@ pub struct GenerateArgs {
     /// prompt each step, at twice the cost: v_neg + S·(v − v_neg)); 1 (default) disables it.
     #[arg(long)]
     pub true_cfg: Option<f64>,
-    /// FLUX: what to guide away from with --true-cfg (the empty prompt when omitted).
-    #[arg(long, requires = "true_cfg")]
+    /// What guidance steers away from: with FLUX the negative prompt of --true-cfg (the empty
+    /// prompt when omitted), with Sprout's models the unconditional prompt of --guidance.
+    #[arg(long)]
     pub negative_prompt: Option<String>,
     /// FLUX.1 Canny: --control-image is a picture; make its edge map first (Canny edge
     /// detection, thresholds 50 and 200).
@@ -219,6 +220,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             }),
             None => None,
         },
+        negative_prompt: a.negative_prompt.clone(),
+        true_cfg: None,
     };
     req.validate(&model)?;
     let pb = bar(0, "generate");

@@ -31,6 +31,12 @@ pub struct Request {
     pub sampler: Sampler,
     /// img2img: start from this image instead of pure noise.
     pub init: Option<InitImage>,
+    /// What guidance steers away from: for Sprout's models the unconditional prompt of
+    /// classifier-free guidance (empty when None); for FLUX the negative prompt of true CFG.
+    pub negative_prompt: Option<String>,
+    /// FLUX's true classifier-free guidance scale: above 1 each step also runs the negative
+    /// prompt (empty when None). Sprout's models take none.
+    pub true_cfg: Option<f64>,
 }
 
 /// img2img (SDEdit): of a `steps`-step schedule only the last ones run, from the image's
@@ -108,6 +114,16 @@ impl Request {
         let bad = |m: String| Err(PipelineError::Request(m));
         if self.prompt.trim().is_empty() {
             return bad("prompt is empty".into());
+        }
+        if self.true_cfg.is_some() {
+            return bad(
+                "true_cfg_scale applies to the FLUX models; Sprout's models guide by guidance \
+                 (with negative_prompt as the unconditional prompt)"
+                    .into(),
+            );
+        }
+        if self.negative_prompt.is_some() && self.guidance == 1.0 {
+            return bad("negative_prompt has no effect at guidance 1".into());
         }
         if self.n == 0 || self.n > MAX_IMAGES {
             return bad(format!("n = {} is out of range (1..={MAX_IMAGES})", self.n));
@@ -330,7 +346,12 @@ pub fn generate_many_with(
         .flat_map(|r| std::iter::repeat_n(r.prompt.clone(), r.n))
         .collect();
     if cfg_on {
-        prompts.extend(std::iter::repeat_n(String::new(), n));
+        // The unconditional prompt of each sample: its request's negative prompt, else empty.
+        prompts.extend(
+            reqs.iter().flat_map(|r| {
+                std::iter::repeat_n(r.negative_prompt.clone().unwrap_or_default(), r.n)
+            }),
+        );
     }
     let emb = bundle.text.encode(&prompts, &dev)?;
     for (name, t) in [("text states", &emb.states), ("pooled text", &emb.pooled)] {

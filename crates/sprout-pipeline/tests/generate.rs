@@ -25,6 +25,8 @@ fn req(n: usize, seed: u64) -> Request {
         height: 64,
         sampler: Sampler::Heun,
         init: None,
+        negative_prompt: None,
+        true_cfg: None,
     }
 }
 
@@ -360,4 +362,55 @@ fn previews_come_between_steps_and_leave_the_result_unchanged() {
         assert_eq!(imgs.len(), 2);
         assert_eq!(imgs[0].dimensions(), (96, 64));
     }
+}
+
+/// The negative prompt is the unconditional prompt of classifier-free guidance: empty, it is
+/// the plain image; another text, another image; in one batch each request keeps its own
+/// (as when run alone). It is refused where guidance is off, and FLUX's true_cfg is refused.
+#[test]
+fn the_negative_prompt_is_the_unconditional_prompt() {
+    let b = tiny_bundle();
+    let with = |neg: Option<&str>, seed: u64| Request {
+        negative_prompt: neg.map(str::to_string),
+        ..req(1, seed)
+    };
+    let plain = generate(&b, &req(1, 3), |_, _| {}).unwrap();
+    let empty = generate(&b, &with(Some(""), 3), |_, _| {}).unwrap();
+    assert_eq!(plain[0].as_raw(), empty[0].as_raw());
+    let neg = generate(&b, &with(Some("two blue squares"), 3), |_, _| {}).unwrap();
+    assert!(max_diff(&neg[0], &plain[0]) > 1);
+    let (a, c) = (
+        with(Some("two blue squares"), 3),
+        with(Some("a green star"), 4),
+    );
+    let both = generate_many(&b, &[a.clone(), c.clone()], |_, _| {}).unwrap();
+    for (batched, r) in both.iter().zip([&a, &c]) {
+        let alone = generate(&b, r, |_, _| {}).unwrap();
+        assert!(max_diff(&batched[0], &alone[0]) <= 1);
+    }
+    let e = generate(
+        &b,
+        &Request {
+            guidance: 1.0,
+            ..with(Some("x"), 3)
+        },
+        |_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("negative_prompt has no effect"), "{e}");
+    let e = generate(
+        &b,
+        &Request {
+            true_cfg: Some(2.0),
+            ..req(1, 3)
+        },
+        |_, _| {},
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("true_cfg_scale applies to the FLUX models"),
+        "{e}"
+    );
 }

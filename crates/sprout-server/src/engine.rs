@@ -138,6 +138,8 @@ impl Engine {
             height: h,
             sampler: p.sampler,
             init,
+            negative_prompt: None,
+            true_cfg: None,
         };
         Ok((req, inputs))
     }
@@ -202,7 +204,19 @@ fn run_flux(
     } = hooks;
     let (w, h) = (req.width as usize, req.height as usize);
     let multiple = size_multiple(&m.vae);
-    let text = m.encode_text(&req.prompt)?;
+    let text = match (req.true_cfg.filter(|s| *s > 1.0), &req.negative_prompt) {
+        (Some(s), negative) => {
+            let negative = m.encode_text(negative.as_deref().unwrap_or(""))?;
+            m.encode_text(&req.prompt)?.with_negative(negative, s)
+        }
+        (None, Some(_)) => {
+            return Err(PipelineError::Request(format!(
+                "negative_prompt needs true_cfg_scale above 1 with {} (FLUX's true classifier-free guidance)",
+                m.variant.name()
+            )))
+        }
+        (None, None) => m.encode_text(&req.prompt)?,
+    };
     let references = refs
         .iter()
         .map(|img| {

@@ -24,6 +24,11 @@ pub struct GenerationBody {
     pub seed: Option<u64>,
     pub steps: Option<i64>,
     pub guidance: Option<f64>,
+    /// What guidance steers away from (Sprout's models: the unconditional prompt; FLUX: the
+    /// negative prompt of true_cfg_scale).
+    pub negative_prompt: Option<String>,
+    /// FLUX's true classifier-free guidance scale (above 1 runs the negative prompt too).
+    pub true_cfg_scale: Option<f64>,
     // OpenAI fields without an effect here, accepted so that clients sending them work.
     pub quality: Option<String>,
     pub style: Option<String>,
@@ -193,6 +198,25 @@ pub fn check(body: GenerationBody, state: &AppState) -> Result<Generation, ApiEr
             format!("guidance = {guidance} is out of range (0..=50)"),
         ));
     }
+    if let Some(neg) = &body.negative_prompt {
+        if neg.chars().count() > state.cfg.max_prompt_chars {
+            return Err(ApiError::invalid(
+                "negative_prompt",
+                format!(
+                    "negative_prompt is longer than {} characters",
+                    state.cfg.max_prompt_chars
+                ),
+            ));
+        }
+    }
+    if let Some(s) = body.true_cfg_scale {
+        if !s.is_finite() || !(1.0..=50.0).contains(&s) {
+            return Err(ApiError::invalid(
+                "true_cfg_scale",
+                format!("true_cfg_scale = {s} is out of range (1..=50)"),
+            ));
+        }
+    }
     Ok(Generation {
         req: Request {
             prompt: body.prompt,
@@ -204,6 +228,8 @@ pub fn check(body: GenerationBody, state: &AppState) -> Result<Generation, ApiEr
             height,
             sampler: state.profile.sampler,
             init: None,
+            negative_prompt: body.negative_prompt,
+            true_cfg: body.true_cfg_scale,
         },
         format,
         compression,

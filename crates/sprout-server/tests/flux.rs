@@ -472,3 +472,60 @@ async fn flux_canny_draws_from_the_edit_image_as_control() {
     }
     s.stop().await;
 }
+
+/// FLUX's true classifier-free guidance over HTTP: `negative_prompt` with `true_cfg_scale`
+/// draws the pipeline's image with that negative prompt; a negative prompt without a scale
+/// above 1, or a scale out of range, is a 400 naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flux_true_cfg_follows_the_negative_prompt() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("flux-dev");
+    sprout_pipeline::testing::flux_snapshot(&root, "FluxPipeline").unwrap();
+    let s = Server::start(
+        Engine::Flux(Box::new(load(&root, Variant::Dev))),
+        "flux-dev",
+        no_warmup(),
+    )
+    .await;
+    let (st, v) = s
+        .post(
+            "/v1/images/generations",
+            json!({"prompt": PROMPT, "size": "32x24", "seed": 6, "steps": 2,
+                   "negative_prompt": "a blue square", "true_cfg_scale": 2.0})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let mut m = load(&root, Variant::Dev);
+    let negative = m.encode_text("a blue square").unwrap();
+    let text = m.encode_text(PROMPT).unwrap().with_negative(negative, 2.0);
+    let latents = m.initial_latents(6, 32, 24).unwrap();
+    let img = m
+        .sample(&text, &latents, &[], None, 32, 24, 2, 3.5, |_, _| {})
+        .unwrap();
+    let want = to_images(&((img * 2.0).unwrap() - 1.0).unwrap())
+        .unwrap()
+        .pop()
+        .unwrap();
+    assert_eq!(decode(&v["data"][0]), want);
+    assert_ne!(
+        decode(&v["data"][0]),
+        expected(&mut m, 6, (32, 24), &[], 2, 3.5)
+    );
+    for (body, says) in [
+        (
+            json!({"prompt": PROMPT, "size": "32x24", "negative_prompt": "x"}),
+            "negative_prompt needs true_cfg_scale",
+        ),
+        (
+            json!({"prompt": PROMPT, "size": "32x24", "true_cfg_scale": 0.5}),
+            "true_cfg_scale = 0.5 is out of range",
+        ),
+    ] {
+        let (st, v) = s.post("/v1/images/generations", body.to_string()).await;
+        assert_eq!(st, 400, "{v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(says), "{msg}");
+    }
+    s.stop().await;
+}
