@@ -337,7 +337,10 @@ impl FluxModel {
             )));
         }
         let img_ids = grid_ids(0, h / 2, w / 2, dev)?;
-        let cond = self.conditioning(refs, init, (width, height), tokens)?;
+        let cond = self
+            .conditioning(refs, init, (width, height), tokens)?
+            .map(|c| c.to_dtype(self.dtype()))
+            .transpose()?;
         // Canny's and Depth's image is conditioning, not a sequence of reference tokens.
         let refs = if self.variant.is_control() { &[] } else { refs };
         let (ref_tokens, ref_ids) = if refs.is_empty() {
@@ -408,9 +411,7 @@ impl FluxModel {
             }
             let t = Tensor::new(&[pair[0] as f32], dev)?;
             let xin = match &cond {
-                Some(c) => {
-                    Tensor::cat(&[&x.to_dtype(self.dtype())?, &c.to_dtype(self.dtype())?], 2)?
-                }
+                Some(c) => Tensor::cat(&[&x.to_dtype(self.dtype())?, c], 2)?,
                 None => x.to_dtype(self.dtype())?,
             };
             let velocity = |text: &FluxText| -> Result<Tensor, PipelineError> {
