@@ -673,6 +673,15 @@ def inpaint_fixtures():
             prompt="make the circle blue", image=image, mask_image=mask_image, height=32, width=48,
             strength=1.0, num_inference_steps=3, guidance_scale=2.5, max_sequence_length=16,
             output_type="pt", _auto_resize=False, max_area=32 * 48).images
+        # A separate reference image (`image_reference`): its tokens are the context, the
+        # image is only inpainted.
+        reference = (torch.rand(32, 48, 3, generator=g) * 255).round().to(torch.uint8)
+        out["kontext_reference"] = reference.float()
+        out["kontext_inpaint_reference_image"] = kinp.FluxKontextInpaintPipeline(scheduler=sched(), **parts)(
+            prompt="make the circle blue", image=image, mask_image=mask_image,
+            image_reference=Image.fromarray(reference.numpy()), height=32, width=48, strength=1.0,
+            num_inference_steps=3, guidance_scale=2.5, max_sequence_length=16, output_type="pt",
+            _auto_resize=False, max_area=32 * 48).images
     save("inpaint_io.safetensors", out)
 
 

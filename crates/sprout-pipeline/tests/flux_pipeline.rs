@@ -198,7 +198,8 @@ fn kontext_sizes_follow_the_reference_list() {
 }
 
 /// Inpainting against diffusers' FluxInpaintPipeline (dev, strength 0.85) and
-/// FluxKontextInpaintPipeline (the image is also Kontext's reference, strength 1), from the same
+/// FluxKontextInpaintPipeline (strength 1; the image is also Kontext's reference, or a
+/// reference image of its own is given), from the same
 /// image, mask and noise: inside the mask Sprout draws the reference's pixels; outside it
 /// keeps the input's own pixels (diffusers returns them as decoded, Sprout pastes them back).
 #[test]
@@ -227,6 +228,15 @@ fn inpainting_matches_diffusers_inside_the_mask_and_keeps_the_image_outside() {
             1.0,
             "kontext_inpaint_image",
         ),
+        // With a reference image of its own (diffusers' `image_reference`).
+        (
+            Variant::Kontext,
+            "make the circle blue",
+            3,
+            2.5,
+            1.0,
+            "kontext_inpaint_reference_image",
+        ),
     ] {
         let mut m = model(variant, "dev");
         let text = m.encode_text(prompt).unwrap();
@@ -239,10 +249,13 @@ fn inpainting_matches_diffusers_inside_the_mask_and_keeps_the_image_outside() {
                 image: image.clone(),
             }),
         };
-        let refs = if variant == Variant::Kontext {
-            vec![r]
-        } else {
-            vec![]
+        let refs = match key {
+            "kontext_inpaint_reference_image" => {
+                let reference = model_image(&io["kontext_reference"]);
+                vec![m.encode_reference(&reference).unwrap()]
+            }
+            _ if variant == Variant::Kontext => vec![r],
+            _ => vec![],
         };
         let img = m
             .sample(
