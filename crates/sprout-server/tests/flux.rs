@@ -30,6 +30,29 @@ fn no_warmup() -> ServerConfig {
     }
 }
 
+/// The image the pipeline draws from seeded noise (`seed`) at `(w, h)` with `text`, the
+/// encoded references and the img2img / inpainting start, as an 8-bit image.
+#[allow(clippy::too_many_arguments)]
+fn drawn(
+    m: &FluxModel,
+    text: &sprout_pipeline::flux::FluxText,
+    seed: u64,
+    (w, h): (usize, usize),
+    refs: &[sprout_pipeline::flux::Reference],
+    init: Option<&sprout_pipeline::flux::Img2Img>,
+    steps: usize,
+    guidance: f64,
+) -> image::RgbImage {
+    let latents = m.initial_latents(seed, w, h).unwrap();
+    let img = m
+        .sample(text, &latents, refs, init, w, h, steps, guidance, |_, _| {})
+        .unwrap();
+    to_images(&((img * 2.0).unwrap() - 1.0).unwrap())
+        .unwrap()
+        .pop()
+        .unwrap()
+}
+
 /// Image `i` of a request as the pipeline draws it: seed `seed + i`, the given references.
 fn expected(
     m: &mut FluxModel,
@@ -48,24 +71,7 @@ fn expected(
             m.encode_reference(&resized(r, rw, rh).unwrap()).unwrap()
         })
         .collect();
-    let latents = m.initial_latents(seed, w, h).unwrap();
-    let img = m
-        .sample(
-            &text,
-            &latents,
-            &refs,
-            None,
-            w,
-            h,
-            steps,
-            guidance,
-            |_, _| {},
-        )
-        .unwrap();
-    to_images(&((img * 2.0).unwrap() - 1.0).unwrap())
-        .unwrap()
-        .pop()
-        .unwrap()
+    drawn(m, &text, seed, (w, h), &refs, None, steps, guidance)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -343,24 +349,7 @@ async fn flux_fill_inpaints_masked_edits() {
             image,
         }),
     };
-    let latents = m.initial_latents(3, 32, 32).unwrap();
-    let img = m
-        .sample(
-            &text,
-            &latents,
-            &[],
-            Some(&init),
-            32,
-            32,
-            2,
-            30.0,
-            |_, _| {},
-        )
-        .unwrap();
-    let want = to_images(&((img * 2.0).unwrap() - 1.0).unwrap())
-        .unwrap()
-        .pop()
-        .unwrap();
+    let want = drawn(&m, &text, 3, (32, 32), &[], Some(&init), 2, 30.0);
     assert_eq!(out, want);
     for (st, v) in [
         s.post_form("/v1/images/edits", form(false)).await,
@@ -426,24 +415,7 @@ async fn flux_canny_draws_from_the_edit_image_as_control() {
     let control = m
         .encode_reference(&resized(&edges, 32, 32).unwrap())
         .unwrap();
-    let latents = m.initial_latents(4, 32, 32).unwrap();
-    let img = m
-        .sample(
-            &text,
-            &latents,
-            &[control],
-            None,
-            32,
-            32,
-            2,
-            30.0,
-            |_, _| {},
-        )
-        .unwrap();
-    let want = to_images(&((img * 2.0).unwrap() - 1.0).unwrap())
-        .unwrap()
-        .pop()
-        .unwrap();
+    let want = drawn(&m, &text, 4, (32, 32), &[control], None, 2, 30.0);
     assert_eq!(decode(&v["data"][0]), want);
     let mask = image::RgbaImage::from_pixel(48, 40, image::Rgba([0, 0, 0, 0]));
     for (st, v) in [
@@ -499,14 +471,7 @@ async fn flux_true_cfg_follows_the_negative_prompt() {
     let mut m = load(&root, Variant::Dev);
     let negative = m.encode_text("a blue square").unwrap();
     let text = m.encode_text(PROMPT).unwrap().with_negative(negative, 2.0);
-    let latents = m.initial_latents(6, 32, 24).unwrap();
-    let img = m
-        .sample(&text, &latents, &[], None, 32, 24, 2, 3.5, |_, _| {})
-        .unwrap();
-    let want = to_images(&((img * 2.0).unwrap() - 1.0).unwrap())
-        .unwrap()
-        .pop()
-        .unwrap();
+    let want = drawn(&m, &text, 6, (32, 24), &[], None, 2, 3.5);
     assert_eq!(decode(&v["data"][0]), want);
     assert_ne!(
         decode(&v["data"][0]),
