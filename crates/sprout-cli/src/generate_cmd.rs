@@ -249,6 +249,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                 meta.push(("mask", m.display().to_string()));
             }
         }
+        if let Some(n) = &req.negative_prompt {
+            meta.push(("negative_prompt", n.clone()));
+        }
         write_png(path, img, &meta)?;
         println!("wrote {}", path.display());
     }

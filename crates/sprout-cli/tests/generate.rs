@@ -87,6 +87,50 @@ fn generate_writes_pngs_with_their_parameters() {
         .iter()
         .zip(b.as_raw())
         .all(|(p, q)| p.abs_diff(*q) <= 1));
+    // A negative prompt (guidance's unconditional prompt) changes the image and is recorded;
+    // FLUX's --true-cfg is refused for Sprout's models.
+    let neg = out.path().join("n.png");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "a red circle",
+            "--model",
+            m,
+            "--seed",
+            "6",
+            "--aspect",
+            "16:9",
+            "-o",
+            neg.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        sprout(&args)
+    };
+    let o = run(&["--negative-prompt", "blue squares"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c = image::open(&neg).unwrap().to_rgb8();
+    assert!(c
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .any(|(p, q)| p.abs_diff(*q) > 1));
+    let reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&neg).unwrap()))
+        .read_info()
+        .unwrap();
+    let text: HashMap<String, String> = reader
+        .info()
+        .utf8_text
+        .iter()
+        .map(|c| (c.keyword.clone(), c.get_text().unwrap()))
+        .collect();
+    assert_eq!(text["negative_prompt"], "blue squares");
+    let o = run(&["--true-cfg", "2"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("--true-cfg apply to the FLUX models"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
