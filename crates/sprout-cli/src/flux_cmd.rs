@@ -115,22 +115,16 @@ fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
             bail!("--strength {s} is out of range (0, 1]");
         }
     }
-    match (variant, &a.control_image) {
-        (Variant::Canny | Variant::Depth, None) => bail!(
-            "--model {} draws from an {} map: give it with --control-image",
-            a.model,
-            if variant == Variant::Canny {
-                "edge"
-            } else {
-                "depth"
-            }
+    match (variant.control_map(), &a.control_image) {
+        (Some(map), None) => bail!(
+            "--model {} draws from an {map} map: give it with --control-image",
+            a.model
         ),
-        (Variant::Canny | Variant::Depth, Some(_)) => {}
-        (_, Some(_)) => bail!(
+        (None, Some(_)) => bail!(
             "--control-image is for --model flux-canny or flux-depth, not {}",
             a.model
         ),
-        (_, None) => {}
+        _ => {}
     }
     if a.canny && variant != Variant::Canny {
         bail!(
@@ -148,11 +142,14 @@ fn run(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
         None => None,
     };
     let control_image = match &a.control_image {
-        Some(p) if a.canny => Some(canny_map(
-            &open_image(p, "--control-image")?,
-            CANNY_THRESHOLDS,
-        )),
-        Some(p) => Some(open_image(p, "--control-image")?),
+        Some(p) => {
+            let img = open_image(p, "--control-image")?;
+            Some(if a.canny {
+                canny_map(&img, CANNY_THRESHOLDS)
+            } else {
+                img
+            })
+        }
         None => None,
     };
     let sized = init_image

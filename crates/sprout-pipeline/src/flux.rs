@@ -142,6 +142,21 @@ pub struct Inpaint {
     pub image: Tensor,
 }
 
+impl Inpaint {
+    /// Both at the `width`×`height` canvas, else an error naming their shapes.
+    pub(crate) fn check(&self, width: usize, height: usize) -> Result<(), PipelineError> {
+        let want = [1, 1, height, width];
+        if self.mask.dims() != want || self.image.dims() != [1, 3, height, width] {
+            return Err(PipelineError::Request(format!(
+                "the inpainting mask {:?} and image {:?} must be {want:?} and [1, 3, {height}, {width}]",
+                self.mask.dims(),
+                self.image.dims()
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Img2Img {
     /// Index of the first schedule step that runs.
     pub fn first_step(&self, steps: usize) -> Result<usize, PipelineError> {
@@ -369,14 +384,7 @@ impl FluxModel {
             Some(init) => {
                 // Fill inpaints by its conditioning; the others by blending (diffusers' way).
                 if let Some(ip) = init.inpaint.as_ref().filter(|_| cond.is_none()) {
-                    let want = [1, 1, height, width];
-                    if ip.mask.dims() != want || ip.image.dims() != [1, 3, height, width] {
-                        return Err(PipelineError::Request(format!(
-                            "the inpainting mask {:?} and image {:?} must be {want:?} and [1, 3, {height}, {width}]",
-                            ip.mask.dims(),
-                            ip.image.dims()
-                        )));
-                    }
+                    ip.check(width, height)?;
                     // A latent cell is drawn when any of its pixels is; packed as the latents.
                     let c = self.dit.config().latent_channels;
                     let cells = ip.mask.to_device(dev)?.max_pool2d(f)?;

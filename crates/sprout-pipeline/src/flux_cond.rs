@@ -66,14 +66,7 @@ impl FluxModel {
                         "{name} redraws the masked area of an image: it needs an image and a mask"
                     ));
                 };
-                let want = [1, 1, height, width];
-                if ip.mask.dims() != want || ip.image.dims() != [1, 3, height, width] {
-                    return bad(format!(
-                        "the mask {:?} and image {:?} must be {want:?} and [1, 3, {height}, {width}]",
-                        ip.mask.dims(),
-                        ip.image.dims()
-                    ));
-                }
+                ip.check(width, height)?;
                 let dev = self.device();
                 let mask = ip.mask.to_device(dev)?.to_dtype(candle_core::DType::F32)?;
                 let kept = (1.0 - mask.ge(0.5)?.to_dtype(candle_core::DType::F32)?)?;
@@ -88,11 +81,7 @@ impl FluxModel {
                 let [control] = refs else {
                     return bad(format!(
                         "{name} needs one control image (an {} map), {} given",
-                        if self.variant == Variant::Canny {
-                            "edge"
-                        } else {
-                            "depth"
-                        },
+                        self.variant.control_map().unwrap_or("edge or depth"),
                         refs.len()
                     ));
                 };

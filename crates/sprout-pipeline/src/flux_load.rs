@@ -16,7 +16,7 @@ use sprout_models::flux::convert::{DiffusersTransformerConfig, Renamed};
 use sprout_models::flux::files::{locate, FluxFiles, Layout, Variant};
 use sprout_models::flux::inspect::{
     available_memory, check_memory, gguf_metadata_string, inspect_transformer, resolve_variant,
-    safetensors_elements, GGUF_CONFIG_KEY,
+    safetensors_elements, Inspection, GGUF_CONFIG_KEY,
 };
 use sprout_models::flux::lora::{Lora, LoraUsage, Target, WithLora};
 use sprout_models::flux::tokenize::{clip_tokenizer, t5_tokenizer};
@@ -166,9 +166,11 @@ fn gguf_t5_bytes(file: &Path) -> Result<u64, PipelineError> {
 }
 
 /// The transformer's config: diffusers' `config.json`, Sprout's GGUF metadata, else the
-/// FLUX.1 preset of the variant.
+/// FLUX.1 preset of the variant with the conditioning channels `inspection` read from the
+/// headers.
 pub(crate) fn transformer_config(
     files: &sprout_models::flux::files::FluxFiles,
+    inspection: &Inspection,
     variant: Variant,
 ) -> Result<DitConfig, PipelineError> {
     let gguf_config = if files.layout == Layout::Gguf {
@@ -199,7 +201,7 @@ pub(crate) fn transformer_config(
                 DitConfig::flux_schnell()
             };
             DitConfig {
-                cond_channels: inspect_transformer(files)?.cond_channels(),
+                cond_channels: inspection.cond_channels(),
                 ..preset
             }
         }
@@ -349,7 +351,7 @@ impl FluxModel {
             }));
         }
 
-        let dit_cfg = transformer_config(&files, variant)?;
+        let dit_cfg = transformer_config(&files, &inspection, variant)?;
         let in_file = |e: &dyn std::fmt::Display| {
             weights_err(format!("{}: {e}", files.transformer[0].display()))
         };

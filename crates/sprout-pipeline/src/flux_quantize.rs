@@ -72,7 +72,7 @@ pub fn quantize_transformer(
     }
     let inspection = inspect_transformer(&files)?;
     let variant = resolve_variant(asked, &files, &inspection)?;
-    let cfg = transformer_config(&files, variant)?;
+    let cfg = transformer_config(&files, &inspection, variant)?;
     // The quantized tensors are held until the file is written.
     let held = inspection.elements as f64 * q.type_size() as f64 / q.block_size() as f64;
     sprout_models::flux::inspect::check_memory(

@@ -106,11 +106,11 @@ impl Engine {
         (w, h): (u32, u32),
     ) -> Result<(Request, Vec<RgbImage>), PipelineError> {
         let p = self.profile();
-        let init = match self {
+        let (init, inputs) = match self {
             Engine::Flux(m) if m.variant == Variant::Fill => {
                 let dev = candle_core::Device::Cpu;
                 let (w, h) = (w as usize, h as usize);
-                Some(InitImage {
+                let init = InitImage {
                     image: candle_core::Tensor::zeros((1, 3, h, w), candle_core::DType::F32, &dev)?,
                     strength: 1.0,
                     mask: Some(candle_core::Tensor::ones(
@@ -118,15 +118,13 @@ impl Engine {
                         candle_core::DType::F32,
                         &dev,
                     )?),
-                })
+                };
+                (Some(init), vec![])
             }
-            _ => None,
-        };
-        let inputs = match self {
             Engine::Flux(m) if m.variant.is_control() => {
-                vec![RgbImage::from_pixel(w, h, image::Rgb([128; 3]))]
+                (None, vec![RgbImage::from_pixel(w, h, image::Rgb([128; 3]))])
             }
-            _ => vec![],
+            _ => (None, vec![]),
         };
         let req = Request {
             prompt: "warm-up".into(),

@@ -52,7 +52,16 @@ impl Variant {
 
     /// Canny and Depth: a control image's latents beside the target's.
     pub fn is_control(self) -> bool {
-        matches!(self, Variant::Canny | Variant::Depth)
+        self.control_map().is_some()
+    }
+
+    /// What the control image of Canny / Depth is: an "edge" or a "depth" map.
+    pub fn control_map(self) -> Option<&'static str> {
+        match self {
+            Variant::Canny => Some("edge"),
+            Variant::Depth => Some("depth"),
+            _ => None,
+        }
     }
 
     /// T5 tokens per prompt in the reference pipelines: schnell 256, the others 512.
