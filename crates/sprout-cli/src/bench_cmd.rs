@@ -201,6 +201,40 @@ pub fn run(a: BenchArgs) -> Result<()> {
             per_s: Some((b as f64 / s, "samples/s")),
             flops: Some(3.0 * cfg.forward_flops(b, li, lt)),
         });
+        // The same step as the trainer runs it on a CPU (`dit.data_parallel`): two halves of
+        // the batch at once, one per core, products single-threaded, gradients summed.
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if threads > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build()?;
+            let half = b / 2;
+            let halves = [make(half)?, make(b - half)?];
+            std::env::set_var("RAYON_NUM_THREADS", "1");
+            let timed = time(a.repeat, || {
+                let run = |h: &(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)| {
+                    let out = dit.forward(&DitInput::new(&h.0, &h.1, &h.2, &h.3, &h.4, &h.5))?;
+                    out.sqr()?.mean_all()?.backward()
+                };
+                let (ga, gb) = pool.install(|| rayon::join(|| run(&halves[0]), || run(&halves[1])));
+                let (mut ga, gb) = (ga?, gb?);
+                for (_, v) in vm.data().lock().expect("vars").iter() {
+                    let t = v.as_tensor();
+                    if let (Some(x), Some(y)) = (ga.get(t), gb.get(t)) {
+                        let sum = (x + y)?;
+                        ga.insert(t, sum);
+                    }
+                }
+                opt.step(&ga, 1e-4)?;
+                Ok(())
+            });
+            std::env::remove_var("RAYON_NUM_THREADS");
+            let s = timed?;
+            rows.push(Row {
+                name: format!("native DiT train step, two halves at once ({li}+{lt} tok x {b})"),
+                seconds: s,
+                per_s: Some((b as f64 / s, "samples/s")),
+                flops: Some(3.0 * cfg.forward_flops(b, li, lt)),
+            });
+        }
     }
     // Sampling: one DiT evaluation with classifier-free guidance (batch 2) at 256².
     let (img, img_ids, txt, txt_ids, t, y) = make(2)?;

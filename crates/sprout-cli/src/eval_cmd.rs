@@ -50,6 +50,12 @@ pub struct EvalArgs {
     /// With --model: euler or heun (model default if omitted).
     #[arg(long, requires = "model")]
     sampler: Option<String>,
+    /// With --model: print the training proxy instead of generating (velocity error on
+    /// object tokens at t = 0.5 / 0.7 / 0.9 and the caption gain at t = 0.7 / 0.9, over a fixed
+    /// probe set of N prompts per object category with ground-truth renders and fixed noise);
+    /// last line JSON.
+    #[arg(long, requires = "model", value_name = "N", num_args = 0..=1, default_missing_value = "8")]
+    proxy: Option<usize>,
     /// With --model: prompts of the same canvas size generated together in one batch
     /// (results do not depend on it beyond float rounding; larger is faster).
     #[arg(long, requires = "model", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -119,74 +125,32 @@ pub fn run(a: EvalArgs) -> Result<()> {
     }
     let pb = bar(prompts.len() as u64, "eval");
     let tick = || pb.inc(1);
+    if let (Some(name), Some(per)) = (&a.model, a.proxy) {
+        if per == 0 {
+            bail!("--proxy N: N must be at least 1");
+        }
+        let model = crate::generate_cmd::load_model(name)?;
+        let r = sprout_train::proxy::velocity_proxy(&model, per)?;
+        for (t, e) in &r.velocity_error {
+            println!("velocity error on object tokens at t = {t}: {e:.4}");
+        }
+        for (t, g) in &r.caption_gain {
+            println!("caption gain at t = {t}: {g:.4}");
+        }
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(());
+    }
     let report = if let Some(name) = &a.model {
         let model = crate::generate_cmd::load_model(name)?;
-        let sampler = match &a.sampler {
-            Some(s) => sprout_pipeline::flow::Sampler::parse(s).map_err(anyhow::Error::msg)?,
-            None => model.meta.sampler,
+        let opts = ModelEval {
+            steps: a.steps,
+            guidance: a.guidance,
+            sampler: a.sampler.clone(),
+            batch: a.batch as usize,
+            seed: a.seed,
+            save: a.save.clone(),
         };
-        let steps = a.steps.unwrap_or(model.meta.default_steps);
-        let guidance = a.guidance.unwrap_or(model.meta.default_guidance);
-        if let Some(dir) = &a.save {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let source = format!(
-            "model {name} ({} steps, guidance {guidance}, {sampler:?})",
-            steps
-        )
-        .to_lowercase();
-        let request = |index: usize, p: &sprout_eval::Prompt| sprout_pipeline::generate::Request {
-            prompt: p.text.clone(),
-            n: 1,
-            seed: a.seed.wrapping_add(1000 * index as u64),
-            steps,
-            guidance,
-            width: p.width,
-            height: p.height,
-            sampler,
-            init: None,
-            negative_prompt: None,
-            true_cfg: None,
-        };
-        // Generated lazily in batches: a prompt not yet generated is generated together
-        // with the following prompts of the same canvas size.
-        let mut cache: std::collections::HashMap<String, Vec<image::RgbImage>> =
-            std::collections::HashMap::new();
-        sprout_eval::run::score_generated(
-            &set,
-            &prompts,
-            &source,
-            |_, p| -> Result<Vec<image::RgbImage>> {
-                if !cache.contains_key(&p.id) {
-                    let at = prompts.iter().position(|q| q.id == p.id).unwrap_or(0);
-                    let group: Vec<&sprout_eval::Prompt> = prompts[at..]
-                        .iter()
-                        .copied()
-                        .filter(|q| {
-                            (q.width, q.height) == (p.width, p.height) && !cache.contains_key(&q.id)
-                        })
-                        .take(a.batch as usize)
-                        .collect();
-                    let reqs: Vec<_> = group
-                        .iter()
-                        .map(|q| request(sprout_eval::run::index_of(&set, q), q))
-                        .collect();
-                    let imgs = sprout_pipeline::generate::generate_many(&model, &reqs, |_, _| {})?;
-                    for (q, im) in group.iter().zip(imgs) {
-                        if let Some(dir) = &a.save {
-                            for img in &im {
-                                img.save(dir.join(format!("{}.png", q.id)))?;
-                            }
-                        }
-                        cache.insert(q.id.clone(), im);
-                    }
-                }
-                cache
-                    .remove(&p.id)
-                    .with_context(|| format!("no image was generated for prompt {}", p.id))
-            },
-            &tick,
-        )?
+        score_model(&model, name, &set, &prompts, &opts, &tick)?
     } else if let Some(dir) = &a.images {
         if !dir.is_dir() {
             bail!("--images {}: not a directory", dir.display());
@@ -236,4 +200,92 @@ pub fn run(a: EvalArgs) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// How `sprout eval --model` samples (None: the model's defaults).
+pub struct ModelEval {
+    pub steps: Option<usize>,
+    pub guidance: Option<f64>,
+    pub sampler: Option<String>,
+    /// Prompts of one canvas size generated together.
+    pub batch: usize,
+    /// Prompt `k` of the set uses seed `seed + 1000·k`.
+    pub seed: u64,
+    /// Keep the images here, named by prompt id.
+    pub save: Option<PathBuf>,
+}
+
+/// Generate `prompts` with `model` and score them (the images of a prompt depend only on
+/// its text, canvas and seed, not on the batching).
+pub fn score_model(
+    model: &sprout_pipeline::bundle::Bundle,
+    name: &str,
+    set: &PromptSet,
+    prompts: &[&sprout_eval::Prompt],
+    o: &ModelEval,
+    tick: &(dyn Fn() + Sync),
+) -> Result<Report> {
+    let sampler = match &o.sampler {
+        Some(s) => sprout_pipeline::flow::Sampler::parse(s).map_err(anyhow::Error::msg)?,
+        None => model.meta.sampler,
+    };
+    let steps = o.steps.unwrap_or(model.meta.default_steps);
+    let guidance = o.guidance.unwrap_or(model.meta.default_guidance);
+    if let Some(dir) = &o.save {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let source =
+        format!("model {name} ({steps} steps, guidance {guidance}, {sampler:?})").to_lowercase();
+    let request = |index: usize, p: &sprout_eval::Prompt| sprout_pipeline::generate::Request {
+        prompt: p.text.clone(),
+        n: 1,
+        seed: o.seed.wrapping_add(1000 * index as u64),
+        steps,
+        guidance,
+        width: p.width,
+        height: p.height,
+        sampler,
+        init: None,
+        negative_prompt: None,
+        true_cfg: None,
+    };
+    // Generated lazily in batches: a prompt not yet generated is generated together
+    // with the following prompts of the same canvas size.
+    let mut cache: std::collections::HashMap<String, Vec<image::RgbImage>> =
+        std::collections::HashMap::new();
+    sprout_eval::run::score_generated(
+        set,
+        prompts,
+        &source,
+        |_, p| -> Result<Vec<image::RgbImage>> {
+            if !cache.contains_key(&p.id) {
+                let at = prompts.iter().position(|q| q.id == p.id).unwrap_or(0);
+                let group: Vec<&sprout_eval::Prompt> = prompts[at..]
+                    .iter()
+                    .copied()
+                    .filter(|q| {
+                        (q.width, q.height) == (p.width, p.height) && !cache.contains_key(&q.id)
+                    })
+                    .take(o.batch.max(1))
+                    .collect();
+                let reqs: Vec<_> = group
+                    .iter()
+                    .map(|q| request(sprout_eval::run::index_of(set, q), q))
+                    .collect();
+                let imgs = sprout_pipeline::generate::generate_many(model, &reqs, |_, _| {})?;
+                for (q, im) in group.iter().zip(imgs) {
+                    if let Some(dir) = &o.save {
+                        for img in &im {
+                            img.save(dir.join(format!("{}.png", q.id)))?;
+                        }
+                    }
+                    cache.insert(q.id.clone(), im);
+                }
+            }
+            cache
+                .remove(&p.id)
+                .with_context(|| format!("no image was generated for prompt {}", p.id))
+        },
+        tick,
+    )
 }

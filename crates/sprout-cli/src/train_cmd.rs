@@ -47,6 +47,25 @@ pub fn run(a: TrainArgs) -> Result<()> {
         );
         return Ok(());
     }
+    let time_limit = match (a.time_limit, &cfg.time_limit) {
+        (Some(t), _) => Some(t),
+        (None, Some(t)) => Some(
+            parse_duration(t)
+                .map_err(|e| anyhow::anyhow!("config {}: time_limit {e}", a.config.display()))?,
+        ),
+        (None, None) => None,
+    };
+    // A data-parallel DiT run keeps each core on its own half of a step (see
+    // sprout_train::dit_task); candle's products must then not split themselves across the
+    // cores too. It reads RAYON_NUM_THREADS at every product; a value the user set wins.
+    let single_products = cfg.kind == sprout_train::config::Kind::Dit
+        && cfg.dit.data_parallel
+        && cfg.device == "cpu"
+        && std::env::var_os("RAYON_NUM_THREADS").is_none();
+    if single_products {
+        // Set before any other thread of this process reads the environment.
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
     let total = cfg.total_steps();
     let pb = ProgressBar::new(total);
     pb.set_style(
@@ -67,28 +86,37 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let opts = Options {
         resume: a.resume,
         stop_after: a.stop_after,
-        time_limit: a.time_limit,
-        stop: Some(stop),
+        time_limit,
+        stop: Some(stop.clone()),
     };
+    let started = std::time::Instant::now();
     let summary = train(&cfg, &opts, |l| {
         pb.set_position(l.step);
+        // Time left: the steps still to run at the current rate, or the time limit if it
+        // comes first.
+        let now = started.elapsed().as_secs_f64();
+        let rate = l.samples_per_s.max(1e-9) * l.step.max(1) as f64 / l.samples.max(1) as f64;
+        let by_steps = (l.total.saturating_sub(l.step)) as f64 / rate.max(1e-9);
+        let by_time = time_limit.map(|t| (t.as_secs_f64() - now).max(0.0));
+        let eta = by_time.map_or(by_steps, |t| t.min(by_steps));
         let extra: Vec<String> = l
             .metrics
             .iter()
             .map(|(k, v)| format!("{k} {v:.3}"))
             .collect();
         pb.set_message(format!(
-            "stage {} loss {:.4} {} | {:.1} samples/s",
+            "stage {} loss {:.4} {} | {:.1} samples/s | {} left",
             l.stage,
             l.loss,
             extra.join(" "),
-            l.samples_per_s
+            l.samples_per_s,
+            clock(eta)
         ));
         if !pb.is_hidden() {
             return;
         }
         eprintln!(
-            "step {}/{} stage {} loss {:.5} lr {:.2e} |g| {:.3} {} {:.1} samples/s",
+            "step {}/{} stage {} loss {:.5} lr {:.2e} |g| {:.3} {} {:.1} samples/s, {} samples, {} elapsed, eta {}",
             l.step,
             l.total,
             l.stage,
@@ -96,7 +124,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
             l.lr,
             l.grad_norm,
             extra.join(" "),
-            l.samples_per_s
+            l.samples_per_s,
+            l.samples,
+            clock(l.elapsed_s),
+            clock(eta)
         );
     })?;
     pb.finish_and_clear();
@@ -108,7 +139,57 @@ pub fn run(a: TrainArgs) -> Result<()> {
         );
     }
     println!("{}", serde_json::to_string(&summary)?);
+    if single_products {
+        std::env::remove_var("RAYON_NUM_THREADS");
+    }
+    let interrupted = summary.stopped_early == Some("interrupted");
+    if cfg.eval_after && cfg.kind == sprout_train::config::Kind::Dit && !interrupted {
+        let to = cfg.out.join("export");
+        sprout_train::export::export(&cfg, &to)?;
+        eprintln!(
+            "exported the EMA weights to {}; scoring them on WorldEval",
+            to.display()
+        );
+        let model = sprout_pipeline::bundle::Bundle::load_dir(&to, &candle_core::Device::Cpu)?;
+        let set = sprout_eval::PromptSet::builtin();
+        let prompts = set.select(cfg.eval_count, &[])?;
+        let pb = crate::progress::bar(prompts.len() as u64, "eval");
+        let tick = || pb.inc(1);
+        let opts = crate::eval_cmd::ModelEval {
+            steps: None,
+            guidance: None,
+            sampler: None,
+            batch: 8,
+            seed: 0,
+            save: None,
+        };
+        let report = crate::eval_cmd::score_model(
+            &model,
+            &to.display().to_string(),
+            &set,
+            &prompts,
+            &opts,
+            &tick,
+        )?;
+        pb.finish_and_clear();
+        std::fs::write(
+            cfg.out.join("worldeval.json"),
+            serde_json::to_string_pretty(&report)?,
+        )?;
+        print!("{}", report.markdown());
+        println!("{}", report.summary());
+    }
     Ok(())
+}
+
+/// Seconds as `1h02m`, `12m30s` or `45s`.
+fn clock(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, m, sec) => format!("{m}m{sec:02}s"),
+        (h, m, _) => format!("{h}h{m:02}m"),
+    }
 }
 
 /// `90`, `90s`, `45m` or `2h`.

@@ -136,6 +136,33 @@ fn bad_input_gets_a_clear_error_and_a_non_zero_exit() {
             "unknown aspect ratio",
         ),
     ];
+    // Training configs: a key that does not exist and a time limit that is no duration are
+    // named before anything runs.
+    let cfg = |extra: &str| {
+        let path = dir.path().join(format!("cfg{}.toml", extra.len()));
+        std::fs::write(
+            &path,
+            format!(
+                "kind = \"dit\"\nout = \"{d}/run\"\n{extra}\n[dit]\nae = \"{d}/ae\"\n[[stage]]\nsteps = 2\nside = 64\nbatch = 2\n"
+            ),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let (typo, limit) = (cfg("semantik = true"), cfg("time_limit = \"two hours\""));
+    let cases: Vec<(Vec<&str>, &str)> = cases
+        .into_iter()
+        .chain([
+            (
+                vec!["train", "--config", typo.as_str()],
+                "unknown field `semantik`",
+            ),
+            (
+                vec!["train", "--config", limit.as_str()],
+                "time_limit \"two hours\"",
+            ),
+        ])
+        .collect();
     for (args, want) in cases {
         let o = sprout(&args);
         assert!(!o.status.success(), "{args:?} succeeded");

@@ -197,9 +197,12 @@ impl SmallTextEncoder {
             pos_emb: vb.get_with_hints(
                 (cfg.max_len, cfg.dim),
                 "pos_emb",
+                // The same scale as the token embeddings (N(0, 1)): word order (which colour
+                // goes with which shape, which way a relation points) starts as visible to the
+                // encoder as the words themselves.
                 candle_nn::Init::Randn {
                     mean: 0.0,
-                    stdev: 0.02,
+                    stdev: 1.0,
                 },
             )?,
             layers,

@@ -36,6 +36,11 @@ pub struct BundleMeta {
     pub sampler: Sampler,
     /// Largest canvas side the model accepts.
     pub max_side: u32,
+    /// Semantic channels the DiT denoises beside the autoencoder's latents (the scene's
+    /// layout, `sprout_world::semantic`); the DiT's latent channels are the autoencoder's plus
+    /// these, and they are dropped before decoding.
+    #[serde(default)]
+    pub semantic_channels: usize,
     /// Free-form training summary (steps, samples, data).
     #[serde(default)]
     pub trained: serde_json::Value,
@@ -194,6 +199,20 @@ impl Bundle {
         device: &Device,
     ) -> Result<Bundle, PipelineError> {
         let w = |f: &str, e: sprout_models::ModelError| PipelineError::Weights(format!("{f}: {e}"));
+        if meta.semantic_channels != 0 && meta.semantic_channels != sprout_world::semantic::CHANNELS
+        {
+            return Err(PipelineError::Weights(format!(
+                "model.json: semantic_channels {} is not the world's semantic map ({} channels)",
+                meta.semantic_channels,
+                sprout_world::semantic::CHANNELS
+            )));
+        }
+        if meta.dit.latent_channels != meta.ae.latent_channels + meta.semantic_channels {
+            return Err(PipelineError::Weights(format!(
+                "model.json: the DiT takes {} latent channels, but the autoencoder gives {} and semantic_channels is {}",
+                meta.dit.latent_channels, meta.ae.latent_channels, meta.semantic_channels
+            )));
+        }
         Ok(Bundle {
             ae: Autoencoder::new(&meta.ae, vb(ae, device)).map_err(|e| w("ae.safetensors", e))?,
             dit: Dit::new(&meta.dit, vb(dit, device)).map_err(|e| w("dit.safetensors", e))?,

@@ -280,12 +280,35 @@ pub fn preview_steps(steps: usize, n: usize) -> Vec<usize> {
 
 /// Latents to pixels, in tiles for large canvases.
 fn decode(bundle: &Bundle, z: &Tensor) -> Result<Tensor, PipelineError> {
+    // The semantic channels, if any, follow the autoencoder's and are not decoded.
+    let z = &z.narrow(1, 0, bundle.meta.ae.latent_channels)?;
     let (_, _, h, w) = z.dims4()?;
     Ok(if h * w > 32 * 32 {
         bundle.ae.decode_tiled(z, 16, 4)?
     } else {
         bundle.ae.decode(z)?
     })
+}
+
+/// The latents sampling starts from for an input image: the autoencoder's, followed, for a
+/// model with semantic channels, by the image's semantic map estimated from its pixels
+/// (`sprout_world::semantic::estimate_map`: objects by the closed-world colour rule, kinds
+/// unknown).
+fn init_latents(bundle: &Bundle, image: &Tensor) -> Result<Tensor, PipelineError> {
+    let z = bundle.ae.encode(image)?;
+    if bundle.meta.semantic_channels == 0 {
+        return Ok(z);
+    }
+    let (_, _, ih, iw) = image.dims4()?;
+    let (_, _, h, w) = z.dims4()?;
+    let rgb: Vec<f32> = image.flatten_all()?.to_vec1()?;
+    let map = sprout_world::semantic::estimate_map(iw, ih, &rgb, DOWNSCALE);
+    let sem = Tensor::from_vec(
+        map,
+        (1, bundle.meta.semantic_channels, h, w),
+        image.device(),
+    )?;
+    Ok(Tensor::cat(&[&z, &sem], 1)?)
 }
 
 /// [`generate_many`] with cancellation and previews.
@@ -375,7 +398,7 @@ pub fn generate_many_with(
             let (mut latents, mut masks) = (Vec::with_capacity(n), Vec::with_capacity(n));
             for r in reqs {
                 let init = r.init.as_ref().expect("strengths match");
-                let z = bundle.ae.encode(&init.image.to_device(&dev)?)?;
+                let z = init_latents(bundle, &init.image.to_device(&dev)?)?;
                 latents.extend(std::iter::repeat_n(z, r.n));
                 if inpaint {
                     // A latent cell is drawn when any of its pixels is; without a mask, all are.

@@ -68,6 +68,7 @@ pub fn tiny_bundle(words: &[&str], seed: u64) -> Result<BundleParts, PipelineErr
             dit,
             text,
             shift: ShiftConfig::default(),
+            semantic_channels: 0,
             default_steps: 2,
             default_guidance: 2.0,
             sampler: Sampler::Heun,

@@ -21,6 +21,7 @@ pub enum Kind {
 /// A training stage: a number of steps at a canvas size (the report trains at low
 /// resolution first, then higher).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Stage {
     pub steps: u64,
     /// Shorter-side scale of the canvas (about side² pixels).
@@ -34,6 +35,10 @@ pub struct Stage {
     /// ... or a pixel budget per step (greedy packing: batch = budget / canvas pixels).
     #[serde(default)]
     pub pixel_budget: Option<u64>,
+    /// With `aspect = "any"`: the share of batches that are square (the rest spread over the
+    /// other ratios); without it every ratio is equally likely.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub square_share: Option<f32>,
 }
 
 fn square() -> String {
@@ -41,7 +46,7 @@ fn square() -> String {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct AeSection {
     pub preset: String,
     /// Train on random crops of this side (0 = whole images).
@@ -61,7 +66,7 @@ impl Default for AeSection {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DitSection {
     pub preset: String,
     /// A trained autoencoder: an exported bundle directory or an AE run's checkpoint directory.
@@ -83,6 +88,20 @@ pub struct DitSection {
     /// caption length, each padded to its own longest caption. Small groups waste the least
     /// on padding (the CPU's choice); a GPU wants fewer, larger passes.
     pub text_group: usize,
+    /// Denoise the scene's semantic map (`sprout_world::semantic`: per latent cell, object
+    /// occupancy of 4×4 sub-cells, colour and a code of the kind) jointly with the latents,
+    /// as extra channels of every image token. The image still comes from the prompt alone;
+    /// the channels are dropped before decoding.
+    pub semantic: bool,
+    /// Loss weight of each semantic channel relative to a latent channel.
+    pub semantic_weight: f64,
+    /// A constant timestep shift factor `s` (SD3's shift: `t ↦ s·t / (1 + (s − 1)·t)`) for
+    /// training and sampling, instead of FLUX.1's resolution-dependent one. Values above 1
+    /// spend more of training at high noise, where a layout is decided.
+    pub shift: Option<f64>,
+    /// On the CPU, run a step's batch as two halves at once, one per core, and sum their
+    /// gradients (the same loss): small products split across cores waste much of them.
+    pub data_parallel: bool,
 }
 
 impl Default for DitSection {
@@ -98,12 +117,16 @@ impl Default for DitSection {
             vocab_samples: 20_000,
             object_weight: 0.0,
             text_group: 8,
+            semantic: false,
+            semantic_weight: 1.0,
+            shift: None,
+            data_parallel: true,
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct DataSection {
     pub workers: usize,
     /// A finite data set of this many batches per stage, repeated (see
@@ -116,6 +139,14 @@ pub struct DataSection {
     pub max_objects: usize,
     /// Relative weights of solid, gradient, stripes and checker backgrounds.
     pub background_weights: [f32; 4],
+    /// Probability that an object repeats an earlier one's kind and colour (counting).
+    pub repeat_prob: f32,
+    /// Probability that a second object is laid out in a clear relation to the first.
+    pub relation_prob: f32,
+    /// Probability that a shape is rotated.
+    pub rotate_prob: f32,
+    /// Probability of a counting scene (2–4 identical objects and nothing else).
+    pub count_prob: f32,
 }
 
 impl DataSection {
@@ -128,6 +159,10 @@ impl DataSection {
             min_objects: self.min_objects,
             max_objects: self.max_objects,
             background_weights: self.background_weights,
+            repeat_prob: self.repeat_prob,
+            relation_prob: self.relation_prob,
+            rotate_prob: self.rotate_prob,
+            count_prob: self.count_prob,
             ..SamplerConfig::default()
         }
     }
@@ -144,11 +179,16 @@ impl Default for DataSection {
             min_objects: 1,
             max_objects: 4,
             background_weights: SamplerConfig::default().background_weights,
+            repeat_prob: SamplerConfig::default().repeat_prob,
+            relation_prob: SamplerConfig::default().relation_prob,
+            rotate_prob: SamplerConfig::default().rotate_prob,
+            count_prob: 0.0,
         }
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TrainConfig {
     pub kind: Kind,
     /// Checkpoint directory (outside the repository for long runs).
@@ -176,6 +216,15 @@ pub struct TrainConfig {
     pub data: DataSection,
     #[serde(rename = "stage")]
     pub stages: Vec<Stage>,
+    /// The run's wall-clock limit when `--time-limit` is not given (`90s`, `45m`, `2h`).
+    #[serde(default)]
+    pub time_limit: Option<String>,
+    /// After a DiT run ends (at its last step or its time limit), export its EMA weights to
+    /// `out/export` and score them on WorldEval (`eval_count` prompts, all when absent).
+    #[serde(default)]
+    pub eval_after: bool,
+    #[serde(default)]
+    pub eval_count: Option<usize>,
 }
 
 fn cpu() -> String {
@@ -221,6 +270,13 @@ impl TrainConfig {
                     s.aspect
                 ));
             }
+            if let Some(q) = s.square_share {
+                if s.aspect != "any" || !(0.0..=1.0).contains(&q) {
+                    return bad(format!(
+                        "stage {i}: square_share {q} needs aspect = \"any\" and a value in 0..=1"
+                    ));
+                }
+            }
             if !s.side.is_multiple_of(32) || s.side == 0 {
                 return bad(format!(
                     "stage {i}: side {} must be a positive multiple of 32",
@@ -245,6 +301,17 @@ impl TrainConfig {
                 "dit.object_weight {} must be a finite number ≥ 0",
                 self.dit.object_weight
             ));
+        }
+        if !(self.dit.semantic_weight.is_finite() && self.dit.semantic_weight >= 0.0) {
+            return bad(format!(
+                "dit.semantic_weight {} must be a finite number ≥ 0",
+                self.dit.semantic_weight
+            ));
+        }
+        if let Some(s) = self.dit.shift {
+            if !(s.is_finite() && s > 0.0) {
+                return bad(format!("dit.shift {s} must be a finite number > 0"));
+            }
         }
         if self.dit.text_group == 0 {
             return bad("dit.text_group must be at least 1".into());
@@ -272,6 +339,22 @@ impl TrainConfig {
             d => Err(TrainError::Config(format!(
                 "unknown device {d:?}; use \"cpu\" or \"cuda\""
             ))),
+        }
+    }
+
+    /// The seed of this run's random draws (data, noise, timesteps, caption dropout): the
+    /// config's seed, salted with the run it starts from, so that a warm-started run with the
+    /// same seed as its parent does not replay the parent's examples.
+    pub fn run_seed(&self) -> u64 {
+        match &self.init_from {
+            None => self.seed,
+            Some(p) => {
+                let mut h: u64 = 0xCBF2_9CE4_8422_2325;
+                for b in p.as_os_str().as_encoded_bytes() {
+                    h = (h ^ *b as u64).wrapping_mul(0x0100_0000_01B3);
+                }
+                sprout_world::seed::mix64(self.seed ^ sprout_world::seed::mix64(h))
+            }
         }
     }
 
@@ -343,6 +426,48 @@ mod tests {
         let crowd = format!("{text}\n[data]\nmin_objects = 5\nmax_objects = 2\n");
         let e = TrainConfig::from_toml(&crowd).unwrap_err().to_string();
         assert!(e.contains("min_objects"), "{e}");
+        // A key that does not exist is refused by name, in every section.
+        let misspelt = [
+            text.replacen("[optim]", "sede = 1\n[optim]", 1),
+            text.replacen("[optim]", "[optim]\nlr_max = 1.0", 1),
+            format!("{text}\n[data]\nmax_objets = 2\n"),
+            format!("{text}\n[dit]\nsemantik = true\n"),
+            text.replacen("steps = 10", "steps = 10\nside_len = 3", 1),
+        ];
+        for (t, name) in
+            misspelt
+                .iter()
+                .zip(["sede", "lr_max", "max_objets", "semantik", "side_len"])
+        {
+            let e = TrainConfig::from_toml(t).unwrap_err().to_string();
+            assert!(e.contains(name), "{name}: {e}");
+        }
+        // The shipped recipes parse.
+        for f in [
+            "default.toml",
+            "ae-native.toml",
+            "dit-native.toml",
+            "dit-native-r4.toml",
+            "dit-native-gpu.toml",
+        ] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../configs")
+                .join(f);
+            TrainConfig::from_toml(&std::fs::read_to_string(&path).unwrap())
+                .unwrap_or_else(|e| panic!("{f}: {e}"));
+        }
+        // The run seed is the seed for a fresh run and salted by the run it starts from.
+        let warm = TrainConfig {
+            init_from: Some("/runs/a".into()),
+            ..c.clone()
+        };
+        assert_eq!(c.run_seed(), c.seed);
+        assert_ne!(warm.run_seed(), c.seed);
+        let other = TrainConfig {
+            init_from: Some("/runs/b".into()),
+            ..c.clone()
+        };
+        assert_ne!(warm.run_seed(), other.run_seed());
         assert!(matches!(c.device(), Ok(candle_core::Device::Cpu)));
         let gpu = TrainConfig {
             device: "cuda".into(),

@@ -11,7 +11,7 @@ use sprout_models::ae::{AeConfig, Autoencoder};
 use sprout_models::dit::DitConfig;
 use sprout_models::text::TextConfig;
 use sprout_pipeline::bundle::BundleMeta;
-use sprout_pipeline::flow::{Sampler, ShiftConfig};
+use sprout_pipeline::flow::Sampler;
 use sprout_world::sampler::{CanvasChoice, SamplerConfig};
 
 use crate::ckpt;
@@ -148,7 +148,12 @@ pub fn export(cfg: &TrainConfig, to: &Path) -> Result<serde_json::Value, TrainEr
                 ae: ae_cfg,
                 dit: dit_cfg,
                 text: text_cfg,
-                shift: ShiftConfig::default(),
+                shift: crate::dit_task::shift_config(cfg.dit.shift),
+                semantic_channels: if cfg.dit.semantic {
+                    sprout_world::semantic::CHANNELS
+                } else {
+                    0
+                },
                 default_steps: 20,
                 default_guidance: 4.0,
                 sampler: Sampler::Heun,

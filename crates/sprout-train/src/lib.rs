@@ -13,6 +13,7 @@ pub mod dit_task;
 pub mod export;
 pub mod latent_cache;
 pub mod optim;
+pub mod proxy;
 pub mod run;
 pub mod vocab;
 

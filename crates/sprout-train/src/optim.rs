@@ -1,5 +1,5 @@
-//! AdamW with decoupled weight decay, global-norm gradient clipping, warm-up + cosine
-//! learning rate, and an exponential moving average of the weights. All state is named
+//! AdamW with decoupled weight decay, global-norm gradient clipping, warm-up then cosine or
+//! warm-up / constant / linear cool-down (WSD) learning rate, and an exponential moving average of the weights. All state is named
 //! tensors, so checkpoints restore it exactly.
 
 use std::collections::HashMap;
@@ -8,8 +8,19 @@ use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
+/// The learning-rate shape after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Cosine decay to `lr · min_lr_ratio` over the rest of the run.
+    Cosine,
+    /// Constant, then a linear cool-down to `lr · min_lr_ratio` over the last `cooldown`
+    /// share of the run. A run that ends by a time limit cools down before the limit.
+    Wsd,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct OptimConfig {
     pub lr: f64,
     pub beta1: f64,
@@ -23,6 +34,9 @@ pub struct OptimConfig {
     /// Clip the global gradient norm to this (0 = off).
     pub grad_clip: f64,
     pub ema_decay: f64,
+    pub schedule: Schedule,
+    /// With `schedule = "wsd"`: the share of the run (after warm-up) that cools down.
+    pub cooldown: f64,
 }
 
 impl Default for OptimConfig {
@@ -37,6 +51,8 @@ impl Default for OptimConfig {
             min_lr_ratio: 0.1,
             grad_clip: 1.0,
             ema_decay: 0.999,
+            schedule: Schedule::Cosine,
+            cooldown: 0.2,
         }
     }
 }
@@ -47,10 +63,35 @@ impl OptimConfig {
         if step < self.warmup {
             return self.lr * (step + 1) as f64 / self.warmup as f64;
         }
+        self.lr_at_progress(self.progress(step, total))
+    }
+
+    /// How far past warm-up `step` of `total` is, in 0..=1.
+    pub fn progress(&self, step: u64, total: u64) -> f64 {
+        if step < self.warmup {
+            return 0.0;
+        }
         let span = total.saturating_sub(self.warmup).max(1) as f64;
-        let p = ((step - self.warmup) as f64 / span).min(1.0);
+        ((step - self.warmup) as f64 / span).min(1.0)
+    }
+
+    /// Learning rate after warm-up at progress `p` (0..=1) of the schedule.
+    pub fn lr_at_progress(&self, p: f64) -> f64 {
+        let p = p.clamp(0.0, 1.0);
         let min = self.lr * self.min_lr_ratio;
-        min + (self.lr - min) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+        match self.schedule {
+            Schedule::Cosine => {
+                min + (self.lr - min) * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
+            }
+            Schedule::Wsd => {
+                let start = 1.0 - self.cooldown;
+                if p <= start || self.cooldown <= 0.0 {
+                    self.lr
+                } else {
+                    self.lr - (self.lr - min) * ((p - start) / self.cooldown).min(1.0)
+                }
+            }
+        }
     }
 }
 
@@ -221,6 +262,26 @@ mod tests {
         assert!((c.lr_at(10, 110) - 1.0).abs() < 1e-12);
         assert!((c.lr_at(60, 110) - 0.55).abs() < 1e-12);
         assert!((c.lr_at(110, 110) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn wsd_is_constant_then_cools_down_linearly() {
+        let c = OptimConfig {
+            lr: 1.0,
+            warmup: 10,
+            min_lr_ratio: 0.1,
+            schedule: Schedule::Wsd,
+            cooldown: 0.25,
+            ..OptimConfig::default()
+        };
+        assert!((c.lr_at(4, 110) - 0.5).abs() < 1e-12);
+        assert_eq!(c.lr_at(10, 110), 1.0);
+        assert_eq!(c.lr_at(85, 110), 1.0);
+        // Cool-down over the last 25 of 100 steps: halfway at 97.5, the floor at the end.
+        assert!((c.lr_at(98, 110) - (1.0 - 0.9 * 13.0 / 25.0)).abs() < 1e-12);
+        assert!((c.lr_at(110, 110) - 0.1).abs() < 1e-12);
+        assert!((c.lr_at_progress(0.875) - 0.55).abs() < 1e-12);
+        assert!((c.lr_at_progress(2.0) - 0.1).abs() < 1e-12);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use serde::Serialize;
 use serde_json::json;
@@ -28,6 +29,20 @@ pub trait Task {
         batch: &Batch,
         step: u64,
     ) -> Result<(Tensor, BTreeMap<String, f64>), TrainError>;
+    /// The loss value of one batch and its gradients (by default the backward pass of
+    /// [`Task::loss`]; a task may compute them another way, e.g. in parallel parts).
+    fn loss_and_grads(
+        &mut self,
+        batch: &Batch,
+        step: u64,
+    ) -> Result<(f64, GradStore, BTreeMap<String, f64>), TrainError> {
+        let (loss, metrics) = self.loss(batch, step)?;
+        let v = loss.to_scalar::<f32>()? as f64;
+        if !v.is_finite() {
+            return Err(TrainError::Diverged { step, loss: v });
+        }
+        Ok((v, loss.backward()?, metrics))
+    }
     /// Files (name, content) saved with each checkpoint: configs, tokenizer.
     fn extra_files(&self) -> Vec<(&'static str, String)>;
 }
@@ -72,18 +87,18 @@ pub struct Summary {
 /// The stream for stage `i`: its own seed, canvas choice and batching.
 pub fn stream_config(cfg: &TrainConfig, i: usize, stage: &Stage) -> StreamConfig {
     let sampler = SamplerConfig {
-        canvas: if stage.aspect == "any" {
-            CanvasChoice::AnyAspect
-        } else {
-            CanvasChoice::Aspect {
+        canvas: match (stage.aspect.as_str(), stage.square_share) {
+            ("any", Some(square)) => CanvasChoice::MostlySquare { square },
+            ("any", None) => CanvasChoice::AnyAspect,
+            _ => CanvasChoice::Aspect {
                 ratio: AspectRatio::Square,
-            }
+            },
         },
         base_side: stage.side,
         ..cfg.data.scenes()
     };
     StreamConfig {
-        seed: cfg.seed.wrapping_add(1000 * i as u64),
+        seed: cfg.run_seed().wrapping_add(1000 * i as u64),
         batch_size: stage.batch.unwrap_or(1),
         pixel_budget: stage.pixel_budget,
         sampler,
@@ -178,6 +193,7 @@ pub fn run_task<T: Task>(
     let mut pos = StreamPos::default();
     let mut samples = 0u64;
     let mut prior_elapsed = 0f64;
+    let mut progress = 0f64;
     if opts.resume {
         let Some(dir) = ckpt::find(&cfg.out) else {
             return Err(TrainError::Checkpoint(format!(
@@ -213,7 +229,11 @@ pub fn run_task<T: Task>(
             .map_err(|e| TrainError::Checkpoint(format!("stream position: {e}")))?;
         samples = state["samples"].as_u64().unwrap_or(0);
         prior_elapsed = state["elapsed_s"].as_f64().unwrap_or(0.0);
+        progress = state["progress"].as_f64().unwrap_or(0.0);
     }
+    // A time limit counts from this invocation; the schedule's time horizon is the time
+    // already trained plus that limit.
+    let time_base = prior_elapsed;
     std::fs::create_dir_all(&cfg.out)?;
     let mut metrics_file = std::fs::OpenOptions::new()
         .create(true)
@@ -227,9 +247,10 @@ pub fn run_task<T: Task>(
                 opt: &AdamW,
                 ema: &Ema,
                 task: &T,
-                elapsed: f64|
+                elapsed: f64,
+                progress: f64|
      -> Result<(), TrainError> {
-        let state = json!({"step": step, "stream": pos, "samples": samples, "optim_t": opt.t, "elapsed_s": elapsed, "config": cfg});
+        let state = json!({"step": step, "stream": pos, "samples": samples, "optim_t": opt.t, "elapsed_s": elapsed, "progress": progress, "config": cfg});
         ckpt::save(
             &cfg.out,
             &[
@@ -251,13 +272,30 @@ pub fn run_task<T: Task>(
         let mut stream = DataStream::new(stream_config(cfg, si, stage), pos)?;
         while step < stage_end {
             let batch = stream.next().expect("endless stream")?;
-            let lr = cfg.optim.lr_at(step, total);
-            let (loss, metrics) = task.loss(&batch, step)?;
-            let lv = loss.to_scalar::<f32>()? as f64;
+            // Progress through the schedule: by steps, or by time when a time limit ends the
+            // run sooner, so that the cool-down ends at the limit; never backwards, so that a
+            // schedule lengthened on resume keeps its learning rate instead of jumping up.
+            let by_time = opts.time_limit.map(|l| {
+                let done = prior_elapsed + start.elapsed().as_secs_f64();
+                done / (time_base + l.as_secs_f64()).max(1e-9)
+            });
+            progress =
+                progress
+                    .max(cfg.optim.progress(step, total))
+                    .max(if step < cfg.optim.warmup {
+                        0.0
+                    } else {
+                        by_time.unwrap_or(0.0)
+                    });
+            let lr = if step < cfg.optim.warmup {
+                cfg.optim.lr_at(step, total)
+            } else {
+                cfg.optim.lr_at_progress(progress)
+            };
+            let (lv, grads, metrics) = task.loss_and_grads(&batch, step)?;
             if !lv.is_finite() {
                 return Err(TrainError::Diverged { step, loss: lv });
             }
-            let grads = loss.backward()?;
             let grad_norm = opt.step(&grads, lr)?;
             ema.update(opt.params(), opt.t)?;
             step += 1;
@@ -307,6 +345,7 @@ pub fn run_task<T: Task>(
                     &ema,
                     task,
                     prior_elapsed + start.elapsed().as_secs_f64(),
+                    progress,
                 )?;
             }
             if halt.is_some() && step < end {

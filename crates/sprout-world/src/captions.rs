@@ -352,6 +352,19 @@ pub fn caption<R: Rng>(scene: &Scene, level: CaptionLevel, rng: &mut R) -> Strin
     match level {
         CaptionLevel::Short => {
             let with_color = rng.random_bool(0.85);
+            // Two single objects: sometimes their relation, bare ("a circle to the right of
+            // a square"), as position prompts ask.
+            if gs.len() == 2 && gs.iter().all(|g| g.members.len() == 1) && rng.random_bool(0.4) {
+                let (a, b) = (&gs[0], &gs[1]);
+                let pa = group_phrase(a, rng, with_color, false, false);
+                let pb = group_phrase(b, rng, with_color, false, false);
+                let aspect = aspect.filter(|_| rng.random_bool(0.3));
+                return frame(
+                    format!("{pa} {} {pb}", relation(a.members[0], b.members[0])),
+                    aspect,
+                    rng,
+                );
+            }
             let parts: Vec<String> = gs
                 .iter()
                 .map(|g| group_phrase(g, rng, with_color, false, false))

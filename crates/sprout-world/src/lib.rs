@@ -13,6 +13,7 @@ pub mod render;
 pub mod sampler;
 pub mod scene;
 pub mod seed;
+pub mod semantic;
 pub mod shapes;
 pub mod text;
 

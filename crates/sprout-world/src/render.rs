@@ -73,6 +73,32 @@ impl Renderer {
     }
 }
 
+/// Which object each pixel shows: 0 for the background, `k + 1` for `scene.objects[k]`
+/// (row-major, `width × height`). Each object is drawn alone with the renderer's own paths
+/// and a pixel belongs to it where its coverage is at least one half; later objects are on
+/// top, as in [`Renderer::render`]. These are the scene's exact masks, the ground truth the
+/// DiT's semantic channels are built from.
+pub fn object_ids(scene: &Scene) -> Result<Vec<u16>, WorldError> {
+    scene.validate()?;
+    let (w, h) = (scene.width, scene.height);
+    let mut ids = vec![0u16; (w * h) as usize];
+    let mut pm = Pixmap::new(w, h).ok_or_else(|| WorldError::InvalidSize {
+        width: w,
+        height: h,
+        why: "cannot allocate".into(),
+    })?;
+    for (k, o) in scene.objects.iter().enumerate() {
+        pm.fill(SkColor::TRANSPARENT);
+        draw_object(&mut pm, scene, o);
+        for (id, px) in ids.iter_mut().zip(pm.data().chunks_exact(4)) {
+            if px[3] >= 128 {
+                *id = k as u16 + 1;
+            }
+        }
+    }
+    Ok(ids)
+}
+
 pub fn pixmap_to_rgb(pm: &Pixmap) -> RgbImage {
     let mut rgb = Vec::with_capacity((pm.width() * pm.height() * 3) as usize);
     for px in pm.data().chunks_exact(4) {
@@ -305,5 +331,59 @@ mod tests {
         assert_eq!(px(&img, 64 + 38, 192), [255, 255, 255]);
         // Deterministic.
         assert_eq!(img, Renderer::new().render(&scene).unwrap());
+    }
+
+    #[test]
+    fn object_ids_are_the_masks_of_the_drawn_objects() {
+        let square = |center, color| Object {
+            kind: ObjectKind::Shape {
+                shape: ShapeKind::Square,
+                color,
+            },
+            size: SizeClass::Large,
+            center,
+            rotation: 0.0,
+        };
+        // Two overlapping squares: the second is drawn on top.
+        let scene = Scene {
+            width: 256,
+            height: 256,
+            background: Background::Solid {
+                color: BgColor::White,
+            },
+            objects: vec![
+                square([0.25, 0.75], Color::Red),
+                square([0.4, 0.75], Color::Blue),
+            ],
+        };
+        let ids = object_ids(&scene).unwrap();
+        let at = |x: usize, y: usize| ids[y * 256 + x];
+        assert_eq!(at(64, 192), 1);
+        assert_eq!(at(64 - 35, 192), 1);
+        assert_eq!(at(102, 192), 2);
+        assert_eq!(at(192, 64), 0);
+        // Every pixel labelled 1 or 2 is that object's colour in the render, and the rest is
+        // background.
+        let img = Renderer::new().render(&scene).unwrap();
+        for (i, p) in img.pixels().enumerate() {
+            let want = match ids[i] {
+                0 => [255, 255, 255],
+                1 => Color::Red.rgb(),
+                _ => Color::Blue.rgb(),
+            };
+            if p.0 != want {
+                // Only antialiased edge pixels may differ.
+                let (x, y) = (i % 256, i / 256);
+                let edge = [(1i32, 0i32), (-1, 0), (0, 1), (0, -1)]
+                    .iter()
+                    .any(|(dx, dy)| {
+                        let (nx, ny) = (x as i32 + dx, y as i32 + dy);
+                        (0..256).contains(&nx)
+                            && (0..256).contains(&ny)
+                            && ids[ny as usize * 256 + nx as usize] != ids[i]
+                    });
+                assert!(edge, "pixel ({x}, {y}) id {} shows {:?}", ids[i], p.0);
+            }
+        }
     }
 }

@@ -35,6 +35,11 @@ pub enum CanvasChoice {
     },
     /// Any of the named aspect ratios, uniformly.
     AnyAspect,
+    /// Square with probability `square`, else any other named ratio, uniformly (most of a
+    /// prompt set is square; every ratio still appears).
+    MostlySquare {
+        square: f32,
+    },
 }
 
 /// Whether objects may overlap.
@@ -62,6 +67,9 @@ pub struct SamplerConfig {
     /// Probability that the second object is laid out in a clear spatial relation to the
     /// first (left of, right of, above or below it, on the same lane), for position prompts.
     pub relation_prob: f32,
+    /// Probability that a scene is a counting scene: 2 to 4 identical objects and nothing
+    /// else, as counting prompts ask for (whatever `max_objects` says).
+    pub count_prob: f32,
     pub overlap: Overlap,
     pub canvas: CanvasChoice,
     /// Shorter side used when the canvas comes from an aspect ratio (about side² pixels).
@@ -80,6 +88,7 @@ impl Default for SamplerConfig {
             repeat_prob: 0.2,
             rotate_prob: 0.15,
             relation_prob: 0.3,
+            count_prob: 0.0,
             overlap: Overlap::Forbid,
             canvas: CanvasChoice::Fixed {
                 width: 256,
@@ -111,6 +120,7 @@ impl SamplerConfig {
             ("repeat_prob", self.repeat_prob),
             ("rotate_prob", self.rotate_prob),
             ("relation_prob", self.relation_prob),
+            ("count_prob", self.count_prob),
         ] {
             if !(0.0..=1.0).contains(&p) {
                 return bad(format!("sampler: {name} {p} is outside 0..=1"));
@@ -252,6 +262,18 @@ fn canvas_size<R: Rng>(cfg: &SamplerConfig, rng: &mut R) -> (u32, u32) {
             .choose(rng)
             .expect("ratios")
             .canvas(cfg.base_side),
+        CanvasChoice::MostlySquare { square } => {
+            if rng.random_bool(square.clamp(0.0, 1.0) as f64) {
+                AspectRatio::Square.canvas(cfg.base_side)
+            } else {
+                let others: Vec<AspectRatio> = AspectRatio::ALL
+                    .iter()
+                    .copied()
+                    .filter(|a| *a != AspectRatio::Square)
+                    .collect();
+                others.choose(rng).expect("ratios").canvas(cfg.base_side)
+            }
+        }
     }
 }
 
@@ -279,6 +301,16 @@ pub fn sample_scene_sized<R: Rng>(
     let n = rng.random_range(cfg.min_objects.max(1)..=cfg.max_objects.max(1));
     let with_text = rng.random_bool(cfg.text_prob as f64);
     let relational = rng.random_bool(cfg.relation_prob as f64);
+    // Drawn only when enabled, so that configs without counting scenes keep their streams.
+    let counting = cfg.count_prob > 0.0 && rng.random_bool(cfg.count_prob as f64);
+    let (n, with_text) = if counting {
+        (
+            rng.random_range(2..=4.min(crate::scene::MAX_OBJECTS)),
+            false,
+        )
+    } else {
+        (n, with_text)
+    };
     let mut boxes: Vec<PlacedBox> = Vec::new();
     for i in 0..n {
         let size = *SizeClass::ALL.choose(rng).expect("sizes");
@@ -287,6 +319,8 @@ pub fn sample_scene_sized<R: Rng>(
                 text: random_text(rng),
                 color: *Color::ALL.choose(rng).expect("colours"),
             }
+        } else if counting && !scene.objects.is_empty() {
+            scene.objects[0].kind.clone()
         } else if !scene.objects.is_empty() && rng.random_bool(cfg.repeat_prob as f64) {
             scene.objects[rng.random_range(0..scene.objects.len())]
                 .kind
