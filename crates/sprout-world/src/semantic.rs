@@ -307,16 +307,7 @@ mod tests {
                 color: Color::Red
             })
         );
-        let all = [
-            ShapeKind::Circle,
-            ShapeKind::Square,
-            ShapeKind::Triangle,
-            ShapeKind::Star,
-            ShapeKind::Hexagon,
-            ShapeKind::Heart,
-            ShapeKind::Ring,
-            ShapeKind::Cross,
-        ];
+        let all = ShapeKind::ALL;
         let codes: Vec<_> = all.iter().map(|s| kind_code(&shape(*s))).collect();
         for i in 0..codes.len() {
             for j in i + 1..codes.len() {
