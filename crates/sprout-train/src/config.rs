@@ -104,6 +104,17 @@ pub struct DitSection {
     pub data_parallel: bool,
 }
 
+impl DitSection {
+    /// Semantic channels the DiT denoises beside the latents (0 without them).
+    pub fn semantic_channels(&self) -> usize {
+        if self.semantic {
+            sprout_world::semantic::CHANNELS
+        } else {
+            0
+        }
+    }
+}
+
 impl Default for DitSection {
     fn default() -> Self {
         DitSection {

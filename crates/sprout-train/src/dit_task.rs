@@ -191,11 +191,7 @@ impl DitTask {
             heads: cfg.dit.text_heads,
             max_len: cfg.dit.text_max_len,
         };
-        let semantic = if cfg.dit.semantic {
-            semantic::CHANNELS
-        } else {
-            0
-        };
+        let semantic = cfg.dit.semantic_channels();
         let dit_cfg = DitConfig {
             context_in_dim: tcfg.dim,
             vec_in_dim: tcfg.dim,

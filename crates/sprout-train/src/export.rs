@@ -149,11 +149,7 @@ pub fn export(cfg: &TrainConfig, to: &Path) -> Result<serde_json::Value, TrainEr
                 dit: dit_cfg,
                 text: text_cfg,
                 shift: crate::dit_task::shift_config(cfg.dit.shift),
-                semantic_channels: if cfg.dit.semantic {
-                    sprout_world::semantic::CHANNELS
-                } else {
-                    0
-                },
+                semantic_channels: cfg.dit.semantic_channels(),
                 default_steps: 20,
                 default_guidance: 4.0,
                 sampler: Sampler::Heun,

@@ -65,18 +65,19 @@ pub fn semantic_map(scene: &Scene, rgb: &[f32], cell: usize) -> Result<Vec<f32>,
 /// [`semantic_map`] from a precomputed [`object_ids`] map.
 pub fn map_from_ids(scene: &Scene, ids: &[u16], rgb: &[f32], cell: usize) -> Vec<f32> {
     let codes: Vec<[f32; KIND_DIMS]> = scene.objects.iter().map(|o| kind_code(&o.kind)).collect();
-    map_from_ids_with_codes(scene, ids, rgb, cell, &codes)
+    let (w, h) = (scene.width as usize, scene.height as usize);
+    map_from_ids_with_codes(w, h, ids, rgb, cell, &codes)
 }
 
 /// The map from an id map whose id `k + 1` has kind code `codes[k]`.
 fn map_from_ids_with_codes(
-    scene: &Scene,
+    w: usize,
+    h: usize,
     ids: &[u16],
     rgb: &[f32],
     cell: usize,
     codes: &[[f32; KIND_DIMS]],
 ) -> Vec<f32> {
-    let (w, h) = (scene.width as usize, scene.height as usize);
     assert!(
         cell.is_multiple_of(SUB) && cell > 0,
         "cell {cell} must be a multiple of {SUB}"
@@ -152,15 +153,7 @@ pub fn estimate_map(width: usize, height: usize, rgb: &[f32], cell: usize) -> Ve
             ))
         })
         .collect();
-    let scene = Scene {
-        width: width as u32,
-        height: height as u32,
-        background: crate::scene::Background::Solid {
-            color: crate::colors::BgColor::White,
-        },
-        objects: Vec::new(),
-    };
-    map_from_ids_with_codes(&scene, &ids, rgb, cell, &[[0.0; KIND_DIMS]])
+    map_from_ids_with_codes(width, height, &ids, rgb, cell, &[[0.0; KIND_DIMS]])
 }
 
 /// The semantic map of an empty canvas (no objects): what a cell of pure background holds.
