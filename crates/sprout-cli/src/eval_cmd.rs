@@ -41,6 +41,15 @@ pub struct EvalArgs {
     /// + `ae.safetensors`, or a model bundle) and report PSNR and SSIM.
     #[arg(long)]
     ae: Option<std::path::PathBuf>,
+    /// With --ae: score the autoencoder's ceiling on WorldEval instead: each prompt's
+    /// ground-truth render is encoded and decoded (a decoder that reads the semantic map gets
+    /// the scene's exact map), and the decoded image is read.
+    #[arg(long, requires = "ae")]
+    roundtrip: bool,
+    /// With --roundtrip: add Gaussian noise of this standard deviation to the normalised
+    /// latents before decoding (how much latent error the decoder tolerates).
+    #[arg(long, requires = "roundtrip", default_value_t = 0.0)]
+    latent_noise: f64,
     /// With --model: sampling steps (model default if omitted).
     #[arg(long, requires = "model")]
     steps: Option<usize>,
@@ -93,7 +102,7 @@ fn write_report(report: &Report, path: &Path) -> Result<()> {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    if let Some(dir) = &a.ae {
+    if let (Some(dir), false) = (&a.ae, a.roundtrip) {
         let ae = sprout_pipeline::bundle::load_ae(dir, &candle_core::Device::Cpu)?;
         let n = a.count.unwrap_or(64);
         let score = sprout_train::ae_eval::evaluate_ae(&ae, n)?;
@@ -140,7 +149,16 @@ pub fn run(a: EvalArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&r)?);
         return Ok(());
     }
-    let report = if let Some(name) = &a.model {
+    let report = if let (Some(dir), true) = (&a.ae, a.roundtrip) {
+        if !(a.latent_noise.is_finite() && a.latent_noise >= 0.0) {
+            bail!(
+                "--latent-noise {}: must be finite and at least 0",
+                a.latent_noise
+            );
+        }
+        let ae = sprout_pipeline::bundle::load_ae(dir, &candle_core::Device::Cpu)?;
+        score_roundtrip(&ae, &set, &prompts, a.seed, a.latent_noise, &tick)?
+    } else if let Some(name) = &a.model {
         let model = crate::generate_cmd::load_model(name)?;
         let opts = ModelEval {
             steps: a.steps,
@@ -200,6 +218,53 @@ pub fn run(a: EvalArgs) -> Result<()> {
         .into());
     }
     Ok(())
+}
+
+/// The autoencoder's WorldEval ceiling: ground truth encoded, optionally noised (σ in the
+/// normalised latent space, noise seeded by the prompt's index), decoded and read.
+fn score_roundtrip(
+    ae: &sprout_models::ae::Autoencoder,
+    set: &PromptSet,
+    prompts: &[&sprout_eval::Prompt],
+    seed: u64,
+    sigma: f64,
+    tick: &(dyn Fn() + Sync),
+) -> Result<Report> {
+    use sprout_models::ae::DOWNSCALE;
+    let dev = candle_core::Device::Cpu;
+    let source = format!("autoencoder round trip, latent noise {sigma}");
+    sprout_eval::run::score_generated(
+        set,
+        prompts,
+        &source,
+        |index, p| -> Result<Vec<image::RgbImage>> {
+            let scene = sprout_eval::truth::ground_truth(p, seed, index as u64);
+            let img = sprout_world::render::Renderer::new().render(&scene)?;
+            let x = sprout_pipeline::generate::from_image(&img, &dev)?;
+            let mut z = ae.encode(&x)?;
+            if sigma > 0.0 {
+                let (_, c, h, w) = z.dims4()?;
+                let eps = sprout_pipeline::noise::noise(
+                    seed.wrapping_add(index as u64),
+                    &[1, c, h, w],
+                    &dev,
+                )?;
+                z = (z + (eps * sigma)?)?;
+            }
+            let sem = match ae.cfg.semantic_channels {
+                0 => None,
+                n => {
+                    let rgb: Vec<f32> = x.flatten_all()?.to_vec1()?;
+                    let map = sprout_world::semantic::semantic_map(&scene, &rgb, DOWNSCALE)?;
+                    let (h, w) = (p.height as usize / DOWNSCALE, p.width as usize / DOWNSCALE);
+                    Some(candle_core::Tensor::from_vec(map, (1, n, h, w), &dev)?)
+                }
+            };
+            let y = ae.decode_with(&z, sem.as_ref())?;
+            Ok(sprout_pipeline::generate::to_images(&y)?)
+        },
+        tick,
+    )
 }
 
 /// How `sprout eval --model` samples (None: the model's defaults).

@@ -19,7 +19,7 @@ fn main() {
             let t0 = Instant::now();
             let z = ae.encoder.forward(&x).unwrap();
             let te = t0.elapsed().as_secs_f64();
-            let y = ae.decoder.forward(&z).unwrap();
+            let y = ae.decoder.forward(&z, None).unwrap();
             let tf = t0.elapsed().as_secs_f64();
             let loss = (y - &x).unwrap().sqr().unwrap().mean_all().unwrap();
             let _g = loss.backward().unwrap();

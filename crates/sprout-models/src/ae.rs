@@ -32,6 +32,17 @@ pub struct AeConfig {
     pub channel_shift: Vec<f64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channel_scale: Vec<f64>,
+    /// Semantic channels the decoder reads beside the latent (0 = none): per latent cell,
+    /// the world's semantic map (`sprout_world::semantic`) that a DiT with semantic channels
+    /// denoises together with the latent. A 3×3 convolution (`decoder.semantic`, starting at
+    /// zero) adds them to the decoder's first features, so a decoder fine-tuned from one
+    /// without them starts as that decoder.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub semantic_channels: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 /// Total spatial compression.
@@ -48,6 +59,7 @@ impl AeConfig {
             shift: 0.0,
             channel_shift: Vec::new(),
             channel_scale: Vec::new(),
+            semantic_channels: 0,
         }
     }
 
@@ -61,6 +73,7 @@ impl AeConfig {
             shift: 0.0,
             channel_shift: Vec::new(),
             channel_scale: Vec::new(),
+            semantic_channels: 0,
         }
     }
 
@@ -258,6 +271,7 @@ pub struct Decoder {
     up8: Up,
     s8: Vec<ResBlock>,
     out: Conv2d,
+    semantic: Option<Conv2d>,
     w32: usize,
     latent: usize,
 }
@@ -309,13 +323,42 @@ impl Decoder {
             up8: Up::new(w16, w8, vb.pp("up8"))?,
             s8: blocks(cfg.decoder_blocks[2], w8, 1, vb.pp("s8"))?,
             out: conv(w8, 3 * 64, 1, vb.pp("out"))?,
+            semantic: match cfg.semantic_channels {
+                0 => None,
+                n => Some(zero_conv(n, w32, 3, vb.pp("semantic"))?),
+            },
             w32,
             latent: cfg.latent_channels,
         })
     }
 
-    pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
+    /// Raw latent (B, C, h, w), and for a decoder with semantic channels the semantic map
+    /// (B, S, h, w) → image. A semantic map must be given exactly when the decoder reads one.
+    pub fn forward(&self, z: &Tensor, semantic: Option<&Tensor>) -> Result<Tensor> {
         let mut h = (self.stem.forward(z)? + channel_repeat(z, self.w32 / self.latent)?)?;
+        match (&self.semantic, semantic) {
+            (Some(conv), Some(s)) => {
+                let (b, _, lh, lw) = z.dims4()?;
+                let want = (b, conv.weight().dim(1)?, lh, lw);
+                if s.dims4()? != want {
+                    candle_core::bail!(
+                        "the decoder's semantic map must be {want:?} (batch, channels, latent rows, latent columns), got {:?}",
+                        s.dims()
+                    );
+                }
+                h = (h + conv.forward(s)?)?;
+            }
+            (Some(conv), None) => candle_core::bail!(
+                "this decoder reads {} semantic channels beside the latent, and none were given",
+                conv.weight().dim(1)?
+            ),
+            (None, Some(_)) => {
+                candle_core::bail!(
+                    "this decoder reads no semantic channels, but a semantic map was given"
+                )
+            }
+            (None, None) => {}
+        }
         for b in &self.s32 {
             h = b.forward(&h)?;
         }
@@ -393,16 +436,39 @@ impl Autoencoder {
         self.normalize(&self.encoder.forward(x)?)
     }
 
-    /// Normalised latent → image in [-1, 1] (not clamped).
+    /// Normalised latent → image in [-1, 1] (not clamped), for a decoder without semantic
+    /// channels.
     pub fn decode(&self, z: &Tensor) -> Result<Tensor> {
-        self.decoder.forward(&self.denormalize(z)?)
+        self.decode_with(z, None)
+    }
+
+    /// Normalised latent and, for a decoder that reads them, its semantic map → image.
+    pub fn decode_with(&self, z: &Tensor, semantic: Option<&Tensor>) -> Result<Tensor> {
+        self.decoder.forward(&self.denormalize(z)?, semantic)
     }
 
     /// Decode in overlapping tiles of `tile`×`tile` latent cells with `overlap` cells blended
-    /// linearly, so large canvases decode in bounded memory. Equal to [`decode`] where the
+    /// linearly, so large canvases decode in bounded memory. Equal to [`decode_with`] where the
     /// receptive field fits inside a tile.
-    pub fn decode_tiled(&self, z: &Tensor, tile: usize, overlap: usize) -> Result<Tensor> {
-        crate::tiling::decode_tiled(z, tile, overlap, DOWNSCALE, |t| self.decode(t))
+    pub fn decode_tiled(
+        &self,
+        z: &Tensor,
+        semantic: Option<&Tensor>,
+        tile: usize,
+        overlap: usize,
+    ) -> Result<Tensor> {
+        let c = self.cfg.latent_channels;
+        match semantic {
+            None => crate::tiling::decode_tiled(z, tile, overlap, DOWNSCALE, |t| self.decode(t)),
+            // The map is cut into the same tiles as the latent: both travel as one tensor.
+            Some(s) => {
+                let both = Tensor::cat(&[z, s], 1)?;
+                crate::tiling::decode_tiled(&both, tile, overlap, DOWNSCALE, |t| {
+                    let (_, n, _, _) = t.dims4()?;
+                    self.decode_with(&t.narrow(1, 0, c)?, Some(&t.narrow(1, c, n - c)?))
+                })
+            }
+        }
     }
 }
 
@@ -483,9 +549,72 @@ mod tests {
             Autoencoder::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu)).unwrap();
         let z = Tensor::randn(0f32, 1.0, (1, 4, 5, 7), &Device::Cpu).unwrap();
         let whole = ae.decode(&z).unwrap();
-        let tiled = ae.decode_tiled(&z, 3, 1).unwrap();
+        let tiled = ae.decode_tiled(&z, None, 3, 1).unwrap();
         let d = crate::ops::max_abs_diff(&whole, &tiled).unwrap();
         assert!(d < 1e-4, "{d}");
+    }
+
+    #[test]
+    fn a_semantic_decoder_starts_as_the_plain_one_and_checks_its_map() {
+        let dev = Device::Cpu;
+        let cfg = AeConfig {
+            semantic_channels: 3,
+            decoder_blocks: [0, 0, 1],
+            ..AeConfig::tiny()
+        };
+        let vm = VarMap::new();
+        let ae = Autoencoder::new(&cfg, VarBuilder::from_varmap(&vm, DType::F32, &dev)).unwrap();
+        // The same weights without the semantic convolution: the plain decoder.
+        let plain_w: std::collections::HashMap<String, Tensor> = vm
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| !k.starts_with("decoder.semantic"))
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        let plain = Autoencoder::new(
+            &AeConfig {
+                semantic_channels: 0,
+                ..cfg.clone()
+            },
+            VarBuilder::from_tensors(plain_w, DType::F32, &dev),
+        )
+        .unwrap();
+        let z = Tensor::randn(0f32, 1.0, (2, 4, 5, 7), &dev).unwrap();
+        let s = Tensor::randn(0f32, 1.0, (2, 3, 5, 7), &dev).unwrap();
+        let want = plain.decode(&z).unwrap();
+        let got = ae.decode_with(&z, Some(&s)).unwrap();
+        assert!(crate::ops::max_abs_diff(&want, &got).unwrap() < 1e-6);
+        // Tiles cut the map with the latent (pointwise decoder, zero semantic weights).
+        let tiled = ae.decode_tiled(&z, Some(&s), 3, 1).unwrap();
+        assert!(crate::ops::max_abs_diff(&want, &tiled).unwrap() < 1e-4);
+        // A nonzero semantic convolution changes the image.
+        let w = vm
+            .data()
+            .lock()
+            .unwrap()
+            .get("decoder.semantic.weight")
+            .unwrap()
+            .clone();
+        w.set(&Tensor::ones(w.shape(), DType::F32, &dev).unwrap())
+            .unwrap();
+        let moved = ae.decode_with(&z, Some(&s)).unwrap();
+        assert!(crate::ops::max_abs_diff(&want, &moved).unwrap() > 1e-3);
+        for (err, what) in [
+            (ae.decode(&z).unwrap_err(), "reads 3 semantic channels"),
+            (
+                ae.decode_with(&z, Some(&s.narrow(1, 0, 2).unwrap()))
+                    .unwrap_err(),
+                "semantic map must be (2, 3, 5, 7)",
+            ),
+            (
+                plain.decode_with(&z, Some(&s)).unwrap_err(),
+                "reads no semantic channels",
+            ),
+        ] {
+            assert!(err.to_string().contains(what), "{err}");
+        }
     }
 
     #[test]

@@ -213,6 +213,12 @@ impl Bundle {
                 meta.dit.latent_channels, meta.ae.latent_channels, meta.semantic_channels
             )));
         }
+        if meta.ae.semantic_channels != 0 && meta.ae.semantic_channels != meta.semantic_channels {
+            return Err(PipelineError::Weights(format!(
+                "model.json: the autoencoder's decoder reads {} semantic channels, but the DiT gives {} (semantic_channels)",
+                meta.ae.semantic_channels, meta.semantic_channels
+            )));
+        }
         Ok(Bundle {
             ae: Autoencoder::new(&meta.ae, vb(ae, device)).map_err(|e| w("ae.safetensors", e))?,
             dit: Dit::new(&meta.dit, vb(dit, device)).map_err(|e| w("dit.safetensors", e))?,

@@ -280,13 +280,19 @@ pub fn preview_steps(steps: usize, n: usize) -> Vec<usize> {
 
 /// Latents to pixels, in tiles for large canvases.
 fn decode(bundle: &Bundle, z: &Tensor) -> Result<Tensor, PipelineError> {
-    // The semantic channels, if any, follow the autoencoder's and are not decoded.
-    let z = &z.narrow(1, 0, bundle.meta.ae.latent_channels)?;
+    // The semantic channels, if any, follow the autoencoder's; they are decoded with the
+    // latent when the decoder reads them (`AeConfig::semantic_channels`), else dropped.
+    let c = bundle.meta.ae.latent_channels;
+    let sem = match bundle.meta.ae.semantic_channels {
+        0 => None,
+        n => Some(z.narrow(1, c, n)?),
+    };
+    let z = &z.narrow(1, 0, c)?;
     let (_, _, h, w) = z.dims4()?;
     Ok(if h * w > 32 * 32 {
-        bundle.ae.decode_tiled(z, 16, 4)?
+        bundle.ae.decode_tiled(z, sem.as_ref(), 16, 4)?
     } else {
-        bundle.ae.decode(z)?
+        bundle.ae.decode_with(z, sem.as_ref())?
     })
 }
 

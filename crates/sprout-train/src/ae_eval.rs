@@ -77,7 +77,8 @@ pub fn ssim(a: &RgbImage, b: &RgbImage) -> f64 {
     total / 3.0
 }
 
-/// Reconstruct `n` held-out 256² world images; mean PSNR (dB) and SSIM.
+/// Reconstruct `n` held-out 256² world images; mean PSNR (dB) and SSIM. A decoder that reads
+/// the semantic map is given the scenes' exact maps.
 pub fn evaluate_ae(ae: &Autoencoder, n: usize) -> Result<AeScore, TrainError> {
     let cfg = StreamConfig {
         seed: HELD_OUT_SEED,
@@ -96,7 +97,16 @@ pub fn evaluate_ae(ae: &Autoencoder, n: usize) -> Result<AeScore, TrainError> {
     while count < n {
         let batch = make_batch(&cfg, pos)?;
         pos = cfg.advance(pos);
-        let y = ae.decode(&ae.encode(&batch.images)?)?;
+        // A decoder that reads the semantic map gets the scenes' exact maps.
+        let sem = match ae.cfg.semantic_channels {
+            0 => None,
+            _ => Some(crate::dit_task::semantic_batch(
+                &batch,
+                sprout_models::ae::DOWNSCALE,
+                batch.images.device(),
+            )?),
+        };
+        let y = ae.decode_with(&ae.encode(&batch.images)?, sem.as_ref())?;
         let imgs_a = sprout_pipeline::generate::to_images(&batch.images)?;
         let imgs_b = sprout_pipeline::generate::to_images(&y)?;
         for i in 0..batch.images.dim(0)? {

@@ -53,6 +53,23 @@ pub struct AeSection {
     pub crop: u32,
     /// L1 weight added to the MSE reconstruction loss.
     pub l1: f64,
+    /// Start from this trained autoencoder (a directory with `ae.json` and `ae.safetensors`,
+    /// e.g. `models/ae-native`) instead of `preset`: its architecture, latent statistics and
+    /// weights.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<PathBuf>,
+    /// Give the decoder the world's semantic map beside the latent
+    /// (`AeConfig::semantic_channels`), as a DiT with semantic channels produces it.
+    pub semantic: bool,
+    /// Train the encoder too (false: only the decoder learns, so the latents, and every DiT
+    /// trained on them, stay valid; needs `from`).
+    pub train_encoder: bool,
+    /// Gaussian noise of a standard deviation drawn per image from U(0, latent_noise) is
+    /// added to the normalised latent before decoding, so the decoder learns to draw from
+    /// imperfect latents (a DiT's) and to lean on the semantic map where they fail.
+    pub latent_noise: f64,
+    /// The same for the semantic map, from U(0, semantic_noise).
+    pub semantic_noise: f64,
 }
 
 impl Default for AeSection {
@@ -61,6 +78,11 @@ impl Default for AeSection {
             preset: "native".into(),
             crop: 128,
             l1: 0.5,
+            from: None,
+            semantic: false,
+            train_encoder: true,
+            latent_noise: 0.0,
+            semantic_noise: 0.0,
         }
     }
 }
@@ -298,6 +320,17 @@ impl TrainConfig {
         if self.kind == Kind::Ae && !self.ae.crop.is_multiple_of(32) {
             return bad(format!("ae.crop {} must be a multiple of 32", self.ae.crop));
         }
+        if !self.ae.train_encoder && self.ae.from.is_none() {
+            return bad("ae.train_encoder = false needs ae.from (a trained autoencoder whose encoder stays)".into());
+        }
+        for (name, v) in [
+            ("ae.latent_noise", self.ae.latent_noise),
+            ("ae.semantic_noise", self.ae.semantic_noise),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("{name} {v} must be finite and at least 0"));
+            }
+        }
         if self.kind == Kind::Dit && self.dit.ae.as_os_str().is_empty() {
             return bad("dit.ae must name a trained autoencoder directory".into());
         }
@@ -457,6 +490,7 @@ mod tests {
         for f in [
             "default.toml",
             "ae-native.toml",
+            "ae-semantic.toml",
             "dit-native.toml",
             "dit-native-r4.toml",
             "dit-native-gpu.toml",

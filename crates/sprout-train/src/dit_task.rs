@@ -133,7 +133,11 @@ pub fn shift_config(factor: Option<f64>) -> ShiftConfig {
 }
 
 /// The semantic maps of a batch (B, channels, rows, cols) over cells of `cell` pixels.
-fn semantic_batch(batch: &Batch, cell: usize, dev: &Device) -> Result<Tensor, TrainError> {
+pub(crate) fn semantic_batch(
+    batch: &Batch,
+    cell: usize,
+    dev: &Device,
+) -> Result<Tensor, TrainError> {
     let (b, _, ih, iw) = batch.images.dims4()?;
     let pixels: Vec<f32> = batch.images.flatten_all()?.to_vec1()?;
     let plane = 3 * ih * iw;

@@ -106,13 +106,19 @@ pub fn export(cfg: &TrainConfig, to: &Path) -> Result<serde_json::Value, TrainEr
                 &ae_cfg,
                 VarBuilder::from_tensors(f32w, DType::F32, &Device::Cpu),
             )?;
-            let (mean, std) = latent_stats(&ae, 256)?;
-            let ae_cfg = AeConfig {
-                scale: 1.0,
-                shift: 0.0,
-                channel_shift: mean,
-                channel_scale: std.iter().map(|s| 1.0 / s).collect(),
-                ..ae_cfg
+            // A run whose encoder stayed keeps its source's latent statistics, which the
+            // DiTs trained on those latents were trained with.
+            let ae_cfg = if cfg.ae.train_encoder || ae_cfg.channel_shift.is_empty() {
+                let (mean, std) = latent_stats(&ae, 256)?;
+                AeConfig {
+                    scale: 1.0,
+                    shift: 0.0,
+                    channel_shift: mean,
+                    channel_scale: std.iter().map(|s| 1.0 / s).collect(),
+                    ..ae_cfg
+                }
+            } else {
+                ae_cfg
             };
             candle_core::safetensors::save(&weights, to.join("ae.safetensors"))?;
             std::fs::write(

@@ -597,3 +597,81 @@ fn a_semantic_run_exports_a_model_that_draws_and_a_deterministic_proxy() {
         .iter()
         .all(|(_, g)| g.is_finite() && *g != 0.0));
 }
+
+#[test]
+fn a_decoder_fine_tune_reads_the_semantic_map_keeps_the_encoder_and_serves_a_semantic_dit() {
+    let ae = tiny_ae_dir();
+    let run = tempfile::tempdir().unwrap();
+    let mut cfg = ae_config(run.path());
+    cfg.ae.from = Some(ae.path().to_path_buf());
+    cfg.ae.semantic = true;
+    cfg.ae.train_encoder = false;
+    cfg.ae.latent_noise = 1.0;
+    cfg.ae.semantic_noise = 0.3;
+    train(&cfg, &Options::default(), |_| {}).unwrap();
+    let tuned = tempfile::tempdir().unwrap();
+    sprout_train::export::export(&cfg, tuned.path()).unwrap();
+    let read = |d: &Path| {
+        sprout_pipeline::bundle::read_tensors(&d.join("ae.safetensors"), &Device::Cpu).unwrap()
+    };
+    let (before, after) = (read(ae.path()), read(tuned.path()));
+    let diff = |k: &str| sprout_models::ops::max_abs_diff(&before[k], &after[k]).unwrap();
+    let sem = sprout_world::semantic::CHANNELS;
+    let mut decoder_moved = false;
+    for k in before.keys() {
+        if k.starts_with("encoder.") {
+            assert_eq!(diff(k), 0.0, "{k} changed although the encoder stays");
+        } else {
+            decoder_moved |= diff(k) > 0.0;
+        }
+    }
+    assert!(decoder_moved, "no decoder weight learned");
+    let s = after["decoder.semantic.weight"].clone();
+    assert_eq!(s.dims()[1], sem);
+    assert!(
+        s.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    );
+    // The latent statistics the DiTs were trained with are kept.
+    let cfg_of = |d: &Path| -> sprout_models::ae::AeConfig {
+        serde_json::from_str(&std::fs::read_to_string(d.join("ae.json")).unwrap()).unwrap()
+    };
+    let (c0, c1) = (cfg_of(ae.path()), cfg_of(tuned.path()));
+    assert_eq!(c0.channel_shift, c1.channel_shift);
+    assert_eq!(c0.channel_scale, c1.channel_scale);
+    assert_eq!((c0.semantic_channels, c1.semantic_channels), (0, sem));
+    // A semantic DiT over the tuned autoencoder decodes its semantic channels.
+    let dit_run = tempfile::tempdir().unwrap();
+    let mut dcfg = dit_config(dit_run.path(), tuned.path());
+    dcfg.dit.semantic = true;
+    train(&dcfg, &Options::default(), |_| {}).unwrap();
+    let bundle = tempfile::tempdir().unwrap();
+    sprout_train::export::export(&dcfg, bundle.path()).unwrap();
+    let b = sprout_pipeline::bundle::Bundle::load_dir(bundle.path(), &Device::Cpu).unwrap();
+    assert_eq!(b.meta.ae.semantic_channels, sem);
+    let req = sprout_pipeline::generate::Request {
+        prompt: "a red circle".into(),
+        n: 1,
+        seed: 4,
+        steps: 2,
+        guidance: 2.0,
+        width: 64,
+        height: 64,
+        sampler: sprout_pipeline::flow::Sampler::Euler,
+        init: None,
+        negative_prompt: None,
+        true_cfg: None,
+    };
+    let imgs = sprout_pipeline::generate::generate(&b, &req, |_, _| {}).unwrap();
+    assert_eq!((imgs[0].width(), imgs[0].height()), (64, 64));
+    // Without ae.from the encoder cannot be kept.
+    let mut bad = ae_config(run.path());
+    bad.ae.train_encoder = false;
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.contains("ae.from"), "{e}");
+}
