@@ -100,7 +100,7 @@ pub fn evaluate_ae(ae: &Autoencoder, n: usize) -> Result<AeScore, TrainError> {
         // A decoder that reads the semantic map gets the scenes' exact maps.
         let sem = match ae.cfg.semantic_channels {
             0 => None,
-            _ => Some(crate::dit_task::semantic_batch(
+            _ => Some(crate::semantic_maps::semantic_batch(
                 &batch,
                 sprout_models::ae::DOWNSCALE,
                 batch.images.device(),

@@ -178,7 +178,7 @@ impl Task for AeTask {
         let sem = if self.ae.cfg.semantic_channels > 0 {
             // The whole image's map, cut to the crop's cells.
             let cell = sprout_models::ae::DOWNSCALE;
-            let full = crate::dit_task::semantic_batch(batch, cell, &self.device)?;
+            let full = crate::semantic_maps::semantic_batch(batch, cell, &self.device)?;
             let s = full
                 .narrow(2, y0 / cell, ch / cell)?
                 .narrow(3, x0 / cell, cw / cell)?;

@@ -19,7 +19,7 @@ use sprout_pipeline::flow::{flow_loss, interpolate, train_timestep, ShiftConfig}
 use sprout_pipeline::noise::noise_batch;
 use sprout_world::render::object_half_extent;
 use sprout_world::seed::{mix64, rng_for};
-use sprout_world::{semantic, Scene};
+use sprout_world::Scene;
 use tokenizers::Tokenizer;
 
 use crate::config::TrainConfig;
@@ -130,28 +130,6 @@ pub fn shift_config(factor: Option<f64>) -> ShiftConfig {
             ..ShiftConfig::default()
         },
     }
-}
-
-/// The semantic maps of a batch (B, channels, rows, cols) over cells of `cell` pixels.
-pub(crate) fn semantic_batch(
-    batch: &Batch,
-    cell: usize,
-    dev: &Device,
-) -> Result<Tensor, TrainError> {
-    let (b, _, ih, iw) = batch.images.dims4()?;
-    let pixels: Vec<f32> = batch.images.flatten_all()?.to_vec1()?;
-    let plane = 3 * ih * iw;
-    let mut all = Vec::with_capacity(b * semantic::CHANNELS * (ih / cell) * (iw / cell));
-    for (k, scene) in batch.scenes.iter().enumerate() {
-        let map = semantic::semantic_map(scene, &pixels[k * plane..(k + 1) * plane], cell)
-            .map_err(|e| TrainError::Config(format!("semantic map: {e}")))?;
-        all.extend(map);
-    }
-    Ok(Tensor::from_vec(
-        all,
-        (b, semantic::CHANNELS, ih / cell, iw / cell),
-        dev,
-    )?)
 }
 
 /// What identifies the autoencoder of `dir`: its config and weight files.
@@ -405,7 +383,13 @@ impl DitTask {
         };
         let z = if self.semantic > 0 {
             let (_, _, h, _) = z.dims4()?;
-            Tensor::cat(&[&z, &semantic_batch(batch, ih / h, &dev)?], 1)?
+            Tensor::cat(
+                &[
+                    &z,
+                    &crate::semantic_maps::semantic_batch(batch, ih / h, &dev)?,
+                ],
+                1,
+            )?
         } else {
             z
         };

@@ -15,6 +15,7 @@ pub mod latent_cache;
 pub mod optim;
 pub mod proxy;
 pub mod run;
+pub mod semantic_maps;
 pub mod vocab;
 
 use thiserror::Error;

@@ -518,6 +518,23 @@ fn parallel_halves_give_the_serial_gradient() {
     assert!(seen > 10, "only {seen} parameters have gradients");
 }
 
+/// A two-step request for "a red circle" on a `width`×`height` canvas.
+fn red_circle(width: u32, height: u32) -> sprout_pipeline::generate::Request {
+    sprout_pipeline::generate::Request {
+        prompt: "a red circle".into(),
+        n: 1,
+        seed: 4,
+        steps: 2,
+        guidance: 2.0,
+        width,
+        height,
+        sampler: sprout_pipeline::flow::Sampler::Euler,
+        init: None,
+        negative_prompt: None,
+        true_cfg: None,
+    }
+}
+
 #[test]
 fn a_semantic_run_exports_a_model_that_draws_and_a_deterministic_proxy() {
     let ae = tiny_ae_dir();
@@ -536,19 +553,7 @@ fn a_semantic_run_exports_a_model_that_draws_and_a_deterministic_proxy() {
     assert!((b.meta.shift.mu(64) - 3f64.ln()).abs() < 1e-12);
     // It draws an RGB image of the asked size (the semantic channels are not decoded), and
     // img2img starts from the image's latents plus its estimated semantic map.
-    let req = sprout_pipeline::generate::Request {
-        prompt: "a red circle".into(),
-        n: 1,
-        seed: 4,
-        steps: 2,
-        guidance: 2.0,
-        width: 64,
-        height: 96,
-        sampler: sprout_pipeline::flow::Sampler::Euler,
-        init: None,
-        negative_prompt: None,
-        true_cfg: None,
-    };
+    let req = red_circle(64, 96);
     let imgs = sprout_pipeline::generate::generate(&b, &req, |_, _| {}).unwrap();
     assert_eq!((imgs[0].width(), imgs[0].height()), (64, 96));
     let init = sprout_pipeline::generate::Request {
@@ -654,19 +659,7 @@ fn a_decoder_fine_tune_reads_the_semantic_map_keeps_the_encoder_and_serves_a_sem
     sprout_train::export::export(&dcfg, bundle.path()).unwrap();
     let b = sprout_pipeline::bundle::Bundle::load_dir(bundle.path(), &Device::Cpu).unwrap();
     assert_eq!(b.meta.ae.semantic_channels, sem);
-    let req = sprout_pipeline::generate::Request {
-        prompt: "a red circle".into(),
-        n: 1,
-        seed: 4,
-        steps: 2,
-        guidance: 2.0,
-        width: 64,
-        height: 64,
-        sampler: sprout_pipeline::flow::Sampler::Euler,
-        init: None,
-        negative_prompt: None,
-        true_cfg: None,
-    };
+    let req = red_circle(64, 64);
     let imgs = sprout_pipeline::generate::generate(&b, &req, |_, _| {}).unwrap();
     assert_eq!((imgs[0].width(), imgs[0].height()), (64, 64));
     // Without ae.from the encoder cannot be kept.
