@@ -273,23 +273,16 @@ pub fn run(a: BenchArgs) -> Result<()> {
         );
     } else if a.model != "default" || sprout_pipeline::embedded::available() {
         let t0 = Instant::now();
-        let model = crate::generate_cmd::load_model(&a.model)?;
+        let mut model = sprout_pipeline::model::Model::Native(Box::new(
+            crate::generate_cmd::load_model(&a.model)?,
+        ));
         let load = t0.elapsed().as_secs_f64();
-        let req = sprout_pipeline::generate::Request {
-            prompt: "a red circle to the left of a blue star".into(),
-            n: 1,
-            seed: 0,
-            steps: model.meta.default_steps,
-            guidance: model.meta.default_guidance,
-            width: 256,
-            height: 256,
-            sampler: model.meta.sampler,
-            init: None,
-            negative_prompt: None,
-            true_cfg: None,
-        };
+        let req = sprout_pipeline::request::Request::new(
+            "a red circle to the left of a blue star",
+            &model.profile(),
+        );
         let s = time(a.repeat, || {
-            sprout_pipeline::generate::generate(&model, &req, |_, _| {})?;
+            sprout_pipeline::denoise::Hooks::progress(&mut |_, _| {}, |h| model.generate(&req, h))?;
             Ok(())
         })?;
         rows.push(Row {

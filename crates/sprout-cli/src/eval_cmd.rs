@@ -240,7 +240,7 @@ fn score_roundtrip(
         |index, p| -> Result<Vec<image::RgbImage>> {
             let scene = sprout_eval::truth::ground_truth(p, seed, index as u64);
             let img = sprout_world::render::Renderer::new().render(&scene)?;
-            let x = sprout_pipeline::generate::from_image(&img, &dev)?;
+            let x = sprout_pipeline::image_io::from_image(&img, &dev)?;
             let mut z = ae.encode(&x)?;
             if sigma > 0.0 {
                 let (_, c, h, w) = z.dims4()?;
@@ -261,7 +261,7 @@ fn score_roundtrip(
                 }
             };
             let y = ae.decode_with(&z, sem.as_ref())?;
-            Ok(sprout_pipeline::generate::to_images(&y)?)
+            Ok(sprout_pipeline::image_io::to_images(&y)?)
         },
         tick,
     )
@@ -301,7 +301,7 @@ pub fn score_model(
     }
     let source =
         format!("model {name} ({steps} steps, guidance {guidance}, {sampler:?})").to_lowercase();
-    let request = |index: usize, p: &sprout_eval::Prompt| sprout_pipeline::generate::Request {
+    let request = |index: usize, p: &sprout_eval::Prompt| sprout_pipeline::request::Request {
         prompt: p.text.clone(),
         n: 1,
         seed: o.seed.wrapping_add(1000 * index as u64),
@@ -313,6 +313,9 @@ pub fn score_model(
         init: None,
         negative_prompt: None,
         true_cfg: None,
+        images: Vec::new(),
+        latents: None,
+        max_sequence_length: None,
     };
     // Generated lazily in batches: a prompt not yet generated is generated together
     // with the following prompts of the same canvas size.

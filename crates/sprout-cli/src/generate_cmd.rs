@@ -8,15 +8,21 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::Args;
 use image::RgbImage;
+use sprout_models::flux::files::Variant;
 use sprout_pipeline::bundle::Bundle;
+use sprout_pipeline::denoise::Hooks;
 use sprout_pipeline::flow::Sampler;
-use sprout_pipeline::generate::{generate, InitImage, Request};
+use sprout_pipeline::flux::FluxModel;
+use sprout_pipeline::flux_cond::{canny_map, CANNY_THRESHOLDS};
+use sprout_pipeline::model::Model;
+use sprout_pipeline::request::{InitImage, Request};
+use sprout_pipeline::PipelineError;
 use sprout_world::canvas::parse_size;
 use sprout_world::AspectRatio;
 
 use crate::inputs::open_image;
 use crate::progress::bar;
-use sprout_pipeline::generate::resized;
+use sprout_pipeline::image_io::resized;
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -51,6 +57,10 @@ pub struct GenerateArgs {
     pub weights: Option<PathBuf>,
     #[command(flatten)]
     pub parts: crate::flux_parts::FluxPartsArgs,
+    /// Where the model computes: cpu, cuda or cuda:N (CUDA needs a build with `--features
+    /// cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     /// Start from these initial latents (a safetensors file holding one tensor, packed
     /// (n, tokens, 64) as diffusers' `latents=` argument or unpacked (n, 16, H/8, W/8))
     /// instead of seeded noise, to compare with another implementation.
@@ -103,31 +113,88 @@ pub fn default_strength(a: &GenerateArgs) -> f64 {
     }
 }
 
-/// `--mask` as (1, 1, height, width), 1 where the image is redrawn.
+/// `--mask` as (1, 1, height, width), 1 where the image is redrawn (a mask that marks
+/// nothing is refused by the pipeline's check).
 pub fn read_mask(a: &GenerateArgs, width: u32, height: u32) -> Result<Option<Tensor>> {
     let Some(p) = &a.mask else { return Ok(None) };
     let img = crate::inputs::open_any(p, "--mask")?;
-    let m = sprout_pipeline::generate::mask_from_image(&img, width, height)?;
-    if m.sum_all()?.to_scalar::<f32>()? == 0.0 {
-        anyhow::bail!(
-            "--mask {}: it marks nothing to redraw (transparent pixels of a mask with alpha, else white ones)",
-            p.display()
-        );
-    }
-    Ok(Some(m))
+    Ok(Some(sprout_pipeline::image_io::mask_from_image(
+        &img, width, height,
+    )?))
 }
 
-/// Load `default` (embedded) or a bundle directory.
+/// Load `default` (embedded) or a bundle directory onto the CPU.
 pub fn load_model(name: &str) -> Result<Bundle> {
-    let dev = Device::Cpu;
+    load_model_on(name, &Device::Cpu)
+}
+
+/// Load `default` (embedded) or a bundle directory onto `dev`.
+pub fn load_model_on(name: &str, dev: &Device) -> Result<Bundle> {
     if name == "default" {
-        return Ok(sprout_pipeline::embedded::load(&dev)?);
+        return Ok(sprout_pipeline::embedded::load(dev)?);
     }
     let dir = Path::new(name);
     if !dir.is_dir() {
         bail!("unknown model {name:?}: expected `default` or a model bundle directory");
     }
-    Ok(Bundle::load_dir(dir, &dev)?)
+    Ok(Bundle::load_dir(dir, dev)?)
+}
+
+/// The model `--model` names: Sprout's own (`default` or a bundle directory), or a FLUX.1
+/// variant from `--weights`, encoding `prompts` while loading (so that T5 can be dropped
+/// before the DiT loads when memory is tight) with `t5_len` T5 tokens.
+pub fn load(
+    model: &str,
+    weights: Option<&Path>,
+    parts: &crate::flux_parts::FluxPartsArgs,
+    prompts: &[&str],
+    t5_len: Option<usize>,
+    device: &str,
+) -> Result<Model> {
+    let device = sprout_pipeline::device::parse(device).map_err(cli_error)?;
+    if model.starts_with("flux-") {
+        let variant = Variant::parse(model)?;
+        let Some(weights) = weights else {
+            bail!("--model {model} needs --weights PATH (a Black Forest Labs file or folder, or a diffusers snapshot)");
+        };
+        let (m, _) = FluxModel::load_with_prompts(
+            weights,
+            &parts.components(),
+            variant,
+            &device,
+            prompts,
+            t5_len,
+        )?;
+        if !m.text.t5.is_resident() {
+            eprintln!(
+                "memory is tight: T5 is dropped after encoding each prompt, before the DiT runs"
+            );
+        }
+        return Ok(Model::Flux(Box::new(m)));
+    }
+    if weights.is_some() {
+        bail!("--weights is for the FLUX.1 models (--model flux-schnell|flux-dev|flux-kontext|flux-fill|flux-canny|flux-depth); Sprout's models are bundle directories given to --model");
+    }
+    parts.refuse_for(model)?;
+    Ok(Model::Native(Box::new(load_model_on(model, &device)?)))
+}
+
+/// A refusal of the pipeline's one check, in the command line's terms: the field becomes
+/// the flag that sets it.
+pub fn cli_error(e: PipelineError) -> anyhow::Error {
+    let PipelineError::Invalid { param, message } = e else {
+        return e.into();
+    };
+    let flag = match param {
+        "prompt" => "the prompt".to_string(),
+        "n" => "-n".to_string(),
+        "true_cfg_scale" => "--true-cfg".to_string(),
+        other => format!("--{}", other.replace('_', "-")),
+    };
+    match message.strip_prefix(param) {
+        Some(rest) => anyhow::anyhow!("{flag}{}", rest.strip_prefix(" =").unwrap_or(rest)),
+        None => anyhow::anyhow!("{flag}: {message}"),
+    }
 }
 
 /// Write a PNG with text chunks describing how it was made.
@@ -161,54 +228,129 @@ pub fn output_paths(out: &Path, n: usize) -> Vec<PathBuf> {
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
-    if a.model.starts_with("flux-") {
-        return crate::flux_cmd::generate(a);
-    }
-    if a.weights.is_some()
-        || a.latents.is_some()
-        || a.max_sequence_length.is_some()
-        || a.control_image.is_some()
-        || a.true_cfg.is_some()
+    run_with(a, &[])
+}
+
+/// `generate`, and `edit` with its input images: the arguments become one [`Request`] for
+/// the pipeline's entry point; the images are written with how they were made.
+pub fn run_with(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
+    let t0 = Instant::now();
+    let flux = a.model.starts_with("flux-");
+    if !flux
+        && (a.weights.is_some()
+            || a.latents.is_some()
+            || a.max_sequence_length.is_some()
+            || a.control_image.is_some()
+            || a.true_cfg.is_some())
     {
         bail!("--weights, --latents, --max-sequence-length, --control-image and --true-cfg apply to the FLUX models (--model flux-schnell|flux-dev|flux-kontext|flux-fill|flux-canny|flux-depth)");
     }
-    a.parts.refuse_for(&a.model)?;
-    if let Some(s) = a.strength {
-        if !(s > 0.0 && s <= 1.0) {
-            bail!("--strength {s} is out of range (0, 1]");
+    if flux {
+        let variant = Variant::parse(&a.model)?;
+        if a.weights.is_none() {
+            bail!("--model {} needs --weights PATH (a Black Forest Labs file or folder, or a diffusers snapshot)", a.model);
+        }
+        match (variant.control_map(), &a.control_image) {
+            (Some(map), None) => bail!(
+                "--model {} draws from an {map} map: give it with --control-image",
+                a.model
+            ),
+            (None, Some(_)) => bail!(
+                "--control-image is for --model flux-canny or flux-depth, not {}",
+                a.model
+            ),
+            _ => {}
+        }
+        if a.canny && variant != Variant::Canny {
+            bail!(
+                "--canny makes an edge map for --model flux-canny, not {}",
+                a.model
+            );
+        }
+        if variant == Variant::Fill && a.mask.is_none() {
+            bail!("--model flux-fill redraws the masked area of an image: give --init-image and --mask");
         }
     }
-    let t0 = Instant::now();
+    if a.prompt.trim().is_empty() {
+        bail!("the prompt is empty");
+    }
     let init_image = match &a.init_image {
         Some(p) => Some(open_image(p, "--init-image")?),
         None => None,
     };
-    let (width, height) = match (&a.size, &a.aspect, &init_image) {
+    let control_image = match &a.control_image {
+        Some(p) => {
+            let img = open_image(p, "--control-image")?;
+            Some(if a.canny {
+                canny_map(&img, CANNY_THRESHOLDS)
+            } else {
+                img
+            })
+        }
+        None => None,
+    };
+    let images = inputs
+        .iter()
+        .map(|p| open_image(p, "--image"))
+        .collect::<Result<Vec<_>>>()?;
+    // With true CFG the negative prompt is encoded too, while loading.
+    let true_cfg = a.true_cfg.filter(|s| *s > 1.0);
+    let mut prompts = vec![a.prompt.as_str()];
+    if true_cfg.is_some() {
+        prompts.push(a.negative_prompt.as_deref().unwrap_or(""));
+    }
+    let mut model = load(
+        &a.model,
+        a.weights.as_deref(),
+        &a.parts,
+        &prompts,
+        a.max_sequence_length,
+        &a.device,
+    )?;
+    let load_s = t0.elapsed().as_secs_f64();
+    let profile = model.profile();
+    let m = profile.multiple;
+    let sized = init_image
+        .as_ref()
+        .map(|i| ("--init-image", i))
+        .or(control_image.as_ref().map(|i| ("--control-image", i)));
+    let (width, height) = match (&a.size, &a.aspect, images.first()) {
         (Some(s), _, _) => parse_size(s)?,
-        (None, Some(r), _) => AspectRatio::parse(r)?.canvas(256),
-        // img2img keeps its image's size, rounded down to the autoencoder's multiple.
-        (None, None, Some(img)) => {
-            let m = sprout_models::ae::DOWNSCALE as u32;
+        (None, Some(r), _) => AspectRatio::parse(r)?.canvas(profile.default_size.0),
+        // img2img and control keep their image's size, rounded down to the model's multiple.
+        (None, None, _) if sized.is_some() => {
+            let (flag, img) = sized.expect("checked");
             let (w, h) = img.dimensions();
             if w < m || h < m {
-                bail!("--init-image is {w}x{h}; the native model needs at least {m}x{m}");
+                bail!("{flag} is {w}x{h}; this model needs at least {m}x{m}");
             }
             (w / m * m, h / m * m)
         }
-        (None, None, None) => (256, 256),
+        // An edit keeps its first image's aspect ratio at the default canvas's area.
+        (None, None, Some(img)) => model.edit_canvas(img.dimensions()),
+        (None, None, None) => profile.default_size,
     };
-    let model = load_model(&a.model)?;
-    let load_s = t0.elapsed().as_secs_f64();
     let sampler = match &a.sampler {
         Some(s) => Sampler::parse(s).map_err(anyhow::Error::msg)?,
-        None => model.meta.sampler,
+        None => profile.sampler,
     };
+    let latents = match &a.latents {
+        Some(p) => {
+            let channels = match &model {
+                Model::Flux(m) => m.dit.config().latent_channels,
+                Model::Native(b) => b.meta.dit.latent_channels,
+            };
+            Some(crate::flux_cmd::read_latents(p, channels)?)
+        }
+        None => None,
+    };
+    let mut images = images;
+    images.extend(control_image);
     let req = Request {
-        prompt: a.prompt.clone(),
         n: a.n,
         seed: a.seed,
-        steps: a.steps.unwrap_or(model.meta.default_steps),
-        guidance: a.guidance.unwrap_or(model.meta.default_guidance),
+        steps: a.steps.unwrap_or(profile.default_steps),
+        guidance: a.guidance.unwrap_or(profile.default_guidance),
         width,
         height,
         sampler,
@@ -221,27 +363,49 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             None => None,
         },
         negative_prompt: a.negative_prompt.clone(),
-        true_cfg: None,
+        true_cfg: a.true_cfg,
+        images,
+        latents,
+        max_sequence_length: a.max_sequence_length,
+        ..Request::new(&a.prompt, &profile)
     };
-    req.validate(&model)?;
+    model.check(&req).map_err(cli_error)?;
     let pb = bar(0, "generate");
-    let images = generate(&model, &req, |done, total| {
-        pb.set_length(total as u64);
-        pb.set_position(done as u64);
-    })?;
+    let started = Instant::now();
+    let out = Hooks::progress(
+        &mut |done, total| {
+            pb.set_length(total as u64);
+            pb.set_position(done as u64);
+        },
+        |hooks| model.generate(&req, hooks),
+    )
+    .map_err(cli_error)?;
     pb.finish_and_clear();
-    let paths = output_paths(&a.out, images.len());
-    for (i, (img, path)) in images.iter().zip(&paths).enumerate() {
+    let run_s = started.elapsed().as_secs_f64();
+    eprintln!(
+        "drew {} image{} in {run_s:.1} s ({:.2} s per step and image)",
+        out.len(),
+        if out.len() == 1 { "" } else { "s" },
+        run_s / (req.steps * out.len()).max(1) as f64
+    );
+    let name = match &a.weights {
+        Some(w) => format!("{} ({})", a.model, w.display()),
+        None => format!("{} ({})", a.model, model.name()),
+    };
+    let paths = output_paths(&a.out, out.len());
+    for (i, (img, path)) in out.iter().zip(&paths).enumerate() {
         let mut meta = vec![
             ("prompt", req.prompt.clone()),
-            ("seed", (req.seed + i as u64).to_string()),
             ("steps", req.steps.to_string()),
             ("guidance", req.guidance.to_string()),
             ("sampler", format!("{:?}", req.sampler).to_lowercase()),
             ("size", format!("{width}x{height}")),
-            ("model", format!("{} ({})", a.model, model.meta.name)),
+            ("model", name.clone()),
             ("software", format!("sprout {}", env!("CARGO_PKG_VERSION"))),
         ];
+        for (k, p) in inputs.iter().enumerate() {
+            meta.push(("image", format!("{k}: {}", p.display())));
+        }
         if let (Some(p), Some(init)) = (&a.init_image, &req.init) {
             meta.push(("init_image", p.display().to_string()));
             meta.push(("strength", init.strength.to_string()));
@@ -249,9 +413,20 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                 meta.push(("mask", m.display().to_string()));
             }
         }
+        if let Some(s) = true_cfg {
+            meta.push(("true_cfg", s.to_string()));
+        }
         if let Some(n) = &req.negative_prompt {
             meta.push(("negative_prompt", n.clone()));
         }
+        if let Some(p) = &a.control_image {
+            let how = if a.canny { " (its Canny edges)" } else { "" };
+            meta.push(("control_image", format!("{}{how}", p.display())));
+        }
+        meta.push(match &a.latents {
+            Some(p) => ("latents", format!("{} [{i}]", p.display())),
+            None => ("seed", (req.seed + i as u64).to_string()),
+        });
         write_png(path, img, &meta)?;
         println!("wrote {}", path.display());
     }

@@ -5,11 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use candle_core::Device;
+use anyhow::{Context, Result};
 use clap::Args;
-use sprout_models::flux::files::Variant;
-use sprout_pipeline::flux::FluxModel;
 use sprout_server::{Engine, ServerConfig};
 
 #[derive(Args)]
@@ -23,6 +20,10 @@ pub struct ServeArgs {
     pub weights: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub parts: crate::flux_parts::FluxPartsArgs,
+    /// Where the model computes: cpu, cuda or cuda:N (CUDA needs a build with `--features
+    /// cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// Port to listen on (0 picks a free one; the address is printed).
@@ -75,28 +76,17 @@ pub fn run(a: ServeArgs) -> Result<()> {
         warmup: !a.no_warmup,
         ..ServerConfig::default()
     };
-    let (engine, name) = if a.model.starts_with("flux-") {
-        let variant = Variant::parse(&a.model)?;
-        let Some(weights) = &a.weights else {
-            bail!(
-                "--model {} needs --weights PATH (a Black Forest Labs file or folder, or a diffusers snapshot)",
-                a.model
-            );
-        };
-        let model = FluxModel::load(weights, &a.parts.components(), variant, &Device::Cpu)?;
-        (Engine::Flux(Box::new(model)), variant.name().to_string())
-    } else {
-        if a.weights.is_some() {
-            bail!("--weights is for the FLUX.1 models (--model flux-schnell, flux-dev or flux-kontext); Sprout's models are bundle directories given to --model");
-        }
-        a.parts.refuse_for(&a.model)?;
-        let bundle = crate::generate_cmd::load_model(&a.model)?;
-        let name = if a.model == "default" {
-            "sprout-default".to_string()
-        } else {
-            bundle.meta.name.clone()
-        };
-        (Engine::Native(Box::new(bundle)), name)
+    let engine = crate::generate_cmd::load(
+        &a.model,
+        a.weights.as_deref(),
+        &a.parts,
+        &[],
+        None,
+        &a.device,
+    )?;
+    let name = match &engine {
+        Engine::Native(_) if a.model == "default" => "sprout-default".to_string(),
+        other => other.name(),
     };
     if cfg.warmup {
         let (w, h) = engine.warmup_size();

@@ -14,7 +14,7 @@ use sprout_models::dit::embed::{grid_ids, patchify, text_ids, unpatchify};
 use sprout_models::dit::DitInput;
 use sprout_models::text::TextEncoder;
 use sprout_pipeline::bundle::Bundle;
-use sprout_pipeline::generate::{from_image, to_images};
+use sprout_pipeline::image_io::{from_image, to_images};
 use sprout_pipeline::noise::noise_batch;
 
 fn main() -> anyhow::Result<()> {

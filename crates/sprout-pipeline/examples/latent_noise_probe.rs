@@ -7,7 +7,7 @@
 
 use candle_core::Device;
 use sprout_pipeline::bundle::Bundle;
-use sprout_pipeline::generate::{from_image, to_images};
+use sprout_pipeline::image_io::{from_image, to_images};
 use sprout_pipeline::noise::noise_batch;
 
 fn main() -> anyhow::Result<()> {

@@ -51,6 +51,8 @@ pub struct Bundle {
     pub ae: Autoencoder,
     pub dit: Dit,
     pub text: SmallTextEncoder,
+    /// Where the weights live and the model computes.
+    pub device: Device,
 }
 
 /// Reject NaN or infinite weights, naming the tensor.
@@ -225,6 +227,7 @@ impl Bundle {
             text: SmallTextEncoder::new(&meta.text, tokenizer, vb(text, device))
                 .map_err(|e| w("text.safetensors", e))?,
             meta,
+            device: device.clone(),
         })
     }
 

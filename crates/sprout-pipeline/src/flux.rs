@@ -4,8 +4,6 @@
 //! reference tokens, and Fill's, Canny's and Depth's conditioning channels (`flux_cond`).
 //! Reproduces diffusers' `FluxPipeline` from the same initial latents (tested).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
 use candle_core::{DType, Device, Module, Tensor};
 use candle_transformers::models::clip::text_model::ClipTextTransformer;
 use candle_transformers::models::t5::T5EncoderModel;
@@ -16,8 +14,9 @@ use sprout_models::flux::tokenize::encode_fixed;
 use sprout_models::flux::vae::FluxVae;
 use tokenizers::Tokenizer;
 
-use crate::flow::{euler_step, schedule, Blend, ShiftConfig};
-use crate::generate::{composite, preview_steps, to_images, Hooks};
+use crate::denoise::{denoise, Hooks};
+use crate::flow::{schedule, Blend, Sampler, ShiftConfig};
+use crate::image_io::{composite, to_images};
 use crate::noise::noise;
 use crate::PipelineError;
 
@@ -31,6 +30,9 @@ pub struct FluxModel {
     pub text: TextParts,
     /// The autoencoder's (and CLIP's) type.
     pub parts_dtype: DType,
+    /// Prompts encoded ahead, as (prompt, T5 tokens, encoding): [`FluxModel::load_with_prompts`]
+    /// encodes them while T5 is loaded, so that it can be dropped before the DiT loads.
+    pub encoded: Vec<(String, usize, FluxText)>,
 }
 
 /// The text side: CLIP-L (pooled vector) and T5 (token states) with their tokenizers.
@@ -89,6 +91,7 @@ impl T5Slot {
 }
 
 /// The text conditioning of one prompt.
+#[derive(Clone)]
 pub struct FluxText {
     /// T5 token states (1, t5_len, 4096).
     pub states: Tensor,
@@ -160,7 +163,7 @@ impl Inpaint {
 impl Img2Img {
     /// Index of the first schedule step that runs.
     pub fn first_step(&self, steps: usize) -> Result<usize, PipelineError> {
-        crate::generate::img2img_first_step(steps, self.strength)
+        crate::request::img2img_first_step(steps, self.strength)
     }
 }
 
@@ -249,6 +252,27 @@ impl FluxModel {
         self.text.encode(prompt)
     }
 
+    /// `prompt` encoded with `t5_len` T5 tokens (the model's own when None), from the
+    /// prompts encoded ahead when it is one of them.
+    pub fn prompt_text(
+        &mut self,
+        prompt: &str,
+        t5_len: Option<usize>,
+    ) -> Result<FluxText, PipelineError> {
+        let len = t5_len.unwrap_or(self.text.t5_len);
+        if let Some((_, _, t)) = self
+            .encoded
+            .iter()
+            .find(|(p, l, _)| p == prompt && *l == len)
+        {
+            return Ok(t.clone());
+        }
+        let own = std::mem::replace(&mut self.text.t5_len, len);
+        let text = self.text.encode(prompt);
+        self.text.t5_len = own;
+        text
+    }
+
     /// The DiT's compute type.
     pub fn dtype(&self) -> DType {
         self.text.dtype
@@ -274,7 +298,9 @@ impl FluxModel {
     /// An image (1, 3, H, W) in [-1, 1] as a reference: encoded by the autoencoder's
     /// posterior mean and packed. Its sides must be multiples of [`size_multiple`].
     pub fn encode_reference(&self, image: &Tensor) -> Result<Reference, PipelineError> {
-        let z = self.vae.encode(&image.to_dtype(self.parts_dtype)?)?;
+        let z = self
+            .vae
+            .encode(&image.to_device(self.device())?.to_dtype(self.parts_dtype)?)?;
         let (_, _, h, w) = z.dims4()?;
         Ok(Reference {
             tokens: patchify(&z, 2)?.to_dtype(self.dtype())?,
@@ -301,27 +327,24 @@ impl FluxModel {
         guidance: f64,
         mut on_step: impl FnMut(usize, usize),
     ) -> Result<Tensor, PipelineError> {
-        let never = AtomicBool::new(false);
-        self.sample_with(
-            text,
-            latents,
-            refs,
-            init,
-            (width, height),
-            steps,
-            guidance,
-            Hooks {
-                cancel: &never,
-                on_step: &mut on_step,
-                previews: 0,
-                on_preview: &mut |_, _| {},
-            },
-        )
+        let img = Hooks::progress(&mut on_step, |hooks| {
+            self.sample_with(
+                text,
+                latents,
+                refs,
+                init,
+                (width, height),
+                steps,
+                guidance,
+                hooks,
+            )
+        })?;
+        // diffusers' `output_type="pt"` range, which the parity fixtures hold.
+        Ok(((img + 1.0)? / 2.0)?)
     }
 
-    /// [`sample`](Self::sample) with cancellation (checked before each network evaluation)
-    /// and previews: `hooks.previews` decodes of the current prediction of the final image
-    /// (`x0 = x_t − t·v`), evenly spaced over the steps as the native pipeline spaces them.
+    /// [`sample`](Self::sample) through the one denoising loop ([`denoise`]), with
+    /// cancellation and previews, giving the image in the pipeline's range [-1, 1].
     #[allow(clippy::too_many_arguments)]
     pub fn sample_with(
         &self,
@@ -334,12 +357,6 @@ impl FluxModel {
         guidance: f64,
         hooks: Hooks<'_>,
     ) -> Result<Tensor, PipelineError> {
-        let Hooks {
-            cancel,
-            on_step,
-            previews,
-            on_preview,
-        } = hooks;
         let dev = self.device();
         let f = self.vae.cfg.downscale();
         let (h, w) = (height / f, width / f);
@@ -379,7 +396,7 @@ impl FluxModel {
         };
         let times = schedule(steps, mu);
         let mut blend = None;
-        let (times, mut x) = match init {
+        let (times, x) = match init {
             None => (&times[..], latents.to_dtype(DType::F32)?),
             Some(init) => {
                 // Fill inpaints by its conditioning; the others by blending (diffusers' way).
@@ -410,19 +427,14 @@ impl FluxModel {
                 (&times[start..], x)
             }
         };
-        let run = times.len() - 1;
         let g = Tensor::new(&[guidance as f32], dev)?;
-        let at = preview_steps(run, previews);
-        for (i, pair) in times.windows(2).enumerate() {
-            if cancel.load(Ordering::Relaxed) {
-                return Err(PipelineError::Cancelled);
-            }
-            let t = Tensor::new(&[pair[0] as f32], dev)?;
+        let velocity = |x: &Tensor, t: f64| -> Result<Tensor, PipelineError> {
+            let t = Tensor::new(&[t as f32], dev)?;
             let xin = match &cond {
                 Some(c) => Tensor::cat(&[&x.to_dtype(self.dtype())?, c], 2)?,
                 None => x.to_dtype(self.dtype())?,
             };
-            let velocity = |text: &FluxText| -> Result<Tensor, PipelineError> {
+            let forward = |text: &FluxText| -> Result<Tensor, PipelineError> {
                 let v = self.dit.forward(&DitInput {
                     guidance: self.variant.guidance_embed().then_some(&g),
                     references: ref_tokens
@@ -433,37 +445,33 @@ impl FluxModel {
                 })?;
                 Ok(v.to_dtype(DType::F32)?)
             };
-            let mut v = velocity(text)?;
-            if let Some((negative, scale)) = &text.true_cfg {
-                if cancel.load(Ordering::Relaxed) {
-                    return Err(PipelineError::Cancelled);
+            let v = forward(text)?;
+            Ok(match &text.true_cfg {
+                Some((negative, scale)) => {
+                    let vn = forward(negative)?;
+                    (&vn + ((v - &vn)? * *scale)?)?
                 }
-                let vn = velocity(negative)?;
-                v = (&vn + ((v - &vn)? * *scale)?)?;
-            }
-            x = euler_step(&x, &v, pair[0], pair[1])?;
-            if let Some(b) = &blend {
-                x = b.apply(&x, pair[1])?;
-            }
-            on_step(i + 1, run);
-            if let Some(k) = at.iter().position(|&s| s == i) {
-                let x0 = (&x - (&v * pair[1])?)?;
-                let img = self.decode(&x0, h, w)?;
-                on_preview(k, to_images(&((img * 2.0)? - 1.0)?)?);
-            }
-        }
+                None => v,
+            })
+        };
+        let x = denoise(
+            x,
+            times,
+            Sampler::Euler,
+            blend.as_ref(),
+            hooks,
+            velocity,
+            |x0| to_images(&self.decode(x0, h, w)?),
+        )?;
         let img = self.decode(&x, h, w)?;
         match init.and_then(|i| i.inpaint.as_ref()) {
-            Some(ip) => {
-                let image = ((ip.image.to_device(dev)?.to_dtype(DType::F32)? + 1.0)? / 2.0)?;
-                Ok(composite(&img, &image, &ip.mask.to_device(dev)?)?)
-            }
+            Some(ip) => Ok(composite(&img, &ip.image, &ip.mask)?),
             None => Ok(img),
         }
     }
 
     /// Packed latents (1, L, 4·C) of an `h`×`w`-cell latent grid to an image (1, 3, H, W) in
-    /// [0, 1]; tiled above 128² cells.
+    /// [-1, 1] (f32); tiled above 128² cells.
     fn decode(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor, PipelineError> {
         let z = unpatchify(x, 2, h, w)?.to_dtype(self.parts_dtype)?;
         let img = if h * w > 128 * 128 {
@@ -471,7 +479,7 @@ impl FluxModel {
         } else {
             self.vae.decode(&z)?
         };
-        Ok(((img.to_dtype(DType::F32)? / 2.0)? + 0.5)?.clamp(0f32, 1f32)?)
+        Ok(img.to_dtype(DType::F32)?.clamp(-1f32, 1f32)?)
     }
 }
 

@@ -424,8 +424,13 @@ impl FluxModel {
                 variant,
                 dit,
                 vae,
-                text,
                 parts_dtype,
+                encoded: prompts
+                    .iter()
+                    .zip(&encoded)
+                    .map(|(p, t)| (p.to_string(), text.t5_len, t.clone()))
+                    .collect(),
+                text,
             },
             encoded,
         ))

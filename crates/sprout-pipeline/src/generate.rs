@@ -1,8 +1,8 @@
-//! Text-to-image generation with a model bundle.
+//! Sprout's own model family: text-to-image, img2img and inpainting with a model bundle,
+//! several requests of one canvas in one batch. Callers go through
+//! [`crate::model::Model::generate`]; [`generate_many`] is the batched form eval uses.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use image::RgbImage;
 use sprout_models::ae::DOWNSCALE;
 use sprout_models::dit::embed::{grid_ids, patchify, text_ids, unpatchify};
@@ -10,216 +10,12 @@ use sprout_models::dit::DitInput;
 use sprout_models::text::TextEncoder;
 
 use crate::bundle::Bundle;
-use crate::flow::{sample, schedule, Blend, Sampler};
+use crate::denoise::{denoise, Hooks};
+use crate::flow::{schedule, Blend};
+use crate::image_io::{composite, to_images};
 use crate::noise::noise_batch;
+use crate::request::{img2img_first_step, Request};
 use crate::PipelineError;
-
-/// Largest number of images one request may ask for.
-pub const MAX_IMAGES: usize = 16;
-/// Largest number of sampling steps.
-pub const MAX_STEPS: usize = 1000;
-
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub prompt: String,
-    pub n: usize,
-    pub seed: u64,
-    pub steps: usize,
-    pub guidance: f64,
-    pub width: u32,
-    pub height: u32,
-    pub sampler: Sampler,
-    /// img2img: start from this image instead of pure noise.
-    pub init: Option<InitImage>,
-    /// What guidance steers away from: for Sprout's models the unconditional prompt of
-    /// classifier-free guidance (empty when None); for FLUX the negative prompt of true CFG.
-    pub negative_prompt: Option<String>,
-    /// FLUX's true classifier-free guidance scale: above 1 each step also runs the negative
-    /// prompt (empty when None). Sprout's models take none.
-    pub true_cfg: Option<f64>,
-}
-
-/// img2img (SDEdit): of a `steps`-step schedule only the last ones run, from the image's
-/// latents noised to the time where they begin (`t·noise + (1 − t)·latents`), as
-/// [`crate::flux::Img2Img`] does for FLUX.
-#[derive(Debug, Clone)]
-pub struct InitImage {
-    /// (1, 3, height, width) in [-1, 1], at the request's canvas size.
-    pub image: Tensor,
-    /// In (0, 1]: 1 starts from pure noise (the image is ignored), small values keep it.
-    pub strength: f64,
-    /// Inpainting: (1, 1, height, width), 1 where the image is redrawn and 0 where it is
-    /// kept. Latent cells touching the redrawn area are drawn ([`crate::flow::Blend`]), the
-    /// rest follow the image; the kept pixels of the result are the image's own.
-    pub mask: Option<Tensor>,
-}
-
-/// A mask (1, 1, H, W) in {0, 1} from a mask image, resized (nearest) to `width`×`height`:
-/// with an alpha channel its transparent pixels (alpha below one half) are redrawn, as
-/// OpenAI's edits API has it; without one its light pixels (luma from one half up) are, as
-/// diffusers' inpainting pipelines have it.
-pub fn mask_from_image(
-    mask: &image::DynamicImage,
-    width: u32,
-    height: u32,
-) -> candle_core::Result<Tensor> {
-    let alpha = mask.color().has_alpha();
-    let m = image::imageops::resize(
-        &mask.to_rgba8(),
-        width,
-        height,
-        image::imageops::FilterType::Nearest,
-    );
-    let v: Vec<f32> = m
-        .pixels()
-        .map(|p| {
-            let redraw = if alpha {
-                p[3] < 128
-            } else {
-                (0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32) >= 127.5
-            };
-            if redraw {
-                1.0
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    Tensor::from_vec(v, (1, 1, height as usize, width as usize), &Device::Cpu)
-}
-
-/// The kept pixels of `image` over `drawn` (both (n, 3, H, W)) where `mask` (1, 1, H, W)
-/// is 0.
-pub fn composite(drawn: &Tensor, image: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-    let m = mask.broadcast_as(drawn.shape())?;
-    (drawn * &m)? + (image.broadcast_as(drawn.shape())? * (1.0 - m)?)?
-}
-
-/// Index of the first step of a `steps`-step schedule that img2img at `strength` runs
-/// (diffusers' rule: `steps − min(steps·strength, steps)`, rounded down; at least the last
-/// step runs).
-pub fn img2img_first_step(steps: usize, strength: f64) -> Result<usize, PipelineError> {
-    if !(strength > 0.0 && strength <= 1.0) {
-        return Err(PipelineError::Request(format!(
-            "strength {strength} is out of range (0, 1]"
-        )));
-    }
-    let n = steps as f64;
-    Ok((n - (n * strength).min(n)).max(0.0) as usize)
-}
-
-impl Request {
-    /// Check every field against the model; the error names the field.
-    pub fn validate(&self, bundle: &Bundle) -> Result<(), PipelineError> {
-        let bad = |m: String| Err(PipelineError::Request(m));
-        if self.prompt.trim().is_empty() {
-            return bad("prompt is empty".into());
-        }
-        if self.true_cfg.is_some() {
-            return bad(
-                "true_cfg_scale applies to the FLUX models; Sprout's models guide by guidance \
-                 (with negative_prompt as the unconditional prompt)"
-                    .into(),
-            );
-        }
-        if self.negative_prompt.is_some() && self.guidance == 1.0 {
-            return bad("negative_prompt has no effect at guidance 1".into());
-        }
-        if self.n == 0 || self.n > MAX_IMAGES {
-            return bad(format!("n = {} is out of range (1..={MAX_IMAGES})", self.n));
-        }
-        if self.steps == 0 || self.steps > MAX_STEPS {
-            return bad(format!(
-                "steps = {} is out of range (1..={MAX_STEPS})",
-                self.steps
-            ));
-        }
-        if !self.guidance.is_finite() || self.guidance < 0.0 || self.guidance > 50.0 {
-            return bad(format!(
-                "guidance = {} is out of range (0..=50)",
-                self.guidance
-            ));
-        }
-        let max = bundle.meta.max_side;
-        for (name, v) in [("width", self.width), ("height", self.height)] {
-            if v == 0 || !v.is_multiple_of(DOWNSCALE as u32) {
-                return bad(format!(
-                    "{name} {v} is not a positive multiple of {DOWNSCALE}"
-                ));
-            }
-            if v > max {
-                return bad(format!("{name} {v} exceeds this model's maximum of {max}"));
-            }
-        }
-        if let Some(init) = &self.init {
-            img2img_first_step(self.steps, init.strength)?;
-            let want = [1, 3, self.height as usize, self.width as usize];
-            if init.image.dims() != want {
-                return bad(format!(
-                    "the init image has shape {:?}; a {}x{} canvas needs {want:?}",
-                    init.image.dims(),
-                    self.width,
-                    self.height
-                ));
-            }
-            if let Some(m) = &init.mask {
-                let want = [1, 1, self.height as usize, self.width as usize];
-                if m.dims() != want {
-                    return bad(format!(
-                        "the mask has shape {:?}; a {}x{} canvas needs {want:?}",
-                        m.dims(),
-                        self.width,
-                        self.height
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// An RGB image → (1, 3, H, W) in [-1, 1] (the inverse of [`to_images`] up to rounding).
-pub fn from_image(img: &RgbImage, device: &Device) -> candle_core::Result<Tensor> {
-    let (w, h) = img.dimensions();
-    let t = Tensor::from_slice(img.as_raw(), (h as usize, w as usize, 3), device)?
-        .permute((2, 0, 1))?
-        .unsqueeze(0)?
-        .to_dtype(DType::F32)?;
-    (t / 127.5)? - 1.0
-}
-
-/// `img` resized to `w`×`h` (Lanczos; unchanged when it has that size), as (1, 3, H, W) in
-/// [-1, 1].
-pub fn resized(img: &RgbImage, w: usize, h: usize) -> candle_core::Result<Tensor> {
-    if img.dimensions() == (w as u32, h as u32) {
-        return from_image(img, &Device::Cpu);
-    }
-    let img = image::imageops::resize(
-        img,
-        w as u32,
-        h as u32,
-        image::imageops::FilterType::Lanczos3,
-    );
-    from_image(&img, &Device::Cpu)
-}
-
-/// Latents (n, C, h, w) → RGB images.
-pub fn to_images(x: &Tensor) -> Result<Vec<RgbImage>, PipelineError> {
-    let (n, _, h, w) = x.dims4()?;
-    let x = ((x.clamp(-1f32, 1f32)? + 1.0)? * 127.5)?
-        .round()?
-        .to_dtype(DType::U8)?;
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let chw = x
-            .get(i)?
-            .permute((1, 2, 0))?
-            .flatten_all()?
-            .to_vec1::<u8>()?;
-        out.push(RgbImage::from_raw(w as u32, h as u32, chw).expect("sizes match"));
-    }
-    Ok(out)
-}
 
 /// Generate `req.n` images; image `i` uses noise from seed `req.seed + i`, so it does not
 /// depend on `n`. `on_step(done, total)` reports progress.
@@ -242,40 +38,9 @@ pub fn generate_many(
     on_step: impl FnMut(usize, usize),
 ) -> Result<Vec<Vec<RgbImage>>, PipelineError> {
     let mut on_step = on_step;
-    generate_many_with(
-        bundle,
-        reqs,
-        Hooks {
-            cancel: &AtomicBool::new(false),
-            on_step: &mut on_step,
-            previews: 0,
-            on_preview: &mut |_, _| {},
-        },
-    )
-}
-
-/// What a caller can do while a generation runs.
-pub struct Hooks<'a> {
-    /// Once set, sampling stops with [`PipelineError::Cancelled`] before the next network
-    /// evaluation (a server cancels a job whose client went away).
-    pub cancel: &'a AtomicBool,
-    /// `(done, total)` network evaluations.
-    pub on_step: &'a mut dyn FnMut(usize, usize),
-    /// How many previews to decode during sampling, evenly spaced over the steps (the last
-    /// step excluded): each is the current prediction of the final images.
-    pub previews: usize,
-    /// `(preview index from 0, images in request order)`.
-    pub on_preview: &'a mut dyn FnMut(usize, Vec<RgbImage>),
-}
-
-/// Steps (0-based) after which `n` previews of an `steps`-step run are decoded.
-pub fn preview_steps(steps: usize, n: usize) -> Vec<usize> {
-    let mut v: Vec<usize> = (1..=n)
-        .map(|k| (k * steps / (n + 1)).max(1) - 1)
-        .filter(|&i| i + 1 < steps)
-        .collect();
-    v.dedup();
-    v
+    Hooks::progress(&mut on_step, |hooks| {
+        generate_many_with(bundle, reqs, hooks)
+    })
 }
 
 /// Latents to pixels, in tiles for large canvases.
@@ -323,17 +88,11 @@ pub fn generate_many_with(
     reqs: &[Request],
     hooks: Hooks<'_>,
 ) -> Result<Vec<Vec<RgbImage>>, PipelineError> {
-    let Hooks {
-        cancel,
-        on_step,
-        previews,
-        on_preview,
-    } = hooks;
     let Some(req) = reqs.first() else {
         return Ok(Vec::new());
     };
     for r in reqs {
-        r.validate(bundle)?;
+        crate::model::Model::check_native(bundle, r)?;
         if (r.width, r.height, r.steps, r.sampler)
             != (req.width, req.height, req.steps, req.sampler)
             || r.guidance != req.guidance
@@ -356,7 +115,7 @@ pub fn generate_many_with(
             )));
         }
     }
-    let dev = Device::Cpu;
+    let dev = bundle.device.clone();
     let cfg = bundle.dit.config();
     let (h, w) = (
         req.height as usize / DOWNSCALE,
@@ -409,7 +168,7 @@ pub fn generate_many_with(
                 if inpaint {
                     // A latent cell is drawn when any of its pixels is; without a mask, all are.
                     let m = match &init.mask {
-                        Some(m) => m.max_pool2d(DOWNSCALE)?,
+                        Some(m) => m.to_device(&dev)?.max_pool2d(DOWNSCALE)?,
                         None => Tensor::ones((1, 1, h, w), DType::F32, &dev)?,
                     };
                     masks.extend(std::iter::repeat_n(m, r.n));
@@ -430,16 +189,7 @@ pub fn generate_many_with(
             (&times[first..], start, blend)
         }
     };
-    let steps = times.len() - 1;
-    let evals = match req.sampler {
-        Sampler::Euler => steps,
-        Sampler::Heun => 2 * steps - 1,
-    };
-    let mut done = 0;
-    let velocity = |x: &Tensor, t: f64| -> candle_core::Result<Tensor> {
-        if cancel.load(Ordering::Relaxed) {
-            candle_core::bail!("cancelled");
-        }
+    let velocity = |x: &Tensor, t: f64| -> Result<Tensor, PipelineError> {
         let tokens = patchify(x, p)?;
         let (tokens, rows) = if cfg_on {
             (Tensor::cat(&[&tokens, &tokens], 0)?, 2 * n)
@@ -457,44 +207,17 @@ pub fn generate_many_with(
         } else {
             v
         };
-        unpatchify(&v, p, h, w)
+        Ok(unpatchify(&v, p, h, w)?)
     };
-    let at = preview_steps(steps, previews);
-    let last_v = std::cell::RefCell::new(None::<Tensor>);
-    let mut shown = 0;
-    let z = match sample(
+    let z = denoise(
         x,
         times,
         req.sampler,
         blend.as_ref(),
-        |x, t| {
-            let v = velocity(x, t)?;
-            done += 1;
-            on_step(done.min(evals), evals);
-            *last_v.borrow_mut() = Some(v.clone());
-            Ok(v)
-        },
-        |i, x| {
-            if !x.abs()?.sum_all()?.to_scalar::<f32>()?.is_finite() {
-                candle_core::bail!("latents became NaN during sampling")
-            }
-            if at.contains(&i) {
-                if let Some(v) = last_v.borrow().as_ref() {
-                    // The current prediction of the data: x0 = x_t − t·v.
-                    let x0 = (x - (v * times[i + 1])?)?;
-                    let img = decode(bundle, &x0).map_err(candle_core::Error::wrap)?;
-                    let imgs = to_images(&img).map_err(candle_core::Error::wrap)?;
-                    on_preview(shown, imgs);
-                    shown += 1;
-                }
-            }
-            Ok(())
-        },
-    ) {
-        Ok(z) => z,
-        Err(_) if cancel.load(Ordering::Relaxed) => return Err(PipelineError::Cancelled),
-        Err(e) => return Err(e.into()),
-    };
+        hooks,
+        velocity,
+        |x0| to_images(&decode(bundle, x0)?),
+    )?;
     let mut drawn = decode(bundle, &z)?;
     if inpaint {
         let mut parts = Vec::with_capacity(reqs.len());
@@ -515,30 +238,4 @@ pub fn generate_many_with(
         .iter()
         .map(|r| images.by_ref().take(r.n).collect())
         .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn image_tensor_round_trip_is_exact() {
-        let img = RgbImage::from_fn(5, 3, |x, y| {
-            image::Rgb([(x * 60) as u8, (y * 127) as u8, (255 - x * y * 17) as u8])
-        });
-        let t = from_image(&img, &Device::Cpu).unwrap();
-        assert_eq!(t.dims(), &[1, 3, 3, 5]);
-        // Pixel (x 1, y 2) in [-1, 1]: channel 0 is 60/127.5 − 1.
-        let v = t
-            .get(0)
-            .unwrap()
-            .get(0)
-            .unwrap()
-            .get(2)
-            .unwrap()
-            .get(1)
-            .unwrap();
-        assert!((v.to_scalar::<f32>().unwrap() - (60.0 / 127.5 - 1.0)).abs() < 1e-6);
-        assert_eq!(to_images(&t).unwrap()[0], img);
-    }
 }

@@ -73,6 +73,7 @@ fn model(variant: Variant, file: &str) -> FluxModel {
             device: Device::Cpu,
         },
         parts_dtype: DType::F32,
+        encoded: Vec::new(),
     }
 }
 

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use candle_core::{Device, Tensor};
 use sprout_pipeline::bundle::Bundle;
 use sprout_pipeline::flow::Sampler;
-use sprout_pipeline::generate::{generate, generate_many, img2img_first_step, InitImage, Request};
+use sprout_pipeline::generate::{generate, generate_many};
+use sprout_pipeline::request::{img2img_first_step, InitImage, Request};
 use sprout_pipeline::testing::tiny_bundle as tiny_bundle_parts;
 
 fn tiny_bundle() -> Bundle {
@@ -27,6 +28,9 @@ fn req(n: usize, seed: u64) -> Request {
         init: None,
         negative_prompt: None,
         true_cfg: None,
+        images: Vec::new(),
+        latents: None,
+        max_sequence_length: None,
     }
 }
 
@@ -306,7 +310,8 @@ fn img2img_runs_the_last_steps_from_the_noised_image() {
 
 #[test]
 fn a_set_cancel_flag_stops_sampling_within_one_evaluation() {
-    use sprout_pipeline::generate::{generate_many_with, Hooks};
+    use sprout_pipeline::denoise::Hooks;
+    use sprout_pipeline::generate::generate_many_with;
     use std::sync::atomic::{AtomicBool, Ordering};
     let b = tiny_bundle();
     let cancel = AtomicBool::new(false);
@@ -336,7 +341,8 @@ fn a_set_cancel_flag_stops_sampling_within_one_evaluation() {
 
 #[test]
 fn previews_come_between_steps_and_leave_the_result_unchanged() {
-    use sprout_pipeline::generate::{generate_many_with, preview_steps, Hooks};
+    use sprout_pipeline::denoise::{preview_steps, Hooks};
+    use sprout_pipeline::generate::generate_many_with;
     assert_eq!(preview_steps(3, 2), vec![0, 1]);
     assert_eq!(preview_steps(20, 3), vec![4, 9, 14]);
     assert_eq!(preview_steps(1, 3), Vec::<usize>::new());
@@ -403,6 +409,9 @@ fn the_negative_prompt_is_the_unconditional_prompt() {
         &b,
         &Request {
             true_cfg: Some(2.0),
+            images: Vec::new(),
+            latents: None,
+            max_sequence_length: None,
             ..req(1, 3)
         },
         |_, _| {},

@@ -23,7 +23,8 @@ use crate::generations::{check, parse_json, Generation, GenerationBody};
 use crate::jobs::Outcome;
 use crate::worker::{Job, JobCtl, JobResult, Previews};
 use crate::AppState;
-use sprout_pipeline::generate::{mask_from_image, resized, InitImage};
+use sprout_pipeline::image_io::{mask_from_image, resized};
+use sprout_pipeline::request::InitImage;
 
 type St = State<Arc<AppState>>;
 
@@ -169,11 +170,12 @@ fn submit_with_previews(
     g: &Generation,
     previews: Option<mpsc::UnboundedSender<(usize, Vec<image::RgbImage>)>>,
 ) -> Result<(Arc<JobCtl>, oneshot::Receiver<JobResult>), ApiError> {
+    // The pipeline's one check, against the served model's profile, before the job queues.
+    sprout_pipeline::request::check(&g.req, &s.profile)?;
     let ctl = JobCtl::new();
     let (tx, rx) = oneshot::channel();
     s.worker.submit(Job {
         req: g.req.clone(),
-        refs: g.refs.clone(),
         ctl: ctl.clone(),
         reply: tx,
         previews: previews
@@ -503,7 +505,7 @@ async fn edit_response(
         });
     }
     if s.profile.edits {
-        g.refs = inputs.images.iter().map(|i| i.to_rgb8()).collect();
+        g.req.images = inputs.images.iter().map(|i| i.to_rgb8()).collect();
     }
     respond(s, host, g).await
 }

@@ -96,6 +96,10 @@ impl From<PipelineError> for ApiError {
                 message: m,
                 param: None,
             },
+            PipelineError::Invalid { param, message } => ApiError::Invalid {
+                message,
+                param: Some(param.to_string()),
+            },
             PipelineError::Cancelled => ApiError::Cancelled,
             other => ApiError::Internal(other.to_string()),
         }

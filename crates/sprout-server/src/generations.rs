@@ -3,7 +3,7 @@
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use sprout_pipeline::generate::{Request, MAX_STEPS};
+use sprout_pipeline::request::{Request, MAX_STEPS};
 
 use crate::encode::OutputFormat;
 use crate::error::ApiError;
@@ -50,8 +50,6 @@ pub struct Generation {
     pub partial_images: usize,
     /// Answer with URLs of stored images instead of base64.
     pub url: bool,
-    /// An edit's input images (empty for a generation).
-    pub refs: Vec<image::RgbImage>,
 }
 
 /// Parse a JSON body; the error names the offending field where serde knows it.
@@ -96,21 +94,22 @@ pub fn parse_size(size: Option<&str>, p: &Profile) -> Result<(u32, u32), ApiErro
             p.default_size.0, p.default_size.1
         ));
     };
-    let (m, max) = (p.multiple, p.max_side);
-    for v in [w, h] {
-        if v == 0 || v % m != 0 {
-            return bad(format!(
-                "size {s}: {v} is not a positive multiple of {m}; this model draws sizes such as {0}x{0}, {1}x{0} or {0}x{1}",
-                p.default_size.0,
-                p.default_size.0 + m * 2
-            ));
-        }
-        if v > max {
-            return bad(format!(
-                "size {s}: {v} exceeds this model's maximum side of {max}"
-            ));
-        }
-    }
+    // The limits are the pipeline's one check; the hint says what the model draws.
+    sprout_pipeline::request::check_size(w, h, p).map_err(|e| {
+        let message = match e {
+            sprout_pipeline::PipelineError::Invalid { message, .. } => message,
+            other => other.to_string(),
+        };
+        let (d, m) = (p.default_size.0, p.multiple);
+        ApiError::invalid(
+            "size",
+            format!(
+                "{message}; this model draws sizes such as {d}x{d}, {}x{d} or {d}x{}",
+                d + 2 * m,
+                d + 2 * m
+            ),
+        )
+    })?;
     Ok((w, h))
 }
 
@@ -184,20 +183,16 @@ pub fn check(body: GenerationBody, state: &AppState) -> Result<Generation, ApiEr
         }
         Some(p) => p as usize,
     };
+    // Steps, guidance, true CFG and the rest are checked by the pipeline's one check when
+    // the job is submitted; a count that does not fit is named here.
     let steps = body.steps.unwrap_or(state.profile.default_steps as i64);
-    if steps < 1 || steps > MAX_STEPS as i64 {
-        return Err(ApiError::invalid(
+    let steps = usize::try_from(steps).map_err(|_| {
+        ApiError::invalid(
             "steps",
             format!("steps = {steps} is out of range (1..={MAX_STEPS})"),
-        ));
-    }
+        )
+    })?;
     let guidance = body.guidance.unwrap_or(state.profile.default_guidance);
-    if !guidance.is_finite() || !(0.0..=50.0).contains(&guidance) {
-        return Err(ApiError::invalid(
-            "guidance",
-            format!("guidance = {guidance} is out of range (0..=50)"),
-        ));
-    }
     if let Some(neg) = &body.negative_prompt {
         if neg.chars().count() > state.cfg.max_prompt_chars {
             return Err(ApiError::invalid(
@@ -209,20 +204,12 @@ pub fn check(body: GenerationBody, state: &AppState) -> Result<Generation, ApiEr
             ));
         }
     }
-    if let Some(s) = body.true_cfg_scale {
-        if !s.is_finite() || !(1.0..=50.0).contains(&s) {
-            return Err(ApiError::invalid(
-                "true_cfg_scale",
-                format!("true_cfg_scale = {s} is out of range (1..=50)"),
-            ));
-        }
-    }
     Ok(Generation {
         req: Request {
             prompt: body.prompt,
             n: n as usize,
             seed: body.seed.unwrap_or_else(fresh_seed),
-            steps: steps as usize,
+            steps,
             guidance,
             width,
             height,
@@ -230,13 +217,15 @@ pub fn check(body: GenerationBody, state: &AppState) -> Result<Generation, ApiEr
             init: None,
             negative_prompt: body.negative_prompt,
             true_cfg: body.true_cfg_scale,
+            images: Vec::new(),
+            latents: None,
+            max_sequence_length: None,
         },
         format,
         compression,
         stream,
         partial_images,
         url,
-        refs: Vec::new(),
     })
 }
 
@@ -253,14 +242,18 @@ mod tests {
             default_steps: 20,
             default_guidance: 4.0,
             sampler: sprout_pipeline::flow::Sampler::Heun,
+            samplers: vec![sprout_pipeline::flow::Sampler::Heun],
             edits: false,
+            images: (0, 0),
+            images_are: "",
+            true_cfg: false,
         };
         assert_eq!(parse_size(None, &p).unwrap(), (256, 256));
         assert_eq!(parse_size(Some("auto"), &p).unwrap(), (256, 256));
         assert_eq!(parse_size(Some("320x224"), &p).unwrap(), (320, 224));
         for (s, want) in [
             ("7x7", "7 is not a positive multiple of 32"),
-            ("1024x1024", "exceeds this model's maximum side of 512"),
+            ("1024x1024", "exceeds this model's maximum of 512"),
             ("big", "not WIDTHxHEIGHT"),
             ("0x256", "0 is not a positive multiple"),
         ] {

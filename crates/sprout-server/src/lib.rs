@@ -6,7 +6,6 @@ pub mod api;
 pub mod config;
 pub mod edits;
 pub mod encode;
-pub mod engine;
 pub mod error;
 pub mod generations;
 pub mod jobs;
@@ -17,11 +16,13 @@ pub mod worker;
 use std::future::Future;
 use std::sync::Arc;
 
-use sprout_pipeline::generate::Hooks;
+use sprout_pipeline::denoise::Hooks;
 
 pub use config::ServerConfig;
-pub use engine::{Engine, Profile};
 pub use error::ApiError;
+/// The served model: the pipeline's one entry point ([`sprout_pipeline::model::Model`]).
+pub use sprout_pipeline::model::Model as Engine;
+pub use sprout_pipeline::request::Profile;
 
 use metrics::Metrics;
 use worker::Worker;
@@ -54,13 +55,12 @@ pub fn start(mut engine: Engine, model: &str, cfg: ServerConfig) -> Result<AppSt
     if cfg.warmup {
         let (w, h) = engine.warmup_size();
         let never = std::sync::atomic::AtomicBool::new(false);
-        let (req, inputs) = engine
+        let req = engine
             .warmup_request((w, h))
             .map_err(|e| ApiError::Internal(format!("warm-up at {w}x{h}: {e}")))?;
         engine
-            .run(
+            .generate(
                 &req,
-                &inputs,
                 Hooks {
                     cancel: &never,
                     on_step: &mut |_, _| {},

@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use image::RgbImage;
-use sprout_pipeline::generate::{Hooks, Request};
+use sprout_pipeline::denoise::Hooks;
+use sprout_pipeline::request::Request;
 use tokio::sync::oneshot;
 
-use crate::engine::Engine;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::Engine;
 
 /// What a job's owner and the worker share: cancellation and progress.
 #[derive(Debug)]
@@ -46,8 +47,6 @@ pub type JobResult = Result<Vec<RgbImage>, ApiError>;
 
 pub struct Job {
     pub req: Request,
-    /// An edit's input images (empty for a generation).
-    pub refs: Vec<RgbImage>,
     pub ctl: Arc<JobCtl>,
     pub reply: oneshot::Sender<JobResult>,
     pub previews: Option<Previews>,
@@ -215,9 +214,8 @@ fn run(engine: &mut Engine, job: &Job, deadline: Duration) -> JobResult {
                 let _ = p.tx.send((k, imgs));
             }
         };
-        engine.run(
+        engine.generate(
             &job.req,
-            &job.refs,
             Hooks {
                 cancel: &ctl.cancel,
                 on_step: &mut |done, total| {

@@ -9,7 +9,7 @@ use candle_core::Device;
 use serde_json::{json, Value};
 use sprout_models::flux::files::Variant;
 use sprout_pipeline::flux::{reference_size, size_multiple, FluxModel};
-use sprout_pipeline::generate::{resized, to_images};
+use sprout_pipeline::image_io::{resized, to_images};
 use sprout_server::{Engine, ServerConfig};
 
 mod common;
@@ -280,12 +280,11 @@ async fn flux_fill_inpaints_masked_edits() {
     .unwrap();
     let mut engine = Engine::Flux(Box::new(load(&root, Variant::Fill)));
     let never = std::sync::atomic::AtomicBool::new(false);
-    let (warm, inputs) = engine.warmup_request((32, 24)).unwrap();
+    let warm = engine.warmup_request((32, 24)).unwrap();
     let out = engine
-        .run(
+        .generate(
             &warm,
-            &inputs,
-            sprout_pipeline::generate::Hooks {
+            sprout_pipeline::denoise::Hooks {
                 cancel: &never,
                 on_step: &mut |_, _| {},
                 previews: 0,
@@ -335,7 +334,7 @@ async fn flux_fill_inpaints_masked_edits() {
     let mut m = load(&root, Variant::Fill);
     let text = m.encode_text(PROMPT).unwrap();
     let image = resized(&base, 32, 32).unwrap();
-    let mask_t = sprout_pipeline::generate::mask_from_image(
+    let mask_t = sprout_pipeline::image_io::mask_from_image(
         &image::DynamicImage::ImageRgba8(mask.clone()),
         32,
         32,
@@ -382,16 +381,16 @@ async fn flux_canny_draws_from_the_edit_image_as_control() {
     let mut engine = Engine::Flux(Box::new(load(&root, Variant::Canny)));
     assert!(engine.profile().edits);
     let never = std::sync::atomic::AtomicBool::new(false);
-    let (warm, inputs) = engine.warmup_request((32, 24)).unwrap();
-    assert_eq!(inputs.len(), 1);
-    let hooks = sprout_pipeline::generate::Hooks {
+    let warm = engine.warmup_request((32, 24)).unwrap();
+    assert_eq!(warm.images.len(), 1);
+    let hooks = sprout_pipeline::denoise::Hooks {
         cancel: &never,
         on_step: &mut |_, _| {},
         previews: 0,
         on_preview: &mut |_, _| {},
     };
     assert_eq!(
-        engine.run(&warm, &inputs, hooks).unwrap()[0].dimensions(),
+        engine.generate(&warm, hooks).unwrap()[0].dimensions(),
         (32, 24)
     );
     let s = Server::start(engine, "flux-canny", no_warmup()).await;

@@ -107,8 +107,8 @@ pub fn evaluate_ae(ae: &Autoencoder, n: usize) -> Result<AeScore, TrainError> {
             )?),
         };
         let y = ae.decode_with(&ae.encode(&batch.images)?, sem.as_ref())?;
-        let imgs_a = sprout_pipeline::generate::to_images(&batch.images)?;
-        let imgs_b = sprout_pipeline::generate::to_images(&y)?;
+        let imgs_a = sprout_pipeline::image_io::to_images(&batch.images)?;
+        let imgs_b = sprout_pipeline::image_io::to_images(&y)?;
         for i in 0..batch.images.dim(0)? {
             if count == n {
                 break;

@@ -17,7 +17,7 @@ use sprout_models::dit::embed::{grid_ids, patchify, text_ids};
 use sprout_models::dit::DitInput;
 use sprout_models::text::TextEncoder;
 use sprout_pipeline::bundle::Bundle;
-use sprout_pipeline::generate::from_image;
+use sprout_pipeline::image_io::from_image;
 use sprout_pipeline::noise::noise_batch;
 use sprout_world::render::Renderer;
 

@@ -519,8 +519,8 @@ fn parallel_halves_give_the_serial_gradient() {
 }
 
 /// A two-step request for "a red circle" on a `width`×`height` canvas.
-fn red_circle(width: u32, height: u32) -> sprout_pipeline::generate::Request {
-    sprout_pipeline::generate::Request {
+fn red_circle(width: u32, height: u32) -> sprout_pipeline::request::Request {
+    sprout_pipeline::request::Request {
         prompt: "a red circle".into(),
         n: 1,
         seed: 4,
@@ -532,6 +532,9 @@ fn red_circle(width: u32, height: u32) -> sprout_pipeline::generate::Request {
         init: None,
         negative_prompt: None,
         true_cfg: None,
+        images: Vec::new(),
+        latents: None,
+        max_sequence_length: None,
     }
 }
 
@@ -556,9 +559,9 @@ fn a_semantic_run_exports_a_model_that_draws_and_a_deterministic_proxy() {
     let req = red_circle(64, 96);
     let imgs = sprout_pipeline::generate::generate(&b, &req, |_, _| {}).unwrap();
     assert_eq!((imgs[0].width(), imgs[0].height()), (64, 96));
-    let init = sprout_pipeline::generate::Request {
-        init: Some(sprout_pipeline::generate::InitImage {
-            image: sprout_pipeline::generate::from_image(&imgs[0], &Device::Cpu).unwrap(),
+    let init = sprout_pipeline::request::Request {
+        init: Some(sprout_pipeline::request::InitImage {
+            image: sprout_pipeline::image_io::from_image(&imgs[0], &Device::Cpu).unwrap(),
             strength: 0.5,
             mask: None,
         }),

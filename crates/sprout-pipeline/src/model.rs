@@ -1,0 +1,379 @@
+//! The one generation entry point: a loaded model of some family behind [`Family`], and
+//! [`Model::generate`], which checks a [`Request`] against the model's [`Profile`] and runs
+//! it. The command line, the server, bench and eval all call it; they only parse arguments
+//! and format results.
+
+use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
+use sprout_models::ae::DOWNSCALE;
+use sprout_models::flux::files::Variant;
+
+use crate::bundle::Bundle;
+use crate::denoise::{evaluations, Hooks};
+use crate::flow::Sampler;
+use crate::flux::{reference_size, sampling_defaults, size_multiple, FluxModel, Img2Img, Inpaint};
+use crate::image_io::{resized, to_images};
+use crate::request::{check, InitImage, Profile, Request};
+use crate::PipelineError;
+
+/// Largest canvas side served for FLUX.1 (about 4 MP at 2048²; FLUX.1 is trained up to
+/// about 2 MP).
+pub const FLUX_MAX_SIDE: u32 = 2048;
+/// Most reference images of one FLUX.1 Kontext edit.
+pub const KONTEXT_MAX_IMAGES: usize = 4;
+
+/// What a model family provides to the entry point: its name, limits and defaults, the
+/// refusals particular to it, the start-up request, and the run of a checked request
+/// (which encodes the prompts, prepares the start, and calls the one denoising loop,
+/// [`crate::denoise::denoise`]).
+pub trait Family {
+    fn name(&self) -> String;
+    fn profile(&self) -> Profile;
+    /// Refusals beyond [`check`]'s, for a request that passed it.
+    fn check(&self, req: &Request) -> Result<(), PipelineError>;
+    /// `req.n` images, image `i` from seed `req.seed + i`.
+    fn run(&mut self, req: &Request, hooks: Hooks<'_>) -> Result<Vec<RgbImage>, PipelineError>;
+    /// The start-up run's request at `(w, h)`: one step, with what the model needs to run.
+    fn warmup_request(&self, size: (u32, u32)) -> Result<Request, PipelineError>;
+    /// The canvas of the start-up run.
+    fn warmup_size(&self) -> (u32, u32);
+}
+
+/// A loaded model.
+pub enum Model {
+    /// Sprout's own model (a bundle directory or the embedded default).
+    Native(Box<Bundle>),
+    /// FLUX.1 from the user's weight files.
+    Flux(Box<FluxModel>),
+}
+
+impl Model {
+    pub fn family(&self) -> &dyn Family {
+        match self {
+            Model::Native(b) => b.as_ref(),
+            Model::Flux(m) => m.as_ref(),
+        }
+    }
+
+    fn family_mut(&mut self) -> &mut dyn Family {
+        match self {
+            Model::Native(b) => b.as_mut(),
+            Model::Flux(m) => m.as_mut(),
+        }
+    }
+
+    pub fn name(&self) -> String {
+        self.family().name()
+    }
+
+    pub fn profile(&self) -> Profile {
+        self.family().profile()
+    }
+
+    /// The one check: the profile's limits, then the family's own refusals.
+    pub fn check(&self, req: &Request) -> Result<(), PipelineError> {
+        check(req, &self.profile())?;
+        self.family().check(req)
+    }
+
+    /// Check `req` and draw its images (image `i` from seed `req.seed + i`).
+    pub fn generate(
+        &mut self,
+        req: &Request,
+        hooks: Hooks<'_>,
+    ) -> Result<Vec<RgbImage>, PipelineError> {
+        self.check(req)?;
+        self.family_mut().run(req, hooks)
+    }
+
+    /// The one check for a bundle that is not (yet) inside a [`Model`].
+    pub fn check_native(bundle: &Bundle, req: &Request) -> Result<(), PipelineError> {
+        check(req, &Family::profile(bundle))?;
+        Family::check(bundle, req)
+    }
+
+    pub fn warmup_size(&self) -> (u32, u32) {
+        self.family().warmup_size()
+    }
+
+    pub fn warmup_request(&self, size: (u32, u32)) -> Result<Request, PipelineError> {
+        self.family().warmup_request(size)
+    }
+
+    /// The canvas of an edit that names none: its first image's aspect ratio at the default
+    /// canvas's area (FLUX.1 Kontext's nearest preferred resolution, scaled), within the
+    /// model's limits.
+    pub fn edit_canvas(&self, first: (u32, u32)) -> (u32, u32) {
+        let p = self.profile();
+        let (w, h) = reference_size(
+            first.0 as usize,
+            first.1 as usize,
+            (p.default_size.0 * p.default_size.1) as usize,
+            p.multiple as usize,
+        );
+        p.fit(w as u32, h as u32)
+    }
+}
+
+impl Family for Bundle {
+    fn name(&self) -> String {
+        self.meta.name.clone()
+    }
+
+    fn profile(&self) -> Profile {
+        Profile {
+            multiple: DOWNSCALE as u32,
+            max_side: self.meta.max_side,
+            default_size: (256, 256),
+            default_steps: self.meta.default_steps,
+            default_guidance: self.meta.default_guidance,
+            sampler: self.meta.sampler,
+            samplers: vec![Sampler::Euler, Sampler::Heun],
+            edits: false,
+            images: (0, 0),
+            images_are: "",
+            true_cfg: false,
+        }
+    }
+
+    fn check(&self, req: &Request) -> Result<(), PipelineError> {
+        if req.latents.is_some() {
+            return Err(PipelineError::invalid(
+                "latents",
+                "given initial latents apply to the FLUX models",
+            ));
+        }
+        if req.max_sequence_length.is_some() {
+            return Err(PipelineError::invalid(
+                "max_sequence_length",
+                "max_sequence_length applies to the FLUX models (T5 tokens per prompt)",
+            ));
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, req: &Request, hooks: Hooks<'_>) -> Result<Vec<RgbImage>, PipelineError> {
+        Ok(
+            crate::generate::generate_many_with(self, std::slice::from_ref(req), hooks)?
+                .swap_remove(0),
+        )
+    }
+
+    fn warmup_request(&self, (w, h): (u32, u32)) -> Result<Request, PipelineError> {
+        Ok(Request {
+            steps: 1,
+            width: w,
+            height: h,
+            ..Request::new("warm-up", &self.profile())
+        })
+    }
+
+    /// Sprout's own model warms up at its largest size (memory problems show at start).
+    fn warmup_size(&self) -> (u32, u32) {
+        let p = self.profile();
+        let side = p.max_side / p.multiple * p.multiple;
+        (side, side)
+    }
+}
+
+impl Family for FluxModel {
+    fn name(&self) -> String {
+        self.variant.name().to_string()
+    }
+
+    fn profile(&self) -> Profile {
+        let (steps, guidance) = sampling_defaults(self.variant);
+        let multiple = size_multiple(&self.vae) as u32;
+        let side = 1024 / multiple * multiple;
+        Profile {
+            multiple,
+            max_side: FLUX_MAX_SIDE / multiple * multiple,
+            default_size: (side, side),
+            default_steps: steps,
+            default_guidance: guidance,
+            sampler: Sampler::Euler,
+            samplers: vec![Sampler::Euler],
+            edits: self.variant == Variant::Kontext || self.variant.is_control(),
+            images: match self.variant {
+                Variant::Kontext => (0, KONTEXT_MAX_IMAGES),
+                v if v.is_control() => (1, 1),
+                _ => (0, 0),
+            },
+            images_are: match self.variant.control_map() {
+                Some("edge") => "control image (an edge map)",
+                Some(_) => "control image (a depth map)",
+                None => "reference images",
+            },
+            true_cfg: true,
+        }
+    }
+
+    fn check(&self, req: &Request) -> Result<(), PipelineError> {
+        let name = self.variant.name();
+        if self.variant.is_control() && req.init.is_some() {
+            return Err(PipelineError::invalid(
+                "image",
+                format!("{name} draws from one control image (an edge or depth map) and takes no init image or mask"),
+            ));
+        }
+        if self.variant == Variant::Fill
+            && req.init.as_ref().and_then(|i| i.mask.as_ref()).is_none()
+        {
+            return Err(PipelineError::invalid(
+                "mask",
+                "flux-fill only redraws the masked area of an image: give the image and a mask",
+            ));
+        }
+        let max = self.variant.t5_len();
+        if let Some(l) = req.max_sequence_length {
+            if l == 0 || l > max {
+                return Err(PipelineError::invalid(
+                    "max_sequence_length",
+                    format!("max_sequence_length {l} is out of range for {name} (1..={max})"),
+                ));
+            }
+        }
+        if let Some(l) = &req.latents {
+            let f = self.vae.cfg.downscale();
+            let tokens = (req.height as usize / f / 2) * (req.width as usize / f / 2);
+            let c = 4 * self.dit.config().latent_channels;
+            if l.rank() != 3 || l.dims()[1..] != [tokens, c] {
+                return Err(PipelineError::invalid(
+                    "latents",
+                    format!(
+                        "latents have shape {:?}; a {}x{} image needs (n, {tokens}, {c}) packed latents",
+                        l.dims(),
+                        req.width,
+                        req.height
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, req: &Request, hooks: Hooks<'_>) -> Result<Vec<RgbImage>, PipelineError> {
+        run_flux(self, req, hooks)
+    }
+
+    /// For FLUX.1 Fill, which only inpaints, a grey canvas redrawn whole; for Canny and
+    /// Depth, a grey control image.
+    fn warmup_request(&self, (w, h): (u32, u32)) -> Result<Request, PipelineError> {
+        let base = Request {
+            steps: 1,
+            width: w,
+            height: h,
+            ..Request::new("warm-up", &self.profile())
+        };
+        Ok(match self.variant {
+            Variant::Fill => {
+                let dev = Device::Cpu;
+                let (w, h) = (w as usize, h as usize);
+                Request {
+                    init: Some(InitImage {
+                        image: Tensor::zeros((1, 3, h, w), DType::F32, &dev)?,
+                        strength: 1.0,
+                        mask: Some(Tensor::ones((1, 1, h, w), DType::F32, &dev)?),
+                    }),
+                    ..base
+                }
+            }
+            v if v.is_control() => Request {
+                images: vec![RgbImage::from_pixel(w, h, image::Rgb([128; 3]))],
+                ..base
+            },
+            _ => base,
+        })
+    }
+
+    /// FLUX.1 warms up at its default size (its largest takes minutes per step on a CPU).
+    fn warmup_size(&self) -> (u32, u32) {
+        self.profile().default_size
+    }
+}
+
+/// A checked request through FLUX.1: the prompt (and true CFG's negative prompt) encoded,
+/// the references (Kontext: each at its nearest preferred ratio and the canvas's area) or
+/// the control image (at the canvas) encoded, the img2img / inpainting start, then each
+/// image through the one loop. Previews show the first image.
+fn run_flux(
+    m: &mut FluxModel,
+    req: &Request,
+    hooks: Hooks<'_>,
+) -> Result<Vec<RgbImage>, PipelineError> {
+    let Hooks {
+        cancel,
+        on_step,
+        previews,
+        on_preview,
+    } = hooks;
+    let (w, h) = (req.width as usize, req.height as usize);
+    let multiple = size_multiple(&m.vae);
+    let t5_len = req.max_sequence_length;
+    let text = match req.true_cfg.filter(|s| *s > 1.0) {
+        Some(s) => {
+            let negative = m.prompt_text(req.negative_prompt.as_deref().unwrap_or(""), t5_len)?;
+            m.prompt_text(&req.prompt, t5_len)?
+                .with_negative(negative, s)
+        }
+        None => m.prompt_text(&req.prompt, t5_len)?,
+    };
+    let references = req
+        .images
+        .iter()
+        .map(|img| {
+            // A control image covers the canvas; Kontext's references keep their shape.
+            let (rw, rh) = if m.variant.is_control() {
+                (w, h)
+            } else {
+                reference_size(img.width() as usize, img.height() as usize, w * h, multiple)
+            };
+            m.encode_reference(&resized(img, rw, rh)?)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let init = match &req.init {
+        Some(i) => Some(Img2Img {
+            image: m.encode_reference(&i.image)?.tokens,
+            strength: i.strength,
+            inpaint: i.mask.as_ref().map(|mask| Inpaint {
+                mask: mask.clone(),
+                image: i.image.clone(),
+            }),
+        }),
+        None => None,
+    };
+    let evals = evaluations(
+        Sampler::Euler,
+        match &init {
+            Some(i) => req.steps - i.first_step(req.steps)?,
+            None => req.steps,
+        },
+    );
+    let mut out = Vec::with_capacity(req.n);
+    for i in 0..req.n {
+        let latents = match &req.latents {
+            Some(l) => l
+                .narrow(0, i, 1)?
+                .to_dtype(m.dtype())?
+                .to_device(m.device())?,
+            None => m.initial_latents(req.seed.wrapping_add(i as u64), w, h)?,
+        };
+        let img = m.sample_with(
+            &text,
+            &latents,
+            &references,
+            init.as_ref(),
+            (w, h),
+            req.steps,
+            req.guidance,
+            Hooks {
+                cancel,
+                on_step: &mut |done, _| on_step(i * evals + done, req.n * evals),
+                previews: if i == 0 { previews } else { 0 },
+                on_preview: &mut *on_preview,
+            },
+        )?;
+        out.extend(to_images(&img)?);
+    }
+    Ok(out)
+}
