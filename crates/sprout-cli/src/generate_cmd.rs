@@ -14,7 +14,7 @@ use sprout_pipeline::denoise::Hooks;
 use sprout_pipeline::flow::Sampler;
 use sprout_pipeline::flux::FluxModel;
 use sprout_pipeline::flux_cond::{canny_map, CANNY_THRESHOLDS};
-use sprout_pipeline::model::Model;
+use sprout_pipeline::model::{check_t5_len, flux_profile, Model};
 use sprout_pipeline::request::{InitImage, Request};
 use sprout_pipeline::PipelineError;
 use sprout_world::canvas::parse_size;
@@ -182,18 +182,33 @@ pub fn load(
 /// A refusal of the pipeline's one check, in the command line's terms: the field becomes
 /// the flag that sets it.
 pub fn cli_error(e: PipelineError) -> anyhow::Error {
+    cli_error_for(e, "--image")
+}
+
+/// [`cli_error`], with `image_flag` the flag that gives the request's input images
+/// (`--image` for an edit, `--control-image` for a control model, `--init-image` for
+/// img2img).
+pub fn cli_error_for(e: PipelineError, image_flag: &str) -> anyhow::Error {
     let PipelineError::Invalid { param, message } = e else {
         return e.into();
     };
-    let flag = match param {
+    let flag = |p: &str| match p {
         "prompt" => "the prompt".to_string(),
         "n" => "-n".to_string(),
         "true_cfg_scale" => "--true-cfg".to_string(),
+        "image" => image_flag.to_string(),
         other => format!("--{}", other.replace('_', "-")),
     };
-    match message.strip_prefix(param) {
-        Some(rest) => anyhow::anyhow!("{flag}{}", rest.strip_prefix(" =").unwrap_or(rest)),
-        None => anyhow::anyhow!("{flag}: {message}"),
+    // Other fields the message names are flags here too.
+    let mut text = message.clone();
+    for api in ["true_cfg_scale", "negative_prompt", "max_sequence_length"] {
+        if api != param {
+            text = text.replace(api, &flag(api));
+        }
+    }
+    match text.strip_prefix(param) {
+        Some(rest) => anyhow::anyhow!("{}{}", flag(param), rest.strip_prefix(" =").unwrap_or(rest)),
+        None => anyhow::anyhow!("{}: {text}", flag(param)),
     }
 }
 
@@ -293,6 +308,43 @@ pub fn run_with(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
         .iter()
         .map(|p| open_image(p, "--image"))
         .collect::<Result<Vec<_>>>()?;
+    // The image flag a refusal of the input images names.
+    let image_flag = match (&a.control_image, inputs.is_empty()) {
+        (Some(_), _) => "--control-image",
+        (None, false) => "--image",
+        (None, true) => "--init-image",
+    };
+    let cli = |e: PipelineError| cli_error_for(e, image_flag);
+    if flux {
+        // What can be checked before FLUX's weights load (gigabytes): every field but the
+        // canvas, against the variant's profile.
+        let variant = Variant::parse(&a.model)?;
+        check_t5_len(variant, a.max_sequence_length).map_err(cli)?;
+        let pre = flux_profile(variant, 16);
+        let stand_in = || Tensor::zeros((1, 1, 1, 1), candle_core::DType::F32, &Device::Cpu);
+        let probe = Request {
+            n: a.n,
+            steps: a.steps.unwrap_or(pre.default_steps),
+            guidance: a.guidance.unwrap_or(pre.default_guidance),
+            sampler: match &a.sampler {
+                Some(s) => Sampler::parse(s).map_err(anyhow::Error::msg)?,
+                None => pre.sampler,
+            },
+            negative_prompt: a.negative_prompt.clone(),
+            true_cfg: a.true_cfg,
+            images: vec![RgbImage::new(1, 1); images.len() + control_image.iter().count()],
+            init: match &init_image {
+                Some(_) => Some(InitImage {
+                    image: stand_in()?,
+                    strength: a.strength.unwrap_or(default_strength(&a)),
+                    mask: a.mask.as_ref().map(|_| stand_in()).transpose()?,
+                }),
+                None => None,
+            },
+            ..Request::new(&a.prompt, &pre)
+        };
+        sprout_pipeline::request::check_fields(&probe, &pre).map_err(cli)?;
+    }
     // With true CFG the negative prompt is encoded too, while loading.
     let true_cfg = a.true_cfg.filter(|s| *s > 1.0);
     let mut prompts = vec![a.prompt.as_str()];
@@ -317,14 +369,25 @@ pub fn run_with(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
     let (width, height) = match (&a.size, &a.aspect, images.first()) {
         (Some(s), _, _) => parse_size(s)?,
         (None, Some(r), _) => AspectRatio::parse(r)?.canvas(profile.default_size.0),
-        // img2img and control keep their image's size, rounded down to the model's multiple.
+        // img2img and control keep their image's size, rounded down to the model's multiple
+        // (and scaled down, keeping its shape, to the model's largest side).
         (None, None, _) if sized.is_some() => {
             let (flag, img) = sized.expect("checked");
             let (w, h) = img.dimensions();
             if w < m || h < m {
                 bail!("{flag} is {w}x{h}; this model needs at least {m}x{m}");
             }
-            (w / m * m, h / m * m)
+            let scale = (profile.max_side as f64 / w.max(h) as f64).min(1.0);
+            let (sw, sh) = ((w as f64 * scale) as u32, (h as f64 * scale) as u32);
+            if scale < 1.0 {
+                eprintln!(
+                    "{flag} is {w}x{h}; drawing at {}x{} (this model's largest side is {})",
+                    (sw / m * m).max(m),
+                    (sh / m * m).max(m),
+                    profile.max_side
+                );
+            }
+            ((sw / m * m).max(m), (sh / m * m).max(m))
         }
         // An edit keeps its first image's aspect ratio at the default canvas's area.
         (None, None, Some(img)) => model.edit_canvas(img.dimensions()),
@@ -369,7 +432,7 @@ pub fn run_with(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
         max_sequence_length: a.max_sequence_length,
         ..Request::new(&a.prompt, &profile)
     };
-    model.check(&req).map_err(cli_error)?;
+    model.check(&req).map_err(cli)?;
     let pb = bar(0, "generate");
     let started = Instant::now();
     let out = Hooks::progress(
@@ -379,7 +442,7 @@ pub fn run_with(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
         },
         |hooks| model.generate(&req, hooks),
     )
-    .map_err(cli_error)?;
+    .map_err(cli)?;
     pb.finish_and_clear();
     let run_s = started.elapsed().as_secs_f64();
     eprintln!(

@@ -327,3 +327,44 @@ fn inpainting_keeps_the_unmasked_pixels() {
         stderr(&o)
     );
 }
+
+/// A FLUX request that cannot run is refused before its weights load: the weights path here
+/// does not exist, so only a check that runs first can name the bad field.
+#[test]
+fn flux_requests_are_checked_before_the_weights_load() {
+    let out = tempfile::tempdir().unwrap();
+    let png = out.path().join("x.png");
+    let missing = out.path().join("no-such-weights");
+    let (p, w) = (png.to_str().unwrap(), missing.to_str().unwrap());
+    for (extra, says) in [
+        (vec!["--steps", "0"], "--steps 0 is out of range"),
+        (vec!["-n", "17"], "-n 17 is out of range"),
+        (vec!["--sampler", "heun"], "--sampler"),
+        (vec!["--true-cfg", "0.5"], "--true-cfg 0.5 is out of range"),
+        (vec!["--negative-prompt", "x"], "needs --true-cfg above 1"),
+        (
+            vec!["--max-sequence-length", "600"],
+            "--max-sequence-length 600 is out of range",
+        ),
+    ] {
+        let mut args = vec![
+            "generate",
+            "a red circle",
+            "--model",
+            "flux-dev",
+            "--weights",
+            w,
+            "-o",
+            p,
+        ];
+        args.extend(extra);
+        let o = sprout(&args);
+        assert!(!o.status.success());
+        let e = stderr(&o);
+        assert!(e.contains(says), "{says}: {e}");
+        assert!(
+            !e.contains("no-such-weights") && !e.contains("panicked"),
+            "{e}"
+        );
+    }
+}

@@ -202,11 +202,15 @@ pub fn sampling_defaults(v: Variant) -> (usize, f64) {
 
 /// The size a reference image of `width`×`height` enters an edit at: its nearest preferred
 /// Kontext resolution (those are about 1024² pixels), scaled by √(`area` / 1024²) and
-/// rounded down to `multiple`. At 1024² this is the preferred resolution itself, as the
-/// reference pipeline resizes; a smaller canvas gets proportionally smaller references.
+/// rounded down to `multiple`. A canvas of about 1024² (within 3 %, which every preferred
+/// resolution is) gets the preferred resolution itself, as the reference pipeline resizes;
+/// a smaller canvas gets proportionally smaller references.
 pub fn reference_size(width: usize, height: usize, area: usize, multiple: usize) -> (usize, usize) {
     let (kw, kh) = kontext_size(width, height);
-    let scale = (area as f64).sqrt() / 1024.0;
+    let scale = match (area as f64).sqrt() / 1024.0 {
+        s if (s - 1.0).abs() < 0.03 => 1.0,
+        s => s,
+    };
     let side = |v: usize| ((v as f64 * scale) as usize / multiple * multiple).max(multiple);
     (side(kw), side(kh))
 }
@@ -428,6 +432,8 @@ impl FluxModel {
             }
         };
         let g = Tensor::new(&[guidance as f32], dev)?;
+        // True CFG runs two passes per step: a cancel between them stops before the second.
+        let cancel = hooks.cancel;
         let velocity = |x: &Tensor, t: f64| -> Result<Tensor, PipelineError> {
             let t = Tensor::new(&[t as f32], dev)?;
             let xin = match &cond {
@@ -448,6 +454,9 @@ impl FluxModel {
             let v = forward(text)?;
             Ok(match &text.true_cfg {
                 Some((negative, scale)) => {
+                    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Err(PipelineError::Cancelled);
+                    }
                     let vn = forward(negative)?;
                     (&vn + ((v - &vn)? * *scale)?)?
                 }
@@ -498,6 +507,8 @@ mod tests {
         // exactly 1024² (672×1568 is 1.05 MP).
         for (w, h) in KONTEXT_RESOLUTIONS {
             assert_eq!(reference_size(w, h, 1024 * 1024, 16), (w, h));
+            // A canvas that is itself a preferred resolution gets references of it.
+            assert_eq!(reference_size(w, h, w * h, 16), (w, h));
         }
         // A 32² canvas with steps of 4: about 32² pixels at the same ratio, rounded down.
         let (w, h) = reference_size(800, 600, 32 * 32, 4);

@@ -133,6 +133,9 @@ impl Family for Bundle {
             images: (0, 0),
             images_are: "",
             true_cfg: false,
+            takes_init: true,
+            takes_mask: true,
+            needs_mask: false,
         }
     }
 
@@ -176,63 +179,65 @@ impl Family for Bundle {
     }
 }
 
+/// What a FLUX.1 variant offers, with canvas sides in multiples of `multiple` (16 for
+/// FLUX.1's autoencoder): known before its weights load.
+pub fn flux_profile(variant: Variant, multiple: u32) -> Profile {
+    let (steps, guidance) = sampling_defaults(variant);
+    let side = 1024 / multiple * multiple;
+    Profile {
+        multiple,
+        max_side: FLUX_MAX_SIDE / multiple * multiple,
+        default_size: (side, side),
+        default_steps: steps,
+        default_guidance: guidance,
+        sampler: Sampler::Euler,
+        samplers: vec![Sampler::Euler],
+        edits: variant == Variant::Kontext || variant.is_control(),
+        images: match variant {
+            Variant::Kontext => (0, KONTEXT_MAX_IMAGES),
+            v if v.is_control() => (1, 1),
+            _ => (0, 0),
+        },
+        images_are: match variant.control_map() {
+            Some("edge") => "control image (an edge map)",
+            Some(_) => "control image (a depth map)",
+            None => "reference images",
+        },
+        true_cfg: true,
+        // Canny and Depth start from an image (img2img) but draw their layout from the
+        // control image, not a mask; Fill only inpaints.
+        takes_init: true,
+        takes_mask: !variant.is_control(),
+        needs_mask: variant == Variant::Fill,
+    }
+}
+
+/// The T5 length a request asks of `variant`, checked (param `max_sequence_length`).
+pub fn check_t5_len(variant: Variant, len: Option<usize>) -> Result<(), PipelineError> {
+    let max = variant.t5_len();
+    match len {
+        Some(l) if l == 0 || l > max => Err(PipelineError::invalid(
+            "max_sequence_length",
+            format!(
+                "max_sequence_length {l} is out of range for {} (1..={max})",
+                variant.name()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Family for FluxModel {
     fn name(&self) -> String {
         self.variant.name().to_string()
     }
 
     fn profile(&self) -> Profile {
-        let (steps, guidance) = sampling_defaults(self.variant);
-        let multiple = size_multiple(&self.vae) as u32;
-        let side = 1024 / multiple * multiple;
-        Profile {
-            multiple,
-            max_side: FLUX_MAX_SIDE / multiple * multiple,
-            default_size: (side, side),
-            default_steps: steps,
-            default_guidance: guidance,
-            sampler: Sampler::Euler,
-            samplers: vec![Sampler::Euler],
-            edits: self.variant == Variant::Kontext || self.variant.is_control(),
-            images: match self.variant {
-                Variant::Kontext => (0, KONTEXT_MAX_IMAGES),
-                v if v.is_control() => (1, 1),
-                _ => (0, 0),
-            },
-            images_are: match self.variant.control_map() {
-                Some("edge") => "control image (an edge map)",
-                Some(_) => "control image (a depth map)",
-                None => "reference images",
-            },
-            true_cfg: true,
-        }
+        flux_profile(self.variant, size_multiple(&self.vae) as u32)
     }
 
     fn check(&self, req: &Request) -> Result<(), PipelineError> {
-        let name = self.variant.name();
-        if self.variant.is_control() && req.init.is_some() {
-            return Err(PipelineError::invalid(
-                "image",
-                format!("{name} draws from one control image (an edge or depth map) and takes no init image or mask"),
-            ));
-        }
-        if self.variant == Variant::Fill
-            && req.init.as_ref().and_then(|i| i.mask.as_ref()).is_none()
-        {
-            return Err(PipelineError::invalid(
-                "mask",
-                "flux-fill only redraws the masked area of an image: give the image and a mask",
-            ));
-        }
-        let max = self.variant.t5_len();
-        if let Some(l) = req.max_sequence_length {
-            if l == 0 || l > max {
-                return Err(PipelineError::invalid(
-                    "max_sequence_length",
-                    format!("max_sequence_length {l} is out of range for {name} (1..={max})"),
-                ));
-            }
-        }
+        check_t5_len(self.variant, req.max_sequence_length)?;
         if let Some(l) = &req.latents {
             let f = self.vae.cfg.downscale();
             let tokens = (req.height as usize / f / 2) * (req.width as usize / f / 2);

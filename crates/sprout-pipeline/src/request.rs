@@ -118,6 +118,11 @@ pub struct Profile {
     /// Whether the model runs true CFG (a negative prompt at its own scale) rather than
     /// classifier-free guidance with the negative prompt as the unconditional one.
     pub true_cfg: bool,
+    /// Whether a request may start from an image (img2img), whether it may carry an
+    /// inpainting mask, and whether it must (FLUX.1 Fill only inpaints).
+    pub takes_init: bool,
+    pub takes_mask: bool,
+    pub needs_mask: bool,
 }
 
 impl Profile {
@@ -174,6 +179,14 @@ pub fn check_size(w: u32, h: u32, p: &Profile) -> Result<(), PipelineError> {
 
 /// The one check of a request against a model's profile; the error names the field.
 pub fn check(req: &Request, p: &Profile) -> Result<(), PipelineError> {
+    check_fields(req, p)?;
+    check_inputs(req)
+}
+
+/// The checks that do not depend on the canvas or the input tensors: counts, ranges,
+/// sampler, guidance, negative prompt, the number of input images and which starts the
+/// model takes. The command line runs them before a large model loads.
+pub fn check_fields(req: &Request, p: &Profile) -> Result<(), PipelineError> {
     let bad = |param: &'static str, m: String| Err(PipelineError::invalid(param, m));
     if req.prompt.trim().is_empty() {
         return bad("prompt", "prompt is empty".into());
@@ -262,8 +275,38 @@ pub fn check(req: &Request, p: &Profile) -> Result<(), PipelineError> {
             format!("{given} input images given; this model {want}"),
         );
     }
+    let mask = req.init.as_ref().is_some_and(|i| i.mask.is_some());
+    if req.init.is_some() && !p.takes_init {
+        return bad(
+            "image",
+            "this model does not start from an image (no img2img)".into(),
+        );
+    }
+    if mask && !p.takes_mask {
+        return bad(
+            "mask",
+            format!(
+                "this model takes no inpainting mask (it draws from its {})",
+                p.images_are
+            ),
+        );
+    }
+    if p.needs_mask && !mask {
+        return bad(
+            "mask",
+            "this model only redraws the masked area of an image: give the image and a mask".into(),
+        );
+    }
     if let Some(init) = &req.init {
         img2img_first_step(req.steps, init.strength)?;
+    }
+    Ok(())
+}
+
+/// The input tensors against the canvas: the init image, the mask, given latents.
+fn check_inputs(req: &Request) -> Result<(), PipelineError> {
+    let bad = |param: &'static str, m: String| Err(PipelineError::invalid(param, m));
+    if let Some(init) = &req.init {
         let want = [1, 3, req.height as usize, req.width as usize];
         if init.image.dims() != want {
             return bad(
@@ -334,6 +377,9 @@ mod tests {
             images: (0, 0),
             images_are: "",
             true_cfg: false,
+            takes_init: true,
+            takes_mask: true,
+            needs_mask: false,
         }
     }
 
@@ -559,6 +605,83 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.fit(1000, 5000), (992, 2048));
+        // Which starts a model takes: a control model no mask, an inpainting-only model
+        // nothing without one.
+        let dev = Device::Cpu;
+        let init = |mask: bool| InitImage {
+            image: Tensor::zeros((1, 3, 1024, 1024), DType::F32, &dev).unwrap(),
+            strength: 1.0,
+            mask: mask.then(|| Tensor::ones((1, 1, 1024, 1024), DType::F32, &dev).unwrap()),
+        };
+        let control = Profile {
+            takes_mask: false,
+            images: (1, 1),
+            images_are: "control image (an edge map)",
+            ..p.clone()
+        };
+        let one = Request {
+            images: vec![RgbImage::new(8, 8)],
+            ..ok.clone()
+        };
+        check(
+            &Request {
+                init: Some(init(false)),
+                ..one.clone()
+            },
+            &control,
+        )
+        .unwrap();
+        let e = check(
+            &Request {
+                init: Some(init(true)),
+                ..one.clone()
+            },
+            &control,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("control image"), "{e}");
+        let fill = Profile {
+            needs_mask: true,
+            images: (0, 0),
+            ..p.clone()
+        };
+        let plain = Request {
+            images: vec![],
+            ..ok.clone()
+        };
+        let e = check(
+            &Request {
+                init: Some(init(false)),
+                ..plain.clone()
+            },
+            &fill,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, PipelineError::Invalid { param: "mask", .. }),
+            "{e:?}"
+        );
+        check(
+            &Request {
+                init: Some(init(true)),
+                ..plain.clone()
+            },
+            &fill,
+        )
+        .unwrap();
+        let text_only = Profile {
+            takes_init: false,
+            ..fill
+        };
+        let e = check(
+            &Request {
+                init: Some(init(true)),
+                ..plain
+            },
+            &text_only,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("img2img"), "{e}");
         assert_eq!(p.fit(3, 3), (16, 16));
     }
 }

@@ -247,6 +247,9 @@ mod tests {
             images: (0, 0),
             images_are: "",
             true_cfg: false,
+            takes_init: true,
+            takes_mask: true,
+            needs_mask: false,
         };
         assert_eq!(parse_size(None, &p).unwrap(), (256, 256));
         assert_eq!(parse_size(Some("auto"), &p).unwrap(), (256, 256));
