@@ -1,4 +1,4 @@
-//! `sprout bench [--train]`: step latency, throughput and MFU on this machine, measured in
+//! `sprout bench [--train]` (and `--dit PRESET`, [`crate::bench_dit`]): step latency, throughput and MFU on this machine, measured in
 //! one run next to this machine's f32 matmul peak. Prints a table, then one JSON line.
 
 use std::time::Instant;
@@ -20,9 +20,10 @@ pub struct BenchArgs {
     /// Also measure training steps (the probe shape and the native DiT).
     #[arg(long)]
     train: bool,
-    /// Timed repetitions per row (the median is reported).
-    #[arg(long, default_value_t = 3)]
-    repeat: usize,
+    /// Timed repetitions per row, the median reported (default 3; 1 with --dit, whose
+    /// full-width forward takes long).
+    #[arg(long)]
+    repeat: Option<usize>,
     /// Model for the end-to-end generate row: `default` or a bundle directory (skipped if
     /// absent); or flux-schnell | flux-dev | flux-kontext with --weights for FLUX.1 rows.
     #[arg(long, default_value = "default")]
@@ -36,6 +37,26 @@ pub struct BenchArgs {
     /// Canvas of the FLUX.1 step row.
     #[arg(long, default_value = "1024x1024")]
     flux_size: String,
+    /// Instead of the rows above: one forward of this DiT preset (flux-schnell, flux-dev,
+    /// native-small, …) at its full width with random weights built in memory.
+    #[arg(long, value_name = "PRESET")]
+    dit: Option<String>,
+    /// With --dit: double- and single-stream blocks, D,S (default: the preset's own).
+    #[arg(long, requires = "dit")]
+    blocks: Option<String>,
+    /// With --dit: the canvas.
+    #[arg(long, requires = "dit", default_value = "1024x1024")]
+    size: String,
+    /// With --dit: the weights' form, f32, bf16, q8_0 or q4_0 (MFU is against the peak of
+    /// the same form, measured in the same run).
+    #[arg(long, requires = "dit", default_value = "f32")]
+    dtype: String,
+    /// With --dit: threads for the products (default: all cores).
+    #[arg(long, requires = "dit")]
+    threads: Option<usize>,
+    /// With --dit: text tokens (default 256 for FLUX presets, 32 for the native one).
+    #[arg(long, requires = "dit")]
+    txt: Option<usize>,
 }
 
 /// Peak resident memory of this process so far (`VmHWM`), in bytes.
@@ -136,7 +157,19 @@ struct Row {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    if let Some(preset) = &a.dit {
+        return crate::bench_dit::run(crate::bench_dit::DitBench {
+            preset: preset.clone(),
+            blocks: a.blocks.clone(),
+            size: a.size.clone(),
+            dtype: a.dtype.clone(),
+            threads: a.threads,
+            txt: a.txt,
+            repeat: a.repeat.unwrap_or(1),
+        });
+    }
     let dev = Device::Cpu;
+    let repeat = a.repeat.unwrap_or(3);
     let peak = matmul_peak(&dev)?;
     let mut rows: Vec<Row> = Vec::new();
     let cfg = DitConfig::native_small();
@@ -166,7 +199,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             .collect();
         let mut opt = AdamW::new(OptimConfig::default(), params)?;
         let x = Tensor::randn(0f32, 1.0, (p.batch, p.tokens, p.dim), &dev)?;
-        let s = time(a.repeat, || {
+        let s = time(repeat, || {
             let loss = probe.forward(&x)?.sqr()?.mean_all()?;
             opt.step(&loss.backward()?, 1e-4)?;
             Ok(())
@@ -187,7 +220,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         let mut opt = AdamW::new(OptimConfig::default(), params)?;
-        let s = time(a.repeat, || {
+        let s = time(repeat, || {
             let out = dit.forward(&DitInput::new(&img, &img_ids, &txt, &txt_ids, &t, &y))?;
             opt.step(&out.sqr()?.mean_all()?.backward()?, 1e-4)?;
             Ok(())
@@ -209,7 +242,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let half = b / 2;
             let halves = [make(half)?, make(b - half)?];
             std::env::set_var("RAYON_NUM_THREADS", "1");
-            let timed = time(a.repeat, || {
+            let timed = time(repeat, || {
                 let run = |h: &(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)| {
                     let out = dit.forward(&DitInput::new(&h.0, &h.1, &h.2, &h.3, &h.4, &h.5))?;
                     out.sqr()?.mean_all()?.backward()
@@ -238,7 +271,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     // Sampling: one DiT evaluation with classifier-free guidance (batch 2) at 256².
     let (img, img_ids, txt, txt_ids, t, y) = make(2)?;
-    let s = time(a.repeat, || {
+    let s = time(repeat, || {
         dit.forward(&DitInput::new(&img, &img_ids, &txt, &txt_ids, &t, &y))?;
         Ok(())
     })?;
@@ -254,7 +287,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         seeded_varbuilder(&avm, 0, DType::F32, &dev),
     )?;
     let z = Tensor::randn(0f32, 1.0, (1, 32, 8, 8), &dev)?;
-    let s = time(a.repeat, || {
+    let s = time(repeat, || {
         ae.decode(&z)?;
         Ok(())
     })?;
@@ -281,7 +314,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             "a red circle to the left of a blue star",
             &model.profile(),
         );
-        let s = time(a.repeat, || {
+        let s = time(repeat, || {
             sprout_pipeline::denoise::Hooks::progress(&mut |_, _| {}, |h| model.generate(&req, h))?;
             Ok(())
         })?;

@@ -1,6 +1,7 @@
 //! `sprout`: the command-line front end.
 
 mod bench_cmd;
+mod bench_dit;
 mod eval_cmd;
 mod flux_cmd;
 mod flux_parts;
