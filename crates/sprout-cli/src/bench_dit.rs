@@ -4,12 +4,13 @@
 //! same run; seconds, GFLOP/s, MFU and the forward's peak resident memory, then one JSON
 //! line.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::VarMap;
+use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::quantized_var_builder::VarBuilder as QVarBuilder;
 use serde_json::json;
 use sprout_models::dit::embed::{grid_ids, text_ids};
@@ -115,36 +116,41 @@ fn peak(kind: Kind, dev: &Device) -> Result<f64> {
     Ok(2.0 * (m * k * n) as f64 / secs)
 }
 
-/// A DiT of `cfg` with random weights in `dtype`, and the variables that hold them.
-fn dense(cfg: &DitConfig, dtype: DType, dev: &Device) -> Result<(Dit, VarMap)> {
+/// A DiT of `cfg` with random weights in `dtype`, and those weights by name. The weights are
+/// plain tensors, as a loaded file gives them: trainable variables would make the forward
+/// record its graph and keep every intermediate alive.
+fn dense(cfg: &DitConfig, dtype: DType, dev: &Device) -> Result<(Dit, HashMap<String, Tensor>)> {
     let vm = VarMap::new();
-    let dit = Dit::new(cfg, seeded_varbuilder(&vm, 0, dtype, dev))?;
+    // Built once to learn every weight's name and shape.
+    drop(Dit::new(cfg, seeded_varbuilder(&vm, 0, dtype, dev))?);
     // Every weight random, the zero-initialised gates and final layer too, so that the
     // forward computes something (timing does not depend on the values).
-    {
-        let data = vm.data().lock().expect("varmap");
-        for (name, v) in data.iter() {
-            let r = Tensor::randn(0f32, 0.05, v.shape(), dev)?.to_dtype(v.dtype())?;
-            v.set(&r).with_context(|| format!("randomising {name}"))?;
-        }
+    let mut weights = HashMap::new();
+    for (name, v) in vm.data().lock().expect("varmap").drain() {
+        let r = Tensor::randn(0f32, 0.05, v.shape(), dev)?.to_dtype(v.dtype())?;
+        weights.insert(name, r);
     }
-    Ok((dit, vm))
+    let dit = Dit::new(cfg, VarBuilder::from_tensors(weights.clone(), dtype, dev))?;
+    Ok((dit, weights))
 }
 
 /// The same weights quantized to `q` as a GGUF file holds them (written in memory, read back
 /// by the loader a file would go through).
-fn quantized(cfg: &DitConfig, vm: VarMap, q: GgmlDType, dev: &Device) -> Result<Dit> {
+fn quantized(
+    cfg: &DitConfig,
+    weights: HashMap<String, Tensor>,
+    q: GgmlDType,
+    dev: &Device,
+) -> Result<Dit> {
+    let mut names: Vec<&String> = weights.keys().collect();
+    names.sort();
     let mut tensors: Vec<(String, QTensor)> = Vec::new();
-    {
-        let data = vm.data().lock().expect("varmap");
-        let mut names: Vec<&String> = data.keys().collect();
-        names.sort();
-        for name in names {
-            let t = data[name].as_tensor();
-            tensors.push((name.clone(), sprout_models::gguf::quantize(name, t, q)?));
-        }
+    for name in names {
+        let qt = sprout_models::gguf::quantize(name, &weights[name], q)
+            .with_context(|| format!("quantizing {name}"))?;
+        tensors.push((name.clone(), qt));
     }
-    drop(vm);
+    drop(weights);
     let mut buf = std::io::Cursor::new(Vec::new());
     let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let meta: [(&str, &gguf_file::Value); 0] = [];
