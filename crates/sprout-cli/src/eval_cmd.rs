@@ -301,21 +301,15 @@ pub fn score_model(
     }
     let source =
         format!("model {name} ({steps} steps, guidance {guidance}, {sampler:?})").to_lowercase();
+    let profile = sprout_pipeline::model::Family::profile(model);
     let request = |index: usize, p: &sprout_eval::Prompt| sprout_pipeline::request::Request {
-        prompt: p.text.clone(),
-        n: 1,
         seed: o.seed.wrapping_add(1000 * index as u64),
         steps,
         guidance,
         width: p.width,
         height: p.height,
         sampler,
-        init: None,
-        negative_prompt: None,
-        true_cfg: None,
-        images: Vec::new(),
-        latents: None,
-        max_sequence_length: None,
+        ..sprout_pipeline::request::Request::new(&p.text, &profile)
     };
     // Generated lazily in batches: a prompt not yet generated is generated together
     // with the following prompts of the same canvas size.
