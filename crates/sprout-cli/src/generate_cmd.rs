@@ -15,7 +15,7 @@ use sprout_pipeline::flow::Sampler;
 use sprout_pipeline::flux::FluxModel;
 use sprout_pipeline::flux_cond::{canny_map, CANNY_THRESHOLDS};
 use sprout_pipeline::model::{check_t5_len, flux_profile, Model};
-use sprout_pipeline::request::{InitImage, Request};
+use sprout_pipeline::request::{InitImage, Profile, Request};
 use sprout_pipeline::PipelineError;
 use sprout_world::canvas::parse_size;
 use sprout_world::AspectRatio;
@@ -246,6 +246,36 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     run_with(a, &[])
 }
 
+/// The request the arguments make for a model of `profile` (its canvas and given latents
+/// are set by the caller): `init` is the img2img image and its mask, as tensors.
+fn request(
+    a: &GenerateArgs,
+    profile: &Profile,
+    images: Vec<RgbImage>,
+    init: Option<(Tensor, Option<Tensor>)>,
+) -> Result<Request> {
+    Ok(Request {
+        n: a.n,
+        seed: a.seed,
+        steps: a.steps.unwrap_or(profile.default_steps),
+        guidance: a.guidance.unwrap_or(profile.default_guidance),
+        sampler: match &a.sampler {
+            Some(s) => Sampler::parse(s).map_err(anyhow::Error::msg)?,
+            None => profile.sampler,
+        },
+        init: init.map(|(image, mask)| InitImage {
+            image,
+            strength: a.strength.unwrap_or(default_strength(a)),
+            mask,
+        }),
+        negative_prompt: a.negative_prompt.clone(),
+        true_cfg: a.true_cfg,
+        images,
+        max_sequence_length: a.max_sequence_length,
+        ..Request::new(&a.prompt, profile)
+    })
+}
+
 /// `generate`, and `edit` with its input images: the arguments become one [`Request`] for
 /// the pipeline's entry point; the images are written with how they were made.
 pub fn run_with(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
@@ -260,8 +290,8 @@ pub fn run_with(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
     {
         bail!("--weights, --latents, --max-sequence-length, --control-image and --true-cfg apply to the FLUX models (--model flux-schnell|flux-dev|flux-kontext|flux-fill|flux-canny|flux-depth)");
     }
-    if flux {
-        let variant = Variant::parse(&a.model)?;
+    let variant = flux.then(|| Variant::parse(&a.model)).transpose()?;
+    if let Some(variant) = variant {
         if a.weights.is_none() {
             bail!("--model {} needs --weights PATH (a Black Forest Labs file or folder, or a diffusers snapshot)", a.model);
         }
@@ -315,34 +345,21 @@ pub fn run_with(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
         (None, true) => "--init-image",
     };
     let cli = |e: PipelineError| cli_error_for(e, image_flag);
-    if flux {
+    if let Some(variant) = variant {
         // What can be checked before FLUX's weights load (gigabytes): every field but the
-        // canvas, against the variant's profile.
-        let variant = Variant::parse(&a.model)?;
+        // canvas, against the variant's profile, with stand-ins for the input tensors.
         check_t5_len(variant, a.max_sequence_length).map_err(cli)?;
         let pre = flux_profile(variant, 16);
         let stand_in = || Tensor::zeros((1, 1, 1, 1), candle_core::DType::F32, &Device::Cpu);
-        let probe = Request {
-            n: a.n,
-            steps: a.steps.unwrap_or(pre.default_steps),
-            guidance: a.guidance.unwrap_or(pre.default_guidance),
-            sampler: match &a.sampler {
-                Some(s) => Sampler::parse(s).map_err(anyhow::Error::msg)?,
-                None => pre.sampler,
-            },
-            negative_prompt: a.negative_prompt.clone(),
-            true_cfg: a.true_cfg,
-            images: vec![RgbImage::new(1, 1); images.len() + control_image.iter().count()],
-            init: match &init_image {
-                Some(_) => Some(InitImage {
-                    image: stand_in()?,
-                    strength: a.strength.unwrap_or(default_strength(&a)),
-                    mask: a.mask.as_ref().map(|_| stand_in()).transpose()?,
-                }),
-                None => None,
-            },
-            ..Request::new(&a.prompt, &pre)
+        let init = match &init_image {
+            Some(_) => Some((
+                stand_in()?,
+                a.mask.as_ref().map(|_| stand_in()).transpose()?,
+            )),
+            None => None,
         };
+        let count = images.len() + control_image.iter().count();
+        let probe = request(&a, &pre, vec![RgbImage::new(1, 1); count], init)?;
         sprout_pipeline::request::check_fields(&probe, &pre).map_err(cli)?;
     }
     // With true CFG the negative prompt is encoded too, while loading.
@@ -378,24 +395,18 @@ pub fn run_with(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
                 bail!("{flag} is {w}x{h}; this model needs at least {m}x{m}");
             }
             let scale = (profile.max_side as f64 / w.max(h) as f64).min(1.0);
-            let (sw, sh) = ((w as f64 * scale) as u32, (h as f64 * scale) as u32);
+            let canvas = profile.fit((w as f64 * scale) as u32, (h as f64 * scale) as u32);
             if scale < 1.0 {
                 eprintln!(
                     "{flag} is {w}x{h}; drawing at {}x{} (this model's largest side is {})",
-                    (sw / m * m).max(m),
-                    (sh / m * m).max(m),
-                    profile.max_side
+                    canvas.0, canvas.1, profile.max_side
                 );
             }
-            ((sw / m * m).max(m), (sh / m * m).max(m))
+            canvas
         }
         // An edit keeps its first image's aspect ratio at the default canvas's area.
-        (None, None, Some(img)) => model.edit_canvas(img.dimensions()),
+        (None, None, Some(img)) => profile.edit_canvas(img.dimensions()),
         (None, None, None) => profile.default_size,
-    };
-    let sampler = match &a.sampler {
-        Some(s) => Sampler::parse(s).map_err(anyhow::Error::msg)?,
-        None => profile.sampler,
     };
     let latents = match &a.latents {
         Some(p) => {
@@ -409,30 +420,19 @@ pub fn run_with(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
     };
     let mut images = images;
     images.extend(control_image);
+    let init = match &init_image {
+        Some(img) => Some((
+            resized(img, width as usize, height as usize)?,
+            read_mask(&a, width, height)?,
+        )),
+        None => None,
+    };
     let req = Request {
-        n: a.n,
-        seed: a.seed,
-        steps: a.steps.unwrap_or(profile.default_steps),
-        guidance: a.guidance.unwrap_or(profile.default_guidance),
         width,
         height,
-        sampler,
-        init: match &init_image {
-            Some(img) => Some(InitImage {
-                image: resized(img, width as usize, height as usize)?,
-                strength: a.strength.unwrap_or(default_strength(&a)),
-                mask: read_mask(&a, width, height)?,
-            }),
-            None => None,
-        },
-        negative_prompt: a.negative_prompt.clone(),
-        true_cfg: a.true_cfg,
-        images,
         latents,
-        max_sequence_length: a.max_sequence_length,
-        ..Request::new(&a.prompt, &profile)
+        ..request(&a, &profile, images, init)?
     };
-    model.check(&req).map_err(cli)?;
     let pb = bar(0, "generate");
     let started = Instant::now();
     let out = Hooks::progress(

@@ -13,8 +13,9 @@ use crate::bundle::Bundle;
 use crate::denoise::{denoise, Hooks};
 use crate::flow::{schedule, Blend};
 use crate::image_io::{composite, to_images};
+use crate::model::Family;
 use crate::noise::noise_batch;
-use crate::request::{img2img_first_step, Request};
+use crate::request::{check, img2img_first_step, Request};
 use crate::PipelineError;
 
 /// Generate `req.n` images; image `i` uses noise from seed `req.seed + i`, so it does not
@@ -82,8 +83,24 @@ fn init_latents(bundle: &Bundle, image: &Tensor) -> Result<Tensor, PipelineError
     Ok(Tensor::cat(&[&z, &sem], 1)?)
 }
 
-/// [`generate_many`] with cancellation and previews.
+/// [`generate_many`] with cancellation and previews: each request gets the one check
+/// ([`crate::model::Model::check`]'s), then they run as one batch.
 pub fn generate_many_with(
+    bundle: &Bundle,
+    reqs: &[Request],
+    hooks: Hooks<'_>,
+) -> Result<Vec<Vec<RgbImage>>, PipelineError> {
+    let profile = Family::profile(bundle);
+    for r in reqs {
+        check(r, &profile)?;
+        Family::check(bundle, r)?;
+    }
+    run_checked(bundle, reqs, hooks)
+}
+
+/// Requests that passed the one check, as one batch: they must share the canvas, steps,
+/// guidance, sampler and img2img strength.
+pub(crate) fn run_checked(
     bundle: &Bundle,
     reqs: &[Request],
     hooks: Hooks<'_>,
@@ -92,7 +109,6 @@ pub fn generate_many_with(
         return Ok(Vec::new());
     };
     for r in reqs {
-        crate::model::Model::check_native(bundle, r)?;
         if (r.width, r.height, r.steps, r.sampler)
             != (req.width, req.height, req.steps, req.sampler)
             || r.guidance != req.guidance

@@ -86,32 +86,12 @@ impl Model {
         self.family_mut().run(req, hooks)
     }
 
-    /// The one check for a bundle that is not (yet) inside a [`Model`].
-    pub fn check_native(bundle: &Bundle, req: &Request) -> Result<(), PipelineError> {
-        check(req, &Family::profile(bundle))?;
-        Family::check(bundle, req)
-    }
-
     pub fn warmup_size(&self) -> (u32, u32) {
         self.family().warmup_size()
     }
 
     pub fn warmup_request(&self, size: (u32, u32)) -> Result<Request, PipelineError> {
         self.family().warmup_request(size)
-    }
-
-    /// The canvas of an edit that names none: its first image's aspect ratio at the default
-    /// canvas's area (FLUX.1 Kontext's nearest preferred resolution, scaled), within the
-    /// model's limits.
-    pub fn edit_canvas(&self, first: (u32, u32)) -> (u32, u32) {
-        let p = self.profile();
-        let (w, h) = reference_size(
-            first.0 as usize,
-            first.1 as usize,
-            (p.default_size.0 * p.default_size.1) as usize,
-            p.multiple as usize,
-        );
-        p.fit(w as u32, h as u32)
     }
 }
 
@@ -156,10 +136,7 @@ impl Family for Bundle {
     }
 
     fn run(&mut self, req: &Request, hooks: Hooks<'_>) -> Result<Vec<RgbImage>, PipelineError> {
-        Ok(
-            crate::generate::generate_many_with(self, std::slice::from_ref(req), hooks)?
-                .swap_remove(0),
-        )
+        Ok(crate::generate::run_checked(self, std::slice::from_ref(req), hooks)?.swap_remove(0))
     }
 
     fn warmup_request(&self, (w, h): (u32, u32)) -> Result<Request, PipelineError> {

@@ -143,6 +143,19 @@ impl Profile {
         out
     }
 
+    /// The canvas of an edit that names none: its first image's aspect ratio at the default
+    /// canvas's area (FLUX.1 Kontext's nearest preferred resolution, scaled), within the
+    /// model's limits.
+    pub fn edit_canvas(&self, (w, h): (u32, u32)) -> (u32, u32) {
+        let (w, h) = crate::flux::reference_size(
+            w as usize,
+            h as usize,
+            (self.default_size.0 * self.default_size.1) as usize,
+            self.multiple as usize,
+        );
+        self.fit(w as u32, h as u32)
+    }
+
     /// `w`×`h` rounded down to the model's multiple and capped at its largest side.
     pub fn fit(&self, w: u32, h: u32) -> (u32, u32) {
         let m = self.multiple;

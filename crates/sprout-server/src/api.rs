@@ -472,30 +472,17 @@ async fn edit_response(
     let mut g = check(body, s)?;
     if auto {
         // An edit keeps its first image's aspect ratio, at the default canvas's area.
-        let p = &s.profile;
-        let first = &inputs.images[0];
-        let (w, h) = sprout_pipeline::flux::reference_size(
-            first.width() as usize,
-            first.height() as usize,
-            (p.default_size.0 * p.default_size.1) as usize,
-            p.multiple as usize,
-        );
-        (g.req.width, g.req.height) = (
-            (w as u32).min(p.max_side / p.multiple * p.multiple),
-            (h as u32).min(p.max_side / p.multiple * p.multiple),
-        );
+        (g.req.width, g.req.height) = {
+            let first = &inputs.images[0];
+            s.profile.edit_canvas((first.width(), first.height()))
+        };
     }
     if let Some(mask) = &inputs.mask {
         // Inpainting: the first image, redrawn where the mask is transparent.
         let (w, h) = (g.req.width, g.req.height);
+        // A mask that marks nothing is refused by the pipeline's check when the job is
+        // submitted (param `mask`).
         let m = mask_from_image(mask, w, h).map_err(|e| ApiError::Internal(e.to_string()))?;
-        let marked = m.sum_all().and_then(|v| v.to_scalar::<f32>());
-        if marked.map_err(|e| ApiError::Internal(e.to_string()))? == 0.0 {
-            return Err(ApiError::invalid(
-                "mask",
-                "the mask has no transparent pixels, so nothing would be redrawn",
-            ));
-        }
         let image = resized(&inputs.images[0].to_rgb8(), w as usize, h as usize)
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         g.req.init = Some(InitImage {
