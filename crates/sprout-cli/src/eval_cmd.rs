@@ -255,7 +255,9 @@ fn score_roundtrip(
                 0 => None,
                 n => {
                     let rgb: Vec<f32> = x.flatten_all()?.to_vec1()?;
-                    let map = sprout_world::semantic::semantic_map(&scene, &rgb, DOWNSCALE)?;
+                    let kind = sprout_pipeline::bundle::map_kind(ae.cfg.semantic_map.as_deref())
+                        .map_err(|e| anyhow::anyhow!("ae.json: {e}"))?;
+                    let map = kind.map(&scene, &rgb, DOWNSCALE)?;
                     let (h, w) = (p.height as usize / DOWNSCALE, p.width as usize / DOWNSCALE);
                     Some(candle_core::Tensor::from_vec(map, (1, n, h, w), &dev)?)
                 }

@@ -11,6 +11,7 @@ mod progress;
 mod quantize_cmd;
 mod serve_cmd;
 mod train_cmd;
+mod worker_cmd;
 mod world_cmd;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,9 @@ enum Command {
     Bench(bench_cmd::BenchArgs),
     /// Serve a model over an OpenAI-compatible HTTP API.
     Serve(serve_cmd::ServeArgs),
+    /// Run jobs for a `sprout serve --broker` front end: load a model, take jobs from the
+    /// broker, store their results.
+    Worker(worker_cmd::WorkerArgs),
     /// Write FLUX.1 weights (LoRA adapters merged) or a T5 encoder as a quantized GGUF file.
     Quantize(quantize_cmd::QuantizeArgs),
 }
@@ -75,6 +79,7 @@ fn main() {
         Command::Train(a) => train_cmd::run(a),
         Command::Bench(a) => bench_cmd::run(a),
         Command::Serve(a) => serve_cmd::run(a),
+        Command::Worker(a) => worker_cmd::run(a),
         Command::Quantize(a) => quantize_cmd::run(a),
     };
     if let Err(e) = result {

@@ -51,6 +51,21 @@ pub struct ServeArgs {
     /// Skip the start-up run at the model's largest size.
     #[arg(long)]
     pub no_warmup: bool,
+    /// Distributed mode: hold no model; queue jobs on this Redis broker
+    /// (`redis://HOST:PORT[/DB]`) for `sprout worker`s. `--model` then names the served
+    /// model as its workers advertise it (`default`: whichever live worker's model is found
+    /// first); `--queue` bounds the jobs queued or running on the broker.
+    #[arg(long, value_name = "URL")]
+    pub broker: Option<String>,
+    /// With --broker: wait at start until this many live workers serve the model.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub workers_expected: usize,
+    /// With --broker: give up waiting for the workers after this many seconds.
+    #[arg(long, default_value_t = 600, value_name = "S")]
+    pub wait_workers: u64,
+    /// With --broker: the prefix of every key this deployment uses on the broker.
+    #[arg(long, default_value = "sprout")]
+    pub broker_prefix: String,
 }
 
 pub fn run(a: ServeArgs) -> Result<()> {
@@ -76,6 +91,9 @@ pub fn run(a: ServeArgs) -> Result<()> {
         warmup: !a.no_warmup,
         ..ServerConfig::default()
     };
+    if let Some(url) = &a.broker {
+        return run_remote(&a, url, cfg);
+    }
     let engine = crate::generate_cmd::load(
         &a.model,
         a.weights.as_deref(),
@@ -104,6 +122,66 @@ pub fn run(a: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("binding {addr}"))?;
         // Tests and scripts read this line to find the port.
+        println!("listening on http://{}", listener.local_addr()?);
+        sprout_server::serve(listener, state, sprout_server::shutdown_signal()).await?;
+        eprintln!("shut down");
+        Ok(())
+    })
+}
+
+/// `sprout serve --broker`: a front end with no model of its own.
+fn run_remote(a: &ServeArgs, url: &str, cfg: ServerConfig) -> Result<()> {
+    if a.weights.is_some() {
+        anyhow::bail!("--weights: a front end with --broker loads no model; give the weights to `sprout worker`");
+    }
+    if a.workers_expected == 0 {
+        anyhow::bail!("--workers-expected must be at least 1");
+    }
+    let broker = sprout_server::broker::Broker::connect(url, &a.broker_prefix)
+        .with_context(|| format!("--broker {url}"))?;
+    let want = (a.model != "default").then(|| a.model.clone());
+    let t0 = std::time::Instant::now();
+    let mut said = false;
+    let (model, profile) = loop {
+        let live = broker.live_workers().context("reading the live workers")?;
+        let model = want
+            .clone()
+            .or_else(|| live.first().map(|w| w.model.clone()));
+        if let Some(m) = model {
+            let serving: Vec<_> = live.iter().filter(|w| w.model == m).collect();
+            if serving.len() >= a.workers_expected {
+                break (m, serving[0].profile.clone());
+            }
+        }
+        if t0.elapsed().as_secs() >= a.wait_workers {
+            anyhow::bail!(
+                "no {} live worker(s) serving {} after {} s on {url} (start them with `sprout worker --broker {url} --model …`)",
+                a.workers_expected,
+                want.as_deref().unwrap_or("any model"),
+                a.wait_workers
+            );
+        }
+        if !said {
+            eprintln!(
+                "waiting for {} worker(s) serving {} on {url}",
+                a.workers_expected,
+                want.as_deref().unwrap_or("any model")
+            );
+            said = true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!("serving {model} through broker {url}");
+    let addr = cfg.addr;
+    let state = Arc::new(sprout_server::start_remote(broker, &model, profile, cfg));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
         println!("listening on http://{}", listener.local_addr()?);
         sprout_server::serve(listener, state, sprout_server::shutdown_signal()).await?;
         eprintln!("shut down");

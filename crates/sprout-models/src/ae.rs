@@ -39,6 +39,10 @@ pub struct AeConfig {
     /// without them starts as that decoder.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub semantic_channels: usize,
+    /// Which semantic map those channels are (`sprout_world::semantic::MapKind`'s name;
+    /// absent: `occupancy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub semantic_map: Option<String>,
 }
 
 fn is_zero(v: &usize) -> bool {
@@ -60,6 +64,7 @@ impl AeConfig {
             channel_shift: Vec::new(),
             channel_scale: Vec::new(),
             semantic_channels: 0,
+            semantic_map: None,
         }
     }
 
@@ -74,6 +79,7 @@ impl AeConfig {
             channel_shift: Vec::new(),
             channel_scale: Vec::new(),
             semantic_channels: 0,
+            semantic_map: None,
         }
     }
 

@@ -9,6 +9,7 @@
 //! tokenizer.json      word-piece tokenizer
 //! ```
 
+use sprout_world::semantic::MapKind;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -41,6 +42,9 @@ pub struct BundleMeta {
     /// these, and they are dropped before decoding.
     #[serde(default)]
     pub semantic_channels: usize,
+    /// Which semantic map those channels are (default `occupancy`).
+    #[serde(default)]
+    pub semantic_map: MapKind,
     /// Free-form training summary (steps, samples, data).
     #[serde(default)]
     pub trained: serde_json::Value,
@@ -201,12 +205,12 @@ impl Bundle {
         device: &Device,
     ) -> Result<Bundle, PipelineError> {
         let w = |f: &str, e: sprout_models::ModelError| PipelineError::Weights(format!("{f}: {e}"));
-        if meta.semantic_channels != 0 && meta.semantic_channels != sprout_world::semantic::CHANNELS
-        {
+        if meta.semantic_channels != 0 && meta.semantic_channels != meta.semantic_map.channels() {
             return Err(PipelineError::Weights(format!(
-                "model.json: semantic_channels {} is not the world's semantic map ({} channels)",
+                "model.json: semantic_channels {} is not the world's {} map ({} channels)",
                 meta.semantic_channels,
-                sprout_world::semantic::CHANNELS
+                meta.semantic_map.name(),
+                meta.semantic_map.channels()
             )));
         }
         if meta.dit.latent_channels != meta.ae.latent_channels + meta.semantic_channels {
@@ -214,6 +218,17 @@ impl Bundle {
                 "model.json: the DiT takes {} latent channels, but the autoencoder gives {} and semantic_channels is {}",
                 meta.dit.latent_channels, meta.ae.latent_channels, meta.semantic_channels
             )));
+        }
+        if meta.ae.semantic_channels != 0 {
+            let decoder_map = map_kind(meta.ae.semantic_map.as_deref())
+                .map_err(|e| PipelineError::Weights(format!("model.json: ae: {e}")))?;
+            if decoder_map != meta.semantic_map {
+                return Err(PipelineError::Weights(format!(
+                    "model.json: the autoencoder's decoder reads the {} map, but the DiT denoises the {} map (semantic_map)",
+                    decoder_map.name(),
+                    meta.semantic_map.name()
+                )));
+            }
         }
         if meta.ae.semantic_channels != 0 && meta.ae.semantic_channels != meta.semantic_channels {
             return Err(PipelineError::Weights(format!(
@@ -248,5 +263,14 @@ impl Bundle {
             tokenizer,
             device,
         )
+    }
+}
+
+/// The semantic map kind an `ae.json`'s `semantic_map` names (absent: `occupancy`).
+pub fn map_kind(name: Option<&str>) -> Result<MapKind, String> {
+    match name {
+        None => Ok(MapKind::Occupancy),
+        Some(n) => serde_json::from_value(serde_json::Value::String(n.to_string()))
+            .map_err(|_| format!("semantic_map {n:?} is not one of \"occupancy\", \"centres\"")),
     }
 }

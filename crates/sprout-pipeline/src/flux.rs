@@ -234,13 +234,18 @@ pub fn size_multiple(vae: &FluxVae) -> usize {
 
 impl TextParts {
     pub fn encode(&mut self, prompt: &str) -> Result<FluxText, PipelineError> {
+        self.encode_len(prompt, self.t5_len)
+    }
+
+    /// [`encode`](Self::encode) with `t5_len` T5 tokens instead of the parts' own.
+    pub fn encode_len(&mut self, prompt: &str, t5_len: usize) -> Result<FluxText, PipelineError> {
         let dev = &self.device;
         let eos = self
             .clip_tokenizer
             .token_to_id("<|endoftext|>")
             .ok_or_else(|| PipelineError::Weights("CLIP tokenizer lacks <|endoftext|>".into()))?;
         let clip_ids = encode_fixed(&self.clip_tokenizer, prompt, CLIP_LEN, eos)?;
-        let t5_ids = encode_fixed(&self.t5_tokenizer, prompt, self.t5_len, 0)?;
+        let t5_ids = encode_fixed(&self.t5_tokenizer, prompt, t5_len, 0)?;
         let clip_ids = Tensor::new(clip_ids.as_slice(), dev)?.unsqueeze(0)?;
         let t5_ids = Tensor::new(t5_ids.as_slice(), dev)?.unsqueeze(0)?;
         Ok(FluxText {
@@ -271,10 +276,7 @@ impl FluxModel {
         {
             return Ok(t.clone());
         }
-        let own = std::mem::replace(&mut self.text.t5_len, len);
-        let text = self.text.encode(prompt);
-        self.text.t5_len = own;
-        text
+        self.text.encode_len(prompt, len)
     }
 
     /// The DiT's compute type.

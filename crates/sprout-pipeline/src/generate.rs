@@ -74,7 +74,7 @@ fn init_latents(bundle: &Bundle, image: &Tensor) -> Result<Tensor, PipelineError
     let (_, _, ih, iw) = image.dims4()?;
     let (_, _, h, w) = z.dims4()?;
     let rgb: Vec<f32> = image.flatten_all()?.to_vec1()?;
-    let map = sprout_world::semantic::estimate_map(iw, ih, &rgb, DOWNSCALE);
+    let map = bundle.meta.semantic_map.estimate(iw, ih, &rgb, DOWNSCALE);
     let sem = Tensor::from_vec(
         map,
         (1, bundle.meta.semantic_channels, h, w),
@@ -98,6 +98,22 @@ pub fn generate_many_with(
     run_checked(bundle, reqs, hooks)
 }
 
+/// [`generate_many_with`] up to the denoised latents, before decoding: one row per image,
+/// the autoencoder's channels followed by the semantic ones, if any (what diagnostics of a
+/// model's semantic channels read).
+pub fn generate_latents(
+    bundle: &Bundle,
+    reqs: &[Request],
+    hooks: Hooks<'_>,
+) -> Result<Tensor, PipelineError> {
+    let profile = Family::profile(bundle);
+    for r in reqs {
+        check(r, &profile)?;
+        Family::check(bundle, r)?;
+    }
+    sample_latents(bundle, reqs, hooks)
+}
+
 /// Requests that passed the one check, as one batch: they must share the canvas, steps,
 /// guidance, sampler and img2img strength.
 pub(crate) fn run_checked(
@@ -105,8 +121,44 @@ pub(crate) fn run_checked(
     reqs: &[Request],
     hooks: Hooks<'_>,
 ) -> Result<Vec<Vec<RgbImage>>, PipelineError> {
-    let Some(req) = reqs.first() else {
+    if reqs.is_empty() {
         return Ok(Vec::new());
+    }
+    let z = sample_latents(bundle, reqs, hooks)?;
+    let inpaint = reqs
+        .iter()
+        .any(|r| r.init.as_ref().is_some_and(|i| i.mask.is_some()));
+    let mut drawn = decode(bundle, &z)?;
+    if inpaint {
+        let mut parts = Vec::with_capacity(reqs.len());
+        let mut k = 0;
+        for r in reqs {
+            let part = drawn.narrow(0, k, r.n)?;
+            k += r.n;
+            let init = r.init.as_ref().expect("inpainting has an init image");
+            parts.push(match &init.mask {
+                Some(m) => composite(&part, &init.image, m)?,
+                None => part,
+            });
+        }
+        drawn = Tensor::cat(&parts, 0)?;
+    }
+    let mut images = to_images(&drawn)?.into_iter();
+    Ok(reqs
+        .iter()
+        .map(|r| images.by_ref().take(r.n).collect())
+        .collect())
+}
+
+/// The denoised latents of checked requests run as one batch (see [`run_checked`]): one
+/// row per image, with the autoencoder's channels followed by the semantic ones, if any.
+fn sample_latents(
+    bundle: &Bundle,
+    reqs: &[Request],
+    hooks: Hooks<'_>,
+) -> Result<Tensor, PipelineError> {
+    let Some(req) = reqs.first() else {
+        return Err(PipelineError::Request("no requests to sample".into()));
     };
     for r in reqs {
         if (r.width, r.height, r.steps, r.sampler)
@@ -225,7 +277,7 @@ pub(crate) fn run_checked(
         };
         Ok(unpatchify(&v, p, h, w)?)
     };
-    let z = denoise(
+    denoise(
         x,
         times,
         req.sampler,
@@ -233,25 +285,5 @@ pub(crate) fn run_checked(
         hooks,
         velocity,
         |x0| to_images(&decode(bundle, x0)?),
-    )?;
-    let mut drawn = decode(bundle, &z)?;
-    if inpaint {
-        let mut parts = Vec::with_capacity(reqs.len());
-        let mut k = 0;
-        for r in reqs {
-            let part = drawn.narrow(0, k, r.n)?;
-            k += r.n;
-            let init = r.init.as_ref().expect("inpainting has an init image");
-            parts.push(match &init.mask {
-                Some(m) => composite(&part, &init.image, m)?,
-                None => part,
-            });
-        }
-        drawn = Tensor::cat(&parts, 0)?;
-    }
-    let mut images = to_images(&drawn)?.into_iter();
-    Ok(reqs
-        .iter()
-        .map(|r| images.by_ref().take(r.n).collect())
-        .collect())
+    )
 }

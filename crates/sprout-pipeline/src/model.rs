@@ -111,7 +111,7 @@ impl Family for Bundle {
             samplers: vec![Sampler::Euler, Sampler::Heun],
             edits: false,
             images: (0, 0),
-            images_are: "",
+            images_are: String::new(),
             true_cfg: false,
             takes_init: true,
             takes_mask: true,
@@ -179,7 +179,8 @@ pub fn flux_profile(variant: Variant, multiple: u32) -> Profile {
             Some("edge") => "control image (an edge map)",
             Some(_) => "control image (a depth map)",
             None => "reference images",
-        },
+        }
+        .into(),
         true_cfg: true,
         // Canny and Depth start from an image (img2img) but draw their layout from the
         // control image, not a mask; Fill only inpaints.

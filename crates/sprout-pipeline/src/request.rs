@@ -95,8 +95,9 @@ pub fn img2img_first_step(steps: usize, strength: f64) -> Result<usize, Pipeline
     Ok((n - (n * strength).min(n)).max(0.0) as usize)
 }
 
-/// What a model offers: what requests are checked against, and filled in with.
-#[derive(Debug, Clone, PartialEq)]
+/// What a model offers: what requests are checked against, and filled in with. A
+/// distributed server's workers advertise theirs to the front end as JSON.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Profile {
     /// Canvas sides must be multiples of this.
     pub multiple: u32,
@@ -114,7 +115,7 @@ pub struct Profile {
     pub images: (usize, usize),
     /// What those images are, for messages ("reference images", "control image (an edge
     /// map)").
-    pub images_are: &'static str,
+    pub images_are: String,
     /// Whether the model runs true CFG (a negative prompt at its own scale) rather than
     /// classifier-free guidance with the negative prompt as the unconditional one.
     pub true_cfg: bool,
@@ -388,7 +389,7 @@ mod tests {
             samplers: vec![Sampler::Euler, Sampler::Heun],
             edits: false,
             images: (0, 0),
-            images_are: "",
+            images_are: String::new(),
             true_cfg: false,
             takes_init: true,
             takes_mask: true,
@@ -629,7 +630,7 @@ mod tests {
         let control = Profile {
             takes_mask: false,
             images: (1, 1),
-            images_are: "control image (an edge map)",
+            images_are: "control image (an edge map)".into(),
             ..p.clone()
         };
         let one = Request {

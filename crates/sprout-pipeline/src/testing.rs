@@ -69,6 +69,7 @@ pub fn tiny_bundle(words: &[&str], seed: u64) -> Result<BundleParts, PipelineErr
             text,
             shift: ShiftConfig::default(),
             semantic_channels: 0,
+            semantic_map: Default::default(),
             default_steps: 2,
             default_guidance: 2.0,
             sampler: Sampler::Heun,

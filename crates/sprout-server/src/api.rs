@@ -130,7 +130,7 @@ async fn respond(s: &Arc<AppState>, host: &str, g: Generation) -> Result<Respons
         ));
     }
     let (seed, w, h, format) = (g.req.seed, g.req.width, g.req.height, g.format);
-    let (ctl, rx) = submit(s, &g)?;
+    let (_, ctl, rx) = submit(s, &g)?;
     let mut guard = CancelOnDrop(Some(ctl));
     let encoded = finish(s, rx, g.format, g.compression).await;
     guard.0 = None;
@@ -158,10 +158,10 @@ async fn respond(s: &Arc<AppState>, host: &str, g: Generation) -> Result<Respons
 }
 
 /// Queue a checked generation.
-fn submit(
-    s: &AppState,
-    g: &Generation,
-) -> Result<(Arc<JobCtl>, oneshot::Receiver<JobResult>), ApiError> {
+/// A queued job: its id, its control and where its outcome arrives.
+type Submitted = (String, Arc<JobCtl>, oneshot::Receiver<JobResult>);
+
+fn submit(s: &AppState, g: &Generation) -> Result<Submitted, ApiError> {
     submit_with_previews(s, g, None)
 }
 
@@ -169,23 +169,29 @@ fn submit_with_previews(
     s: &AppState,
     g: &Generation,
     previews: Option<mpsc::UnboundedSender<(usize, Vec<image::RgbImage>)>>,
-) -> Result<(Arc<JobCtl>, oneshot::Receiver<JobResult>), ApiError> {
+) -> Result<Submitted, ApiError> {
     // The pipeline's one check, against the served model's profile, before the job queues.
     sprout_pipeline::request::check(&g.req, &s.profile)?;
     let ctl = JobCtl::new();
     let (tx, rx) = oneshot::channel();
-    s.worker.submit(Job {
-        req: g.req.clone(),
-        ctl: ctl.clone(),
-        reply: tx,
-        previews: previews
-            .filter(|_| g.partial_images > 0)
-            .map(|tx| Previews {
-                count: g.partial_images,
-                tx,
-            }),
-    })?;
-    Ok((ctl, rx))
+    let id = s.jobs.new_id();
+    s.worker.submit(
+        Job {
+            req: g.req.clone(),
+            ctl: ctl.clone(),
+            reply: tx,
+            previews: previews
+                .filter(|_| g.partial_images > 0)
+                .map(|tx| Previews {
+                    count: g.partial_images,
+                    tx,
+                }),
+        },
+        &id,
+        g.format,
+        g.compression,
+    )?;
+    Ok((id, ctl, rx))
 }
 
 /// A streamed generation: `image_generation.partial_image` events with previews, then one
@@ -193,7 +199,7 @@ fn submit_with_previews(
 /// the job's cancel guard, so a client that disconnects cancels the job.
 fn stream_response(s: &Arc<AppState>, g: Generation) -> Result<Response, ApiError> {
     let (ptx, mut prx) = mpsc::unbounded_channel();
-    let (ctl, rx) = submit_with_previews(s, &g, Some(ptx))?;
+    let (_, ctl, rx) = submit_with_previews(s, &g, Some(ptx))?;
     let (etx, erx) = mpsc::unbounded_channel::<Event>();
     let st = s.clone();
     let (format, compression) = (g.format, g.compression);
@@ -287,47 +293,85 @@ async fn create_job(State(s): St, body: Result<Bytes, BytesRejection>) -> Respon
                 "a job is followed with GET /v1/jobs/{id}/events (previews with partial_images); stream applies to /v1/images/generations",
             ));
         }
-        let (ptx, mut prx) = mpsc::unbounded_channel::<(usize, Vec<image::RgbImage>)>();
-        let (ctl, rx) = submit_with_previews(&s, &g, Some(ptx))?;
+        let (ptx, prx) = mpsc::unbounded_channel::<(usize, Vec<image::RgbImage>)>();
+        let (id, ctl, rx) = submit_with_previews(&s, &g, Some(ptx))?;
         let entry = s
             .jobs
-            .insert(ctl, g.req.seed, (g.req.width, g.req.height), g.format);
-        let (st, e) = (s.clone(), entry.clone());
-        tokio::spawn(async move {
-            // Previews until the job ends (the worker drops the sender with the job).
-            while let Some((k, imgs)) = prx.recv().await {
-                let encoded: Result<Vec<_>, _> = imgs
-                    .iter()
-                    .map(|img| encode(img, g.format, g.compression))
-                    .collect();
-                if let Ok(encoded) = encoded {
-                    e.set_preview(k, encoded);
-                }
-            }
-            let out = match finish(&st, rx, g.format, g.compression).await {
-                Ok(images) => Outcome::Images(images),
-                Err(err) => {
-                    st.metrics.error(err.label());
-                    Outcome::Failed(err)
-                }
-            };
-            e.finish(out);
-        });
+            .insert(id, ctl, g.req.seed, (g.req.width, g.req.height), g.format);
+        await_outcome(&s, &entry, prx, rx, g.format, g.compression);
         Ok::<_, ApiError>((StatusCode::ACCEPTED, Json(entry.view(&s.worker, &s.model))).into_response())
     }
     .await;
     answer(&s, r)
 }
 
+/// Fills a job's entry with its previews and then its outcome, as they arrive.
+fn await_outcome(
+    s: &Arc<AppState>,
+    entry: &Arc<crate::jobs::Entry>,
+    mut prx: mpsc::UnboundedReceiver<(usize, Vec<image::RgbImage>)>,
+    rx: oneshot::Receiver<JobResult>,
+    format: OutputFormat,
+    compression: u8,
+) {
+    let (st, e) = (s.clone(), entry.clone());
+    tokio::spawn(async move {
+        // Previews until the job ends (the worker drops the sender with the job).
+        while let Some((k, imgs)) = prx.recv().await {
+            let encoded: Result<Vec<_>, _> = imgs
+                .iter()
+                .map(|img| encode(img, format, compression))
+                .collect();
+            if let Ok(encoded) = encoded {
+                e.set_preview(k, encoded);
+            }
+        }
+        let out = match finish(&st, rx, format, compression).await {
+            Ok(images) => Outcome::Images(images),
+            Err(err) => {
+                st.metrics.error(err.label());
+                Outcome::Failed(err)
+            }
+        };
+        e.finish(out);
+    });
+}
+
+/// A job this process knows, or, behind a broker, one another front end queued (this one
+/// then follows it like its own).
+async fn lookup(s: &Arc<AppState>, id: &str) -> Result<Arc<crate::jobs::Entry>, ApiError> {
+    if let Some(e) = s.jobs.find(id) {
+        return Ok(e);
+    }
+    if s.worker.remote().is_none() {
+        return Err(s.jobs.not_found(id));
+    }
+    let (st, id2) = (s.clone(), id.to_string());
+    let adopted =
+        tokio::task::spawn_blocking(move || st.worker.remote().expect("remote").adopt(&id2))
+            .await
+            .map_err(|e| ApiError::Internal(format!("adopting a job: {e}")))??;
+    match adopted {
+        None => s.jobs.find(id).ok_or_else(|| s.jobs.not_found(id)),
+        Some(a) => {
+            let entry =
+                s.jobs
+                    .insert_created(id.to_string(), a.ctl, a.seed, a.size, a.format, a.created);
+            await_outcome(s, &entry, a.previews, a.rx, a.format, a.compression);
+            Ok(entry)
+        }
+    }
+}
+
 async fn get_job(State(s): St, Path(id): Path<String>) -> Response {
-    match s.jobs.get(&id) {
+    match lookup(&s, &id).await {
         Ok(e) => Json(e.view(&s.worker, &s.model)).into_response(),
         Err(e) => e.into_response(),
     }
 }
 
 async fn cancel_job(State(s): St, Path(id): Path<String>) -> Response {
-    match s.jobs.get(&id) {
+    match lookup(&s, &id).await {
         Ok(e) => {
             e.ctl.cancel.store(true, Ordering::SeqCst);
             Json(e.view(&s.worker, &s.model)).into_response()
@@ -340,7 +384,7 @@ async fn cancel_job(State(s): St, Path(id): Path<String>) -> Response {
 /// each new preview (jobs created with `partial_images`), then one final event named after
 /// the outcome (`succeeded`, `failed`, `cancelled`) with the job.
 async fn job_events(State(s): St, Path(id): Path<String>) -> Response {
-    let entry = match s.jobs.get(&id) {
+    let entry = match lookup(&s, &id).await {
         Ok(e) => e,
         Err(e) => return e.into_response(),
     };
@@ -544,15 +588,43 @@ async fn models(State(s): St) -> Response {
     .into_response()
 }
 
-/// Ready when a model is loaded (it is, once the server listens) and the worker is alive.
+/// Ready when a model is loaded (it is, once the server listens) and the worker is alive;
+/// behind a broker, when the broker answers and a live worker serves the model.
 async fn health(State(s): St) -> Response {
     let alive = s.worker.alive();
-    let body = Json(json!({
-        "status": if alive { "ok" } else { "worker stopped" },
-        "model": s.model,
-        "worker_alive": alive,
-        "queue_depth": s.worker.depth(),
-    }));
+    let body = match s.worker.remote() {
+        None => Json(json!({
+            "status": if alive { "ok" } else { "worker stopped" },
+            "model": s.model,
+            "worker_alive": alive,
+            "queue_depth": s.worker.depth(),
+        })),
+        Some(r) => {
+            let up = r.broker_up();
+            let workers: Vec<Value> = r
+                .live_workers()
+                .iter()
+                .map(|a| {
+                    json!({"name": a.name, "model": a.model, "current_job": a.current,
+                    "jobs_done": a.jobs_done, "jobs_failed": a.jobs_failed})
+                })
+                .collect();
+            let serving = r
+                .live_workers()
+                .iter()
+                .filter(|a| a.model == s.model)
+                .count();
+            Json(json!({
+                "status": if !up { "broker unreachable" } else if serving == 0 { "no live worker" } else { "ok" },
+                "model": s.model,
+                "broker": {"url": r.broker().url(), "reachable": up},
+                "workers": workers,
+                "workers_live": serving,
+                "worker_alive": alive,
+                "queue_depth": s.worker.depth(),
+            }))
+        }
+    };
     if alive {
         body.into_response()
     } else {
@@ -561,9 +633,12 @@ async fn health(State(s): St) -> Response {
 }
 
 async fn metrics(State(s): St) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(s.worker.depth()),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], {
+        let mut text = s.metrics.render(s.worker.depth());
+        if let Some(r) = s.worker.remote() {
+            text.push_str(&crate::metrics::render_remote(r));
+        }
+        text
+    })
         .into_response()
 }

@@ -33,6 +33,12 @@ pub enum ApiError {
     Cancelled,
     #[error("internal error: {0}")]
     Internal(String),
+    /// Distributed serving: the broker cannot be reached (the job was not queued).
+    #[error("the job broker is unreachable ({0}); retry when it is back")]
+    BrokerDown(String),
+    /// Distributed serving: no live worker serves this model.
+    #[error("no live worker serves the model {0:?}; start one with `sprout worker --broker URL --model …`")]
+    NoWorker(String),
 }
 
 impl ApiError {
@@ -55,6 +61,7 @@ impl ApiError {
             // response only reaches clients that asked for it through the jobs API.
             ApiError::Cancelled => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::BrokerDown(_) | ApiError::NoWorker(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -70,6 +77,8 @@ impl ApiError {
             ApiError::Deadline(_) => ("server_error", Some("deadline_exceeded")),
             ApiError::Cancelled => ("invalid_request_error", Some("cancelled")),
             ApiError::Internal(_) => ("server_error", None),
+            ApiError::BrokerDown(_) => ("server_error", Some("broker_unreachable")),
+            ApiError::NoWorker(_) => ("server_error", Some("no_worker")),
         }
     }
 
@@ -85,6 +94,8 @@ impl ApiError {
             ApiError::Deadline(_) => "deadline",
             ApiError::Cancelled => "cancelled",
             ApiError::Internal(_) => "internal",
+            ApiError::BrokerDown(_) => "broker_down",
+            ApiError::NoWorker(_) => "no_worker",
         }
     }
 }

@@ -116,7 +116,7 @@ pub fn parse_size(size: Option<&str>, p: &Profile) -> Result<(u32, u32), ApiErro
 /// A seed for requests that give none: from the clock, so that it differs per request (the
 /// response reports it, so the image can be made again). Kept below 2^53 so that it survives
 /// JavaScript numbers (the web page reuses seeds).
-fn fresh_seed() -> u64 {
+pub fn fresh_seed() -> u64 {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -206,20 +206,15 @@ pub fn check(body: GenerationBody, state: &AppState) -> Result<Generation, ApiEr
     }
     Ok(Generation {
         req: Request {
-            prompt: body.prompt,
             n: n as usize,
             seed: body.seed.unwrap_or_else(fresh_seed),
             steps,
             guidance,
             width,
             height,
-            sampler: state.profile.sampler,
-            init: None,
             negative_prompt: body.negative_prompt,
             true_cfg: body.true_cfg_scale,
-            images: Vec::new(),
-            latents: None,
-            max_sequence_length: None,
+            ..Request::new(&body.prompt, &state.profile)
         },
         format,
         compression,
@@ -245,7 +240,7 @@ mod tests {
             samplers: vec![sprout_pipeline::flow::Sampler::Heun],
             edits: false,
             images: (0, 0),
-            images_are: "",
+            images_are: String::new(),
             true_cfg: false,
             takes_init: true,
             takes_mask: true,

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::encode::OutputFormat;
 use crate::error::ApiError;
-use crate::worker::{JobCtl, Worker};
+use crate::worker::{JobCtl, Queue};
 
 /// How a job ended.
 pub enum Outcome {
@@ -65,7 +65,7 @@ impl Entry {
     }
 
     /// The job as JSON: status, progress, queue position, and the result or error once done.
-    pub fn view(&self, worker: &Worker, model: &str) -> Value {
+    pub fn view(&self, worker: &Queue, model: &str) -> Value {
         let done = self.ctl.done.load(Ordering::SeqCst);
         let total = self.ctl.total.load(Ordering::SeqCst);
         let mut v = json!({
@@ -115,17 +115,39 @@ impl Jobs {
         }
     }
 
+    /// A fresh job id, unique across processes and restarts (distributed front ends share
+    /// the broker's job names): the time in milliseconds and a random part.
+    pub fn new_id(&self) -> String {
+        let n = self.next.fetch_add(1, Ordering::SeqCst);
+        let ms = crate::broker::now_ms();
+        let r = sprout_world::seed::mix64(crate::generations::fresh_seed() ^ n.rotate_left(40));
+        format!("job_{ms:011x}{:010x}", r >> 24)
+    }
+
     pub fn insert(
         &self,
+        id: String,
         ctl: Arc<JobCtl>,
         seed: u64,
         size: (u32, u32),
         format: OutputFormat,
     ) -> Arc<Entry> {
-        let n = self.next.fetch_add(1, Ordering::SeqCst);
-        let created = crate::unix_now();
+        self.insert_created(id, ctl, seed, size, format, crate::unix_now())
+    }
+
+    /// [`Jobs::insert`] of a job created at `created` (Unix seconds): one adopted from
+    /// the broker.
+    pub fn insert_created(
+        &self,
+        id: String,
+        ctl: Arc<JobCtl>,
+        seed: u64,
+        size: (u32, u32),
+        format: OutputFormat,
+        created: u64,
+    ) -> Arc<Entry> {
         let e = Arc::new(Entry {
-            id: format!("job_{n:08}_{:08x}", (created ^ seed.rotate_left(17)) as u32),
+            id,
             ctl,
             created,
             seed,
@@ -145,6 +167,18 @@ impl Jobs {
         });
         m.insert(e.id.clone(), e.clone());
         e
+    }
+
+    /// The job, if this process knows it.
+    pub fn find(&self, id: &str) -> Option<Arc<Entry>> {
+        self.map.lock().expect("jobs").get(id).cloned()
+    }
+
+    pub fn not_found(&self, id: &str) -> ApiError {
+        ApiError::NotFound(format!(
+            "no job {id:?} (finished jobs are kept for {} s)",
+            self.keep.as_secs()
+        ))
     }
 
     pub fn get(&self, id: &str) -> Result<Arc<Entry>, ApiError> {

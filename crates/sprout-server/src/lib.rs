@@ -3,6 +3,7 @@
 //! shape with the status chosen in one place ([`error::ApiError`]).
 
 pub mod api;
+pub mod broker;
 pub mod config;
 pub mod edits;
 pub mod encode;
@@ -10,7 +11,10 @@ pub mod error;
 pub mod generations;
 pub mod jobs;
 pub mod metrics;
+pub mod remote;
+pub mod remote_worker;
 pub mod store;
+pub mod wire;
 pub mod worker;
 
 use std::future::Future;
@@ -25,7 +29,7 @@ pub use sprout_pipeline::model::Model as Engine;
 pub use sprout_pipeline::request::Profile;
 
 use metrics::Metrics;
-use worker::Worker;
+use worker::{Queue, Worker};
 
 /// What every handler sees.
 pub struct AppState {
@@ -34,7 +38,7 @@ pub struct AppState {
     pub model: String,
     /// The served model's limits and defaults.
     pub profile: Profile,
-    pub worker: Worker,
+    pub worker: Queue,
     pub metrics: Arc<Metrics>,
     pub jobs: jobs::Jobs,
     /// Images answered by URL.
@@ -71,7 +75,12 @@ pub fn start(mut engine: Engine, model: &str, cfg: ServerConfig) -> Result<AppSt
             .map_err(|e| ApiError::Internal(format!("warm-up at {w}x{h} failed: {e}")))?;
     }
     let metrics = Arc::new(Metrics::default());
-    let worker = Worker::spawn(engine, cfg.queue_capacity, cfg.deadline, metrics.clone());
+    let worker = Queue::Local(Worker::spawn(
+        engine,
+        cfg.queue_capacity,
+        cfg.deadline,
+        metrics.clone(),
+    ));
     Ok(AppState {
         cfg,
         model: model.to_string(),
@@ -81,6 +90,28 @@ pub fn start(mut engine: Engine, model: &str, cfg: ServerConfig) -> Result<AppSt
         jobs: jobs::Jobs::new(std::time::Duration::from_secs(3600)),
         store: store::Store::new(std::time::Duration::from_secs(3600), 512 << 20),
     })
+}
+
+/// A front end that holds no model: jobs go to `sprout worker`s through `broker`, for the
+/// model `model` whose workers advertise `profile`.
+pub fn start_remote(
+    broker: broker::Broker,
+    model: &str,
+    profile: Profile,
+    cfg: ServerConfig,
+) -> AppState {
+    let metrics = Arc::new(Metrics::default());
+    let ttl = broker.ttl;
+    let queue = remote::RemoteQueue::start(broker, model, cfg.queue_capacity, cfg.deadline);
+    AppState {
+        cfg,
+        model: model.to_string(),
+        profile,
+        worker: Queue::Remote(queue),
+        metrics,
+        jobs: jobs::Jobs::new(ttl),
+        store: store::Store::new(std::time::Duration::from_secs(3600), 512 << 20),
+    }
 }
 
 /// Serve on `listener` until `shutdown` resolves; then refuse new jobs, let the running one

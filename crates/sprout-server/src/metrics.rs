@@ -146,3 +146,40 @@ mod tests {
         assert!(t.contains("sprout_latency_seconds_count{stage=\"generate\"} 2"));
     }
 }
+
+/// The broker's and the workers' figures, for a front end behind a broker.
+pub fn render_remote(r: &crate::remote::RemoteQueue) -> String {
+    let mut s = String::new();
+    let up = u8::from(r.broker_up());
+    let live = r.live_workers();
+    let _ = writeln!(
+        s,
+        "# HELP sprout_broker_up Whether the broker answered at the last look.\n# TYPE sprout_broker_up gauge\nsprout_broker_up {up}"
+    );
+    let _ = writeln!(
+        s,
+        "# HELP sprout_workers_live Live workers serving this front end's model.\n# TYPE sprout_workers_live gauge\nsprout_workers_live {}",
+        live.iter().filter(|a| a.model == r.model()).count()
+    );
+    let _ = writeln!(
+        s,
+        "# HELP sprout_worker_jobs_total Jobs each live worker ended, by outcome.\n# TYPE sprout_worker_jobs_total counter"
+    );
+    for a in &live {
+        let _ = writeln!(
+            s,
+            "sprout_worker_jobs_total{{worker=\"{}\",model=\"{}\",outcome=\"done\"}} {}\nsprout_worker_jobs_total{{worker=\"{}\",model=\"{}\",outcome=\"failed\"}} {}",
+            a.name, a.model, a.jobs_done, a.name, a.model, a.jobs_failed
+        );
+    }
+    let _ = writeln!(
+        s,
+        "# HELP sprout_worker_rss_bytes Resident memory of each live worker.\n# TYPE sprout_worker_rss_bytes gauge"
+    );
+    for a in &live {
+        if let Some(b) = a.rss_bytes {
+            let _ = writeln!(s, "sprout_worker_rss_bytes{{worker=\"{}\"}} {b}", a.name);
+        }
+    }
+    s
+}

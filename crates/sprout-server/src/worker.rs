@@ -242,3 +242,65 @@ fn run(engine: &mut Engine, job: &Job, deadline: Duration) -> JobResult {
         Err(_) => Err(ApiError::Internal("generation panicked".into())),
     }
 }
+
+/// Where a front end's jobs run: its own worker thread, or workers behind a broker
+/// (`sprout serve --broker`). Handlers see one interface.
+pub enum Queue {
+    Local(Worker),
+    Remote(crate::remote::RemoteQueue),
+}
+
+impl Queue {
+    /// Queue a checked job under `id`, or refuse it at once (429 when full, 503 when it
+    /// cannot run).
+    pub fn submit(
+        &self,
+        job: Job,
+        id: &str,
+        format: crate::encode::OutputFormat,
+        compression: u8,
+    ) -> Result<(), ApiError> {
+        match self {
+            Queue::Local(w) => w.submit(job),
+            Queue::Remote(r) => r.submit(job, id, format, compression),
+        }
+    }
+
+    /// Jobs ahead of this one plus one (1 = next), or 0 once it has started.
+    pub fn position(&self, ctl: &JobCtl) -> u64 {
+        match self {
+            Queue::Local(w) => w.position(ctl),
+            Queue::Remote(r) => r.position(ctl),
+        }
+    }
+
+    pub fn depth(&self) -> usize {
+        match self {
+            Queue::Local(w) => w.depth(),
+            Queue::Remote(r) => r.depth(),
+        }
+    }
+
+    /// Whether jobs can run: the worker thread is alive, or the broker answers and a live
+    /// worker serves the model.
+    pub fn alive(&self) -> bool {
+        match self {
+            Queue::Local(w) => w.alive(),
+            Queue::Remote(r) => r.alive(),
+        }
+    }
+
+    pub fn shut_down(&self) {
+        match self {
+            Queue::Local(w) => w.shut_down(),
+            Queue::Remote(r) => r.shut_down(),
+        }
+    }
+
+    pub fn remote(&self) -> Option<&crate::remote::RemoteQueue> {
+        match self {
+            Queue::Local(_) => None,
+            Queue::Remote(r) => Some(r),
+        }
+    }
+}

@@ -102,6 +102,7 @@ pub fn evaluate_ae(ae: &Autoencoder, n: usize) -> Result<AeScore, TrainError> {
             0 => None,
             _ => Some(crate::semantic_maps::semantic_batch(
                 &batch,
+                ae_map_kind(&ae.cfg)?,
                 sprout_models::ae::DOWNSCALE,
                 batch.images.device(),
             )?),
@@ -150,4 +151,12 @@ mod tests {
         });
         assert!(ssim(&a, &c) > 0.99);
     }
+}
+
+/// The kind of semantic map a decoder reads (its `ae.json`'s `semantic_map`).
+pub fn ae_map_kind(
+    cfg: &sprout_models::ae::AeConfig,
+) -> Result<sprout_world::semantic::MapKind, TrainError> {
+    sprout_pipeline::bundle::map_kind(cfg.semantic_map.as_deref())
+        .map_err(|e| TrainError::Config(format!("ae.json: {e}")))
 }

@@ -40,6 +40,7 @@ pub struct AeTask {
     train_encoder: bool,
     latent_noise: f64,
     semantic_noise: f64,
+    semantic_map: semantic::MapKind,
     device: Device,
 }
 
@@ -66,10 +67,14 @@ impl AeTask {
         };
         let ae_cfg = AeConfig {
             semantic_channels: if cfg.ae.semantic {
-                semantic::CHANNELS
+                cfg.ae.semantic_map.channels()
             } else {
                 0
             },
+            semantic_map: cfg
+                .ae
+                .semantic
+                .then(|| cfg.ae.semantic_map.name().to_string()),
             ..base
         };
         let varmap = VarMap::new();
@@ -107,6 +112,7 @@ impl AeTask {
             train_encoder: cfg.ae.train_encoder,
             latent_noise: cfg.ae.latent_noise,
             semantic_noise: cfg.ae.semantic_noise,
+            semantic_map: cfg.ae.semantic_map,
             device,
         })
     }
@@ -178,7 +184,8 @@ impl Task for AeTask {
         let sem = if self.ae.cfg.semantic_channels > 0 {
             // The whole image's map, cut to the crop's cells.
             let cell = sprout_models::ae::DOWNSCALE;
-            let full = crate::semantic_maps::semantic_batch(batch, cell, &self.device)?;
+            let full =
+                crate::semantic_maps::semantic_batch(batch, self.semantic_map, cell, &self.device)?;
             let s = full
                 .narrow(2, y0 / cell, ch / cell)?
                 .narrow(3, x0 / cell, cw / cell)?;

@@ -61,6 +61,8 @@ pub struct AeSection {
     /// Give the decoder the world's semantic map beside the latent
     /// (`AeConfig::semantic_channels`), as a DiT with semantic channels produces it.
     pub semantic: bool,
+    /// Which map the decoder reads: `occupancy` or `centres` (`sprout_world::semantic::MapKind`).
+    pub semantic_map: sprout_world::semantic::MapKind,
     /// Train the encoder too (false: only the decoder learns, so the latents, and every DiT
     /// trained on them, stay valid; needs `from`).
     pub train_encoder: bool,
@@ -80,6 +82,7 @@ impl Default for AeSection {
             l1: 0.5,
             from: None,
             semantic: false,
+            semantic_map: Default::default(),
             train_encoder: true,
             latent_noise: 0.0,
             semantic_noise: 0.0,
@@ -115,6 +118,9 @@ pub struct DitSection {
     /// as extra channels of every image token. The image still comes from the prompt alone;
     /// the channels are dropped before decoding.
     pub semantic: bool,
+    /// Which map: `occupancy` (the default) or `centres` (`sprout_world::centres`: per cell,
+    /// the object whose centre lies in it, its kind, colour, size and rotation).
+    pub semantic_map: sprout_world::semantic::MapKind,
     /// Loss weight of each semantic channel relative to a latent channel.
     pub semantic_weight: f64,
     /// A constant timestep shift factor `s` (SD3's shift: `t ↦ s·t / (1 + (s − 1)·t)`) for
@@ -130,7 +136,7 @@ impl DitSection {
     /// Semantic channels the DiT denoises beside the latents (0 without them).
     pub fn semantic_channels(&self) -> usize {
         if self.semantic {
-            sprout_world::semantic::CHANNELS
+            self.semantic_map.channels()
         } else {
             0
         }
@@ -151,6 +157,7 @@ impl Default for DitSection {
             object_weight: 0.0,
             text_group: 8,
             semantic: false,
+            semantic_map: Default::default(),
             semantic_weight: 1.0,
             shift: None,
             data_parallel: true,
@@ -345,6 +352,17 @@ impl TrainConfig {
                 "dit.object_weight {} must be a finite number ≥ 0",
                 self.dit.object_weight
             ));
+        }
+        for (key, on, kind) in [
+            ("dit", self.dit.semantic, self.dit.semantic_map),
+            ("ae", self.ae.semantic, self.ae.semantic_map),
+        ] {
+            if !on && kind != sprout_world::semantic::MapKind::default() {
+                return bad(format!(
+                    "{key}.semantic_map = \"{}\" needs {key}.semantic = true",
+                    kind.name()
+                ));
+            }
         }
         if !(self.dit.semantic_weight.is_finite() && self.dit.semantic_weight >= 0.0) {
             return bad(format!(

@@ -73,6 +73,7 @@ pub struct DitTask {
     pub shift: ShiftConfig,
     /// Semantic channels denoised with the latents (0 = none; see `DitSection::semantic`).
     pub semantic: usize,
+    semantic_map: sprout_world::semantic::MapKind,
     semantic_weight: f64,
     /// The threads that run a step's halves (see `loss_and_grads`), when
     /// [`crate::config::DitSection::data_parallel`] is on and the device is the CPU.
@@ -164,6 +165,17 @@ impl DitTask {
                 ae.cfg.latent_channels
             )));
         }
+        if ae.cfg.semantic_channels > 0 {
+            let decoder_map = crate::ae_eval::ae_map_kind(&ae.cfg)?;
+            if !cfg.dit.semantic || decoder_map != cfg.dit.semantic_map {
+                return Err(TrainError::Config(format!(
+                    "the autoencoder in {} reads the {} map, so the DiT must denoise it: set dit.semantic = true and dit.semantic_map = \"{}\"",
+                    cfg.dit.ae.display(),
+                    decoder_map.name(),
+                    decoder_map.name()
+                )));
+            }
+        }
         let vocab = world_vocabulary(cfg.dit.vocab_samples);
         let tokenizer = build_tokenizer(vocab.iter().map(|s| s.as_str()))?;
         let tcfg = TextConfig {
@@ -200,6 +212,7 @@ impl DitTask {
             tokenizer,
             shift: shift_config(cfg.dit.shift),
             semantic,
+            semantic_map: cfg.dit.semantic_map,
             semantic_weight: cfg.dit.semantic_weight,
             pool: if cfg.dit.data_parallel && dev.is_cpu() {
                 let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -386,7 +399,7 @@ impl DitTask {
             Tensor::cat(
                 &[
                     &z,
-                    &crate::semantic_maps::semantic_batch(batch, ih / h, &dev)?,
+                    &crate::semantic_maps::semantic_batch(batch, self.semantic_map, ih / h, &dev)?,
                 ],
                 1,
             )?

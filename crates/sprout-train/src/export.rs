@@ -156,6 +156,7 @@ pub fn export(cfg: &TrainConfig, to: &Path) -> Result<serde_json::Value, TrainEr
                 text: text_cfg,
                 shift: crate::dit_task::shift_config(cfg.dit.shift),
                 semantic_channels: cfg.dit.semantic_channels(),
+                semantic_map: cfg.dit.semantic_map,
                 default_steps: 20,
                 default_guidance: 4.0,
                 sampler: Sampler::Heun,

@@ -78,7 +78,10 @@ fn probes(bundle: &Bundle, per_category: usize, dev: &Device) -> Result<Probes, 
             let (_, _, h, w) = z.dims4()?;
             let z = if bundle.meta.semantic_channels > 0 {
                 let rgb: Vec<f32> = x.flatten_all()?.to_vec1()?;
-                let map = sprout_world::semantic::semantic_map(&scene, &rgb, 256 / h)
+                let map = bundle
+                    .meta
+                    .semantic_map
+                    .map(&scene, &rgb, 256 / h)
                     .map_err(|e| TrainError::Config(format!("probe {}: {e}", p.id)))?;
                 let sem = Tensor::from_vec(map, (1, bundle.meta.semantic_channels, h, w), dev)?;
                 Tensor::cat(&[&z, &sem], 1)?

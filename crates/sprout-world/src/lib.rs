@@ -7,6 +7,7 @@
 pub mod assets;
 pub mod canvas;
 pub mod captions;
+pub mod centres;
 pub mod colors;
 mod error;
 pub mod render;

@@ -25,6 +25,51 @@ pub const KIND_DIMS: usize = 8;
 /// Channels of a semantic map.
 pub const CHANNELS: usize = SUB * SUB + 3 + KIND_DIMS;
 
+/// Which semantic map a model denoises and its decoder reads (`semantic_map` in a training
+/// config, `model.json` and `ae.json`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapKind {
+    /// Per cell, the object coverage of its sub-cells, colour and kind (this module).
+    #[default]
+    Occupancy,
+    /// Per cell, the object whose centre lies in it ([`crate::centres`]).
+    Centres,
+}
+
+impl MapKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            MapKind::Occupancy => "occupancy",
+            MapKind::Centres => "centres",
+        }
+    }
+
+    /// Channels of a map of this kind.
+    pub fn channels(self) -> usize {
+        match self {
+            MapKind::Occupancy => CHANNELS,
+            MapKind::Centres => crate::centres::CHANNELS,
+        }
+    }
+
+    /// The exact map of `scene` (see [`semantic_map`]).
+    pub fn map(self, scene: &Scene, rgb: &[f32], cell: usize) -> Result<Vec<f32>, WorldError> {
+        match self {
+            MapKind::Occupancy => semantic_map(scene, rgb, cell),
+            MapKind::Centres => crate::centres::centre_map(scene, rgb, cell),
+        }
+    }
+
+    /// The map estimated from pixels alone (see [`estimate_map`]).
+    pub fn estimate(self, width: usize, height: usize, rgb: &[f32], cell: usize) -> Vec<f32> {
+        match self {
+            MapKind::Occupancy => estimate_map(width, height, rgb, cell),
+            MapKind::Centres => crate::centres::estimate_map(width, height, rgb, cell),
+        }
+    }
+}
+
 /// The kind code of an object: `KIND_DIMS` values of ±1. Shape `k` (of the 8) has +1 at
 /// position `k` only, text has +1 everywhere, and an icon has a code from a hash of its name
 /// with 2 to 6 entries at +1, so shapes and text never share a code with anything.

@@ -1,0 +1,122 @@
+//! `sprout worker --broker URL [--model default|DIR|flux-…] [--weights PATH] [--name NAME]`:
+//! one model, jobs from a `sprout serve --broker` front end (see `sprout_server::remote_worker`).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use sprout_pipeline::denoise::Hooks;
+use sprout_server::remote_worker::{self, WorkerOptions};
+use sprout_server::Engine;
+
+#[derive(Args)]
+pub struct WorkerArgs {
+    /// The Redis broker the front end queues jobs on (`redis://HOST:PORT[/DB]`).
+    #[arg(long, value_name = "URL")]
+    pub broker: String,
+    /// `default` (embedded), a model bundle directory, or flux-schnell, flux-dev,
+    /// flux-kontext, … (with --weights).
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    /// FLUX.1 weights: a Black Forest Labs file or folder, or a diffusers snapshot.
+    #[arg(long)]
+    pub weights: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub parts: crate::flux_parts::FluxPartsArgs,
+    /// Where the model computes: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// This worker's name among the live workers (default: host name and process id).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Seconds a job may stay pending on a stopped worker before this one claims it.
+    #[arg(long, default_value_t = 10)]
+    pub visibility_timeout: u64,
+    /// Deliveries after which a job whose workers kept stopping while running it is marked
+    /// failed.
+    #[arg(long, default_value_t = 3)]
+    pub max_attempts: u64,
+    /// Skip the start-up run at the model's largest size.
+    #[arg(long)]
+    pub no_warmup: bool,
+    /// The prefix of every key this deployment uses on the broker (as the front end's).
+    #[arg(long, default_value = "sprout")]
+    pub broker_prefix: String,
+}
+
+pub fn run(a: WorkerArgs) -> Result<()> {
+    if a.max_attempts == 0 || a.visibility_timeout == 0 {
+        anyhow::bail!("--max-attempts and --visibility-timeout must be at least 1");
+    }
+    let broker = sprout_server::broker::Broker::connect(&a.broker, &a.broker_prefix)
+        .with_context(|| format!("--broker {}", a.broker))?;
+    let mut engine = crate::generate_cmd::load(
+        &a.model,
+        a.weights.as_deref(),
+        &a.parts,
+        &[],
+        None,
+        &a.device,
+    )?;
+    let model = match &engine {
+        Engine::Native(_) if a.model == "default" => "sprout-default".to_string(),
+        other => other.name(),
+    };
+    if !a.no_warmup {
+        let (w, h) = engine.warmup_size();
+        eprintln!("model {model} loaded; warming up with one step at {w}x{h}");
+        let req = engine
+            .warmup_request((w, h))
+            .map_err(|e| anyhow::anyhow!("warm-up at {w}x{h}: {e}"))?;
+        let never = AtomicBool::new(false);
+        engine
+            .generate(
+                &req,
+                Hooks {
+                    cancel: &never,
+                    on_step: &mut |_, _| {},
+                    previews: 0,
+                    on_preview: &mut |_, _| {},
+                },
+            )
+            .map_err(|e| anyhow::anyhow!("warm-up at {w}x{h} failed: {e}"))?;
+    }
+    let name = a.name.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "worker".into());
+        format!("{host}-{}", std::process::id())
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        // SIGTERM or Ctrl-C: finish the running job, then leave.
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("signal runtime");
+            rt.block_on(sprout_server::shutdown_signal());
+            eprintln!("stopping after the running job");
+            stop.store(true, Ordering::SeqCst);
+        });
+    }
+    // Tests and scripts read this line to know the worker takes jobs.
+    println!("worker {name} serving {model} from {}", a.broker);
+    remote_worker::run(
+        engine,
+        broker,
+        WorkerOptions {
+            name,
+            model,
+            visibility: Duration::from_secs(a.visibility_timeout),
+            max_attempts: a.max_attempts,
+        },
+        stop,
+    )
+    .context("the broker")?;
+    eprintln!("worker stopped");
+    Ok(())
+}
