@@ -113,6 +113,11 @@ pub fn run(a: ServeArgs) -> Result<()> {
         eprintln!("model {name} loaded");
     }
     let state = Arc::new(sprout_server::start(engine, &name, cfg)?);
+    listen(addr, state)
+}
+
+/// Bind `addr`, print the address and serve until SIGTERM or Ctrl-C.
+fn listen(addr: SocketAddr, state: Arc<sprout_server::AppState>) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -174,17 +179,5 @@ fn run_remote(a: &ServeArgs, url: &str, cfg: ServerConfig) -> Result<()> {
     eprintln!("serving {model} through broker {url}");
     let addr = cfg.addr;
     let state = Arc::new(sprout_server::start_remote(broker, &model, profile, cfg));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
-        println!("listening on http://{}", listener.local_addr()?);
-        sprout_server::serve(listener, state, sprout_server::shutdown_signal()).await?;
-        eprintln!("shut down");
-        Ok(())
-    })
+    listen(addr, state)
 }

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use sprout_pipeline::denoise::Hooks;
 use sprout_server::remote_worker::{self, WorkerOptions};
 use sprout_server::Engine;
 
@@ -67,21 +66,7 @@ pub fn run(a: WorkerArgs) -> Result<()> {
     if !a.no_warmup {
         let (w, h) = engine.warmup_size();
         eprintln!("model {model} loaded; warming up with one step at {w}x{h}");
-        let req = engine
-            .warmup_request((w, h))
-            .map_err(|e| anyhow::anyhow!("warm-up at {w}x{h}: {e}"))?;
-        let never = AtomicBool::new(false);
-        engine
-            .generate(
-                &req,
-                Hooks {
-                    cancel: &never,
-                    on_step: &mut |_, _| {},
-                    previews: 0,
-                    on_preview: &mut |_, _| {},
-                },
-            )
-            .map_err(|e| anyhow::anyhow!("warm-up at {w}x{h} failed: {e}"))?;
+        sprout_server::warm_up(&mut engine)?;
     }
     let name = a.name.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname")

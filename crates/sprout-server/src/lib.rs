@@ -53,26 +53,32 @@ impl AppState {
 }
 
 /// Run the model once (one step, at [`Engine::warmup_size`]) so memory problems show at
-/// start, then start the worker.
+/// start: what `sprout serve` and `sprout worker` do before taking jobs.
+pub fn warm_up(engine: &mut Engine) -> Result<(), ApiError> {
+    let (w, h) = engine.warmup_size();
+    let never = std::sync::atomic::AtomicBool::new(false);
+    let req = engine
+        .warmup_request((w, h))
+        .map_err(|e| ApiError::Internal(format!("warm-up at {w}x{h}: {e}")))?;
+    engine
+        .generate(
+            &req,
+            Hooks {
+                cancel: &never,
+                on_step: &mut |_, _| {},
+                previews: 0,
+                on_preview: &mut |_, _| {},
+            },
+        )
+        .map_err(|e| ApiError::Internal(format!("warm-up at {w}x{h} failed: {e}")))?;
+    Ok(())
+}
+
+/// Warm the model up ([`warm_up`]) when the config asks, then start the worker.
 pub fn start(mut engine: Engine, model: &str, cfg: ServerConfig) -> Result<AppState, ApiError> {
     let profile = engine.profile();
     if cfg.warmup {
-        let (w, h) = engine.warmup_size();
-        let never = std::sync::atomic::AtomicBool::new(false);
-        let req = engine
-            .warmup_request((w, h))
-            .map_err(|e| ApiError::Internal(format!("warm-up at {w}x{h}: {e}")))?;
-        engine
-            .generate(
-                &req,
-                Hooks {
-                    cancel: &never,
-                    on_step: &mut |_, _| {},
-                    previews: 0,
-                    on_preview: &mut |_, _| {},
-                },
-            )
-            .map_err(|e| ApiError::Internal(format!("warm-up at {w}x{h} failed: {e}")))?;
+        warm_up(&mut engine)?;
     }
     let metrics = Arc::new(Metrics::default());
     let worker = Queue::Local(Worker::spawn(

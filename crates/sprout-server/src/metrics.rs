@@ -126,27 +126,6 @@ impl Metrics {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn histogram_buckets_are_cumulative() {
-        let m = Metrics::default();
-        m.observe("generate", 0.07);
-        m.observe("generate", 3.0);
-        m.error("invalid");
-        m.error("invalid");
-        let t = m.render(2);
-        assert!(t.contains("sprout_queue_depth 2"));
-        assert!(t.contains("sprout_errors_total{type=\"invalid\"} 2"));
-        assert!(t.contains("stage=\"generate\",le=\"0.05\"} 0"));
-        assert!(t.contains("stage=\"generate\",le=\"0.1\"} 1"));
-        assert!(t.contains("stage=\"generate\",le=\"5\"} 2"));
-        assert!(t.contains("sprout_latency_seconds_count{stage=\"generate\"} 2"));
-    }
-}
-
 /// The broker's and the workers' figures, for a front end behind a broker.
 pub fn render_remote(r: &crate::remote::RemoteQueue) -> String {
     let mut s = String::new();
@@ -182,4 +161,25 @@ pub fn render_remote(r: &crate::remote::RemoteQueue) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::default();
+        m.observe("generate", 0.07);
+        m.observe("generate", 3.0);
+        m.error("invalid");
+        m.error("invalid");
+        let t = m.render(2);
+        assert!(t.contains("sprout_queue_depth 2"));
+        assert!(t.contains("sprout_errors_total{type=\"invalid\"} 2"));
+        assert!(t.contains("stage=\"generate\",le=\"0.05\"} 0"));
+        assert!(t.contains("stage=\"generate\",le=\"0.1\"} 1"));
+        assert!(t.contains("stage=\"generate\",le=\"5\"} 2"));
+        assert!(t.contains("sprout_latency_seconds_count{stage=\"generate\"} 2"));
+    }
 }

@@ -85,6 +85,9 @@ impl RemoteQueue {
             shutting_down: AtomicBool::new(false),
             stop: Arc::new(AtomicBool::new(false)),
         };
+        // The first look before serving, so health and metrics read the broker from the
+        // first request on.
+        look(&q.broker, &q.followed, &q.seen, &q.model);
         let (b, f, s, stop, model, deadline) = (
             q.broker.clone(),
             q.followed.clone(),

@@ -127,6 +127,14 @@ pub fn evaluate_ae(ae: &Autoencoder, n: usize) -> Result<AeScore, TrainError> {
     })
 }
 
+/// The kind of semantic map a decoder reads (its `ae.json`'s `semantic_map`).
+pub fn ae_map_kind(
+    cfg: &sprout_models::ae::AeConfig,
+) -> Result<sprout_world::semantic::MapKind, TrainError> {
+    sprout_pipeline::bundle::map_kind(cfg.semantic_map.as_deref())
+        .map_err(|e| TrainError::Config(format!("ae.json: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,12 +159,4 @@ mod tests {
         });
         assert!(ssim(&a, &c) > 0.99);
     }
-}
-
-/// The kind of semantic map a decoder reads (its `ae.json`'s `semantic_map`).
-pub fn ae_map_kind(
-    cfg: &sprout_models::ae::AeConfig,
-) -> Result<sprout_world::semantic::MapKind, TrainError> {
-    sprout_pipeline::bundle::map_kind(cfg.semantic_map.as_deref())
-        .map_err(|e| TrainError::Config(format!("ae.json: {e}")))
 }

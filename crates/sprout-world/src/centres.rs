@@ -132,17 +132,7 @@ pub fn kind_code(kind: &ObjectKind) -> [f32; COVER - SHAPE] {
 pub fn estimate_map(width: usize, height: usize, rgb: &[f32], cell: usize) -> Vec<f32> {
     let plane_px = width * height;
     assert_eq!(rgb.len(), 3 * plane_px, "image");
-    let to_u8 = |v: f32| ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8;
-    let figure: Vec<bool> = (0..plane_px)
-        .map(|p| {
-            let px = [
-                to_u8(rgb[p]),
-                to_u8(rgb[plane_px + p]),
-                to_u8(rgb[2 * plane_px + p]),
-            ];
-            !crate::colors::is_background_like(crate::colors::rgb_to_lab(px))
-        })
-        .collect();
+    let figure = crate::semantic::figure_pixels(width, height, rgb);
     let mut out = empty(width, height, cell);
     let (rows, cols) = (height / cell, width / cell);
     let plane = rows * cols;

@@ -184,21 +184,29 @@ fn map_from_ids_with_codes(
 /// family (the world's closed-world rule, [`crate::colors::is_background_like`]); kinds are
 /// unknown, so the kind channels are 0. `rgb` as in [`semantic_map`].
 pub fn estimate_map(width: usize, height: usize, rgb: &[f32], cell: usize) -> Vec<f32> {
+    let ids: Vec<u16> = figure_pixels(width, height, rgb)
+        .into_iter()
+        .map(u16::from)
+        .collect();
+    map_from_ids_with_codes(width, height, &ids, rgb, cell, &[[0.0; KIND_DIMS]])
+}
+
+/// Which pixels of a planar `3 × height × width` image in −1..1 are an object's: those whose
+/// colour is outside the background family (the world's closed-world rule,
+/// [`crate::colors::is_background_like`]).
+pub fn figure_pixels(width: usize, height: usize, rgb: &[f32]) -> Vec<bool> {
     let plane = width * height;
     let to_u8 = |v: f32| ((v + 1.0) * 127.5).round().clamp(0.0, 255.0) as u8;
-    let ids: Vec<u16> = (0..plane)
+    (0..plane)
         .map(|p| {
             let px = [
                 to_u8(rgb[p]),
                 to_u8(rgb[plane + p]),
                 to_u8(rgb[2 * plane + p]),
             ];
-            u16::from(!crate::colors::is_background_like(
-                crate::colors::rgb_to_lab(px),
-            ))
+            !crate::colors::is_background_like(crate::colors::rgb_to_lab(px))
         })
-        .collect();
-    map_from_ids_with_codes(width, height, &ids, rgb, cell, &[[0.0; KIND_DIMS]])
+        .collect()
 }
 
 /// The semantic map of an empty canvas (no objects): what a cell of pure background holds.
