@@ -125,32 +125,43 @@ pub fn fresh_seed() -> u64 {
 }
 
 pub fn check(body: GenerationBody, state: &AppState) -> Result<Generation, ApiError> {
+    check_with(body, &state.cfg, &state.model, &state.profile)
+}
+
+/// [`check`] against a served model given by its parts (the server's limits, the name
+/// clients use for the model, its profile): what the fuzz targets call without a server.
+pub fn check_with(
+    body: GenerationBody,
+    cfg: &crate::ServerConfig,
+    model: &str,
+    profile: &Profile,
+) -> Result<Generation, ApiError> {
     if body.prompt.trim().is_empty() {
         return Err(ApiError::invalid("prompt", "prompt is empty"));
     }
     let chars = body.prompt.chars().count();
-    if chars > state.cfg.max_prompt_chars {
+    if chars > cfg.max_prompt_chars {
         return Err(ApiError::invalid(
             "prompt",
             format!(
                 "prompt has {chars} characters; the limit is {}",
-                state.cfg.max_prompt_chars
+                cfg.max_prompt_chars
             ),
         ));
     }
     if let Some(m) = &body.model {
-        if !state.serves(m) {
+        if !crate::serves(model, m) {
             return Err(ApiError::UnknownModel(m.clone()));
         }
     }
     let n = body.n.unwrap_or(1);
-    if n < 1 || n > state.cfg.max_n as i64 {
+    if n < 1 || n > cfg.max_n as i64 {
         return Err(ApiError::invalid(
             "n",
-            format!("n = {n} is out of range (1..={})", state.cfg.max_n),
+            format!("n = {n} is out of range (1..={})", cfg.max_n),
         ));
     }
-    let (width, height) = parse_size(body.size.as_deref(), &state.profile)?;
+    let (width, height) = parse_size(body.size.as_deref(), profile)?;
     let url = match body.response_format.as_deref() {
         None | Some("b64_json") => false,
         Some("url") => true,
@@ -185,21 +196,21 @@ pub fn check(body: GenerationBody, state: &AppState) -> Result<Generation, ApiEr
     };
     // Steps, guidance, true CFG and the rest are checked by the pipeline's one check when
     // the job is submitted; a count that does not fit is named here.
-    let steps = body.steps.unwrap_or(state.profile.default_steps as i64);
+    let steps = body.steps.unwrap_or(profile.default_steps as i64);
     let steps = usize::try_from(steps).map_err(|_| {
         ApiError::invalid(
             "steps",
             format!("steps = {steps} is out of range (1..={MAX_STEPS})"),
         )
     })?;
-    let guidance = body.guidance.unwrap_or(state.profile.default_guidance);
+    let guidance = body.guidance.unwrap_or(profile.default_guidance);
     if let Some(neg) = &body.negative_prompt {
-        if neg.chars().count() > state.cfg.max_prompt_chars {
+        if neg.chars().count() > cfg.max_prompt_chars {
             return Err(ApiError::invalid(
                 "negative_prompt",
                 format!(
                     "negative_prompt is longer than {} characters",
-                    state.cfg.max_prompt_chars
+                    cfg.max_prompt_chars
                 ),
             ));
         }
@@ -214,7 +225,7 @@ pub fn check(body: GenerationBody, state: &AppState) -> Result<Generation, ApiEr
             height,
             negative_prompt: body.negative_prompt,
             true_cfg: body.true_cfg_scale,
-            ..Request::new(&body.prompt, &state.profile)
+            ..Request::new(&body.prompt, profile)
         },
         format,
         compression,

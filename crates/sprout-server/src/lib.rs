@@ -48,8 +48,13 @@ pub struct AppState {
 impl AppState {
     /// Whether `name` refers to the served model (its name, or `default` for it).
     pub fn serves(&self, name: &str) -> bool {
-        name == self.model || name == "default"
+        serves(&self.model, name)
     }
+}
+
+/// Whether a request's `name` refers to the served `model` (its name, or `default` for it).
+pub fn serves(model: &str, name: &str) -> bool {
+    name == model || name == "default"
 }
 
 /// Run the model once (one step, at [`Engine::warmup_size`]) so memory problems show at
