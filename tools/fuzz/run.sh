@@ -23,7 +23,7 @@ cargo afl config --build >/dev/null 2>&1 || true
 bin=$root/tools/fuzz/afl/target/release/sprout-afl
 work=${FUZZ_WORK:-$root/target/fuzz}
 mkdir -p "$work"
-export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 AFL_QUIET=1
+export AFL_SKIP_CPUFREQ=1 AFL_NO_AFFINITY=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 AFL_QUIET=1
 printf '%-14s %10s %8s %8s %6s %6s\n' target execs exec/s paths crashes hangs
 for t in "${targets[@]}"; do
   out=$work/$t

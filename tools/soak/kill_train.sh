@@ -3,7 +3,7 @@
 #   tools/soak/kill_train.sh [KILLS] [SPROUT]
 # trains a tiny autoencoder config (a checkpoint every 2 steps) once without interruption,
 # then again killing it with SIGKILL KILLS times (10 by default) at random moments between
-# 0.3 and 3 s after each (re)start and resuming each time with --resume, and compares every
+# 0.3 and 5 s after each (re)start and resuming each time with --resume, and compares every
 # tensor file of the two final checkpoints (weights, AdamW moments, EMA) byte for byte, and
 # their state (step, data-stream position, schedule) but for the wall time.
 # Exits non-zero on any difference or on a resume that fails.
@@ -26,28 +26,30 @@ warmup = 2
 preset = "tiny"
 crop = 32
 [[stage]]
-steps = 40
+steps = 300
 side = 64
 batch = 4
 [[stage]]
-steps = 40
+steps = 300
 side = 64
 aspect = "any"
 pixel_budget = 8192
 TOML
 }
-config "$work/ref" >"$work/ref.toml"
+# Both runs use the same folder (the checkpoint's state records the config, output folder
+# included): the uninterrupted one's is moved aside to ref/ when it ends.
 config "$work/run" >"$work/run.toml"
 t0=$(date +%s.%N)
-"$sprout" train --config "$work/ref.toml" >"$work/ref.log" 2>&1
+"$sprout" train --config "$work/run.toml" >"$work/ref.log" 2>&1
 t1=$(date +%s.%N)
+mv "$work/run" "$work/ref"
 echo "uninterrupted run: $(echo "$t1 - $t0" | bc) s"
 resume=()
 killed=0
 while [ "$killed" -lt "$kills" ]; do
   "$sprout" train --config "$work/run.toml" "${resume[@]}" >>"$work/run.log" 2>&1 &
   pid=$!
-  sleep "$(awk -v r=$RANDOM 'BEGIN { printf "%.2f", 0.3 + 2.7 * r / 32767 }')"
+  sleep "$(awk -v r=$RANDOM 'BEGIN { printf "%.2f", 0.3 + 4.7 * r / 32767 }')"
   if kill -9 "$pid" 2>/dev/null; then
     wait "$pid" 2>/dev/null || true
     killed=$((killed + 1))

@@ -43,6 +43,18 @@ fn regressions_return() {
 }
 
 #[test]
+fn gguf_regressions_are_refused() {
+    // AFL++ found headers whose dimensions' product overflows (the tensor's size wrapped
+    // around in release builds and passed as small) and a `general.alignment` of 0 (candle's
+    // reader divides by it): each must now be refused with an error.
+    let inputs = files(&inputs_dir("regressions", "gguf"));
+    assert!(!inputs.is_empty());
+    for (i, input) in inputs.iter().enumerate() {
+        assert!(!run("gguf", input), "gguf regression {i} is accepted");
+    }
+}
+
+#[test]
 fn edge_inputs_return() {
     for t in TARGETS {
         for input in [&b""[..], b"\0", b"{", b"GGUF", &[0xff; 16]] {
@@ -69,4 +81,14 @@ fn mutation_budget() {
         }
         eprintln!("{t}: {execs} mutated inputs, {accepted} accepted");
     }
+}
+
+#[test]
+fn safetensors_offsets_near_the_top_of_u64_are_refused() {
+    // `end + 8 + header` used to wrap in release builds (and panic with overflow checks),
+    // so a header claiming data up to u64::MAX − 4 passed the bounds check.
+    let path = inputs_dir("regressions", "safetensors").join("offset-near-u64-max");
+    let e = sprout_models::flux::inspect::safetensors_header(&path)
+        .expect_err("a tensor past the end of the file is refused");
+    assert!(e.to_string().contains("lies outside the file"), "{e}");
 }

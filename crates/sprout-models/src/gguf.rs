@@ -10,6 +10,101 @@ use candle_core::{DType, Tensor};
 
 use crate::error::{ModelError, Result};
 
+/// Read a GGUF file's header (metadata and tensor table) with candle's reader, after
+/// checking what that reader does not: a `general.alignment` of 0 makes it divide by zero.
+/// Every GGUF file `sprout` opens is read through here.
+pub fn read_content(path: &Path) -> Result<gguf_file::Content> {
+    let bad = |e: String| {
+        ModelError::Config(format!(
+            "{}: not a readable GGUF file ({e})",
+            path.display()
+        ))
+    };
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| ModelError::Config(format!("{}: {e}", path.display())))?;
+    if let Some(a) = scan_alignment(&mut std::io::BufReader::new(&mut f)) {
+        if a == 0 {
+            return Err(bad("general.alignment is 0".into()));
+        }
+    }
+    use std::io::Seek;
+    f.rewind().map_err(|e| bad(e.to_string()))?;
+    gguf_file::Content::read(&mut f).map_err(|e| bad(e.to_string()))
+}
+
+/// The integer value of `general.alignment` in a GGUF header, found by walking its
+/// metadata; `None` when the key is absent or the header is malformed before it (candle's
+/// reader then names what is wrong).
+fn scan_alignment(r: &mut impl std::io::Read) -> Option<u64> {
+    fn bytes<const N: usize>(r: &mut impl std::io::Read) -> Option<[u8; N]> {
+        let mut b = [0u8; N];
+        r.read_exact(&mut b).ok().map(|_| b)
+    }
+    fn u32_(r: &mut impl std::io::Read) -> Option<u32> {
+        bytes::<4>(r).map(u32::from_le_bytes)
+    }
+    fn len(r: &mut impl std::io::Read, v1: bool) -> Option<u64> {
+        if v1 {
+            u32_(r).map(u64::from)
+        } else {
+            bytes::<8>(r).map(u64::from_le_bytes)
+        }
+    }
+    fn skip(r: &mut impl std::io::Read, n: u64) -> Option<()> {
+        let got = std::io::copy(&mut std::io::Read::take(&mut *r, n), &mut std::io::sink()).ok()?;
+        (got == n).then_some(())
+    }
+    /// Skip one value of type `t`; an integer's value is returned.
+    fn value(r: &mut impl std::io::Read, t: u32, v1: bool, depth: u32) -> Option<Option<u64>> {
+        Some(match t {
+            0 | 1 | 7 => Some(bytes::<1>(r)?[0] as u64),
+            2 | 3 => Some(u16::from_le_bytes(bytes::<2>(r)?) as u64),
+            4 | 5 => Some(u32_(r)? as u64),
+            6 => {
+                skip(r, 4)?;
+                None
+            }
+            10 | 11 => Some(u64::from_le_bytes(bytes::<8>(r)?)),
+            12 => {
+                skip(r, 8)?;
+                None
+            }
+            8 => {
+                let n = len(r, v1)?;
+                skip(r, n)?;
+                None
+            }
+            9 if depth < 4 => {
+                let et = u32_(r)?;
+                for _ in 0..len(r, v1)? {
+                    value(r, et, v1, depth + 1)?;
+                }
+                None
+            }
+            _ => return None,
+        })
+    }
+    if &bytes::<4>(r)? != b"GGUF" {
+        return None;
+    }
+    let v1 = u32_(r)? == 1;
+    let _tensors = len(r, v1)?;
+    for _ in 0..len(r, v1)? {
+        let n = len(r, v1)?;
+        if n > 1 << 20 {
+            return None;
+        }
+        let mut key = vec![0u8; n as usize];
+        r.read_exact(&mut key).ok()?;
+        let t = u32_(r)?;
+        let v = value(r, t, v1, 0)?;
+        if key == b"general.alignment" {
+            return v;
+        }
+    }
+    None
+}
+
 /// The block formats `sprout` writes and reads by name.
 pub const QUANTS: [(&str, GgmlDType); 4] = [
     ("q8_0", GgmlDType::Q8_0),

@@ -323,9 +323,8 @@ pub fn load_gguf(
     dtype: DType,
     device: &candle_core::Device,
 ) -> Result<T5Encoder> {
-    let mut f = std::fs::File::open(path).map_err(|e| gguf_err(path, e))?;
-    let content = candle_core::quantized::gguf_file::Content::read(&mut f)
-        .map_err(|e| gguf_err(path, format!("not a readable GGUF file ({e})")))?;
+    let content =
+        crate::gguf::read_content(path).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let shape = |n: &str| content.tensor_infos.get(n).map(|t| t.shape.dims().to_vec());
     let names = if shape("token_embd.weight").is_some() {
         T5Names::LlamaCpp

@@ -79,7 +79,7 @@ pub fn safetensors_header(path: &Path) -> Result<Vec<TensorInfo>> {
             .as_array()
             .and_then(|a| Some((a.first()?.as_u64()?, a.get(1)?.as_u64()?)))
             .ok_or_else(|| bad(path, format!("tensor {name} has no data offsets")))?;
-        if off.1 < off.0 || off.1 + 8 + n > file_len {
+        if off.1 < off.0 || off.1.checked_add(8 + n).is_none_or(|end| end > file_len) {
             return Err(bad(
                 path,
                 format!("tensor {name} lies outside the file (truncated download?)"),
@@ -96,28 +96,48 @@ pub fn safetensors_header(path: &Path) -> Result<Vec<TensorInfo>> {
 
 /// The tensors of a GGUF file, from its header.
 pub fn gguf_header(path: &Path) -> Result<Vec<TensorInfo>> {
-    let mut f = std::fs::File::open(path).map_err(|e| bad(path, e))?;
-    let c = candle_core::quantized::gguf_file::Content::read(&mut f)
-        .map_err(|e| bad(path, format!("not a readable GGUF file ({e})")))?;
-    Ok(c.tensor_infos
+    let c = crate::gguf::read_content(path)?;
+    let file_len = std::fs::metadata(path).map_err(|e| bad(path, e))?.len();
+    c.tensor_infos
         .into_iter()
         .map(|(name, t)| {
-            let elems = t.shape.elem_count();
             let d = t.ggml_dtype;
-            TensorInfo {
+            // The product of a hostile header's dimensions can overflow; so can the bytes.
+            let bytes = t
+                .shape
+                .dims()
+                .iter()
+                .try_fold(1u64, |a, &x| a.checked_mul(x as u64))
+                .and_then(|elems| {
+                    (elems / d.block_size() as u64).checked_mul(d.type_size() as u64)
+                })
+                .filter(|b| {
+                    c.tensor_data_offset
+                        .checked_add(t.offset)
+                        .and_then(|s| s.checked_add(*b))
+                        .is_some_and(|end| end <= file_len)
+                })
+                .ok_or_else(|| {
+                    bad(
+                        path,
+                        format!(
+                            "tensor {name} ({:?}, {d:?}) lies outside the file (truncated download?)",
+                            t.shape.dims()
+                        ),
+                    )
+                })?;
+            Ok(TensorInfo {
                 name,
                 shape: t.shape.dims().to_vec(),
-                bytes: (elems / d.block_size() * d.type_size()) as u64,
-            }
+                bytes,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// A string value of a GGUF file's metadata, if the file has the key.
 pub fn gguf_metadata_string(path: &Path, key: &str) -> Result<Option<String>> {
-    let mut f = std::fs::File::open(path).map_err(|e| bad(path, e))?;
-    let c = candle_core::quantized::gguf_file::Content::read(&mut f)
-        .map_err(|e| bad(path, format!("not a readable GGUF file ({e})")))?;
+    let c = crate::gguf::read_content(path)?;
     match c.metadata.get(key) {
         None => Ok(None),
         Some(v) => v
