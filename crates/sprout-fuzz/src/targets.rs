@@ -39,22 +39,7 @@ fn profiles() -> &'static [Profile] {
     static P: OnceLock<Vec<Profile>> = OnceLock::new();
     P.get_or_init(|| {
         vec![
-            Profile {
-                multiple: 32,
-                max_side: 512,
-                default_size: (256, 256),
-                default_steps: 20,
-                default_guidance: 4.0,
-                sampler: Sampler::Heun,
-                samplers: vec![Sampler::Euler, Sampler::Heun],
-                edits: false,
-                images: (0, 0),
-                images_are: String::new(),
-                true_cfg: false,
-                takes_init: true,
-                takes_mask: true,
-                needs_mask: false,
-            },
+            sprout_pipeline::model::native_profile(512, 20, 4.0, Sampler::Heun),
             sprout_pipeline::model::flux_profile(Variant::Kontext, 16),
         ]
     })

@@ -101,22 +101,12 @@ impl Family for Bundle {
     }
 
     fn profile(&self) -> Profile {
-        Profile {
-            multiple: DOWNSCALE as u32,
-            max_side: self.meta.max_side,
-            default_size: (256, 256),
-            default_steps: self.meta.default_steps,
-            default_guidance: self.meta.default_guidance,
-            sampler: self.meta.sampler,
-            samplers: vec![Sampler::Euler, Sampler::Heun],
-            edits: false,
-            images: (0, 0),
-            images_are: String::new(),
-            true_cfg: false,
-            takes_init: true,
-            takes_mask: true,
-            needs_mask: false,
-        }
+        native_profile(
+            self.meta.max_side,
+            self.meta.default_steps,
+            self.meta.default_guidance,
+            self.meta.sampler,
+        )
     }
 
     fn check(&self, req: &Request) -> Result<(), PipelineError> {
@@ -153,6 +143,33 @@ impl Family for Bundle {
         let p = self.profile();
         let side = p.max_side / p.multiple * p.multiple;
         (side, side)
+    }
+}
+
+/// What a native bundle offers, from its limit and sampling defaults: canvases in multiples
+/// of the autoencoder's downscale, 256² by default, Euler or Heun, text to image with img2img
+/// and inpainting.
+pub fn native_profile(
+    max_side: u32,
+    default_steps: usize,
+    default_guidance: f64,
+    sampler: Sampler,
+) -> Profile {
+    Profile {
+        multiple: DOWNSCALE as u32,
+        max_side,
+        default_size: (256, 256),
+        default_steps,
+        default_guidance,
+        sampler,
+        samplers: vec![Sampler::Euler, Sampler::Heun],
+        edits: false,
+        images: (0, 0),
+        images_are: String::new(),
+        true_cfg: false,
+        takes_init: true,
+        takes_mask: true,
+        needs_mask: false,
     }
 }
 

@@ -379,22 +379,7 @@ mod tests {
     use candle_core::{DType, Device};
 
     fn profile() -> Profile {
-        Profile {
-            multiple: 32,
-            max_side: 512,
-            default_size: (256, 256),
-            default_steps: 20,
-            default_guidance: 4.0,
-            sampler: Sampler::Heun,
-            samplers: vec![Sampler::Euler, Sampler::Heun],
-            edits: false,
-            images: (0, 0),
-            images_are: String::new(),
-            true_cfg: false,
-            takes_init: true,
-            takes_mask: true,
-            needs_mask: false,
-        }
+        crate::model::native_profile(512, 20, 4.0, Sampler::Heun)
     }
 
     #[test]

@@ -241,22 +241,12 @@ mod tests {
 
     #[test]
     fn sizes_are_checked_and_named() {
-        let p = Profile {
-            multiple: 32,
-            max_side: 512,
-            default_size: (256, 256),
-            default_steps: 20,
-            default_guidance: 4.0,
-            sampler: sprout_pipeline::flow::Sampler::Heun,
-            samplers: vec![sprout_pipeline::flow::Sampler::Heun],
-            edits: false,
-            images: (0, 0),
-            images_are: String::new(),
-            true_cfg: false,
-            takes_init: true,
-            takes_mask: true,
-            needs_mask: false,
-        };
+        let p = sprout_pipeline::model::native_profile(
+            512,
+            20,
+            4.0,
+            sprout_pipeline::flow::Sampler::Heun,
+        );
         assert_eq!(parse_size(None, &p).unwrap(), (256, 256));
         assert_eq!(parse_size(Some("auto"), &p).unwrap(), (256, 256));
         assert_eq!(parse_size(Some("320x224"), &p).unwrap(), (320, 224));
