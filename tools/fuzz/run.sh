@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing of Sprout's parsers with AFL++ (stable Rust, through cargo-afl).
 #   tools/fuzz/run.sh [EXECS] [TARGET…]
-# runs each target (all of crates/sprout-fuzz's by default) for EXECS executions (1000000
+# runs each target (all of crates/sprout-fuzz's, by their seed folders, by default) for EXECS executions (1000000
 # by default) from its committed seeds, prints executions, paths found and crashes per
 # target, and copies every crashing or hanging input to crates/sprout-fuzz/regressions/TARGET/,
 # where the test suite replays it. Needs a C compiler and make (for AFL++, built once by
@@ -13,7 +13,8 @@ execs=${1:-1000000}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(generation edit_json multipart image safetensors gguf scene train_config)
+  # Every target has a seed folder (a test checks it).
+  targets=($(ls crates/sprout-fuzz/seeds))
 fi
 if ! cargo afl --version >/dev/null 2>&1; then
   cargo install --locked cargo-afl

@@ -168,12 +168,7 @@ pub fn make_batch(cfg: &StreamConfig, pos: StreamPos) -> Result<Batch, DataError
         let index = first + k as u64;
         let s = sample_sized(&cfg.sampler, cfg.seed, index, w, h);
         let img = renderer.render(&s.scene)?;
-        let base = k * 3 * plane;
-        for (p, px) in img.pixels().enumerate() {
-            for c in 0..3 {
-                data[base + c * plane + p] = px.0[c] as f32 / 127.5 - 1.0;
-            }
-        }
+        sprout_world::render::write_planar(&img, &mut data[k * 3 * plane..(k + 1) * 3 * plane]);
         captions.push(
             s.captions
                 .get(pick_level(

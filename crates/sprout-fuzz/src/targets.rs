@@ -157,12 +157,7 @@ fn scene(data: &[u8]) -> bool {
         return false;
     };
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let mut rgb = vec![0f32; 3 * w * h];
-    for (i, px) in img.pixels().enumerate() {
-        for c in 0..3 {
-            rgb[c * w * h + i] = px.0[c] as f32 / 127.5 - 1.0;
-        }
-    }
+    let rgb = sprout_world::render::planar(&img);
     [MapKind::Occupancy, MapKind::Centres].iter().all(|k| {
         let est = k.estimate(w, h, &rgb, 32);
         k.map(&scene, &rgb, 32)

@@ -24,6 +24,15 @@ fn files(dir: &Path) -> Vec<Vec<u8>> {
 #[test]
 fn every_seed_is_accepted() {
     // A seed that its target refuses would leave the fuzzer stuck at the first check.
+    // The seed folders name the targets for tools/fuzz/run.sh: they must be exactly these.
+    let mut folders: Vec<String> = std::fs::read_dir(inputs_dir("seeds", ""))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    folders.sort();
+    let mut names: Vec<&str> = TARGETS.to_vec();
+    names.sort();
+    assert_eq!(folders, names);
     for t in TARGETS {
         let seeds = files(&inputs_dir("seeds", t));
         assert!(!seeds.is_empty(), "{t}: no seeds");

@@ -32,8 +32,10 @@ pub fn read_content(path: &Path) -> Result<gguf_file::Content> {
     gguf_file::Content::read(&mut f).map_err(|e| bad(e.to_string()))
 }
 
-/// The integer value of `general.alignment` in a GGUF header, found by walking its
-/// metadata; `None` when the key is absent or the header is malformed before it (candle's
+/// The value of `general.alignment` in a GGUF header as candle's reader takes it, found by
+/// walking the metadata: only 8-, 16- and 32-bit integers count (candle uses its default for
+/// other types), and a key given twice counts as the last one (candle keeps the last).
+/// `None` when no such entry is found before the header ends or turns malformed (candle's
 /// reader then names what is wrong).
 fn scan_alignment(r: &mut impl std::io::Read) -> Option<u64> {
     fn bytes<const N: usize>(r: &mut impl std::io::Read) -> Option<[u8; N]> {
@@ -54,18 +56,21 @@ fn scan_alignment(r: &mut impl std::io::Read) -> Option<u64> {
         let got = std::io::copy(&mut std::io::Read::take(&mut *r, n), &mut std::io::sink()).ok()?;
         (got == n).then_some(())
     }
-    /// Skip one value of type `t`; an integer's value is returned.
+    /// Skip one value of type `t`; an alignment candle would read from it is returned.
     fn value(r: &mut impl std::io::Read, t: u32, v1: bool, depth: u32) -> Option<Option<u64>> {
         Some(match t {
-            0 | 1 | 7 => Some(bytes::<1>(r)?[0] as u64),
+            0 | 1 => Some(bytes::<1>(r)?[0] as u64),
             2 | 3 => Some(u16::from_le_bytes(bytes::<2>(r)?) as u64),
             4 | 5 => Some(u32_(r)? as u64),
+            7 => {
+                skip(r, 1)?;
+                None
+            }
             6 => {
                 skip(r, 4)?;
                 None
             }
-            10 | 11 => Some(u64::from_le_bytes(bytes::<8>(r)?)),
-            12 => {
+            10..=12 => {
                 skip(r, 8)?;
                 None
             }
@@ -89,20 +94,25 @@ fn scan_alignment(r: &mut impl std::io::Read) -> Option<u64> {
     }
     let v1 = u32_(r)? == 1;
     let _tensors = len(r, v1)?;
+    let mut alignment = None;
     for _ in 0..len(r, v1)? {
-        let n = len(r, v1)?;
-        if n > 1 << 20 {
-            return None;
-        }
+        let Some(n) = len(r, v1).filter(|&n| n <= 1 << 20) else {
+            break;
+        };
         let mut key = vec![0u8; n as usize];
-        r.read_exact(&mut key).ok()?;
-        let t = u32_(r)?;
-        let v = value(r, t, v1, 0)?;
+        let Some(v) = r
+            .read_exact(&mut key)
+            .ok()
+            .and_then(|_| u32_(r))
+            .and_then(|t| value(r, t, v1, 0))
+        else {
+            break;
+        };
         if key == b"general.alignment" {
-            return v;
+            alignment = v;
         }
     }
-    None
+    alignment
 }
 
 /// The block formats `sprout` writes and reads by name.
@@ -175,6 +185,35 @@ mod tests {
         assert_eq!(parse_quant("Q4_0").unwrap(), GgmlDType::Q4_0);
         let e = parse_quant("q3").unwrap_err().to_string();
         assert!(e.contains("q8_0, q4_0, q4_k"), "{e}");
+    }
+
+    #[test]
+    fn alignment_is_refused_only_where_candles_reader_would_divide_by_zero() {
+        let d = tempfile::tempdir().unwrap();
+        let read = |name: &str, meta: &[(&str, &gguf_file::Value)]| {
+            let p = d.path().join(name);
+            let mut f = std::fs::File::create(&p).unwrap();
+            gguf_file::write(&mut f, meta, &[]).unwrap();
+            read_content(&p)
+        };
+        use gguf_file::Value;
+        let zero = read("zero.gguf", &[("general.alignment", &Value::U32(0))]).unwrap_err();
+        assert!(
+            zero.to_string().contains("general.alignment is 0"),
+            "{zero}"
+        );
+        // candle keeps a key's last entry: a valid alignment before a zero one hides nothing.
+        let (a, z) = (Value::U32(32), Value::U16(0));
+        let twice = read(
+            "twice.gguf",
+            &[("general.alignment", &a), ("general.alignment", &z)],
+        );
+        assert!(twice.is_err());
+        // 64-bit integers are not read as an alignment (candle falls back to its default).
+        let wide = read("wide.gguf", &[("general.alignment", &Value::U64(0))]).unwrap();
+        assert_eq!(wide.tensor_data_offset % 32, 0);
+        let fine = read("fine.gguf", &[("general.alignment", &Value::U32(64))]).unwrap();
+        assert_eq!(fine.tensor_data_offset % 64, 0);
     }
 
     #[test]

@@ -99,6 +99,25 @@ pub fn object_ids(scene: &Scene) -> Result<Vec<u16>, WorldError> {
     Ok(ids)
 }
 
+/// `img` as planar `3 × height × width` values in −1..1 (the layout of the data stream and
+/// of the semantic maps' inputs), written into `out`, which holds exactly that many.
+pub fn write_planar(img: &RgbImage, out: &mut [f32]) {
+    let plane = (img.width() * img.height()) as usize;
+    assert_eq!(out.len(), 3 * plane, "planar buffer");
+    for (p, px) in img.pixels().enumerate() {
+        for c in 0..3 {
+            out[c * plane + p] = px.0[c] as f32 / 127.5 - 1.0;
+        }
+    }
+}
+
+/// [`write_planar`] into a new buffer.
+pub fn planar(img: &RgbImage) -> Vec<f32> {
+    let mut v = vec![0f32; 3 * (img.width() * img.height()) as usize];
+    write_planar(img, &mut v);
+    v
+}
+
 pub fn pixmap_to_rgb(pm: &Pixmap) -> RgbImage {
     let mut rgb = Vec::with_capacity((pm.width() * pm.height() * 3) as usize);
     for px in pm.data().chunks_exact(4) {

@@ -224,15 +224,7 @@ mod tests {
     use crate::scene::{Background, Object, ShapeKind, SizeClass};
 
     fn planar(scene: &Scene) -> Vec<f32> {
-        let img = Renderer::new().render(scene).unwrap();
-        let plane = (scene.width * scene.height) as usize;
-        let mut v = vec![0f32; 3 * plane];
-        for (p, px) in img.pixels().enumerate() {
-            for c in 0..3 {
-                v[c * plane + p] = px.0[c] as f32 / 127.5 - 1.0;
-            }
-        }
-        v
+        crate::render::planar(&Renderer::new().render(scene).unwrap())
     }
 
     #[test]
