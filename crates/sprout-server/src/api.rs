@@ -135,7 +135,7 @@ async fn respond(s: &Arc<AppState>, host: &str, g: Generation) -> Result<Respons
     let encoded = finish(s, rx, g.format, g.compression).await;
     guard.0 = None;
     let encoded = encoded?;
-    let mut v = images_json(&encoded, seed, format, &s.model);
+    let mut v = images_json(&encoded, seed, format, &g.model);
     v["size"] = json!(format!("{w}x{h}"));
     if g.url {
         for (item, bytes) in v["data"]
@@ -170,8 +170,8 @@ fn submit_with_previews(
     g: &Generation,
     previews: Option<mpsc::UnboundedSender<(usize, Vec<image::RgbImage>)>>,
 ) -> Result<Submitted, ApiError> {
-    // The pipeline's one check, against the served model's profile, before the job queues.
-    sprout_pipeline::request::check(&g.req, &s.profile)?;
+    // The pipeline's one check, against the model's profile, before the job queues.
+    sprout_pipeline::request::check(&g.req, &g.profile)?;
     let ctl = JobCtl::new();
     let (tx, rx) = oneshot::channel();
     let id = s.jobs.new_id();
@@ -188,6 +188,7 @@ fn submit_with_previews(
                 }),
         },
         &id,
+        &g.model,
         g.format,
         g.compression,
     )?;
@@ -295,11 +296,15 @@ async fn create_job(State(s): St, body: Result<Bytes, BytesRejection>) -> Respon
         }
         let (ptx, prx) = mpsc::unbounded_channel::<(usize, Vec<image::RgbImage>)>();
         let (id, ctl, rx) = submit_with_previews(&s, &g, Some(ptx))?;
-        let entry = s
-            .jobs
-            .insert(id, ctl, g.req.seed, (g.req.width, g.req.height), g.format);
+        let info = crate::jobs::JobInfo {
+            seed: g.req.seed,
+            size: (g.req.width, g.req.height),
+            format: g.format,
+            model: g.model.clone(),
+        };
+        let entry = s.jobs.insert(id, ctl, info);
         await_outcome(&s, &entry, prx, rx, g.format, g.compression);
-        Ok::<_, ApiError>((StatusCode::ACCEPTED, Json(entry.view(&s.worker, &s.model))).into_response())
+        Ok::<_, ApiError>((StatusCode::ACCEPTED, Json(entry.view(&s.worker))).into_response())
     }
     .await;
     answer(&s, r)
@@ -354,9 +359,15 @@ async fn lookup(s: &Arc<AppState>, id: &str) -> Result<Arc<crate::jobs::Entry>, 
     match adopted {
         None => s.jobs.find(id).ok_or_else(|| s.jobs.not_found(id)),
         Some(a) => {
-            let entry =
-                s.jobs
-                    .insert_created(id.to_string(), a.ctl, a.seed, a.size, a.format, a.created);
+            let info = crate::jobs::JobInfo {
+                seed: a.seed,
+                size: a.size,
+                format: a.format,
+                model: a.model,
+            };
+            let entry = s
+                .jobs
+                .insert_created(id.to_string(), a.ctl, info, a.created);
             await_outcome(s, &entry, a.previews, a.rx, a.format, a.compression);
             Ok(entry)
         }
@@ -365,7 +376,7 @@ async fn lookup(s: &Arc<AppState>, id: &str) -> Result<Arc<crate::jobs::Entry>, 
 
 async fn get_job(State(s): St, Path(id): Path<String>) -> Response {
     match lookup(&s, &id).await {
-        Ok(e) => Json(e.view(&s.worker, &s.model)).into_response(),
+        Ok(e) => Json(e.view(&s.worker)).into_response(),
         Err(e) => e.into_response(),
     }
 }
@@ -374,7 +385,7 @@ async fn cancel_job(State(s): St, Path(id): Path<String>) -> Response {
     match lookup(&s, &id).await {
         Ok(e) => {
             e.ctl.cancel.store(true, Ordering::SeqCst);
-            Json(e.view(&s.worker, &s.model)).into_response()
+            Json(e.view(&s.worker)).into_response()
         }
         Err(e) => e.into_response(),
     }
@@ -404,7 +415,7 @@ async fn job_events(State(s): St, Path(id): Path<String>) -> Response {
                     }
                 }
                 let finished = entry.finished();
-                let mut v = entry.view(&s.worker, &s.model);
+                let mut v = entry.view(&s.worker);
                 let status = v["status"].as_str().unwrap_or("").to_string();
                 let key = format!("{status}/{}", v["progress"]["done"]);
                 if finished {
@@ -494,20 +505,15 @@ async fn edit_response(
             .map_err(|e| body_error(e, s.cfg.max_body_bytes))?;
         edits::from_json(parse_json::<edits::JsonEdit>(&body)?, lim)?
     };
-    if let Some(m) = &inputs.model {
-        if !s.serves(m) {
-            return Err(ApiError::UnknownModel(m.clone()));
-        }
-    }
+    let (model, profile) = s.served(inputs.model.as_deref())?;
     if inputs.prompt.as_deref().is_none_or(|p| p.trim().is_empty()) {
         return Err(ApiError::invalid("prompt", "prompt is empty"));
     }
-    if !s.profile.edits && inputs.mask.is_none() {
+    if !profile.edits && inputs.mask.is_none() {
         return Err(ApiError::invalid(
             "model",
             format!(
-                "the model {} cannot edit images by instruction (it draws from text only); send a mask to redraw part of the image, or serve flux-kontext",
-                s.model
+                "the model {model} cannot edit images by instruction (it draws from text only); send a mask to redraw part of the image, or serve flux-kontext",
             ),
         ));
     }
@@ -518,7 +524,7 @@ async fn edit_response(
         // An edit keeps its first image's aspect ratio, at the default canvas's area.
         (g.req.width, g.req.height) = {
             let first = &inputs.images[0];
-            s.profile.edit_canvas((first.width(), first.height()))
+            profile.edit_canvas((first.width(), first.height()))
         };
     }
     if let Some(mask) = &inputs.mask {
@@ -535,7 +541,7 @@ async fn edit_response(
             mask: Some(m),
         });
     }
-    if s.profile.edits {
+    if profile.edits {
         g.req.images = inputs.images.iter().map(|i| i.to_rgb8()).collect();
     }
     respond(s, host, g).await
@@ -579,17 +585,23 @@ fn profile_json(p: &crate::Profile) -> Value {
     })
 }
 
+/// The models served (behind a broker: those live workers serve, and the default one),
+/// the default first.
 async fn models(State(s): St) -> Response {
-    Json(json!({
-        "object": "list",
-        "data": [{"id": s.model, "object": "model", "created": 0, "owned_by": "sprout",
-                  "sprout": profile_json(&s.profile)}],
-    }))
-    .into_response()
+    let data: Vec<Value> = s
+        .models()
+        .iter()
+        .map(|(m, p)| {
+            json!({"id": m, "object": "model", "created": 0, "owned_by": "sprout",
+                   "sprout": profile_json(p)})
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
 }
 
 /// Ready when a model is loaded (it is, once the server listens) and the worker is alive;
-/// behind a broker, when the broker answers and a live worker serves the model.
+/// behind a broker, when the broker answers and a live worker serves some model (`models`
+/// counts the live workers of each).
 async fn health(State(s): St) -> Response {
     let alive = s.worker.alive();
     let body = match s.worker.remote() {
@@ -609,17 +621,19 @@ async fn health(State(s): St) -> Response {
                     "jobs_done": a.jobs_done, "jobs_failed": a.jobs_failed})
                 })
                 .collect();
-            let serving = r
-                .live_workers()
-                .iter()
-                .filter(|a| a.model == s.model)
-                .count();
+            let mut models = serde_json::Map::new();
+            for (m, _) in s.models() {
+                let n = r.live_workers().iter().filter(|a| a.model == m).count();
+                let depth = r.depths().iter().find(|d| d.0 == m).map_or(0, |d| d.1);
+                models.insert(m, json!({"workers_live": n, "queue_depth": depth}));
+            }
             Json(json!({
-                "status": if !up { "broker unreachable" } else if serving == 0 { "no live worker" } else { "ok" },
+                "status": if !up { "broker unreachable" } else if workers.is_empty() { "no live worker" } else { "ok" },
                 "model": s.model,
+                "models": models,
                 "broker": {"url": r.broker().url(), "reachable": up},
+                "workers_live": workers.len(),
                 "workers": workers,
-                "workers_live": serving,
                 "worker_alive": alive,
                 "queue_depth": s.worker.depth(),
             }))

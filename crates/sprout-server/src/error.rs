@@ -122,7 +122,7 @@ impl IntoResponse for ApiError {
         let (kind, code) = self.kind();
         let param = match &self {
             ApiError::Invalid { param, .. } => param.clone(),
-            ApiError::UnknownModel(_) => Some("model".into()),
+            ApiError::UnknownModel(_) | ApiError::NoWorker(_) => Some("model".into()),
             _ => None,
         };
         let body = json!({"error": {

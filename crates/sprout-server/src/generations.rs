@@ -41,6 +41,9 @@ pub struct GenerationBody {
 #[derive(Debug)]
 pub struct Generation {
     pub req: Request,
+    /// The name of the model that runs it, and that model's profile.
+    pub model: String,
+    pub profile: Profile,
     pub format: OutputFormat,
     pub compression: u8,
     /// Answer with server-sent events (`image_generation.partial_image` previews, then
@@ -124,8 +127,11 @@ pub fn fresh_seed() -> u64 {
     sprout_world::seed::mix64(t) >> 11
 }
 
+/// The request checked against the model it names (or the default one) among those
+/// `state` serves.
 pub fn check(body: GenerationBody, state: &AppState) -> Result<Generation, ApiError> {
-    check_with(body, &state.cfg, &state.model, &state.profile)
+    let (model, profile) = state.served(body.model.as_deref())?;
+    check_with(body, &state.cfg, &model, &profile)
 }
 
 /// [`check`] against a served model given by its parts (the server's limits, the name
@@ -227,6 +233,8 @@ pub fn check_with(
             true_cfg: body.true_cfg_scale,
             ..Request::new(&body.prompt, profile)
         },
+        model: model.to_string(),
+        profile: profile.clone(),
         format,
         compression,
         stream,

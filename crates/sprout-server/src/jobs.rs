@@ -22,6 +22,15 @@ pub enum Outcome {
     Failed(ApiError),
 }
 
+/// What a job's view reports besides its state: its first seed, canvas, output format and
+/// the model that runs it.
+pub struct JobInfo {
+    pub seed: u64,
+    pub size: (u32, u32),
+    pub format: OutputFormat,
+    pub model: String,
+}
+
 pub struct Entry {
     pub id: String,
     pub ctl: Arc<JobCtl>,
@@ -29,6 +38,8 @@ pub struct Entry {
     pub seed: u64,
     pub size: (u32, u32),
     pub format: OutputFormat,
+    /// The name of the model that runs it.
+    pub model: String,
     outcome: Mutex<Option<(Outcome, Instant)>>,
     /// The latest preview (index, encoded images), when previews were asked for.
     preview: Mutex<Option<(usize, Vec<Vec<u8>>)>>,
@@ -65,7 +76,8 @@ impl Entry {
     }
 
     /// The job as JSON: status, progress, queue position, and the result or error once done.
-    pub fn view(&self, worker: &Queue, model: &str) -> Value {
+    pub fn view(&self, worker: &Queue) -> Value {
+        let model = self.model.as_str();
         let done = self.ctl.done.load(Ordering::SeqCst);
         let total = self.ctl.total.load(Ordering::SeqCst);
         let mut v = json!({
@@ -124,15 +136,9 @@ impl Jobs {
         format!("job_{ms:011x}{:010x}", r >> 24)
     }
 
-    pub fn insert(
-        &self,
-        id: String,
-        ctl: Arc<JobCtl>,
-        seed: u64,
-        size: (u32, u32),
-        format: OutputFormat,
-    ) -> Arc<Entry> {
-        self.insert_created(id, ctl, seed, size, format, crate::unix_now())
+    /// Keeps a job under `id`, created now.
+    pub fn insert(&self, id: String, ctl: Arc<JobCtl>, info: JobInfo) -> Arc<Entry> {
+        self.insert_created(id, ctl, info, crate::unix_now())
     }
 
     /// [`Jobs::insert`] of a job created at `created` (Unix seconds): one adopted from
@@ -141,11 +147,15 @@ impl Jobs {
         &self,
         id: String,
         ctl: Arc<JobCtl>,
-        seed: u64,
-        size: (u32, u32),
-        format: OutputFormat,
+        info: JobInfo,
         created: u64,
     ) -> Arc<Entry> {
+        let JobInfo {
+            seed,
+            size,
+            format,
+            model,
+        } = info;
         let e = Arc::new(Entry {
             id,
             ctl,
@@ -153,6 +163,7 @@ impl Jobs {
             seed,
             size,
             format,
+            model,
             outcome: Mutex::new(None),
             preview: Mutex::new(None),
         });

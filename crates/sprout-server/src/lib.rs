@@ -34,9 +34,11 @@ use worker::{Queue, Worker};
 /// What every handler sees.
 pub struct AppState {
     pub cfg: ServerConfig,
-    /// The name clients use for the served model (`/v1/models`).
+    /// The name clients use for the served model (`/v1/models`); behind a broker, the
+    /// model of requests that name none (`default`), among those live workers advertise.
     pub model: String,
-    /// The served model's limits and defaults.
+    /// That model's limits and defaults (behind a broker, as its workers advertised them at
+    /// start; the latest advertisement wins).
     pub profile: Profile,
     pub worker: Queue,
     pub metrics: Arc<Metrics>,
@@ -46,9 +48,40 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Whether `name` refers to the served model (its name, or `default` for it).
-    pub fn serves(&self, name: &str) -> bool {
-        serves(&self.model, name)
+    /// The model a request names (`None` or `default`: the default one) and its profile.
+    /// In one process that is the loaded model, and any other name is unknown (404); behind
+    /// a broker it is any model a live worker advertises, and a name no live worker serves
+    /// is answered 503 naming it.
+    pub fn served(&self, name: Option<&str>) -> Result<(String, Profile), ApiError> {
+        let name = name.unwrap_or("default");
+        let remote = match &self.worker {
+            worker::Queue::Local(_) if serves(&self.model, name) => {
+                return Ok((self.model.clone(), self.profile.clone()))
+            }
+            worker::Queue::Local(_) => return Err(ApiError::UnknownModel(name.to_string())),
+            worker::Queue::Remote(r) => r,
+        };
+        let model = if name == "default" { &self.model } else { name };
+        match remote.profile_of(model) {
+            Some(p) => Ok((model.to_string(), p)),
+            None if model == self.model => Ok((model.to_string(), self.profile.clone())),
+            None => Err(ApiError::NoWorker(model.to_string())),
+        }
+    }
+
+    /// Every model served, with its profile, the default first.
+    pub fn models(&self) -> Vec<(String, Profile)> {
+        let mut out = vec![(self.model.clone(), self.profile.clone())];
+        if let Some(r) = self.worker.remote() {
+            for (m, p) in r.models() {
+                if m == self.model {
+                    out[0].1 = p;
+                } else {
+                    out.push((m, p));
+                }
+            }
+        }
+        out
     }
 }
 

@@ -137,9 +137,24 @@ pub fn render_remote(r: &crate::remote::RemoteQueue) -> String {
     );
     let _ = writeln!(
         s,
-        "# HELP sprout_workers_live Live workers serving this front end's model.\n# TYPE sprout_workers_live gauge\nsprout_workers_live {}",
-        live.iter().filter(|a| a.model == r.model()).count()
+        "# HELP sprout_workers_live Live workers, by the model they serve.\n# TYPE sprout_workers_live gauge"
     );
+    let depths = r.depths();
+    let mut models: Vec<&str> = live.iter().map(|a| a.model.as_str()).collect();
+    models.extend(depths.iter().map(|d| d.0.as_str()));
+    models.sort();
+    models.dedup();
+    for m in &models {
+        let n = live.iter().filter(|a| a.model == *m).count();
+        let _ = writeln!(s, "sprout_workers_live{{model=\"{m}\"}} {n}");
+    }
+    let _ = writeln!(
+        s,
+        "# HELP sprout_broker_jobs Jobs queued or running on the broker, by model.\n# TYPE sprout_broker_jobs gauge"
+    );
+    for (m, d) in &depths {
+        let _ = writeln!(s, "sprout_broker_jobs{{model=\"{m}\"}} {d}");
+    }
     let _ = writeln!(
         s,
         "# HELP sprout_worker_jobs_total Jobs each live worker ended, by outcome.\n# TYPE sprout_worker_jobs_total counter"

@@ -28,6 +28,8 @@ struct Followed {
     previews: Option<Previews>,
     shown: Option<usize>,
     cancel_sent: bool,
+    /// The model whose stream holds it, and its entry there.
+    model: String,
     entry: String,
     accepted: Instant,
     started: Option<Instant>,
@@ -38,14 +40,18 @@ struct Followed {
 struct Seen {
     up: AtomicBool,
     depth: AtomicUsize,
+    /// Entries in each model's stream (queued or running), by model.
+    depths: Mutex<Vec<(String, usize)>>,
     live: Mutex<Vec<Advert>>,
     /// Mean seconds per finished job (exponentially weighted), in milliseconds.
     job_ms: AtomicU64,
 }
 
-/// The front end's queue when jobs go through a broker.
+/// The front end's queue when jobs go through a broker: jobs for any model a live worker
+/// advertises, each on its model's stream.
 pub struct RemoteQueue {
     broker: Arc<Broker>,
+    /// The model of requests that name none.
     model: String,
     capacity: usize,
     deadline: Duration,
@@ -65,11 +71,12 @@ pub struct Adopted {
     pub format: OutputFormat,
     pub compression: u8,
     pub created: u64,
+    pub model: String,
 }
 
 impl RemoteQueue {
-    /// Follows jobs for `model` on `broker`; `capacity` bounds the jobs queued or running
-    /// (more get 429).
+    /// Follows jobs on `broker`, `model` being the default one; `capacity` bounds the jobs
+    /// queued or running for each model (more get 429).
     pub fn start(broker: Broker, model: &str, capacity: usize, deadline: Duration) -> RemoteQueue {
         let q = RemoteQueue {
             broker: Arc::new(broker),
@@ -111,12 +118,34 @@ impl RemoteQueue {
         &self.model
     }
 
-    /// Queue a checked job on the broker, or refuse it at once: 503 when the broker is
-    /// unreachable or no live worker serves the model, 429 when the queue is full.
+    /// The profile the live workers of `model` advertise, as last read.
+    pub fn profile_of(&self, model: &str) -> Option<sprout_pipeline::request::Profile> {
+        let live = self.seen.live.lock().expect("seen");
+        live.iter()
+            .find(|a| a.model == model)
+            .map(|a| a.profile.clone())
+    }
+
+    /// The models live workers serve, each with its advertised profile, sorted by name.
+    pub fn models(&self) -> Vec<(String, sprout_pipeline::request::Profile)> {
+        let mut out: Vec<(String, sprout_pipeline::request::Profile)> = Vec::new();
+        for a in self.seen.live.lock().expect("seen").iter() {
+            if !out.iter().any(|(m, _)| *m == a.model) {
+                out.push((a.model.clone(), a.profile.clone()));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Queue a checked job for `model` on the broker, or refuse it at once: 503 when the
+    /// broker is unreachable or no live worker serves the model, 429 when its queue is
+    /// full.
     pub fn submit(
         &self,
         job: Job,
         id: &str,
+        model: &str,
         format: OutputFormat,
         compression: u8,
     ) -> Result<(), ApiError> {
@@ -125,13 +154,13 @@ impl RemoteQueue {
         }
         let b = &self.broker;
         let live = b.live_workers()?;
-        if !live.iter().any(|a| a.model == self.model) {
-            return Err(ApiError::NoWorker(self.model.clone()));
+        let workers = live.iter().filter(|a| a.model == model).count();
+        if workers == 0 {
+            return Err(ApiError::NoWorker(model.to_string()));
         }
-        let depth = b.stream_len(&self.model)?;
+        let depth = b.stream_len(model)?;
         if depth >= self.capacity {
             let per_job = self.seen.job_ms.load(Ordering::Relaxed) as f64 / 1000.0;
-            let workers = live.iter().filter(|a| a.model == self.model).count().max(1);
             return Err(ApiError::Overloaded {
                 depth,
                 retry_after: (per_job * (depth + 1) as f64 / workers as f64)
@@ -146,13 +175,9 @@ impl RemoteQueue {
             self.deadline.as_secs(),
         )?;
         let payload = serde_json::to_string(&wire).expect("a job serialises");
-        b.ensure_group(&self.model)?;
+        b.ensure_group(model)?;
         let ttl = b.ttl.as_secs();
-        let (jk, pk, stream) = (
-            b.key("job", id),
-            b.key("payload", id),
-            b.stream(&self.model),
-        );
+        let (jk, pk, stream) = (b.key("job", id), b.key("payload", id), b.stream(model));
         let r = &job.req;
         let entry: String = b.with(|c| {
             redis::pipe()
@@ -168,7 +193,7 @@ impl RemoteQueue {
                 .arg("status")
                 .arg("queued")
                 .arg("model")
-                .arg(&self.model)
+                .arg(model)
                 .arg("created")
                 .arg(crate::unix_now())
                 .arg("seed")
@@ -214,6 +239,7 @@ impl RemoteQueue {
                 previews: job.previews,
                 shown: None,
                 cancel_sent: false,
+                model: model.to_string(),
                 entry,
                 accepted: Instant::now(),
                 started: None,
@@ -229,9 +255,9 @@ impl RemoteQueue {
         let h: HashMap<String, String> = self
             .broker
             .with(|c| redis::cmd("HGETALL").arg(&jk).query(c))?;
-        if h.is_empty() || h.get("model") != Some(&self.model) {
+        let Some(model) = h.get("model").cloned() else {
             return Ok(None);
-        }
+        };
         let num = |k: &str| h.get(k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         let format = h
             .get("format")
@@ -255,6 +281,7 @@ impl RemoteQueue {
                 }),
                 shown: None,
                 cancel_sent: false,
+                model: model.clone(),
                 entry: h.get("entry").cloned().unwrap_or_default(),
                 accepted: Instant::now(),
                 started: None,
@@ -269,6 +296,7 @@ impl RemoteQueue {
             format,
             compression: num("compression").min(100) as u8,
             created: num("created"),
+            model,
         }))
     }
 
@@ -282,9 +310,14 @@ impl RemoteQueue {
         }
     }
 
-    /// Jobs queued or running for the model, as last read.
+    /// Jobs queued or running for every model, as last read.
     pub fn depth(&self) -> usize {
         self.seen.depth.load(Ordering::SeqCst)
+    }
+
+    /// Jobs queued or running, by model, as last read.
+    pub fn depths(&self) -> Vec<(String, usize)> {
+        self.seen.depths.lock().expect("seen").clone()
     }
 
     /// Whether the broker answered at the last look.
@@ -297,9 +330,9 @@ impl RemoteQueue {
         self.seen.live.lock().expect("seen").clone()
     }
 
-    /// Ready: the broker answers and a live worker serves the model.
+    /// Ready: the broker answers and a live worker serves some model.
     pub fn alive(&self) -> bool {
-        self.broker_up() && self.live_workers().iter().any(|a| a.model == self.model)
+        self.broker_up() && !self.seen.live.lock().expect("seen").is_empty()
     }
 
     /// Refuse new jobs. Jobs already queued stay on the broker (other front ends, or this
@@ -487,33 +520,57 @@ fn expire(followed: &Mutex<HashMap<String, Followed>>, deadline: Duration) {
     }
 }
 
-/// The broker's health, queue length, live workers and the queue positions of followed
-/// jobs.
+/// The broker's health, live workers, each model's queue length and the queue positions
+/// of followed jobs (models: the default one, those live workers serve and those of
+/// followed jobs).
 fn look(b: &Broker, followed: &Mutex<HashMap<String, Followed>>, seen: &Seen, model: &str) {
     let r = (|| -> Result<(), crate::broker::BrokerError> {
         b.ping()?;
         let live = b.live_workers()?;
+        let mut models: Vec<String> = vec![model.to_string()];
+        models.extend(live.iter().map(|a| a.model.clone()));
+        models.extend(
+            followed
+                .lock()
+                .expect("followed")
+                .values()
+                .map(|f| f.model.clone()),
+        );
+        models.sort();
+        models.dedup();
         *seen.live.lock().expect("seen") = live;
-        let stream = b.stream(model);
-        let entries: Vec<(String, HashMap<String, String>)> =
-            b.with(|c| redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").query(c))?;
-        seen.depth.store(entries.len(), Ordering::SeqCst);
-        let pending: usize = match b.with(|c| {
-            redis::cmd("XPENDING")
-                .arg(&stream)
-                .arg(crate::broker::GROUP)
-                .query::<(usize, Option<String>, Option<String>, redis::Value)>(c)
-        }) {
-            Ok((n, ..)) => n,
-            Err(_) => 0,
-        };
+        let mut depths = Vec::with_capacity(models.len());
+        // Entry ids are unique within a stream only.
+        let mut positions: HashMap<(&str, String), u64> = HashMap::new();
+        for m in &models {
+            let stream = b.stream(m);
+            // The entry ids only (an entry holds just the job id).
+            let entries: Vec<(String, HashMap<String, String>)> =
+                b.with(|c| redis::cmd("XRANGE").arg(&stream).arg("-").arg("+").query(c))?;
+            let pending: usize = match b.with(|c| {
+                redis::cmd("XPENDING")
+                    .arg(&stream)
+                    .arg(crate::broker::GROUP)
+                    .query::<(usize, Option<String>, Option<String>, redis::Value)>(c)
+            }) {
+                Ok((n, ..)) => n,
+                Err(_) => 0,
+            };
+            for (k, (e, _)) in entries.iter().enumerate() {
+                positions.insert(
+                    (m.as_str(), e.clone()),
+                    (k + 1).saturating_sub(pending).max(1) as u64,
+                );
+            }
+            depths.push((m.clone(), entries.len()));
+        }
+        seen.depth
+            .store(depths.iter().map(|d| d.1).sum(), Ordering::SeqCst);
+        *seen.depths.lock().expect("seen") = depths;
         let map = followed.lock().expect("followed");
         for f in map.values() {
-            if let Some(k) = entries.iter().position(|(e, _)| *e == f.entry) {
-                f.ctl.seq.store(
-                    (k + 1).saturating_sub(pending).max(1) as u64,
-                    Ordering::SeqCst,
-                );
+            if let Some(k) = positions.get(&(f.model.as_str(), f.entry.clone())) {
+                f.ctl.seq.store(*k, Ordering::SeqCst);
             }
         }
         Ok(())

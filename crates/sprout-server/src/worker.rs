@@ -251,18 +251,20 @@ pub enum Queue {
 }
 
 impl Queue {
-    /// Queue a checked job under `id`, or refuse it at once (429 when full, 503 when it
-    /// cannot run).
+    /// Queue a checked job for `model` under `id`, or refuse it at once (429 when full, 503
+    /// when it cannot run). One process runs its one model (the name was resolved by
+    /// [`crate::AppState::served`]).
     pub fn submit(
         &self,
         job: Job,
         id: &str,
+        model: &str,
         format: crate::encode::OutputFormat,
         compression: u8,
     ) -> Result<(), ApiError> {
         match self {
             Queue::Local(w) => w.submit(job),
-            Queue::Remote(r) => r.submit(job, id, format, compression),
+            Queue::Remote(r) => r.submit(job, id, model, format, compression),
         }
     }
 
@@ -282,7 +284,7 @@ impl Queue {
     }
 
     /// Whether jobs can run: the worker thread is alive, or the broker answers and a live
-    /// worker serves the model.
+    /// worker serves some model.
     pub fn alive(&self) -> bool {
         match self {
             Queue::Local(w) => w.alive(),
