@@ -10,6 +10,7 @@ mod inputs;
 mod progress;
 mod quantize_cmd;
 mod serve_cmd;
+mod served_model;
 mod train_cmd;
 mod worker_cmd;
 mod world_cmd;

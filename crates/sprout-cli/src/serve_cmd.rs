@@ -7,23 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use sprout_server::{Engine, ServerConfig};
+use sprout_server::ServerConfig;
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// `default` (embedded), a model bundle directory, or flux-schnell, flux-dev,
-    /// flux-kontext (with --weights; flux-kontext also serves /v1/images/edits).
-    #[arg(long, default_value = "default")]
-    pub model: String,
-    /// FLUX.1 weights: a Black Forest Labs file or folder, or a diffusers snapshot.
-    #[arg(long)]
-    pub weights: Option<std::path::PathBuf>,
     #[command(flatten)]
-    pub parts: crate::flux_parts::FluxPartsArgs,
-    /// Where the model computes: cpu, cuda or cuda:N (CUDA needs a build with `--features
-    /// cuda`).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub served: crate::served_model::ServedModelArgs,
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// Port to listen on (0 picks a free one; the address is printed).
@@ -94,18 +83,7 @@ pub fn run(a: ServeArgs) -> Result<()> {
     if let Some(url) = &a.broker {
         return run_remote(&a, url, cfg);
     }
-    let engine = crate::generate_cmd::load(
-        &a.model,
-        a.weights.as_deref(),
-        &a.parts,
-        &[],
-        None,
-        &a.device,
-    )?;
-    let name = match &engine {
-        Engine::Native(_) if a.model == "default" => "sprout-default".to_string(),
-        other => other.name(),
-    };
+    let (engine, name) = a.served.load()?;
     if cfg.warmup {
         let (w, h) = engine.warmup_size();
         eprintln!("model {name} loaded; warming up with one step at {w}x{h}");
@@ -136,7 +114,7 @@ fn listen(addr: SocketAddr, state: Arc<sprout_server::AppState>) -> Result<()> {
 
 /// `sprout serve --broker`: a front end with no model of its own.
 fn run_remote(a: &ServeArgs, url: &str, cfg: ServerConfig) -> Result<()> {
-    if a.weights.is_some() {
+    if a.served.weights.is_some() {
         anyhow::bail!("--weights: a front end with --broker loads no model; give the weights to `sprout worker`");
     }
     if a.workers_expected == 0 {
@@ -144,7 +122,7 @@ fn run_remote(a: &ServeArgs, url: &str, cfg: ServerConfig) -> Result<()> {
     }
     let broker = sprout_server::broker::Broker::connect(url, &a.broker_prefix)
         .with_context(|| format!("--broker {url}"))?;
-    let want = (a.model != "default").then(|| a.model.clone());
+    let want = (a.served.model != "default").then(|| a.served.model.clone());
     let t0 = std::time::Instant::now();
     let mut said = false;
     let (model, profile) = loop {

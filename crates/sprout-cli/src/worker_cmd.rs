@@ -8,25 +8,14 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 use sprout_server::remote_worker::{self, WorkerOptions};
-use sprout_server::Engine;
 
 #[derive(Args)]
 pub struct WorkerArgs {
     /// The Redis broker the front end queues jobs on (`redis://HOST:PORT[/DB]`).
     #[arg(long, value_name = "URL")]
     pub broker: String,
-    /// `default` (embedded), a model bundle directory, or flux-schnell, flux-dev,
-    /// flux-kontext, … (with --weights).
-    #[arg(long, default_value = "default")]
-    pub model: String,
-    /// FLUX.1 weights: a Black Forest Labs file or folder, or a diffusers snapshot.
-    #[arg(long)]
-    pub weights: Option<std::path::PathBuf>,
     #[command(flatten)]
-    pub parts: crate::flux_parts::FluxPartsArgs,
-    /// Where the model computes: cpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub served: crate::served_model::ServedModelArgs,
     /// This worker's name among the live workers (default: host name and process id).
     #[arg(long)]
     pub name: Option<String>,
@@ -51,18 +40,7 @@ pub fn run(a: WorkerArgs) -> Result<()> {
     }
     let broker = sprout_server::broker::Broker::connect(&a.broker, &a.broker_prefix)
         .with_context(|| format!("--broker {}", a.broker))?;
-    let mut engine = crate::generate_cmd::load(
-        &a.model,
-        a.weights.as_deref(),
-        &a.parts,
-        &[],
-        None,
-        &a.device,
-    )?;
-    let model = match &engine {
-        Engine::Native(_) if a.model == "default" => "sprout-default".to_string(),
-        other => other.name(),
-    };
+    let (mut engine, model) = a.served.load()?;
     if !a.no_warmup {
         let (w, h) = engine.warmup_size();
         eprintln!("model {model} loaded; warming up with one step at {w}x{h}");

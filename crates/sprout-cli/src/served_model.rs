@@ -1,0 +1,45 @@
+//! `--model`, `--weights`, the FLUX.1 parts and `--device`: how `sprout serve` and
+//! `sprout worker` name and load the one model they run, and the name clients use for it.
+
+use anyhow::Result;
+use clap::Args;
+use sprout_server::Engine;
+
+#[derive(Args)]
+pub struct ServedModelArgs {
+    /// `default` (embedded), a model bundle directory, or flux-schnell, flux-dev,
+    /// flux-kontext, flux-fill, flux-canny, flux-depth (with --weights; flux-kontext also
+    /// serves /v1/images/edits). Behind a broker (`serve --broker`): the model of requests
+    /// that name none, as its workers advertise it (`default`: the first one found).
+    #[arg(long, default_value = "default")]
+    pub model: String,
+    /// FLUX.1 weights: a Black Forest Labs file or folder, or a diffusers snapshot.
+    #[arg(long)]
+    pub weights: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub parts: crate::flux_parts::FluxPartsArgs,
+    /// Where the model computes: cpu, cuda or cuda:N (CUDA needs a build with `--features
+    /// cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl ServedModelArgs {
+    /// Loads the model; returns it with the name clients use for it (`sprout-default` for
+    /// the embedded model, else the model's own name).
+    pub fn load(&self) -> Result<(Engine, String)> {
+        let engine = crate::generate_cmd::load(
+            &self.model,
+            self.weights.as_deref(),
+            &self.parts,
+            &[],
+            None,
+            &self.device,
+        )?;
+        let name = match &engine {
+            Engine::Native(_) if self.model == "default" => "sprout-default".to_string(),
+            other => other.name(),
+        };
+        Ok((engine, name))
+    }
+}
