@@ -18,7 +18,8 @@ target/release/examples/tiny_bundle "$work/model" >/dev/null
 # The port a server prints on its first line (`listening on http://ADDR`).
 addr_of() { for _ in $(seq 600); do a=$(sed -n 's|^listening on http://||p' "$1" | head -1); [ -n "$a" ] && { echo "$a"; return; }; sleep 0.1; done; echo "no address in $1" >&2; exit 1; }
 
-# SETUPS=distributed (or single) runs only that one.
+# SETUPS=distributed (or single) runs only that one; FRONT_ENV="VAR=VALUE …" sets the
+# environment of the distributed front end (e.g. MALLOC_ARENA_MAX=2).
 setups=${SETUPS:-single distributed}
 if [[ $setups == *single* ]]; then
 echo "== one process"
@@ -40,7 +41,7 @@ for w in a b c; do
   "$sprout" worker --broker "$url" --model "$work/model" --name "$w" >"$work/worker-$w.log" 2>&1 &
   pids+=($!)
 done
-"$sprout" serve --broker "$url" --workers-expected 3 --port 0 >"$work/front.log" 2>&1 &
+env ${FRONT_ENV:-} "$sprout" serve --broker "$url" --workers-expected 3 --port 0 >"$work/front.log" 2>&1 &
 pids+=($!)
 a=$(addr_of "$work/front.log")
 python3 tools/soak/soak.py "http://$a" "$secs" "$clients" "$(IFS=,; echo "${pids[*]:1}")"
