@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use serde_json::Value;
 
 /// A child process killed when dropped.
@@ -563,11 +565,44 @@ fn one_front_end_serves_every_model_its_workers_advertise() {
     loop {
         let done: Vec<_> = workers(&addr).into_iter().map(|w| (w.0, w.2)).collect();
         if done.contains(&("wb".into(), 2)) && done.contains(&("ws".into(), 1)) {
+            // (The edit below is the small worker's second job.)
             break;
         }
         assert!(t0.elapsed() < Duration::from_secs(10), "{done:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+    // An inpainting edit crosses the processes with its image and mask: the half the mask
+    // keeps has the input's pixels, the other is drawn.
+    let base = image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 4) as u8, ((x + y) * 2) as u8])
+    });
+    let mask = image::RgbaImage::from_fn(64, 64, |x, _| {
+        image::Rgba([0, 0, 0, if x < 32 { 0 } else { 255 }])
+    });
+    let data_url = |img: image::DynamicImage| {
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        format!("data:image/png;base64,{}", B64.encode(png))
+    };
+    let edit = serde_json::json!({
+        "prompt": "a red circle", "model": "tiny-small", "size": "64x64", "steps": 2, "seed": 4,
+        "images": [{"image_url": data_url(image::DynamicImage::ImageRgb8(base.clone()))}],
+        "mask": {"image_url": data_url(image::DynamicImage::ImageRgba8(mask))},
+    });
+    let (st, v) = json(&addr, "POST", "/v1/images/edits", &edit.to_string());
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["model"], "tiny-small", "{v}");
+    let out = image::load_from_memory(
+        &B64.decode(v["data"][0]["b64_json"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap()
+    .to_rgb8();
+    assert_eq!(
+        sprout_pipeline::testing::halves_equal(&out, &base, 32),
+        (true, false)
+    );
     let (_, h) = json(&addr, "GET", "/health", "");
     assert_eq!(h["models"]["tiny-small"]["workers_live"], 1, "{h}");
     assert_eq!(h["models"]["tiny-big"]["workers_live"], 1, "{h}");
