@@ -57,6 +57,10 @@ pub struct BenchArgs {
     /// With --dit: text tokens (default 256 for FLUX presets, 32 for the native one).
     #[arg(long, requires = "dit")]
     txt: Option<usize>,
+    /// Attention as one fused kernel (`fused`, the default: no score matrix) or composed
+    /// from candle's ops (`composed`), to compare the two on the same rows.
+    #[arg(long, default_value = "fused", value_parser = ["fused", "composed"])]
+    attention: String,
 }
 
 /// Peak resident memory of this process so far (`VmHWM`), in bytes.
@@ -157,6 +161,7 @@ struct Row {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    sprout_models::flash::set_fused(a.attention == "fused");
     if let Some(preset) = &a.dit {
         return crate::bench_dit::run(crate::bench_dit::DitBench {
             preset: preset.clone(),
@@ -166,6 +171,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
             threads: a.threads,
             txt: a.txt,
             repeat: a.repeat.unwrap_or(1),
+            attention: a.attention.clone(),
         });
     }
     let dev = Device::Cpu;

@@ -27,6 +27,9 @@ pub struct DitBench {
     pub threads: Option<usize>,
     pub txt: Option<usize>,
     pub repeat: usize,
+    /// `fused` (the kernel of `sprout_models::flash`) or `composed` (candle's ops), as set
+    /// by the caller (`flash::set_fused`); reported with the figures.
+    pub attention: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -213,12 +216,13 @@ pub fn run(b: DitBench) -> Result<()> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let dev = Device::Cpu;
     eprintln!(
-        "{} with {}+{} blocks ({:.2} B parameters), {:?} weights, {li}+{lt} tokens, {threads} threads",
+        "{} with {}+{} blocks ({:.2} B parameters), {:?} weights, {li}+{lt} tokens, {threads} threads, {} attention",
         b.preset,
         cfg.depth,
         cfg.depth_single_blocks,
         cfg.num_params() as f64 / 1e9,
-        kind
+        kind,
+        b.attention
     );
     let peak = peak(kind, &dev)?;
     let t0 = Instant::now();
@@ -262,11 +266,12 @@ pub fn run(b: DitBench) -> Result<()> {
     );
     println!("|---|---:|---:|---:|---:|---:|");
     println!(
-        "| {} {}+{} blocks {w}x{h} ({li}+{lt} tok), {} | {secs:.3} | {:.1} | {:.1} | {:.1} | {:.1}% |",
+        "| {} {}+{} blocks {w}x{h} ({li}+{lt} tok), {}, {} attention | {secs:.3} | {:.1} | {:.1} | {:.1} | {:.1}% |",
         b.preset,
         cfg.depth,
         cfg.depth_single_blocks,
         b.dtype,
+        b.attention,
         flops / 1e9,
         rate / 1e9,
         peak / 1e9,
@@ -288,6 +293,7 @@ pub fn run(b: DitBench) -> Result<()> {
             "size": format!("{w}x{h}"),
             "tokens": {"image": li, "text": lt},
             "dtype": b.dtype,
+            "attention": b.attention,
             "threads": threads,
             "params": cfg.num_params(),
             "seconds": secs,

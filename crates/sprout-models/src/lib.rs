@@ -10,6 +10,7 @@
 pub mod ae;
 pub mod dit;
 mod error;
+pub mod flash;
 pub mod flux;
 pub mod fused;
 pub mod gguf;

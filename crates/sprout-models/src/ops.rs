@@ -159,8 +159,23 @@ pub fn rope_interleaved_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Resu
 }
 
 /// Scaled dot-product attention over (B, H, L, D) tensors, with an optional additive mask
-/// broadcastable to (B, H, L, L).
+/// broadcastable to (B, H, L, L): one fused kernel on the CPU in f32 ([`crate::flash`], with
+/// no (L × L) score matrix) where it applies, else [`attention_composed`].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    match crate::flash::attention(q, k, v, mask) {
+        Some(r) => r,
+        None => attention_composed(q, k, v, mask),
+    }
+}
+
+/// [`attention`] composed from candle's ops (the score matrix, its softmax, the product
+/// with v): what the fused kernel is tested against, and the path of other devices.
+pub fn attention_composed(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
     let d = q.dim(D::Minus1)?;
     let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?;
     let scores = match mask {
