@@ -128,7 +128,8 @@ pub struct DitSection {
     /// spend more of training at high noise, where a layout is decided.
     pub shift: Option<f64>,
     /// On the CPU, run a step's batch as two halves at once, one per core, and sum their
-    /// gradients (the same loss): small products split across cores waste much of them.
+    /// gradients (the same loss). Off by default since attention became one fused kernel:
+    /// the plain step is then the faster (`sprout bench --train` times both).
     pub data_parallel: bool,
 }
 
@@ -160,7 +161,7 @@ impl Default for DitSection {
             semantic_map: Default::default(),
             semantic_weight: 1.0,
             shift: None,
-            data_parallel: true,
+            data_parallel: false,
         }
     }
 }
