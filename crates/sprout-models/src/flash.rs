@@ -115,6 +115,15 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]>
     }
 }
 
+/// Rows `start..start + n` of a row-major matrix `d` wide.
+fn rows(x: &[f32], start: usize, n: usize, d: usize) -> &[f32] {
+    &x[start * d..(start + n) * d]
+}
+
+fn rows_mut(x: &mut [f32], start: usize, n: usize, d: usize) -> &mut [f32] {
+    &mut x[start * d..(start + n) * d]
+}
+
 /// Scores of one tile: `s (qr × kr) = scale · q kᵀ + bias`.
 fn scores(
     s: &mut [f32],
@@ -136,6 +145,11 @@ fn scores(
 }
 
 impl FlashAttention {
+    /// The key bias of batch entry `b`, if any.
+    fn head_bias(&self, b: usize, lk: usize) -> Option<&[f32]> {
+        self.bias.as_ref().map(|x| rows(x, b, 1, lk))
+    }
+
     /// The forward pass: the output (B·H·Lq·D) and the log-sum-exp of each query row.
     fn forward(&self, q: &[f32], k: &[f32], v: &[f32], n: Dims) -> (Vec<f32>, Vec<f32>) {
         let Dims { h, lq, lk, d, .. } = n;
@@ -146,28 +160,24 @@ impl FlashAttention {
             .enumerate()
             .for_each(|(bh, (o_head, lse_head))| {
                 let (qh, kh, vh) = (
-                    &q[bh * lq * d..(bh + 1) * lq * d],
-                    &k[bh * lk * d..(bh + 1) * lk * d],
-                    &v[bh * lk * d..(bh + 1) * lk * d],
+                    rows(q, bh * lq, lq, d),
+                    rows(k, bh * lk, lk, d),
+                    rows(v, bh * lk, lk, d),
                 );
-                let bias = self
-                    .bias
-                    .as_ref()
-                    .map(|b| &b[(bh / h) * lk..(bh / h + 1) * lk]);
+                let bias = self.head_bias(bh / h, lk);
                 o_head
                     .par_chunks_mut(BQ * d)
                     .zip(lse_head.par_chunks_mut(BQ))
                     .enumerate()
                     .for_each(|(qb, (o, lse))| {
                         let qr = lse.len();
-                        let qs = &qh[qb * BQ * d..][..qr * d];
+                        let qs = rows(qh, qb * BQ, qr, d);
                         let mut s = vec![0f32; qr * BK];
                         let mut m = vec![f32::NEG_INFINITY; qr];
                         let mut l = vec![0f32; qr];
                         for k0 in (0..lk).step_by(BK) {
                             let kr = BK.min(lk - k0);
-                            let ks = &kh[k0 * d..(k0 + kr) * d];
-                            let vs = &vh[k0 * d..(k0 + kr) * d];
+                            let (ks, vs) = (rows(kh, k0, kr, d), rows(vh, k0, kr, d));
                             scores(
                                 &mut s,
                                 qs,
@@ -237,16 +247,14 @@ impl FlashAttention {
             .zip(dv.par_chunks_mut(lk * d))
             .enumerate()
             .for_each(|(bh, ((dqh, dkh), dvh))| {
-                let qh = &q[bh * lq * d..(bh + 1) * lq * d];
-                let oh = &o[bh * lq * d..(bh + 1) * lq * d];
-                let doh = &dout[bh * lq * d..(bh + 1) * lq * d];
-                let kh = &k[bh * lk * d..(bh + 1) * lk * d];
-                let vh = &v[bh * lk * d..(bh + 1) * lk * d];
-                let lseh = &lse[bh * lq..(bh + 1) * lq];
-                let bias = self
-                    .bias
-                    .as_ref()
-                    .map(|b| &b[(bh / h) * lk..(bh / h + 1) * lk]);
+                let (qh, oh, doh) = (
+                    rows(q, bh * lq, lq, d),
+                    rows(o, bh * lq, lq, d),
+                    rows(dout, bh * lq, lq, d),
+                );
+                let (kh, vh) = (rows(k, bh * lk, lk, d), rows(v, bh * lk, lk, d));
+                let lseh = rows(lse, bh, 1, lq);
+                let bias = self.head_bias(bh / h, lk);
                 // delta_i = dO_i · O_i
                 let delta: Vec<f32> = (0..lq)
                     .map(|i| {
@@ -261,14 +269,12 @@ impl FlashAttention {
                 let mut ds = vec![0f32; BQ * BK];
                 for k0 in (0..lk).step_by(BK) {
                     let kr = BK.min(lk - k0);
-                    let ks = &kh[k0 * d..(k0 + kr) * d];
-                    let vs = &vh[k0 * d..(k0 + kr) * d];
-                    let dks = &mut dkh[k0 * d..(k0 + kr) * d];
-                    let dvs = &mut dvh[k0 * d..(k0 + kr) * d];
+                    let (ks, vs) = (rows(kh, k0, kr, d), rows(vh, k0, kr, d));
+                    let dks = rows_mut(dkh, k0, kr, d);
+                    let dvs = rows_mut(dvh, k0, kr, d);
                     for q0 in (0..lq).step_by(BQ) {
                         let qr = BQ.min(lq - q0);
-                        let qs = &qh[q0 * d..(q0 + qr) * d];
-                        let dos = &doh[q0 * d..(q0 + qr) * d];
+                        let (qs, dos) = (rows(qh, q0, qr, d), rows(doh, q0, qr, d));
                         scores(
                             &mut p,
                             qs,
@@ -306,7 +312,7 @@ impl FlashAttention {
                             }
                         }
                         // dQ += scale · dS K ; dK += scale · dSᵀ Q
-                        let dqs = &mut dqh[q0 * d..(q0 + qr) * d];
+                        let dqs = rows_mut(dqh, q0, qr, d);
                         product(
                             (qr, d, kr),
                             dqs,
