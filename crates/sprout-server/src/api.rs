@@ -613,8 +613,9 @@ async fn health(State(s): St) -> Response {
         })),
         Some(r) => {
             let up = r.broker_up();
-            let workers: Vec<Value> = r
-                .live_workers()
+            // One snapshot of the live workers and queue depths for the whole answer.
+            let (live, depths) = (r.live_workers(), r.depths());
+            let workers: Vec<Value> = live
                 .iter()
                 .map(|a| {
                     json!({"name": a.name, "model": a.model, "current_job": a.current,
@@ -623,8 +624,8 @@ async fn health(State(s): St) -> Response {
                 .collect();
             let mut models = serde_json::Map::new();
             for (m, _) in s.models() {
-                let n = r.live_workers().iter().filter(|a| a.model == m).count();
-                let depth = r.depths().iter().find(|d| d.0 == m).map_or(0, |d| d.1);
+                let n = live.iter().filter(|a| a.model == m).count();
+                let depth = depths.iter().find(|d| d.0 == m).map_or(0, |d| d.1);
                 models.insert(m, json!({"workers_live": n, "queue_depth": depth}));
             }
             Json(json!({
