@@ -3,11 +3,14 @@
 # and machine, in one run; prints both JSON lines and the ratio of their fastest dtypes.
 #   tools/bench/compare.sh [PRESET] [BLOCKS] [SIZE] [THREADS]
 #   tools/bench/compare.sh flux-schnell 1,1 1024x1024 2
+# Each side reports the median of REPEAT forwards (default 3: the first of a process also
+# pays for faulting in its memory, on both sides).
 # Needs target/release/sprout and a Python with torch and diffusers (PYTHON, default
 # python3).
 set -euo pipefail
 preset=${1:-flux-schnell}; blocks=${2:-1,1}; size=${3:-1024x1024}; threads=${4:-2}
 PYTHON=${PYTHON:-python3}
+repeat=${REPEAT:-3}
 here=$(cd "$(dirname "$0")" && pwd)
 sprout=${SPROUT:-$here/../../target/release/sprout}
 lscpu | grep 'Model name' >&2
@@ -15,11 +18,11 @@ echo "features: $(grep -o -w -E 'avx2|fma|avx512f|avx512_bf16|avx512_vnni|amx_bf
 results=$(mktemp)
 for dtype in ${SPROUT_DTYPES:-f32 bf16 q8_0}; do
   "$sprout" bench --dit "$preset" --blocks "$blocks" --size "$size" --dtype "$dtype" \
-    --threads "$threads" | tail -n 1 | sed 's/^/sprout /' >> "$results"
+    --threads "$threads" --repeat "$repeat" | tail -n 1 | sed 's/^/sprout /' >> "$results"
 done
 for dtype in ${TORCH_DTYPES:-f32 bf16}; do
   "$PYTHON" "$here/torch_dit.py" --preset "$preset" --blocks "$blocks" --size "$size" \
-    --dtype "$dtype" --threads "$threads" | sed 's/^/torch /' >> "$results"
+    --dtype "$dtype" --threads "$threads" --repeat "$repeat" | sed 's/^/torch /' >> "$results"
 done
 cat "$results"
 "$PYTHON" - "$results" <<'PY'

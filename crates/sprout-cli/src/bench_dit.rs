@@ -100,10 +100,17 @@ fn peak(kind: Kind, dev: &Device) -> Result<f64> {
             })?
         }
         Kind::Bf16 => {
-            let (x, wt) = (x.to_dtype(DType::BF16)?, w.to_dtype(DType::BF16)?.t()?);
-            x.matmul(&wt)?;
+            // As the DiT's bf16 linear layers hold it: packed for the CPU's bf16 kernel, or
+            // widened per product where there is none.
+            let lw = Weights::Bf16Linear(VarBuilder::from_tensors(
+                HashMap::from([("w".to_string(), w.to_dtype(DType::BF16)?)]),
+                DType::F32,
+                dev,
+            ))
+            .linear_weight(n, k, "w", candle_nn::Init::Const(0.0))?;
+            lw.matmul_t(&x)?;
             median_secs(3, || {
-                x.matmul(&wt)?;
+                lw.matmul_t(&x)?;
                 Ok(())
             })?
         }
@@ -172,7 +179,15 @@ fn quantized(
 fn build(cfg: &DitConfig, kind: Kind, dev: &Device) -> Result<Dit> {
     match kind {
         Kind::F32 => Ok(dense(cfg, DType::F32, dev)?.0),
-        Kind::Bf16 => Ok(dense(cfg, DType::BF16, dev)?.0),
+        Kind::Bf16 => {
+            let (dit, weights) = dense(cfg, DType::BF16, dev)?;
+            drop(dit);
+            // bf16 linear weights, f32 everything else (as `generate` loads bf16 files).
+            Ok(Dit::new(
+                cfg,
+                Weights::Bf16Linear(VarBuilder::from_tensors(weights, DType::F32, dev)),
+            )?)
+        }
         Kind::Quant(q) => {
             let (dit, vm) = dense(cfg, DType::F32, dev)?;
             drop(dit);
@@ -215,6 +230,16 @@ pub fn run(b: DitBench) -> Result<()> {
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let dev = Device::Cpu;
+    // A bf16 model's attention multiplies in bf16 too where the CPU can (as generate runs
+    // bf16 weights, and as PyTorch's bf16 attention does).
+    sprout_models::flash::set_bf16(kind == Kind::Bf16);
+    let attention = if kind == Kind::Bf16 && sprout_models::flash::bf16() && b.attention == "fused"
+    {
+        "fused bf16".to_string()
+    } else {
+        b.attention.clone()
+    };
+    let b = DitBench { attention, ..b };
     eprintln!(
         "{} with {}+{} blocks ({:.2} B parameters), {:?} weights, {li}+{lt} tokens, {threads} threads, {} attention",
         b.preset,
@@ -228,11 +253,14 @@ pub fn run(b: DitBench) -> Result<()> {
     let t0 = Instant::now();
     let dit = build(&cfg, kind, &dev)?;
     let build_s = t0.elapsed().as_secs_f64();
-    let act = if kind == Kind::Bf16 {
-        DType::BF16
-    } else {
-        DType::F32
-    };
+    // The random f32 weights the build made and dropped stay in the heap (the allocator is
+    // set never to unmap); handed back so that the resident memory measured is the model's.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    let act = DType::F32;
     let img = Tensor::randn(0f32, 1.0, (1, li, cfg.embed_channels()), &dev)?.to_dtype(act)?;
     let txt = Tensor::randn(0f32, 1.0, (1, lt, cfg.context_in_dim), &dev)?.to_dtype(act)?;
     let vec = Tensor::randn(0f32, 1.0, (1, cfg.vec_in_dim), &dev)?.to_dtype(act)?;

@@ -66,7 +66,11 @@ enum Workload {
 /// Tensors: keep freed tensor buffers in the heap instead of returning them to the kernel.
 /// Training allocates and frees many multi-megabyte tensors per step; with glibc's default
 /// thresholds each one is a fresh `mmap` whose pages fault in again, which cost a third of a
-/// DiT step's time here (`sprout bench --train`: 2.0 s → 1.5 s with this).
+/// DiT step's time here (`sprout bench --train`: 2.0 s → 1.5 s with this). glibc caps the
+/// mmap threshold at 32 MiB, so larger buffers (a FLUX.1 block's activations at 1024² are
+/// 53–214 MB) were still mapped fresh for every op: zeroing their pages took a fifth of a
+/// FLUX.1-width forward (`perf`: `clear_page_erms` 21 %). No mmap at all keeps them in the
+/// heap too (`sprout bench --dit flux-schnell --dtype bf16`: 8.1 → 7.2 s).
 ///
 /// Front end: the opposite. Under the tensor settings its heap was never trimmed and grew
 /// 8–9 % over a 64-client soak though its live heap stayed under 7 MB (heaptrack); with a
@@ -80,6 +84,7 @@ fn tune_allocator(w: Workload) {
         match w {
             Workload::Tensors => {
                 libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+                libc::mallopt(libc::M_MMAP_MAX, 0);
                 libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
                 libc::mallopt(libc::M_TOP_PAD, 256 << 20);
             }

@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::vmath;
+
 /// Whether [`attention`] runs the fused kernel where it applies.
 static FUSED: AtomicBool = AtomicBool::new(true);
 
@@ -32,8 +34,24 @@ pub fn fused() -> bool {
     FUSED.load(Ordering::Relaxed)
 }
 
+/// Whether the forward pass multiplies in bf16 where the CPU has AVX-512 BF16.
+static BF16: AtomicBool = AtomicBool::new(false);
+
+/// Runs the forward pass's two products in bf16 (on CPUs with AVX-512 BF16;
+/// [`crate::flash_bf16`]) or in f32 (the default). For models whose linear layers run in
+/// bf16, as PyTorch's bf16 attention does; training, whose backward pass recomputes the
+/// scores in f32, keeps the default.
+pub fn set_bf16(on: bool) {
+    BF16.store(on, Ordering::Relaxed);
+}
+
+/// Whether the forward pass multiplies in bf16 on this CPU.
+pub fn bf16() -> bool {
+    BF16.load(Ordering::Relaxed) && crate::bf16_gemm::available()
+}
+
 /// Query rows per task.
-const BQ: usize = 64;
+const BQ: usize = 128;
 /// Key rows per tile.
 const BK: usize = 256;
 
@@ -188,25 +206,18 @@ impl FlashAttention {
                             );
                             for i in 0..qr {
                                 let row = &mut s[i * kr..(i + 1) * kr];
-                                let mx = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                                let m_new = m[i].max(mx);
+                                let m_new = m[i].max(vmath::max(row));
                                 if m_new == f32::NEG_INFINITY {
                                     // Every key so far is masked out entirely.
                                     row.fill(0.0);
                                     continue;
                                 }
                                 let correction = (m[i] - m_new).exp();
-                                let mut sum = 0f32;
-                                for x in row.iter_mut() {
-                                    *x = (*x - m_new).exp();
-                                    sum += *x;
-                                }
+                                let sum = vmath::exp_shifted_sum(row, m_new);
                                 l[i] = l[i] * correction + sum;
                                 m[i] = m_new;
                                 if correction != 1.0 {
-                                    for y in &mut o[i * d..(i + 1) * d] {
-                                        *y *= correction;
-                                    }
+                                    vmath::scale(&mut o[i * d..(i + 1) * d], correction);
                                 }
                             }
                             // o += p v
@@ -285,9 +296,7 @@ impl FlashAttention {
                         );
                         for i in 0..qr {
                             let li = lseh[q0 + i];
-                            for x in &mut p[i * kr..(i + 1) * kr] {
-                                *x = (*x - li).exp();
-                            }
+                            vmath::exp_shifted_sum(&mut p[i * kr..(i + 1) * kr], li);
                         }
                         // dV += Pᵀ dO
                         product((kr, d, qr), dvs, d, true, &p, (1, kr), dos, (d, 1), 1.0);
@@ -381,7 +390,13 @@ impl CustomOp3 for FlashAttention {
                 candle_core::bail!("flash attention: the key bias does not match the keys");
             }
         }
-        let (out, lse) = self.forward(q, k, v, n);
+        let (out, lse) = if bf16() {
+            let shape = (n.b, n.h, n.lq, n.lk, n.d);
+            let bias = self.bias.as_ref().map(|b| b.as_slice());
+            crate::flash_bf16::forward(q, k, v, shape, self.scale, bias)
+        } else {
+            self.forward(q, k, v, n)
+        };
         *self.lse.lock().expect("lse") = Some(Arc::new(lse));
         Ok((CpuStorage::F32(out), ql.shape().clone()))
     }

@@ -120,16 +120,9 @@ impl CustomOp1 for Softmax {
         let d = l.dims().last().copied().unwrap_or(1);
         let out = rows_out(x.len(), d, |r, y| {
             let xr = &x[r * d..(r + 1) * d];
-            let m = xr.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for (o, v) in y.iter_mut().zip(xr) {
-                *o = (v - m).exp();
-                sum += *o;
-            }
-            let inv = 1.0 / sum;
-            for o in y.iter_mut() {
-                *o *= inv;
-            }
+            y.copy_from_slice(xr);
+            let sum = vmath::exp_shifted_sum(y, vmath::max(xr));
+            vmath::scale(y, 1.0 / sum);
         });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
@@ -315,16 +308,7 @@ impl CustomOp3 for Rope {
 
 // ---------------------------------------------------------------- GELU (tanh approximation)
 
-const GELU_A: f32 = 0.797_884_6; // sqrt(2/π)
-const GELU_B: f32 = 0.044_715;
-
-/// tanh through one `exp` (libm's `tanhf` goes through the slower `expm1f`); accurate to a
-/// few ulp away from 0, and to ~1e-7 absolute near 0, which is all GELU needs.
-#[inline]
-fn tanh(u: f32) -> f32 {
-    let e = (-2.0 * u.abs()).exp();
-    ((1.0 - e) / (1.0 + e)).copysign(u)
-}
+use crate::vmath;
 
 struct Gelu;
 
@@ -339,9 +323,7 @@ impl CustomOp1 for Gelu {
         out.par_chunks_mut(4096)
             .zip(x.par_chunks(4096))
             .for_each(|(o, x)| {
-                for (o, &v) in o.iter_mut().zip(x) {
-                    *o = 0.5 * v * (1.0 + tanh(GELU_A * (v + GELU_B * v * v * v)));
-                }
+                vmath::gelu(o, x);
             });
         Ok((CpuStorage::F32(out), l.shape().clone()))
     }
@@ -371,13 +353,7 @@ impl CustomOp2 for GeluBwd {
         out.par_chunks_mut(4096)
             .zip(x.par_chunks(4096).zip(dy.par_chunks(4096)))
             .for_each(|(o, (x, g))| {
-                for i in 0..o.len() {
-                    let v = x[i];
-                    let t = tanh(GELU_A * (v + GELU_B * v * v * v));
-                    let d = 0.5 * (1.0 + t)
-                        + 0.5 * v * (1.0 - t * t) * GELU_A * (1.0 + 3.0 * GELU_B * v * v);
-                    o[i] = g[i] * d;
-                }
+                vmath::gelu_backward(o, x, g);
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

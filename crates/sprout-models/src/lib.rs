@@ -8,9 +8,11 @@
 //! - [`ops`]: the differentiable building blocks the hot path uses.
 
 pub mod ae;
+pub mod bf16_gemm;
 pub mod dit;
 mod error;
 pub mod flash;
+mod flash_bf16;
 pub mod flux;
 pub mod fused;
 pub mod gguf;
@@ -21,6 +23,7 @@ pub mod recorder;
 pub mod t5;
 pub mod text;
 pub mod tiling;
+pub mod vmath;
 pub mod weights;
 
 pub use error::ModelError;

@@ -10,6 +10,7 @@ use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, Result, Shape, Tensor};
 use candle_transformers::quantized_var_builder::VarBuilder as QVarBuilder;
 
+use crate::bf16_gemm::PackedBf16;
 use crate::flux::lora::LoraUsage;
 
 #[derive(Clone)]
@@ -20,6 +21,11 @@ pub enum Weights<'a> {
         vb: QVarBuilder,
         dtype: DType,
     },
+    /// Dense tensors of which the linear layers' weights are kept in bf16 while everything
+    /// else, activations included, is f32 (`vb`'s dtype): packed for the bf16 kernel of
+    /// [`crate::bf16_gemm`] where the CPU has one, else widened to f32 for each product.
+    /// Half the weights' memory at f32's accuracy of everything around the products.
+    Bf16Linear(candle_nn::VarBuilder<'a>),
     /// `inner` with LoRA adapters applied unmerged to its linear layers (for quantized
     /// weights, which cannot take a merged update); `prefix` is the module path so far.
     Adapted {
@@ -44,6 +50,11 @@ pub enum LinearWeight {
         q: Arc<QTensor>,
         dtype: DType,
     },
+    /// A bf16 weight laid out for the CPU's bf16 dot-product kernel; f32 activations.
+    Packed(Arc<PackedBf16>),
+    /// A bf16 weight (stored so), widened to the activations' f32 for each product: bf16
+    /// weights on a CPU without bf16 products, or on another device.
+    Widened(Tensor),
     /// `base` plus a low-rank update `up (out, R) · down (R, in)` kept apart (f32).
     Adapted {
         base: Box<LinearWeight>,
@@ -62,6 +73,8 @@ impl LinearWeight {
         match self {
             LinearWeight::Dense(w) => w.dims2(),
             LinearWeight::Quantized { q, .. } => q.shape().dims2(),
+            LinearWeight::Packed(p) => Ok(p.dims()),
+            LinearWeight::Widened(w) => w.dims2(),
             LinearWeight::Adapted { base, .. } => base.dims2(),
         }
     }
@@ -71,6 +84,7 @@ impl LinearWeight {
         match self {
             LinearWeight::Dense(w) => w.dtype(),
             LinearWeight::Quantized { dtype, .. } => *dtype,
+            LinearWeight::Packed(_) | LinearWeight::Widened(_) => DType::F32,
             LinearWeight::Adapted { base, .. } => base.dtype(),
         }
     }
@@ -93,6 +107,8 @@ impl LinearWeight {
                     y.to_dtype(*dtype)
                 }
             }
+            LinearWeight::Packed(p) => p.matmul_t(&x.contiguous()?),
+            LinearWeight::Widened(w) => x.matmul(&w.to_dtype(x.dtype())?.t()?),
             LinearWeight::Adapted { base, up, down } => {
                 let y = base.matmul_t(x)?;
                 let d = x
@@ -110,6 +126,7 @@ impl<'a> Weights<'a> {
     pub fn pp<S: ToString>(&self, s: S) -> Self {
         match self {
             Weights::Dense(vb) => Weights::Dense(vb.pp(s)),
+            Weights::Bf16Linear(vb) => Weights::Bf16Linear(vb.pp(s)),
             Weights::Quantized { vb, dtype } => Weights::Quantized {
                 vb: vb.pp(s),
                 dtype: *dtype,
@@ -135,7 +152,7 @@ impl<'a> Weights<'a> {
 
     pub fn device(&self) -> &Device {
         match self {
-            Weights::Dense(vb) => vb.device(),
+            Weights::Dense(vb) | Weights::Bf16Linear(vb) => vb.device(),
             Weights::Quantized { vb, .. } => vb.device(),
             Weights::Adapted { inner, .. } => inner.device(),
         }
@@ -143,7 +160,7 @@ impl<'a> Weights<'a> {
 
     pub fn dtype(&self) -> DType {
         match self {
-            Weights::Dense(vb) => vb.dtype(),
+            Weights::Dense(vb) | Weights::Bf16Linear(vb) => vb.dtype(),
             Weights::Quantized { dtype, .. } => *dtype,
             Weights::Adapted { inner, .. } => inner.dtype(),
         }
@@ -157,7 +174,7 @@ impl<'a> Weights<'a> {
         init: candle_nn::Init,
     ) -> Result<Tensor> {
         match self {
-            Weights::Dense(vb) => vb.get_with_hints(shape, name, init),
+            Weights::Dense(vb) | Weights::Bf16Linear(vb) => vb.get_with_hints(shape, name, init),
             Weights::Quantized { vb, dtype } => vb
                 .get(shape, name)?
                 .dequantize(vb.device())?
@@ -180,6 +197,14 @@ impl<'a> Weights<'a> {
                 name,
                 init,
             )?)),
+            Weights::Bf16Linear(vb) => {
+                let w = vb.get_with_hints_dtype((out, inp), name, init, DType::BF16)?;
+                if vb.device().is_cpu() && crate::bf16_gemm::available() {
+                    Ok(LinearWeight::Packed(Arc::new(PackedBf16::from_tensor(&w)?)))
+                } else {
+                    Ok(LinearWeight::Widened(w))
+                }
+            }
             Weights::Quantized { vb, dtype } => {
                 let q = vb.get((out, inp), name)?;
                 match q.dtype() {
@@ -246,5 +271,50 @@ mod tests {
                 assert!(err <= tol * scale, "{q:?} rows {rows}: {err} vs {scale}");
             }
         }
+    }
+
+    /// A bf16 linear weight (packed for the CPU's bf16 kernel, or widened where there is
+    /// none) multiplies f32 activations as the f32 product of the bf16-rounded operands
+    /// does, up to the order of the f32 sums; its compute type is f32, and the norms and
+    /// biases of the same builder stay f32.
+    #[test]
+    fn bf16_linear_weights_multiply_f32_activations() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (40, 96), &dev).unwrap();
+        let bias = Tensor::randn(0f32, 1.0, 40, &dev).unwrap();
+        let map = std::collections::HashMap::from([
+            ("l.weight".to_string(), w.to_dtype(DType::BF16).unwrap()),
+            ("l.bias".to_string(), bias.clone()),
+        ]);
+        let vb = Weights::Bf16Linear(candle_nn::VarBuilder::from_tensors(map, DType::F32, &dev));
+        let lin = crate::ops::linear(96, 40, vb.pp("l")).unwrap();
+        assert_eq!(lin.dtype(), DType::F32);
+        // The bf16 kernel rounds the activations too; the widened product keeps them.
+        let rounds_x = match lin.weight() {
+            LinearWeight::Packed(_) => {
+                assert!(crate::bf16_gemm::available());
+                true
+            }
+            LinearWeight::Widened(t) => {
+                assert_eq!(t.dtype(), DType::BF16);
+                false
+            }
+            other => panic!("a bf16 linear weight became {other:?}"),
+        };
+        let x = Tensor::randn(0f32, 1.0, (3, 5, 96), &dev).unwrap();
+        let got = candle_core::Module::forward(&lin, &x).unwrap();
+        let round = |t: &Tensor| {
+            t.to_dtype(DType::BF16)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+        };
+        let want = (if rounds_x { round(&x) } else { x.clone() })
+            .broadcast_matmul(&round(&w).t().unwrap())
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
+        let e = crate::ops::max_abs_diff(&got, &want).unwrap();
+        assert!(e < 1e-4, "{e}");
     }
 }
