@@ -176,17 +176,26 @@ fn quantized(
     )?)
 }
 
+/// The DiT of `weights` with its linear weights in bf16 and everything else in f32, as
+/// `generate` loads a bf16 file on the CPU.
+fn bf16_linear(cfg: &DitConfig, weights: HashMap<String, Tensor>, dev: &Device) -> Result<Dit> {
+    let weights = weights
+        .into_iter()
+        .map(|(k, v)| Ok((k, v.to_dtype(DType::BF16)?)))
+        .collect::<Result<HashMap<_, _>>>()?;
+    Ok(Dit::new(
+        cfg,
+        Weights::Bf16Linear(VarBuilder::from_tensors(weights, DType::F32, dev)),
+    )?)
+}
+
 fn build(cfg: &DitConfig, kind: Kind, dev: &Device) -> Result<Dit> {
     match kind {
         Kind::F32 => Ok(dense(cfg, DType::F32, dev)?.0),
         Kind::Bf16 => {
             let (dit, weights) = dense(cfg, DType::BF16, dev)?;
             drop(dit);
-            // bf16 linear weights, f32 everything else (as `generate` loads bf16 files).
-            Ok(Dit::new(
-                cfg,
-                Weights::Bf16Linear(VarBuilder::from_tensors(weights, DType::F32, dev)),
-            )?)
+            bf16_linear(cfg, weights, dev)
         }
         Kind::Quant(q) => {
             let (dit, vm) = dense(cfg, DType::F32, dev)?;
@@ -361,12 +370,13 @@ mod tests {
     }
 
     #[test]
-    fn quantized_weights_built_in_memory_run_the_forward_near_the_dense_one() {
+    fn quantized_and_bf16_weights_built_in_memory_run_the_forward_near_the_dense_one() {
         // The tiny preset's dense forward and its Q8_0 copy built through the in-memory GGUF
         // agree to Q8_0's rounding.
         let dev = Device::Cpu;
         let cfg = DitConfig::tiny();
         let (dense, vm) = dense(&cfg, DType::F32, &dev).unwrap();
+        let bf16 = bf16_linear(&cfg, vm.clone(), &dev).unwrap();
         let q8 = quantized(&cfg, vm, GgmlDType::Q8_0, &dev).unwrap();
         let img = Tensor::randn(0f32, 1.0, (1, 4, cfg.embed_channels()), &dev).unwrap();
         let txt = Tensor::randn(0f32, 1.0, (1, 3, cfg.context_in_dim), &dev).unwrap();
@@ -376,6 +386,11 @@ mod tests {
         let input = DitInput::new(&img, &ii, &txt, &ti, &t, &vec);
         let a = dense.forward(&input).unwrap();
         let b = q8.forward(&input).unwrap();
+        // bf16 linear weights (the kernel's or widened) with f32 everything else: within
+        // bf16's rounding of the dense forward.
+        let c = bf16.forward(&input).unwrap();
+        assert_eq!(c.dtype(), DType::F32);
+        let dc = sprout_models::ops::max_abs_diff(&a, &c).unwrap();
         let scale = a
             .abs()
             .unwrap()
@@ -385,5 +400,6 @@ mod tests {
             .unwrap();
         let d = sprout_models::ops::max_abs_diff(&a, &b).unwrap();
         assert!(scale > 0.0 && d < 0.05 * scale.max(1e-3), "{d} vs {scale}");
+        assert!(dc < 0.05 * scale.max(1e-3), "bf16: {dc} vs {scale}");
     }
 }

@@ -257,6 +257,11 @@ impl FluxModel {
             _ if full_size => DType::BF16,
             _ => DType::F32,
         };
+        // A bf16 file on the CPU: its linear weights stay bf16 (packed for the CPU's bf16
+        // kernel where it has one, else widened per product) and everything else, the
+        // activations included, computes in f32, whose elementwise kernels are the fast ones.
+        let bf16_linear = !gguf && device.is_cpu() && dtype == DType::BF16;
+        let compute = if bf16_linear { DType::F32 } else { dtype };
         let clip_files = require(&files.clip, "CLIP text encoder (text_encoder/)", &files)?;
         let t5_files = require(&files.t5, "T5 text encoder (text_encoder_2/)", &files)?;
         let (vae_files, vae_diffusers) = require(&files.vae, "autoencoder", &files)?;
@@ -337,7 +342,7 @@ impl FluxModel {
             clip_tokenizer: clip_tokenizer(clip_tok)?,
             t5_tokenizer: t5_tokenizer(t5_tok)?,
             t5_len: t5_len.unwrap_or(variant.t5_len()),
-            dtype,
+            dtype: compute,
             device: device.clone(),
         };
         let encoded = prompts
@@ -376,26 +381,32 @@ impl FluxModel {
             let vb = match (usage.clone(), inspection.diffusers_names) {
                 (None, true) => VarBuilder::from_backend(
                     Box::new(Renamed::transformer(st)),
-                    dtype,
+                    compute,
                     device.clone(),
                 ),
-                (None, false) => VarBuilder::from_backend(Box::new(st), dtype, device.clone()),
+                (None, false) => VarBuilder::from_backend(Box::new(st), compute, device.clone()),
                 (Some(u), true) => VarBuilder::from_backend(
                     Box::new(WithLora::with_usage(
                         Renamed::transformer(st),
                         u,
                         Target::Transformer,
                     )),
-                    dtype,
+                    compute,
                     device.clone(),
                 ),
                 (Some(u), false) => VarBuilder::from_backend(
                     Box::new(WithLora::with_usage(st, u, Target::Transformer)),
-                    dtype,
+                    compute,
                     device.clone(),
                 ),
             };
-            Dit::new(&dit_cfg, vb)
+            if bf16_linear {
+                // The attention's products in bf16 too, as the linear layers'.
+                sprout_models::flash::set_bf16(true);
+                Dit::new(&dit_cfg, Weights::Bf16Linear(vb))
+            } else {
+                Dit::new(&dit_cfg, vb)
+            }
         }
         .map_err(|e| in_file(&e))?;
         if let Some(u) = usage {
