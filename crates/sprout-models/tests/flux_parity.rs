@@ -351,6 +351,54 @@ fn transformer_in_bf16_stays_within_its_tolerance() {
     }
 }
 
+/// bf16 linear weights with everything else in f32 (how a bf16 file runs on the CPU: the
+/// weights packed for the bf16 kernel where the CPU has AVX-512 BF16, which rounds the
+/// activations of each product to bf16 too, else widened): within the same tolerance as the
+/// all-bf16 pass.
+#[test]
+fn transformer_with_bf16_linear_weights_stays_within_the_bf16_tolerance() {
+    const BF16_TOL: f32 = 1.25;
+    for variant in ["schnell", "dev"] {
+        let (io, _) = load(&format!("transformer_{variant}_io.safetensors"));
+        let (w, cfg) = load(&format!("transformer_{variant}_bfl.safetensors"));
+        let cfg: DiffusersTransformerConfig = serde_json::from_value(cfg).unwrap();
+        let dit = Dit::new(
+            &cfg.to_dit().unwrap(),
+            sprout_models::weights::Weights::Bf16Linear(VarBuilder::from_tensors(
+                w,
+                DType::F32,
+                &Device::Cpu,
+            )),
+        )
+        .unwrap();
+        let img_ids = grid_ids(0, 4, 3, &Device::Cpu).unwrap();
+        let txt_ids = io["txt_ids"].unsqueeze(0).unwrap();
+        let out = dit
+            .forward(&DitInput {
+                guidance: io.get("guidance"),
+                ..DitInput::new(
+                    &io["img"],
+                    &img_ids,
+                    &io["txt"],
+                    &txt_ids,
+                    &io["timesteps"],
+                    &io["y"],
+                )
+            })
+            .unwrap();
+        assert_eq!(out.dtype(), DType::F32);
+        let d = max_abs_diff(&out, &io["out"]).unwrap();
+        let theirs = max_abs_diff(&io["out_bf16"], &io["out"]).unwrap();
+        eprintln!(
+            "{variant} bf16 linear weights: max abs error {d:.3e}; the reference's bf16 pass: {theirs:.3e}"
+        );
+        assert!(
+            d > 0.0 && d <= BF16_TOL * theirs,
+            "{variant}: {d} > {BF16_TOL} × {theirs}"
+        );
+    }
+}
+
 /// GGUF: the reference's BFL-named weights written as Q8_0 and Q4_0 GGUF files (as community
 /// conversions are) and run through the quantized path. Against a dense model holding the
 /// same dequantized weights, only the 8-bit quantization of activations in the block
