@@ -171,13 +171,39 @@ impl PackedBf16 {
     /// `x (rows, k) · Wᵀ` for a contiguous f32 CPU tensor of any rank whose last dimension
     /// is `k`; the result has `x`'s leading dimensions and `n` columns. Needs [`available`].
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
-        x.apply_op1_no_bwd(&Product { w: self })
+        x.apply_op1_no_bwd(&Product {
+            w: self,
+            bias: None,
+        })
+    }
+
+    /// [`PackedBf16::matmul_t`] plus a bias of `n` values added to every row, in the same
+    /// pass.
+    pub fn matmul_t_bias(&self, x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let bias = bias
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        if bias.len() != self.n {
+            candle_core::bail!(
+                "bf16 product: a bias of {} values for a weight of {} × {}",
+                bias.len(),
+                self.n,
+                self.k
+            );
+        }
+        x.apply_op1_no_bwd(&Product {
+            w: self,
+            bias: Some(bias),
+        })
     }
 }
 
 /// `x · Wᵀ` as a candle op (no backward: packed weights are loaded, not trained).
 struct Product<'a> {
     w: &'a PackedBf16,
+    /// Added to every row as each output tile is stored (one pass instead of two).
+    bias: Option<Vec<f32>>,
 }
 
 impl CustomOp1 for Product<'_> {
@@ -206,7 +232,7 @@ impl CustomOp1 for Product<'_> {
         }
         let x = &v[a..b];
         let rows = x.len() / k.max(1);
-        let out = product(self.w, x, rows);
+        let out = product(self.w, self.bias.as_deref(), x, rows);
         let mut shape = dims.to_vec();
         *shape.last_mut().expect("rank >= 1") = self.w.n;
         Ok((CpuStorage::F32(out), Shape::from(shape)))
@@ -227,8 +253,8 @@ impl OutPtr {
     }
 }
 
-/// `x (rows, k) · Wᵀ` as a fresh row-major `(rows, n)` f32 buffer.
-fn product(w: &PackedBf16, x: &[f32], rows: usize) -> Vec<f32> {
+/// `x (rows, k) · Wᵀ (+ bias)` as a fresh row-major `(rows, n)` f32 buffer.
+fn product(w: &PackedBf16, bias: Option<&[f32]>, x: &[f32], rows: usize) -> Vec<f32> {
     let (n, k) = (w.n, w.k);
     let mut out = vec![0f32; rows * n];
     if rows == 0 || n == 0 {
@@ -256,7 +282,7 @@ fn product(w: &PackedBf16, x: &[f32], rows: usize) -> Vec<f32> {
     tasks.into_par_iter().for_each(|(r0, r1, p0, p1)| {
         // SAFETY: `available()` was checked by the caller; the rectangle lies inside the
         // output, and tasks' rectangles are disjoint.
-        unsafe { task(w, x, k, ptr.get(), n, (r0, r1), (p0, p1)) }
+        unsafe { task(w, bias, x, k, ptr.get(), n, (r0, r1), (p0, p1)) }
     });
     out
 }
@@ -265,8 +291,10 @@ fn product(w: &PackedBf16, x: &[f32], rows: usize) -> Vec<f32> {
 ///
 /// # Safety
 /// Needs AVX-512F and AVX-512 BF16; `out` must hold `(r1, n)` row-major f32 elements.
+#[allow(clippy::too_many_arguments)]
 unsafe fn task(
     w: &PackedBf16,
+    bias: Option<&[f32]>,
     x: &[f32],
     k: usize,
     out: *mut f32,
@@ -281,7 +309,7 @@ unsafe fn task(
         let mc = MC.min(r1 - ic);
         pack_a(&mut a, &x[ic * k..(ic + mc) * k], k, mc, k, 1.0);
         let c = out.add(ic * n + p0 * NR);
-        block(&a, kp, mc, w, 0, kp, (p0, p1), c, n, false);
+        block(&a, kp, mc, w, 0, kp, (p0, p1), c, n, false, bias);
         ic += mc;
     }
 }
@@ -290,7 +318,8 @@ unsafe fn task(
 /// pairs per row) times the weight's panels `p0..p1` over its pairs `b_p0..b_p0 + kc`
 /// (the activations' pairs `0..kc`). `c` points at the output element of row 0 and the
 /// first column of panel `p0`, rows `ldc` apart; only columns below the weight's `n` are
-/// written. With `accumulate` false the product replaces `c`.
+/// written. With `accumulate` false the product replaces `c`; `bias` (one value per weight
+/// row, `n`) is added at the end.
 ///
 /// # Safety
 /// Needs AVX-512F and AVX-512 BF16 ([`available`]); `c` must hold `rows` rows of the
@@ -307,22 +336,34 @@ pub(crate) unsafe fn block(
     c: *mut f32,
     ldc: usize,
     accumulate: bool,
+    bias: Option<&[f32]>,
 ) {
     let tiles = rows.div_ceil(MR);
+    assert!(bias.is_none_or(|b| b.len() == w.n));
     assert!(a.len() >= tiles * a_kp * MR && kc <= a_kp && b_p0 + kc <= w.kp);
     let mut pc = 0;
     while pc < kc {
         let kcc = KC.min(kc - pc);
         let first = pc == 0 && !accumulate;
+        let last = pc + kcc == kc;
         for panel in p0..p1 {
             let b = w.data.as_ptr().add(panel * w.kp * NR + (b_p0 + pc) * NR);
             let cols = NR.min(w.n - panel * NR);
+            // The bias of the panel's columns, added as the last slice is stored.
+            let mut padded = [0f32; NR];
+            let bp = match bias {
+                Some(bias) if last => {
+                    padded[..cols].copy_from_slice(&bias[panel * NR..panel * NR + cols]);
+                    padded.as_ptr()
+                }
+                _ => std::ptr::null(),
+            };
             for t in 0..tiles {
                 let tile_rows = MR.min(rows - t * MR);
                 let ap = a.as_ptr().add(t * a_kp * MR + pc * MR);
                 let ct = c.add(t * MR * ldc + (panel - p0) * NR);
                 if tile_rows == MR && cols == NR {
-                    kernel(kcc, ap, b, ct, ldc, first);
+                    kernel(kcc, ap, b, ct, ldc, first, bp);
                 } else {
                     // An edge tile: through a full-size buffer.
                     let mut buf = [0f32; MR * NR];
@@ -333,7 +374,7 @@ pub(crate) unsafe fn block(
                             }
                         }
                     }
-                    kernel(kcc, ap, b, buf.as_mut_ptr(), NR, first);
+                    kernel(kcc, ap, b, buf.as_mut_ptr(), NR, first, bp);
                     for i in 0..tile_rows {
                         for j in 0..cols {
                             *ct.add(i * ldc + j) = buf[i * NR + j];
@@ -382,14 +423,23 @@ pub(crate) fn pack_a(
 }
 
 /// The `MR × NR` register tile: `c (MR rows, stride ldc) (+)= Σ_p a[p] · b[p]` over `kc`
-/// pairs, where `a` holds `MR` words per pair and `b` `NR` words per pair.
+/// pairs, where `a` holds `MR` words per pair and `b` `NR` words per pair; then adds the
+/// `NR` floats at `bias` to every row, unless it is null.
 ///
 /// # Safety
 /// Needs AVX-512F and AVX-512 BF16; `a` must hold `kc · MR` words, `b` `kc · NR`, and `c`
 /// `MR` rows of `NR` floats at stride `ldc`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn kernel(kc: usize, a: *const u32, b: *const u32, c: *mut f32, ldc: usize, first: bool) {
+unsafe fn kernel(
+    kc: usize,
+    a: *const u32,
+    b: *const u32,
+    c: *mut f32,
+    ldc: usize,
+    first: bool,
+    bias: *const f32,
+) {
     use std::arch::x86_64::*;
     let mut acc = [[_mm512_setzero_ps(); 2]; MR];
     if !first {
@@ -407,6 +457,13 @@ unsafe fn kernel(kc: usize, a: *const u32, b: *const u32, c: *mut f32, ldc: usiz
             row[1] = _mm512_dpbf16_ps(row[1], av, b1);
         }
     }
+    if !bias.is_null() {
+        let (b0, b1) = (_mm512_loadu_ps(bias), _mm512_loadu_ps(bias.add(16)));
+        for row in acc.iter_mut() {
+            row[0] = _mm512_add_ps(row[0], b0);
+            row[1] = _mm512_add_ps(row[1], b1);
+        }
+    }
     for (i, row) in acc.iter().enumerate() {
         _mm512_storeu_ps(c.add(i * ldc), row[0]);
         _mm512_storeu_ps(c.add(i * ldc + 16), row[1]);
@@ -414,7 +471,15 @@ unsafe fn kernel(kc: usize, a: *const u32, b: *const u32, c: *mut f32, ldc: usiz
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn kernel(_: usize, _: *const u32, _: *const u32, _: *mut f32, _: usize, _: bool) {
+unsafe fn kernel(
+    _: usize,
+    _: *const u32,
+    _: *const u32,
+    _: *mut f32,
+    _: usize,
+    _: bool,
+    _: *const f32,
+) {
     unreachable!("bf16 products need x86-64 with AVX-512 BF16 (checked by `available`)")
 }
 
@@ -492,6 +557,22 @@ mod tests {
             let tol = 1e-6 * (k as f32) * (k as f32).sqrt().max(1.0);
             assert!(d <= tol, "{rows}×{k}×{n}: {d} > {tol}");
         }
+        // With a bias, over a partial panel and several reduction slices.
+        let (x, w) = (
+            Tensor::randn(0f32, 1.0, (30, 500), &dev).unwrap(),
+            Tensor::randn(0f32, 1.0, (45, 500), &dev).unwrap(),
+        );
+        let bias = Tensor::randn(0f32, 1.0, 45, &dev).unwrap();
+        let got = PackedBf16::from_tensor(&w)
+            .unwrap()
+            .matmul_t_bias(&x, &bias)
+            .unwrap();
+        let want = rounded(&x)
+            .matmul(&rounded(&w).t().unwrap())
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
+        assert!(crate::ops::max_abs_diff(&got, &want).unwrap() < 1e-3);
         let x = Tensor::randn(0f32, 1.0, (2, 9, 48), &dev).unwrap();
         let w = Tensor::randn(0f32, 1.0, (33, 48), &dev).unwrap();
         let got = PackedBf16::from_tensor(&w).unwrap().matmul_t(&x).unwrap();

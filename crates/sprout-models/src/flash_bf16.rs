@@ -72,6 +72,7 @@ pub(crate) fn forward(
                                 s.as_mut_ptr(),
                                 BK,
                                 false,
+                                None,
                             );
                         }
                         for i in 0..qr {
@@ -111,6 +112,7 @@ pub(crate) fn forward(
                                 o.as_mut_ptr(),
                                 d,
                                 true,
+                                None,
                             );
                         }
                     }

@@ -81,11 +81,9 @@ impl candle_core::Module for Linear {
         let dims = x.dims().to_vec();
         let (out, inp) = self.weight.dims2()?;
         let rows: usize = dims[..dims.len() - 1].iter().product();
-        let y = self.weight.matmul_t(&x.reshape((rows, inp))?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
+        let y = self
+            .weight
+            .matmul_t_bias(&x.reshape((rows, inp))?, self.bias.as_ref())?;
         let mut shape = dims;
         *shape.last_mut().expect("rank >= 1") = out;
         y.reshape(shape)

@@ -89,6 +89,15 @@ impl LinearWeight {
         }
     }
 
+    /// `x (rows, in) → x·Wᵀ + bias (rows, out)`: in one pass for a packed bf16 weight.
+    pub fn matmul_t_bias(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        match (self, bias) {
+            (LinearWeight::Packed(p), Some(b)) => p.matmul_t_bias(&x.contiguous()?, b),
+            (_, Some(b)) => self.matmul_t(x)?.broadcast_add(b),
+            (_, None) => self.matmul_t(x),
+        }
+    }
+
     /// `x (rows, in) → x·Wᵀ (rows, out)`.
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
         match self {
