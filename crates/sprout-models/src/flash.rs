@@ -162,6 +162,25 @@ fn scores(
     }
 }
 
+/// One query row's step of the online softmax over a tile of its scores: `row` becomes
+/// `exp(score − m′)` for the new running maximum `m′`, the running sum `l` and the row's
+/// unnormalised output `o` are rescaled to it, and the tile's sum is added to `l`.
+pub(crate) fn online_softmax(row: &mut [f32], (m, l): (&mut f32, &mut f32), o: &mut [f32]) {
+    let m_new = m.max(vmath::max(row));
+    if m_new == f32::NEG_INFINITY {
+        // Every key so far is masked out entirely.
+        row.fill(0.0);
+        return;
+    }
+    let correction = (*m - m_new).exp();
+    let sum = vmath::exp_shifted_sum(row, m_new);
+    *l = *l * correction + sum;
+    *m = m_new;
+    if correction != 1.0 {
+        vmath::scale(o, correction);
+    }
+}
+
 impl FlashAttention {
     /// The key bias of batch entry `b`, if any.
     fn head_bias(&self, b: usize, lk: usize) -> Option<&[f32]> {
@@ -205,20 +224,11 @@ impl FlashAttention {
                                 self.scale,
                             );
                             for i in 0..qr {
-                                let row = &mut s[i * kr..(i + 1) * kr];
-                                let m_new = m[i].max(vmath::max(row));
-                                if m_new == f32::NEG_INFINITY {
-                                    // Every key so far is masked out entirely.
-                                    row.fill(0.0);
-                                    continue;
-                                }
-                                let correction = (m[i] - m_new).exp();
-                                let sum = vmath::exp_shifted_sum(row, m_new);
-                                l[i] = l[i] * correction + sum;
-                                m[i] = m_new;
-                                if correction != 1.0 {
-                                    vmath::scale(&mut o[i * d..(i + 1) * d], correction);
-                                }
+                                online_softmax(
+                                    &mut s[i * kr..(i + 1) * kr],
+                                    (&mut m[i], &mut l[i]),
+                                    &mut o[i * d..(i + 1) * d],
+                                );
                             }
                             // o += p v
                             product((qr, d, kr), o, d, true, &s, (kr, 1), vs, (d, 1), 1.0);

@@ -8,6 +8,7 @@
 use rayon::prelude::*;
 
 use crate::bf16_gemm::{self, PackedBf16, NR};
+use crate::flash::online_softmax;
 use crate::vmath;
 
 /// Query rows per task.
@@ -82,19 +83,7 @@ pub(crate) fn forward(
                                     *x += b;
                                 }
                             }
-                            let m_new = m[i].max(vmath::max(row));
-                            if m_new == f32::NEG_INFINITY {
-                                // Every key so far is masked out entirely.
-                                row.fill(0.0);
-                                continue;
-                            }
-                            let correction = (m[i] - m_new).exp();
-                            let sum = vmath::exp_shifted_sum(row, m_new);
-                            l[i] = l[i] * correction + sum;
-                            m[i] = m_new;
-                            if correction != 1.0 {
-                                vmath::scale(&mut o[i * d..(i + 1) * d], correction);
-                            }
+                            online_softmax(row, (&mut m[i], &mut l[i]), &mut o[i * d..(i + 1) * d]);
                         }
                         // o += p v, over the pairs of keys k0..k0 + kr.
                         let kp = bf16_gemm::pack_a(&mut ap, &s, BK, qr, kr, 1.0);

@@ -374,17 +374,7 @@ fn transformer_with_bf16_linear_weights_stays_within_the_bf16_tolerance() {
         let img_ids = grid_ids(0, 4, 3, &Device::Cpu).unwrap();
         let txt_ids = io["txt_ids"].unsqueeze(0).unwrap();
         let out = dit
-            .forward(&DitInput {
-                guidance: io.get("guidance"),
-                ..DitInput::new(
-                    &io["img"],
-                    &img_ids,
-                    &io["txt"],
-                    &txt_ids,
-                    &io["timesteps"],
-                    &io["y"],
-                )
-            })
+            .forward(&reference_input(&io, &img_ids, &txt_ids))
             .unwrap();
         assert_eq!(out.dtype(), DType::F32);
         let d = max_abs_diff(&out, &io["out"]).unwrap();

@@ -524,6 +524,16 @@ async fn jobs_report_progress_position_and_results_and_can_be_cancelled() {
     let (_, a) = s.post("/v1/jobs", long.to_string()).await;
     let a = a["id"].as_str().unwrap().to_string();
     wait_for_status(&s, &a, "running").await;
+    // Running, and past its set-up: its steps are counted (a cancel before the first step
+    // would leave nothing to compare "stopped mid-way" with).
+    let t0 = Instant::now();
+    while job(&s, &a).await["progress"]["total"].as_u64().unwrap_or(0) == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "job {a} never counted its steps"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let (_, b) = s.post("/v1/jobs", long.to_string()).await;
     assert_eq!(b["status"], "queued", "{b}");
     assert_eq!(b["queue_position"], 1, "{b}");
