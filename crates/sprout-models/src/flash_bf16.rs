@@ -7,6 +7,7 @@
 
 use rayon::prelude::*;
 
+use crate::amx;
 use crate::bf16_gemm::{self, PackedBf16, NR};
 use crate::flash::online_softmax;
 use crate::vmath;
@@ -23,6 +24,22 @@ pub(crate) type Shape = (usize, usize, usize, usize, usize);
 /// (B, H, L, D) q, k, v and an optional per-key bias (B·Lk). Needs
 /// [`bf16_gemm::available`].
 pub(crate) fn forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (b, h, lq, lk, d): Shape,
+    scale: f32,
+    bias: Option<&[f32]>,
+) -> (Vec<f32>, Vec<f32>) {
+    if amx::available() {
+        forward_tiles(q, k, v, (b, h, lq, lk, d), scale, bias)
+    } else {
+        forward_vectors(q, k, v, (b, h, lq, lk, d), scale, bias)
+    }
+}
+
+/// [`forward`] with AVX-512 BF16 vector products.
+fn forward_vectors(
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -114,6 +131,121 @@ pub(crate) fn forward(
     (out, lse)
 }
 
+/// [`forward`] with AMX tile products: the query block, the probabilities and the output
+/// accumulator are held padded to whole 32-row tile blocks (and the output to whole
+/// panels), so that every product is whole tiles.
+fn forward_tiles(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (b, h, lq, lk, d): Shape,
+    scale: f32,
+    bias: Option<&[f32]>,
+) -> (Vec<f32>, Vec<f32>) {
+    assert!(bf16_gemm::available() && amx::available());
+    let mut out = vec![0f32; b * h * lq * d];
+    let mut lse = vec![0f32; b * h * lq];
+    // Words per query row: the head width's pairs, to a whole tile step.
+    let dp = d.div_ceil(2).next_multiple_of(amx::PAIRS);
+    let dpanels = d.div_ceil(NR);
+    let ldo = dpanels * NR;
+    out.par_chunks_mut(lq * d)
+        .zip(lse.par_chunks_mut(lq))
+        .enumerate()
+        .for_each(|(bh, (o_head, lse_head))| {
+            let kh = &k[bh * lk * d..(bh + 1) * lk * d];
+            let vh = &v[bh * lk * d..(bh + 1) * lk * d];
+            let keys = PackedBf16::from_f32_rows(kh, lk, d);
+            let values = PackedBf16::from_f32_cols(vh, lk, d);
+            let qh = &q[bh * lq * d..(bh + 1) * lq * d];
+            let bias = bias.map(|x| &x[(bh / h) * lk..(bh / h + 1) * lk]);
+            o_head
+                .par_chunks_mut(BQ * d)
+                .zip(lse_head.par_chunks_mut(BQ))
+                .enumerate()
+                .for_each(|(qb, (o, lse))| {
+                    let qr = lse.len();
+                    let rows = qr.next_multiple_of(amx::ROWS);
+                    // SAFETY: `amx::available()` was checked above.
+                    let tiles = unsafe { amx::Tiles::new() };
+                    let mut aq = vec![0u32; rows * dp];
+                    bf16_gemm::round_rows_tiled(&mut aq, dp, &qh[qb * BQ * d..], d, qr, d, scale);
+                    let mut s = vec![0f32; rows * BK];
+                    let mut ap = vec![0u32; rows * BK / 2];
+                    let mut acc = vec![0f32; rows * ldo];
+                    let mut m = vec![f32::NEG_INFINITY; qr];
+                    let mut l = vec![0f32; qr];
+                    for k0 in (0..lk).step_by(BK) {
+                        let kr = BK.min(lk - k0);
+                        let panels = (k0 / NR, (k0 + kr).div_ceil(NR));
+                        // SAFETY: the tile state is live; `aq` holds rows × dp words, the
+                        // keys' panels hold dp pairs each, and `s` rows of BK floats, which
+                        // the panels of keys k0..k0 + kr fill (BK is a multiple of NR).
+                        unsafe {
+                            bf16_gemm::tile_block(
+                                &tiles,
+                                &aq,
+                                dp,
+                                rows,
+                                &keys,
+                                0,
+                                dp,
+                                panels,
+                                s.as_mut_ptr(),
+                                BK,
+                                false,
+                            );
+                        }
+                        for i in 0..qr {
+                            let row = &mut s[i * BK..i * BK + kr];
+                            if let Some(bias) = bias {
+                                for (x, b) in row.iter_mut().zip(&bias[k0..k0 + kr]) {
+                                    *x += b;
+                                }
+                            }
+                            online_softmax(
+                                row,
+                                (&mut m[i], &mut l[i]),
+                                &mut acc[i * ldo..i * ldo + d],
+                            );
+                        }
+                        // o += p v over the pairs of keys k0..k0 + kr, to a whole tile step;
+                        // the probabilities past kr are zero, the values' padding too.
+                        let kc = kr.div_ceil(2).next_multiple_of(amx::PAIRS);
+                        if kr < BK {
+                            ap.fill(0);
+                        }
+                        bf16_gemm::round_rows_tiled(&mut ap, BK / 2, &s, BK, qr, kr, 1.0);
+                        // SAFETY: as above; `ap` holds rows × BK / 2 words (kc ≤ BK / 2),
+                        // the values' pairs k0 / 2 .. k0 / 2 + kc lie inside their padded
+                        // panels (k0 / 2 is a multiple of 16), and `acc` rows of ldo floats.
+                        unsafe {
+                            bf16_gemm::tile_block(
+                                &tiles,
+                                &ap,
+                                BK / 2,
+                                rows,
+                                &values,
+                                k0 / 2,
+                                kc,
+                                (0, dpanels),
+                                acc.as_mut_ptr(),
+                                ldo,
+                                true,
+                            );
+                        }
+                    }
+                    for i in 0..qr {
+                        let row = &mut o[i * d..(i + 1) * d];
+                        row.copy_from_slice(&acc[i * ldo..i * ldo + d]);
+                        vmath::scale(row, 1.0 / l[i]);
+                        lse[i] = m[i] + l[i].ln();
+                    }
+                });
+        });
+    (out, lse)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,49 +290,62 @@ mod tests {
                 })
                 .collect();
             let scale = 1.0 / (d as f32).sqrt();
-            let (out, lse) = forward(
-                &q,
-                &k,
-                &v,
-                (b, h, lq, lk, d),
-                scale,
-                masked.then_some(&bias[..]),
-            );
-            let t = |x: &[f32], l: usize| Tensor::from_vec(x.to_vec(), (b, h, l, d), &dev).unwrap();
-            let mask = Tensor::from_vec(bias.clone(), (b, 1, 1, lk), &dev).unwrap();
-            let want = crate::ops::attention_composed(
-                &t(&q, lq),
-                &t(&k, lk),
-                &t(&v, lk),
-                masked.then_some(&mask),
-            )
-            .unwrap();
-            let got = Tensor::from_vec(out, (b, h, lq, d), &dev).unwrap();
-            let e = crate::ops::max_abs_diff(&got, &want).unwrap();
-            assert!(e > 0.0 && e < 3e-2, "lq {lq} lk {lk} d {d}: max |Δ| = {e}");
-            // The log-sum-exp of the first query row of the first head, in f64.
-            let mut want_lse = 0f64;
-            let mut mx = f64::NEG_INFINITY;
-            let scores: Vec<f64> = (0..lk)
-                .map(|j| {
-                    let s: f64 = (0..d)
-                        .map(|c| q[c] as f64 * k[j * d + c] as f64)
-                        .sum::<f64>()
-                        * scale as f64
-                        + bias[j] as f64;
-                    mx = mx.max(s);
-                    s
-                })
-                .collect();
-            for s in &scores {
-                want_lse += (s - mx).exp();
+            let paths: &[bool] = if amx::available() {
+                &[false, true]
+            } else {
+                &[false]
+            };
+            for &tiled in paths {
+                let run = if tiled {
+                    forward_tiles
+                } else {
+                    forward_vectors
+                };
+                let (out, lse) = run(
+                    &q,
+                    &k,
+                    &v,
+                    (b, h, lq, lk, d),
+                    scale,
+                    masked.then_some(&bias[..]),
+                );
+                let t =
+                    |x: &[f32], l: usize| Tensor::from_vec(x.to_vec(), (b, h, l, d), &dev).unwrap();
+                let mask = Tensor::from_vec(bias.clone(), (b, 1, 1, lk), &dev).unwrap();
+                let want = crate::ops::attention_composed(
+                    &t(&q, lq),
+                    &t(&k, lk),
+                    &t(&v, lk),
+                    masked.then_some(&mask),
+                )
+                .unwrap();
+                let got = Tensor::from_vec(out, (b, h, lq, d), &dev).unwrap();
+                let e = crate::ops::max_abs_diff(&got, &want).unwrap();
+                assert!(e > 0.0 && e < 3e-2, "lq {lq} lk {lk} d {d}: max |Δ| = {e}");
+                // The log-sum-exp of the first query row of the first head, in f64.
+                let mut want_lse = 0f64;
+                let mut mx = f64::NEG_INFINITY;
+                let scores: Vec<f64> = (0..lk)
+                    .map(|j| {
+                        let s: f64 = (0..d)
+                            .map(|c| q[c] as f64 * k[j * d + c] as f64)
+                            .sum::<f64>()
+                            * scale as f64
+                            + bias[j] as f64;
+                        mx = mx.max(s);
+                        s
+                    })
+                    .collect();
+                for s in &scores {
+                    want_lse += (s - mx).exp();
+                }
+                let want_lse = mx + want_lse.ln();
+                assert!(
+                    (lse[0] as f64 - want_lse).abs() < 3e-2,
+                    "{} vs {want_lse}",
+                    lse[0]
+                );
             }
-            let want_lse = mx + want_lse.ln();
-            assert!(
-                (lse[0] as f64 - want_lse).abs() < 3e-2,
-                "{} vs {want_lse}",
-                lse[0]
-            );
         }
     }
 }

@@ -8,6 +8,7 @@
 //! - [`ops`]: the differentiable building blocks the hot path uses.
 
 pub mod ae;
+pub mod amx;
 pub mod bf16_gemm;
 pub mod dit;
 mod error;

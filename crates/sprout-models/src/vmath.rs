@@ -70,7 +70,8 @@ pub fn exp(x: f32) -> f32 {
     // Rounded to the nearest integer by the 1.5·2²³ trick (exact for |n| < 2²²), which
     // vectorises on every instruction set.
     const ROUND: f32 = 12_582_912.0;
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_2e-3;
@@ -79,7 +80,11 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 0.166_666_65;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    let scaled = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2ⁿ from the bits of t, whose low mantissa bits hold n (t = 1.5·2²³ + n): integer
+    // arithmetic that vectorises, where `n as i32` (a saturating cast) compiles to one
+    // scalar conversion per lane.
+    let scaled =
+        y * f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
     if x < -87.3 {
         0.0
     } else if x > 88.7 {
