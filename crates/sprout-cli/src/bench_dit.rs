@@ -241,9 +241,10 @@ pub fn run(b: DitBench) -> Result<()> {
     let dev = Device::Cpu;
     // A bf16 model's attention multiplies in bf16 too where the CPU can (as generate runs
     // bf16 weights, and as PyTorch's bf16 attention does).
-    sprout_models::flash::set_bf16(kind == Kind::Bf16);
-    let attention = if kind == Kind::Bf16 && sprout_models::flash::bf16() && b.attention == "fused"
-    {
+    // Quantized weights multiply in bf16 too where the CPU has bf16 products (dequantized
+    // per product): their attention as well.
+    sprout_models::flash::set_bf16(kind != Kind::F32);
+    let attention = if kind != Kind::F32 && sprout_models::flash::bf16() && b.attention == "fused" {
         "fused bf16".to_string()
     } else {
         b.attention.clone()

@@ -102,6 +102,46 @@ impl PackedBf16 {
         PackedBf16::pack_with(n, k, |row, col| bf16_bits(x[row * k + col]))
     }
 
+    /// Lays out a row-major `(n, k)` weight of GGML Q8_0 or Q4_0 blocks (32 values per
+    /// block, `k` a multiple of 32), each value dequantized as GGML defines it and rounded
+    /// to bf16; `None` for another block type.
+    pub fn from_blocks(
+        kind: candle_core::quantized::GgmlDType,
+        bytes: &[u8],
+        n: usize,
+        k: usize,
+    ) -> Option<PackedBf16> {
+        use candle_core::quantized::GgmlDType;
+        let block_bytes = match kind {
+            GgmlDType::Q8_0 => 34,
+            GgmlDType::Q4_0 => 18,
+            _ => return None,
+        };
+        assert!(
+            k.is_multiple_of(32) && bytes.len() == n * (k / 32) * block_bytes,
+            "{kind:?} weight of {n} × {k}"
+        );
+        let blocks_per_row = k / 32;
+        let scale = |b: usize| half::f16::from_le_bytes([bytes[b], bytes[b + 1]]).to_f32();
+        Some(match kind {
+            GgmlDType::Q8_0 => PackedBf16::pack_with(n, k, |row, col| {
+                let b = (row * blocks_per_row + col / 32) * block_bytes;
+                bf16_bits(bytes[b + 2 + col % 32] as i8 as f32 * scale(b))
+            }),
+            _ => PackedBf16::pack_with(n, k, |row, col| {
+                // Low nibbles hold a block's first 16 values, high nibbles the next 16.
+                let b = (row * blocks_per_row + col / 32) * block_bytes;
+                let byte = bytes[b + 2 + col % 16];
+                let q = if col % 32 < 16 {
+                    byte & 0x0f
+                } else {
+                    byte >> 4
+                };
+                bf16_bits((q as i32 - 8) as f32 * scale(b))
+            }),
+        })
+    }
+
     /// Lays out the transpose of a row-major `(k, n)` f32 matrix, rounded to bf16: the
     /// weight `W[j, i] = x[i, j]`.
     pub fn from_f32_cols(x: &[f32], k: usize, n: usize) -> PackedBf16 {
@@ -896,6 +936,21 @@ mod tests {
                 assert!(d <= tol, "{rows}×{k}×{n} tiled {tiled}: {d} > {tol}");
             }
         }
+    }
+
+    /// Q8_0 and Q4_0 blocks decode to candle's dequantized values, rounded to bf16.
+    #[test]
+    fn quantized_blocks_unpack_to_candles_dequantized_values() {
+        use candle_core::quantized::{GgmlDType, QTensor};
+        let w = Tensor::randn(0f32, 1.0, (40, 96), &Device::Cpu).unwrap();
+        for kind in [GgmlDType::Q8_0, GgmlDType::Q4_0] {
+            let q = QTensor::quantize(&w, kind).unwrap();
+            let p = PackedBf16::from_blocks(kind, &q.data().unwrap(), 40, 96).unwrap();
+            let want = rounded(&q.dequantize(&Device::Cpu).unwrap());
+            let d = crate::ops::max_abs_diff(&p.to_f32().unwrap(), &want).unwrap();
+            assert_eq!(d, 0.0, "{kind:?}");
+        }
+        assert!(PackedBf16::from_blocks(GgmlDType::Q4K, &[], 0, 256).is_none());
     }
 
     #[test]

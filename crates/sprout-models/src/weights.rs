@@ -12,6 +12,7 @@ use candle_transformers::quantized_var_builder::VarBuilder as QVarBuilder;
 
 use crate::bf16_gemm::PackedBf16;
 use crate::flux::lora::LoraUsage;
+use candle_core::quantized::GgmlDType;
 
 #[derive(Clone)]
 pub enum Weights<'a> {
@@ -104,7 +105,29 @@ impl LinearWeight {
             LinearWeight::Dense(w) => x.matmul(&w.t()?),
             LinearWeight::Quantized { q, dtype } => {
                 let rows = x.dim(0)?;
-                if rows >= DEQUANTIZE_ROWS {
+                let blocks =
+                    !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+                if rows >= DEQUANTIZE_ROWS
+                    && blocks
+                    && *dtype == DType::F32
+                    && x.device().is_cpu()
+                    && crate::bf16_gemm::available()
+                {
+                    // Many rows of a block-quantized weight on a CPU with bf16 products:
+                    // dequantized and laid out for the bf16 kernel (AMX tiles where
+                    // present) for this product only, so the weight stays quantized in
+                    // memory; the dequantized values are rounded to bf16 (relative 2⁻⁹,
+                    // below Q8_0's own rounding of each block).
+                    let (n, k) = q.shape().dims2()?;
+                    let p = match PackedBf16::from_blocks(q.dtype(), &q.data()?, n, k) {
+                        Some(p) => p,
+                        None => {
+                            let w = q.dequantize(x.device())?.flatten_all()?;
+                            PackedBf16::from_f32_rows(&w.to_vec1::<f32>()?, n, k)
+                        }
+                    };
+                    p.matmul_t(&x.contiguous()?)
+                } else if rows >= DEQUANTIZE_ROWS {
                     let w = q.dequantize(x.device())?.to_dtype(*dtype)?;
                     x.matmul(&w.t()?)
                 } else {
@@ -256,8 +279,9 @@ mod tests {
     use candle_core::quantized::GgmlDType;
 
     /// Both products of a quantized weight against the dense product with the dequantized
-    /// weight: exact up to float rounding from `DEQUANTIZE_ROWS` rows, within the 8-bit
-    /// quantization of the activations below.
+    /// weight: exact up to float rounding from `DEQUANTIZE_ROWS` rows (of both operands
+    /// rounded to bf16 where the CPU has bf16 products, which then run them), within the
+    /// 8-bit quantization of the activations below.
     #[test]
     fn quantized_products_match_the_dequantized_weight() {
         let dev = Device::Cpu;
@@ -272,7 +296,18 @@ mod tests {
             assert_eq!(lw.dims2().unwrap(), (48, 256));
             for rows in [3, DEQUANTIZE_ROWS + 5] {
                 let x = Tensor::randn(0f32, 1.0, (rows, 256), &dev).unwrap();
-                let want = x.matmul(&dense.t().unwrap()).unwrap();
+                let bf16 = rows >= DEQUANTIZE_ROWS && crate::bf16_gemm::available();
+                let r = |t: &Tensor| {
+                    if bf16 {
+                        t.to_dtype(DType::BF16)
+                            .unwrap()
+                            .to_dtype(DType::F32)
+                            .unwrap()
+                    } else {
+                        t.clone()
+                    }
+                };
+                let want = r(&x).matmul(&r(&dense).t().unwrap()).unwrap();
                 let got = lw.matmul_t(&x).unwrap();
                 let err = crate::ops::max_abs_diff(&got, &want).unwrap();
                 let scale = crate::ops::max_abs(&want).unwrap();

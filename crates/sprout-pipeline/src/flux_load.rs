@@ -364,6 +364,12 @@ impl FluxModel {
             let vb =
                 QVarBuilder::from_gguf(&files.transformer[0], device).map_err(|e| in_file(&e))?;
             let w = Weights::Quantized { vb, dtype };
+            if device.is_cpu() && inspection.bytes < 2 * inspection.elements {
+                // Block-quantized weights (under 16 bits a value): their many-row products
+                // run in bf16 where the CPU has bf16 products (`LinearWeight::matmul_t`),
+                // and so does the attention.
+                sprout_models::flash::set_bf16(true);
+            }
             match &usage {
                 None => Dit::new(&dit_cfg, w),
                 // Quantized weights take the adapters unmerged, beside each product.
