@@ -259,6 +259,17 @@ pub fn run(b: DitBench) -> Result<()> {
         kind,
         b.attention
     );
+    // The random weights are made dense first (f32, or bf16 then packed: about 4 bytes a
+    // parameter either way) and quantized from there; refuse before, not by running out.
+    let build_bytes = cfg.num_params() as u64 * 4;
+    sprout_models::flux::inspect::check_memory(
+        &format!(
+            "building {}+{} blocks of random weights in memory (use fewer --blocks; a full-size quantized model runs from its file with `sprout bench --model {} --weights FILE.gguf`)",
+            cfg.depth, cfg.depth_single_blocks, b.preset
+        ),
+        build_bytes,
+        sprout_models::flux::inspect::available_memory(),
+    )?;
     let peak = peak(kind, &dev)?;
     let t0 = Instant::now();
     let dit = build(&cfg, kind, &dev)?;
