@@ -387,7 +387,7 @@ const AMX_KC: usize = 768;
 
 /// [`task`] with AMX tiles, blocked as CPU GEMMs are: for each block of `AMX_MB` rows and
 /// each `AMX_KC`-pair slice of the reduction, the block's slice of activations is rounded
-/// to bf16 once (row-major pairs, zero past the input and past the rows), then every
+/// to bf16 once (packed by tiles, zero past the input and past the rows), then every
 /// weight panel's slice multiplies it in 32 × 32 output blocks, accumulated in the output
 /// (the bias added by the first slice). A partial last panel goes through a buffer.
 ///
@@ -446,28 +446,23 @@ unsafe fn amx_task(
                 } else {
                     (out.add(ic * n + panel * NR), n)
                 };
-                // The next panel's slice is fetched into L2 while this one's tile blocks
-                // run, each block fetching its share (its first tile block would wait for
-                // memory otherwise: 0.97–1.09 TFLOP/s without, 1.0–1.27 with).
                 let next = w
                     .data
                     .as_ptr()
                     .add((panel + 1).min(p1 - 1) * kps * NR + pc * NR);
-                let strips = padded / amx::ROWS;
-                let share = kc * NR * 4 / strips;
-                for (i, sub) in (0..padded).step_by(amx::ROWS).enumerate() {
-                    amx::block_32x32(
-                        &tiles,
-                        a.as_ptr().add(sub * kc),
-                        b,
-                        kc / amx::PAIRS,
-                        c.add(sub * ldc),
-                        ldc * 4,
-                        pc > 0,
-                        bp,
-                        (next as *const u8).add(i * share),
-                    );
-                }
+                panel_blocks(
+                    &tiles,
+                    a.as_ptr(),
+                    kc,
+                    padded,
+                    b,
+                    kc,
+                    c,
+                    ldc,
+                    pc > 0,
+                    bp,
+                    next,
+                );
             }
         }
         if let Some(panel) = partial {
@@ -573,22 +568,65 @@ pub(crate) unsafe fn tile_block(
             && b_p0 + kc <= w.kps
             && p1 * NR <= w.n.next_multiple_of(NR)
     );
+    let panel_at = |panel: usize| w.data.as_ptr().add(panel * w.kps * NR + b_p0 * NR);
     for panel in p0..p1 {
-        let b = w.data.as_ptr().add(panel * w.kps * NR + b_p0 * NR);
-        for sub in (0..rows).step_by(amx::ROWS) {
-            let ct = c.add(sub * ldc + (panel - p0) * NR);
-            amx::block_32x32(
-                tiles,
-                a.as_ptr().add(sub * lda),
-                b,
-                kc / amx::PAIRS,
-                ct,
-                ldc * 4,
-                accumulate,
-                std::ptr::null(),
-                b as *const u8,
-            );
-        }
+        let c = c.add((panel - p0) * NR);
+        let next = panel_at((panel + 1).min(p1 - 1));
+        let (a, null) = (a.as_ptr(), std::ptr::null());
+        panel_blocks(
+            tiles,
+            a,
+            lda,
+            rows,
+            panel_at(panel),
+            kc,
+            c,
+            ldc,
+            accumulate,
+            null,
+            next,
+        );
+    }
+}
+
+/// One weight panel's 32 × 32 output blocks down `rows` (a multiple of 32) rows of the
+/// tile-packed `a` (`lda` pairs per row), over `kc` pairs of the panel from `b`, into `c`
+/// (rows `ldc` floats apart; `accumulate` and `bias` as [`amx::block_32x32`] takes them).
+/// The same slice of the panel at `next` is fetched into L2 meanwhile, each block fetching
+/// its share: the first block of the next panel would wait for memory otherwise (FLUX.1's
+/// products measured 0.97–1.09 TFLOP/s without, 1.0–1.27 with).
+///
+/// # Safety
+/// As [`amx::block_32x32`] for every block: a live [`amx::Tiles`], `a` holding `rows`
+/// packed rows of `lda ≥ kc` pairs, `b` `kc` pairs of its panel, `c` `rows` rows of 32
+/// floats.
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel_blocks(
+    tiles: &amx::Tiles,
+    a: *const u32,
+    lda: usize,
+    rows: usize,
+    b: *const u32,
+    kc: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    bias: *const f32,
+    next: *const u32,
+) {
+    let share = kc * NR * 4 / (rows / amx::ROWS);
+    for (i, sub) in (0..rows).step_by(amx::ROWS).enumerate() {
+        amx::block_32x32(
+            tiles,
+            a.add(sub * lda),
+            b,
+            kc / amx::PAIRS,
+            c.add(sub * ldc),
+            ldc * 4,
+            accumulate,
+            bias,
+            (next as *const u8).add(i * share),
+        );
     }
 }
 

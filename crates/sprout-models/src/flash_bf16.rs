@@ -22,133 +22,42 @@ pub(crate) type Shape = (usize, usize, usize, usize, usize);
 
 /// The output (B·H·Lq·D) and the log-sum-exp of each query row, from contiguous
 /// (B, H, L, D) q, k, v and an optional per-key bias (B·Lk). Needs
-/// [`bf16_gemm::available`].
+/// [`bf16_gemm::available`]; the products run on AMX tiles where [`amx::available`].
 pub(crate) fn forward(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    (b, h, lq, lk, d): Shape,
+    shape: Shape,
     scale: f32,
     bias: Option<&[f32]>,
 ) -> (Vec<f32>, Vec<f32>) {
-    if amx::available() {
-        forward_tiles(q, k, v, (b, h, lq, lk, d), scale, bias)
-    } else {
-        forward_vectors(q, k, v, (b, h, lq, lk, d), scale, bias)
-    }
+    forward_with(q, k, v, shape, scale, bias, amx::available())
 }
 
-/// [`forward`] with AVX-512 BF16 vector products.
-fn forward_vectors(
+/// [`forward`] with its products on AMX tiles (`tiled`) or AVX-512 BF16 vectors. For the
+/// tiles, the query block, the probabilities and the output accumulator are held padded
+/// to whole 32-row tile blocks (and the output to whole panels), so that every product is
+/// whole tiles; the vector kernel accumulates into the output itself.
+fn forward_with(
     q: &[f32],
     k: &[f32],
     v: &[f32],
     (b, h, lq, lk, d): Shape,
     scale: f32,
     bias: Option<&[f32]>,
+    tiled: bool,
 ) -> (Vec<f32>, Vec<f32>) {
-    assert!(bf16_gemm::available());
+    assert!(bf16_gemm::available() && (!tiled || amx::available()));
     let mut out = vec![0f32; b * h * lq * d];
     let mut lse = vec![0f32; b * h * lq];
     let pairs = d.div_ceil(2);
-    out.par_chunks_mut(lq * d)
-        .zip(lse.par_chunks_mut(lq))
-        .enumerate()
-        .for_each(|(bh, (o_head, lse_head))| {
-            let kh = &k[bh * lk * d..(bh + 1) * lk * d];
-            let vh = &v[bh * lk * d..(bh + 1) * lk * d];
-            let keys = PackedBf16::from_f32_rows(kh, lk, d);
-            let values = PackedBf16::from_f32_cols(vh, lk, d);
-            let qh = &q[bh * lq * d..(bh + 1) * lq * d];
-            let bias = bias.map(|x| &x[(bh / h) * lk..(bh / h + 1) * lk]);
-            o_head
-                .par_chunks_mut(BQ * d)
-                .zip(lse_head.par_chunks_mut(BQ))
-                .enumerate()
-                .for_each(|(qb, (o, lse))| {
-                    let qr = lse.len();
-                    let mut aq = Vec::new();
-                    bf16_gemm::pack_a(&mut aq, &qh[qb * BQ * d..], d, qr, d, scale);
-                    let mut ap = Vec::new();
-                    let mut s = vec![0f32; qr * BK];
-                    let mut m = vec![f32::NEG_INFINITY; qr];
-                    let mut l = vec![0f32; qr];
-                    for k0 in (0..lk).step_by(BK) {
-                        let kr = BK.min(lk - k0);
-                        let panels = (k0 / NR, (k0 + kr).div_ceil(NR));
-                        // SAFETY: the kernel's features were checked; `s` holds qr rows of
-                        // BK ≥ kr columns, and `aq` qr packed rows of `pairs` pairs.
-                        unsafe {
-                            bf16_gemm::block(
-                                &aq,
-                                pairs,
-                                qr,
-                                &keys,
-                                0,
-                                pairs,
-                                panels,
-                                s.as_mut_ptr(),
-                                BK,
-                                false,
-                                None,
-                            );
-                        }
-                        for i in 0..qr {
-                            let row = &mut s[i * BK..i * BK + kr];
-                            if let Some(bias) = bias {
-                                for (x, b) in row.iter_mut().zip(&bias[k0..k0 + kr]) {
-                                    *x += b;
-                                }
-                            }
-                            online_softmax(row, (&mut m[i], &mut l[i]), &mut o[i * d..(i + 1) * d]);
-                        }
-                        // o += p v, over the pairs of keys k0..k0 + kr.
-                        let kp = bf16_gemm::pack_a(&mut ap, &s, BK, qr, kr, 1.0);
-                        // SAFETY: as above; `o` holds qr rows of d columns, and the values'
-                        // pairs k0 / 2 .. k0 / 2 + kp exist (k0 is even).
-                        unsafe {
-                            bf16_gemm::block(
-                                &ap,
-                                kp,
-                                qr,
-                                &values,
-                                k0 / 2,
-                                kp,
-                                (0, d.div_ceil(NR)),
-                                o.as_mut_ptr(),
-                                d,
-                                true,
-                                None,
-                            );
-                        }
-                    }
-                    for i in 0..qr {
-                        vmath::scale(&mut o[i * d..(i + 1) * d], 1.0 / l[i]);
-                        lse[i] = m[i] + l[i].ln();
-                    }
-                });
-        });
-    (out, lse)
-}
-
-/// [`forward`] with AMX tile products: the query block, the probabilities and the output
-/// accumulator are held padded to whole 32-row tile blocks (and the output to whole
-/// panels), so that every product is whole tiles.
-fn forward_tiles(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    (b, h, lq, lk, d): Shape,
-    scale: f32,
-    bias: Option<&[f32]>,
-) -> (Vec<f32>, Vec<f32>) {
-    assert!(bf16_gemm::available() && amx::available());
-    let mut out = vec![0f32; b * h * lq * d];
-    let mut lse = vec![0f32; b * h * lq];
-    // Words per query row: the head width's pairs, to a whole tile step.
-    let dp = d.div_ceil(2).next_multiple_of(amx::PAIRS);
     let dpanels = d.div_ceil(NR);
-    let ldo = dpanels * NR;
+    // Words per packed query row and floats per accumulator row.
+    let (dp, ldo) = if tiled {
+        (pairs.next_multiple_of(amx::PAIRS), dpanels * NR)
+    } else {
+        (pairs, d)
+    };
     out.par_chunks_mut(lq * d)
         .zip(lse.par_chunks_mut(lq))
         .enumerate()
@@ -165,36 +74,66 @@ fn forward_tiles(
                 .enumerate()
                 .for_each(|(qb, (o, lse))| {
                     let qr = lse.len();
-                    let rows = qr.next_multiple_of(amx::ROWS);
-                    // SAFETY: `amx::available()` was checked above.
-                    let tiles = unsafe { amx::Tiles::new() };
-                    let mut aq = vec![0u32; rows * dp];
-                    bf16_gemm::round_rows_tiled(&mut aq, dp, &qh[qb * BQ * d..], d, qr, d, scale);
+                    let rows = if tiled {
+                        qr.next_multiple_of(amx::ROWS)
+                    } else {
+                        qr
+                    };
+                    // SAFETY: `amx::available()` was checked above for the tiles.
+                    let tiles = tiled.then(|| unsafe { amx::Tiles::new() });
+                    let qs = &qh[qb * BQ * d..];
+                    let mut aq = Vec::new();
+                    let mut ap = Vec::new();
+                    let mut padded = Vec::new();
+                    if tiled {
+                        aq.resize(rows * dp, 0);
+                        bf16_gemm::round_rows_tiled(&mut aq, dp, qs, d, qr, d, scale);
+                        ap.resize(rows * BK / 2, 0);
+                        padded.resize(rows * ldo, 0.0);
+                    } else {
+                        bf16_gemm::pack_a(&mut aq, qs, d, qr, d, scale);
+                    }
+                    let acc: &mut [f32] = if tiled { &mut padded } else { &mut *o };
                     let mut s = vec![0f32; rows * BK];
-                    let mut ap = vec![0u32; rows * BK / 2];
-                    let mut acc = vec![0f32; rows * ldo];
                     let mut m = vec![f32::NEG_INFINITY; qr];
                     let mut l = vec![0f32; qr];
                     for k0 in (0..lk).step_by(BK) {
                         let kr = BK.min(lk - k0);
                         let panels = (k0 / NR, (k0 + kr).div_ceil(NR));
-                        // SAFETY: the tile state is live; `aq` holds rows × dp words, the
-                        // keys' panels hold dp pairs each, and `s` rows of BK floats, which
-                        // the panels of keys k0..k0 + kr fill (BK is a multiple of NR).
+                        // s = q kᵀ for keys k0..k0 + kr.
+                        // SAFETY: the kernel's features were checked (and the tile state is
+                        // live); `aq` holds `rows` packed rows of `dp` pairs, the keys'
+                        // panels hold dp pairs each, and `s` rows of BK floats, which the
+                        // panels of keys k0..k0 + kr fill (BK is a multiple of NR).
                         unsafe {
-                            bf16_gemm::tile_block(
-                                &tiles,
-                                &aq,
-                                dp,
-                                rows,
-                                &keys,
-                                0,
-                                dp,
-                                panels,
-                                s.as_mut_ptr(),
-                                BK,
-                                false,
-                            );
+                            match &tiles {
+                                Some(t) => bf16_gemm::tile_block(
+                                    t,
+                                    &aq,
+                                    dp,
+                                    rows,
+                                    &keys,
+                                    0,
+                                    dp,
+                                    panels,
+                                    s.as_mut_ptr(),
+                                    BK,
+                                    false,
+                                ),
+                                None => bf16_gemm::block(
+                                    &aq,
+                                    dp,
+                                    qr,
+                                    &keys,
+                                    0,
+                                    dp,
+                                    panels,
+                                    s.as_mut_ptr(),
+                                    BK,
+                                    false,
+                                    None,
+                                ),
+                            }
                         }
                         for i in 0..qr {
                             let row = &mut s[i * BK..i * BK + kr];
@@ -209,36 +148,67 @@ fn forward_tiles(
                                 &mut acc[i * ldo..i * ldo + d],
                             );
                         }
-                        // o += p v over the pairs of keys k0..k0 + kr, to a whole tile step;
-                        // the probabilities past kr are zero, the values' padding too.
-                        let kc = kr.div_ceil(2).next_multiple_of(amx::PAIRS);
-                        if kr < BK {
-                            ap.fill(0);
-                        }
-                        bf16_gemm::round_rows_tiled(&mut ap, BK / 2, &s, BK, qr, kr, 1.0);
-                        // SAFETY: as above; `ap` holds rows × BK / 2 words (kc ≤ BK / 2),
-                        // the values' pairs k0 / 2 .. k0 / 2 + kc lie inside their padded
-                        // panels (k0 / 2 is a multiple of 16), and `acc` rows of ldo floats.
+                        // o += p v over the pairs of keys k0..k0 + kr.
+                        // SAFETY: as above; `ap` holds the packed probabilities, the values'
+                        // pairs from k0 / 2 exist (k0 is even; for the tiles a multiple of
+                        // 16, and the pairs to a whole tile step lie inside the padded
+                        // panels), and `acc` holds rows of ldo floats.
                         unsafe {
-                            bf16_gemm::tile_block(
-                                &tiles,
-                                &ap,
-                                BK / 2,
-                                rows,
-                                &values,
-                                k0 / 2,
-                                kc,
-                                (0, dpanels),
-                                acc.as_mut_ptr(),
-                                ldo,
-                                true,
-                            );
+                            match &tiles {
+                                Some(t) => {
+                                    // To a whole tile step: the probabilities past kr are
+                                    // zero, the values' padding too.
+                                    let kc = kr.div_ceil(2).next_multiple_of(amx::PAIRS);
+                                    if kr < BK {
+                                        ap.fill(0);
+                                    }
+                                    bf16_gemm::round_rows_tiled(
+                                        &mut ap,
+                                        BK / 2,
+                                        &s,
+                                        BK,
+                                        qr,
+                                        kr,
+                                        1.0,
+                                    );
+                                    bf16_gemm::tile_block(
+                                        t,
+                                        &ap,
+                                        BK / 2,
+                                        rows,
+                                        &values,
+                                        k0 / 2,
+                                        kc,
+                                        (0, dpanels),
+                                        acc.as_mut_ptr(),
+                                        ldo,
+                                        true,
+                                    )
+                                }
+                                None => {
+                                    let kp = bf16_gemm::pack_a(&mut ap, &s, BK, qr, kr, 1.0);
+                                    bf16_gemm::block(
+                                        &ap,
+                                        kp,
+                                        qr,
+                                        &values,
+                                        k0 / 2,
+                                        kp,
+                                        (0, dpanels),
+                                        acc.as_mut_ptr(),
+                                        ldo,
+                                        true,
+                                        None,
+                                    )
+                                }
+                            }
                         }
                     }
                     for i in 0..qr {
-                        let row = &mut o[i * d..(i + 1) * d];
-                        row.copy_from_slice(&acc[i * ldo..i * ldo + d]);
-                        vmath::scale(row, 1.0 / l[i]);
+                        if tiled {
+                            o[i * d..(i + 1) * d].copy_from_slice(&padded[i * ldo..i * ldo + d]);
+                        }
+                        vmath::scale(&mut o[i * d..(i + 1) * d], 1.0 / l[i]);
                         lse[i] = m[i] + l[i].ln();
                     }
                 });
@@ -296,18 +266,14 @@ mod tests {
                 &[false]
             };
             for &tiled in paths {
-                let run = if tiled {
-                    forward_tiles
-                } else {
-                    forward_vectors
-                };
-                let (out, lse) = run(
+                let (out, lse) = forward_with(
                     &q,
                     &k,
                     &v,
                     (b, h, lq, lk, d),
                     scale,
                     masked.then_some(&bias[..]),
+                    tiled,
                 );
                 let t =
                     |x: &[f32], l: usize| Tensor::from_vec(x.to_vec(), (b, h, l, d), &dev).unwrap();
