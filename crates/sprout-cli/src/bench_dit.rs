@@ -15,6 +15,7 @@ use candle_transformers::quantized_var_builder::VarBuilder as QVarBuilder;
 use serde_json::json;
 use sprout_models::dit::embed::{grid_ids, text_ids};
 use sprout_models::dit::{Dit, DitConfig, DitInput};
+use sprout_models::flash::Precision;
 use sprout_models::init::seeded_varbuilder;
 use sprout_models::weights::Weights;
 
@@ -243,8 +244,12 @@ pub fn run(b: DitBench) -> Result<()> {
     // bf16 weights, and as PyTorch's bf16 attention does).
     // Quantized weights multiply in bf16 too where the CPU has bf16 products (dequantized
     // per product): their attention as well.
-    sprout_models::flash::set_bf16(kind != Kind::F32);
-    let attention = if kind != Kind::F32 && sprout_models::flash::bf16() && b.attention == "fused" {
+    let precision = if kind == Kind::F32 {
+        Precision::F32
+    } else {
+        Precision::Bf16
+    };
+    let attention = if precision.effective() == Precision::Bf16 && b.attention == "fused" {
         "fused bf16".to_string()
     } else {
         b.attention.clone()
@@ -272,7 +277,7 @@ pub fn run(b: DitBench) -> Result<()> {
     )?;
     let peak = peak(kind, &dev)?;
     let t0 = Instant::now();
-    let dit = build(&cfg, kind, &dev)?;
+    let dit = build(&cfg, kind, &dev)?.with_attention(precision);
     let build_s = t0.elapsed().as_secs_f64();
     // The random f32 weights the build made and dropped stay in the heap (the allocator is
     // set never to unmap); handed back so that the resident memory measured is the model's.

@@ -34,20 +34,29 @@ pub fn fused() -> bool {
     FUSED.load(Ordering::Relaxed)
 }
 
-/// Whether the forward pass multiplies in bf16 where the CPU has AVX-512 BF16.
-static BF16: AtomicBool = AtomicBool::new(false);
-
-/// Runs the forward pass's two products in bf16 (on CPUs with AVX-512 BF16;
-/// [`crate::flash_bf16`]) or in f32 (the default). For models whose linear layers run in
-/// bf16, as PyTorch's bf16 attention does; training, whose backward pass recomputes the
-/// scores in f32, keeps the default.
-pub fn set_bf16(on: bool) {
-    BF16.store(on, Ordering::Relaxed);
+/// The precision of the attention forward's two products (the softmax and the sums are
+/// f32 either way). A property of the model that runs it, not of the process: two models
+/// in one process may differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 products (the default; training, whose backward pass recomputes the scores in
+    /// f32, keeps it).
+    #[default]
+    F32,
+    /// bf16 operands with f32 sums ([`crate::flash_bf16`]) where the CPU has AVX-512 BF16,
+    /// as PyTorch's bf16 attention; f32 on other CPUs ([`Precision::effective`]). For models
+    /// whose linear layers multiply in bf16.
+    Bf16,
 }
 
-/// Whether the forward pass multiplies in bf16 on this CPU.
-pub fn bf16() -> bool {
-    BF16.load(Ordering::Relaxed) && crate::bf16_gemm::available()
+impl Precision {
+    /// What runs on this CPU: [`Precision::Bf16`] only where it has bf16 products.
+    pub fn effective(self) -> Self {
+        match self {
+            Precision::Bf16 if crate::bf16_gemm::available() => Precision::Bf16,
+            _ => Precision::F32,
+        }
+    }
 }
 
 /// Query rows per task.
@@ -117,6 +126,8 @@ struct Dims {
 /// per key (B, Lk) (the key-padding masks Sprout's models use).
 struct FlashAttention {
     scale: f32,
+    /// The forward pass's products in bf16 ([`Precision::Bf16`] on a CPU that has them).
+    bf16: bool,
     bias: Option<Arc<Vec<f32>>>,
     /// Log-sum-exp of every query row's scores, (B·H·Lq), saved by the forward pass for the
     /// backward one.
@@ -400,7 +411,7 @@ impl CustomOp3 for FlashAttention {
                 candle_core::bail!("flash attention: the key bias does not match the keys");
             }
         }
-        let (out, lse) = if bf16() {
+        let (out, lse) = if self.bf16 {
             let shape = (n.b, n.h, n.lq, n.lk, n.d);
             let bias = self.bias.as_ref().map(|b| b.as_slice());
             crate::flash_bf16::forward(q, k, v, shape, self.scale, bias)
@@ -469,6 +480,7 @@ pub fn attention(
     k: &Tensor,
     v: &Tensor,
     mask: Option<&Tensor>,
+    precision: Precision,
 ) -> Option<Result<Tensor>> {
     let on_cpu_f32 = [q, k, v]
         .iter()
@@ -488,6 +500,7 @@ pub fn attention(
         };
         let op = FlashAttention {
             scale: 1.0 / (d as f32).sqrt(),
+            bf16: precision.effective() == Precision::Bf16,
             bias,
             lse: Mutex::new(None),
         };
@@ -559,7 +572,9 @@ mod tests {
             let k = randn((b, h, lk, d), 2);
             let v = randn((b, h, lk, d), 3);
             let m = mask.then(|| key_mask(b, lk));
-            let fused = attention(&q, &k, &v, m.as_ref()).expect("applies").unwrap();
+            let fused = attention(&q, &k, &v, m.as_ref(), Precision::F32)
+                .expect("applies")
+                .unwrap();
             let composed = attention_composed(&q, &k, &v, m.as_ref()).unwrap();
             let e = max_diff(&fused, &composed);
             assert!(e < 2e-5, "lq {lq} lk {lk} mask {mask}: max |Δ| = {e}");
@@ -572,10 +587,35 @@ mod tests {
         );
         let m = key_mask(1, 65);
         let e = max_diff(
-            &attention(&q, &k, &v, Some(&m)).expect("applies").unwrap(),
+            &attention(&q, &k, &v, Some(&m), Precision::F32)
+                .expect("applies")
+                .unwrap(),
             &attention_composed(&q, &k, &v, Some(&m)).unwrap(),
         );
         assert!(e < 2e-5, "{e}");
+    }
+
+    #[test]
+    fn the_precision_is_the_callers_and_bf16_stays_near_f32() {
+        let (q, k, v) = (
+            randn((1, 2, 40, 16), 7),
+            randn((1, 2, 70, 16), 8),
+            randn((1, 2, 70, 16), 9),
+        );
+        let run = |p| attention(&q, &k, &v, None, p).expect("applies").unwrap();
+        let composed = attention_composed(&q, &k, &v, None).unwrap();
+        let (f, b) = (run(Precision::F32), run(Precision::Bf16));
+        assert!(max_diff(&f, &composed) < 2e-5);
+        if Precision::Bf16.effective() == Precision::Bf16 {
+            // bf16 operands (8 significant bits) move the output, within their rounding.
+            let e = max_diff(&b, &composed);
+            assert!(e > 1e-5 && e < 5e-2, "bf16 attention: max |Δ| = {e}");
+        } else {
+            assert_eq!(Precision::Bf16.effective(), Precision::F32);
+            assert_eq!(max_diff(&b, &f), 0.0);
+        }
+        // Calls interleaved with the bf16 one are unchanged by it.
+        assert_eq!(max_diff(&run(Precision::F32), &f), 0.0);
     }
 
     #[test]
@@ -587,8 +627,15 @@ mod tests {
         );
         // A full (L × L) mask is not a key mask: the caller composes.
         let full = Tensor::zeros((1, 1, 16, 16), DType::F32, &Device::Cpu).unwrap();
-        assert!(attention(&q, &k, &v, Some(&full)).is_none());
-        assert!(attention(&q.to_dtype(DType::BF16).unwrap(), &k, &v, None).is_none());
+        assert!(attention(&q, &k, &v, Some(&full), Precision::F32).is_none());
+        assert!(attention(
+            &q.to_dtype(DType::BF16).unwrap(),
+            &k,
+            &v,
+            None,
+            Precision::F32
+        )
+        .is_none());
         // A transposed (non-contiguous) input is made contiguous first.
         let qt = q
             .transpose(2, 3)
@@ -598,7 +645,9 @@ mod tests {
             .transpose(2, 3)
             .unwrap();
         let e = max_diff(
-            &attention(&qt, &k, &v, None).expect("applies").unwrap(),
+            &attention(&qt, &k, &v, None, Precision::F32)
+                .expect("applies")
+                .unwrap(),
             &attention_composed(&q, &k, &v, None).unwrap(),
         );
         assert!(e < 2e-5, "{e}");
@@ -614,7 +663,9 @@ mod tests {
                 let v = Var::from_tensor(&randn((b, h, lk, d), 9)).unwrap();
                 let m = mask.then(|| key_mask(b, lk));
                 let y = if fused {
-                    attention(&q, &k, &v, m.as_ref()).expect("applies").unwrap()
+                    attention(&q, &k, &v, m.as_ref(), Precision::F32)
+                        .expect("applies")
+                        .unwrap()
                 } else {
                     attention_composed(&q, &k, &v, m.as_ref()).unwrap()
                 };

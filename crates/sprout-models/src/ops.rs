@@ -160,7 +160,19 @@ pub fn rope_interleaved_composed(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Resu
 /// broadcastable to (B, H, L, L): one fused kernel on the CPU in f32 ([`crate::flash`], with
 /// no (L × L) score matrix) where it applies, else [`attention_composed`].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
-    match crate::flash::attention(q, k, v, mask) {
+    attention_with(q, k, v, mask, crate::flash::Precision::F32)
+}
+
+/// [`attention`] whose fused CPU kernel multiplies at `precision` (the composed path
+/// multiplies in the tensors' dtype).
+pub fn attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    precision: crate::flash::Precision,
+) -> Result<Tensor> {
+    match crate::flash::attention(q, k, v, mask, precision) {
         Some(r) => r,
         None => attention_composed(q, k, v, mask),
     }

@@ -10,6 +10,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::clip::text_model::ClipTextTransformer;
 use candle_transformers::models::t5::{Config as T5Config, T5EncoderModel};
 use sprout_models::dit::{Dit, DitConfig};
+use sprout_models::flash::Precision;
 use sprout_models::flux::components::Components;
 use sprout_models::flux::configs::{clip_config, clip_l_json, t5_xxl_json, vae_config};
 use sprout_models::flux::convert::{DiffusersTransformerConfig, Renamed};
@@ -364,12 +365,14 @@ impl FluxModel {
             let vb =
                 QVarBuilder::from_gguf(&files.transformer[0], device).map_err(|e| in_file(&e))?;
             let w = Weights::Quantized { vb, dtype };
-            if device.is_cpu() && inspection.bytes < 2 * inspection.elements {
-                // Block-quantized weights (under 16 bits a value): their many-row products
-                // run in bf16 where the CPU has bf16 products (`LinearWeight::matmul_t`),
-                // and so does the attention.
-                sprout_models::flash::set_bf16(true);
-            }
+            // Block-quantized weights (under 16 bits a value): their many-row products run
+            // in bf16 where the CPU has bf16 products (`LinearWeight::matmul_t`), and so
+            // does this model's attention.
+            let attention = if device.is_cpu() && inspection.bytes < 2 * inspection.elements {
+                Precision::Bf16
+            } else {
+                Precision::F32
+            };
             match &usage {
                 None => Dit::new(&dit_cfg, w),
                 // Quantized weights take the adapters unmerged, beside each product.
@@ -382,6 +385,7 @@ impl FluxModel {
                     },
                 ),
             }
+            .map(|d| d.with_attention(attention))
         } else {
             let st = mmap(&files.transformer)?;
             let vb = match (usage.clone(), inspection.diffusers_names) {
@@ -408,8 +412,8 @@ impl FluxModel {
             };
             if bf16_linear {
                 // The attention's products in bf16 too, as the linear layers'.
-                sprout_models::flash::set_bf16(true);
                 Dit::new(&dit_cfg, Weights::Bf16Linear(vb))
+                    .map(|d| d.with_attention(Precision::Bf16))
             } else {
                 Dit::new(&dit_cfg, vb)
             }

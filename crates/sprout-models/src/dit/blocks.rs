@@ -7,16 +7,18 @@ use candle_core::{Result, Tensor, D};
 use candle_nn::Module;
 
 use super::config::DitConfig;
-use crate::ops::{attention, layer_norm, modulate, rms_norm, rope_interleaved};
+use crate::flash::Precision;
+use crate::ops::{attention_with, layer_norm, modulate, rms_norm, rope_interleaved};
 
 const NORM_EPS: f64 = 1e-6;
 
-/// What every block of one forward pass shares: rotary tables and the optional additive
-/// key mask (B, 1, 1, L) that hides text padding.
+/// What every block of one forward pass shares: rotary tables, the optional additive key
+/// mask (B, 1, 1, L) that hides text padding, and the model's attention precision.
 pub struct Rope {
     pub cos: Tensor,
     pub sin: Tensor,
     pub mask: Option<Tensor>,
+    pub precision: Precision,
 }
 
 /// adaLN-Zero modulation: `lin(silu(vec))` split into 3 (single) or 6 (double) vectors.
@@ -93,7 +95,7 @@ fn rope_attention(q: &Tensor, k: &Tensor, v: &Tensor, rope: &Rope) -> Result<Ten
         }
     };
     let (q, k) = (rotate(q)?, rotate(k)?);
-    let x = attention(&q, &k, v, rope.mask.as_ref())?;
+    let x = attention_with(&q, &k, v, rope.mask.as_ref(), rope.precision)?;
     let (b, h, l, d) = x.dims4()?;
     x.transpose(1, 2)?.reshape((b, l, h * d))
 }

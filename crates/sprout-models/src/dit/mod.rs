@@ -13,6 +13,7 @@ use crate::weights::Weights;
 use candle_core::{Result, Tensor};
 use candle_nn::Module;
 
+use crate::flash::Precision;
 use blocks::{DoubleStreamBlock, LastLayer, Rope, SingleStreamBlock};
 pub use config::DitConfig;
 use embed::{rope_tables, MlpEmbedder};
@@ -30,6 +31,7 @@ pub struct Dit {
     double_blocks: Vec<DoubleStreamBlock>,
     single_blocks: Vec<SingleStreamBlock>,
     final_layer: LastLayer,
+    attention: Precision,
 }
 
 /// Reference images for in-context conditioning: their tokens and position ids.
@@ -112,7 +114,20 @@ impl Dit {
             single_blocks,
             final_layer: LastLayer::new(h, cfg.in_channels(), vb.pp("final_layer"))?,
             cfg: cfg.clone(),
+            attention: Precision::F32,
         })
+    }
+
+    /// This model's attention multiplying at `precision` ([`Precision::Bf16`] for weights
+    /// whose linear layers multiply in bf16, as PyTorch's bf16 attention does).
+    pub fn with_attention(mut self, precision: Precision) -> Self {
+        self.attention = precision;
+        self
+    }
+
+    /// The attention precision asked for ([`Precision::effective`] says what runs here).
+    pub fn attention(&self) -> Precision {
+        self.attention
     }
 
     pub fn config(&self) -> &DitConfig {
@@ -162,7 +177,12 @@ impl Dit {
             }
             None => None,
         };
-        let rope = Rope { cos, sin, mask };
+        let rope = Rope {
+            cos,
+            sin,
+            mask,
+            precision: self.attention,
+        };
         for block in &self.double_blocks {
             (img, txt) = block.forward(&img, &txt, &vec, &rope)?;
         }
