@@ -7,6 +7,7 @@ use candle_core::{Result, Tensor, D};
 use candle_nn::Module;
 
 use super::config::DitConfig;
+use super::heads::{joint_heads, HeadPart, Rotary};
 use crate::flash::Precision;
 use crate::ops::{attention_with, layer_norm, modulate, rms_norm, rope_interleaved};
 
@@ -62,6 +63,15 @@ impl QkNorm {
         })
     }
 
+    /// A fused qkv product of this norm's stream, as a part of a joint sequence.
+    fn part<'a>(&'a self, qkv: &'a Tensor) -> HeadPart<'a> {
+        HeadPart {
+            qkv,
+            query_scale: &self.query_scale,
+            key_scale: &self.key_scale,
+        }
+    }
+
     pub fn forward(&self, q: &Tensor, k: &Tensor) -> Result<(Tensor, Tensor)> {
         Ok((
             rms_norm(q, &self.query_scale, NORM_EPS)?,
@@ -82,8 +92,34 @@ fn split_qkv(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor, Tensor)> {
     ))
 }
 
-/// Joint attention over (B, H, L, D) inputs with rotary positions; returns (B, L, H·D).
-fn rope_attention(q: &Tensor, k: &Tensor, v: &Tensor, rope: &Rope) -> Result<Tensor> {
+/// The joint sequence's q, k and v (B, H, L, D) from the fused qkv products of its parts
+/// (text, then image; each (B, Lᵢ, 3·H·D)): split into heads, q and k RMS-normalised by
+/// each part's scales, all rotated. In one pass ([`joint_heads`]) where it applies, else
+/// composed.
+fn joint_qkv(parts: &[HeadPart], heads: usize, rope: &Rope) -> Result<(Tensor, Tensor, Tensor)> {
+    let n = Rotary {
+        eps: NORM_EPS as f32,
+        cos: &rope.cos,
+        sin: &rope.sin,
+    };
+    if let Some(r) = joint_heads(parts, heads, &n) {
+        return r;
+    }
+    let (mut qs, mut ks, mut vs) = (vec![], vec![], vec![]);
+    for p in parts {
+        let (q, k, v) = split_qkv(p.qkv, heads)?;
+        qs.push(rms_norm(&q, p.query_scale, NORM_EPS)?);
+        ks.push(rms_norm(&k, p.key_scale, NORM_EPS)?);
+        vs.push(v);
+    }
+    let cat = |xs: Vec<Tensor>| -> Result<Tensor> {
+        if xs.len() == 1 {
+            Ok(xs.into_iter().next().expect("one part"))
+        } else {
+            Tensor::cat(&xs, 2)
+        }
+    };
+    let (q, k, v) = (cat(qs)?, cat(ks)?, cat(vs)?);
     // The rotation is computed in the tables' f32 and cast back (as the reference
     // implementation does for bf16/f16 models).
     let rotate = |x: &Tensor| -> Result<Tensor> {
@@ -94,8 +130,12 @@ fn rope_attention(q: &Tensor, k: &Tensor, v: &Tensor, rope: &Rope) -> Result<Ten
             rope_interleaved(&x.to_dtype(rope.cos.dtype())?, &rope.cos, &rope.sin)?.to_dtype(dt)
         }
     };
-    let (q, k) = (rotate(q)?, rotate(k)?);
-    let x = attention_with(&q, &k, v, rope.mask.as_ref(), rope.precision)?;
+    Ok((rotate(&q)?, rotate(&k)?, v))
+}
+
+/// Attention over the joint (B, H, L, D) q, k, v of [`joint_qkv`]; returns (B, L, H·D).
+fn joint_attention(q: &Tensor, k: &Tensor, v: &Tensor, rope: &Rope) -> Result<Tensor> {
+    let x = attention_with(q, k, v, rope.mask.as_ref(), rope.precision)?;
     let (b, h, l, d) = x.dims4()?;
     x.transpose(1, 2)?.reshape((b, l, h * d))
 }
@@ -115,12 +155,6 @@ impl SelfAttention {
             norm: QkNorm::new(cfg.head_dim(), vb.pp("norm"))?,
             proj: crate::ops::linear(h, h, vb.pp("proj"))?,
         })
-    }
-
-    fn qkv(&self, x: &Tensor, heads: usize) -> Result<(Tensor, Tensor, Tensor)> {
-        let (q, k, v) = split_qkv(&self.qkv.forward(x)?, heads)?;
-        let (q, k) = self.norm.forward(&q, &k)?;
-        Ok((q, k, v))
     }
 }
 
@@ -190,12 +224,18 @@ impl DoubleStreamBlock {
         let tm = self.txt.modulation.forward(vec)?;
         let img_in = modulate(&layer_norm(img, NORM_EPS)?, &im[0], &im[1])?;
         let txt_in = modulate(&layer_norm(txt, NORM_EPS)?, &tm[0], &tm[1])?;
-        let (iq, ik, iv) = self.img.attn.qkv(&img_in, self.heads)?;
-        let (tq, tk, tv) = self.txt.attn.qkv(&txt_in, self.heads)?;
-        let q = Tensor::cat(&[tq, iq], 2)?;
-        let k = Tensor::cat(&[tk, ik], 2)?;
-        let v = Tensor::cat(&[tv, iv], 2)?;
-        let attn = rope_attention(&q, &k, &v, rope)?;
+        let img_qkv = self.img.attn.qkv.forward(&img_in)?;
+        let txt_qkv = self.txt.attn.qkv.forward(&txt_in)?;
+        // Text then image, each stream's q and k normalised by its own scales.
+        let (q, k, v) = joint_qkv(
+            &[
+                self.txt.attn.norm.part(&txt_qkv),
+                self.img.attn.norm.part(&img_qkv),
+            ],
+            self.heads,
+            rope,
+        )?;
+        let attn = joint_attention(&q, &k, &v, rope)?;
         let lt = txt.dim(1)?;
         let txt_attn = attn.narrow(1, 0, lt)?;
         let img_attn = attn.narrow(1, lt, attn.dim(1)? - lt)?;
@@ -261,9 +301,8 @@ impl SingleStreamBlock {
             3 * self.hidden,
             h1.dim(D::Minus1)? - 3 * self.hidden,
         )?;
-        let (q, k, v) = split_qkv(&qkv, self.heads)?;
-        let (q, k) = self.norm.forward(&q, &k)?;
-        let attn = rope_attention(&q, &k, &v, rope)?;
+        let (q, k, v) = joint_qkv(&[self.norm.part(&qkv)], self.heads, rope)?;
+        let attn = joint_attention(&q, &k, &v, rope)?;
         let out = self
             .linear2
             .forward(&Tensor::cat(&[attn, crate::ops::gelu(&mlp)?], D::Minus1)?)?;

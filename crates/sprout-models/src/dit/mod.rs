@@ -7,6 +7,7 @@
 pub mod blocks;
 pub mod config;
 pub mod embed;
+pub mod heads;
 
 use crate::ops::Linear;
 use crate::weights::Weights;

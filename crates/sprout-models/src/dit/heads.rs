@@ -1,0 +1,333 @@
+//! The attention heads of one block's joint sequence in one pass (inference on the CPU).
+//!
+//! Composed from candle's ops, the way from fused qkv products to the attention's inputs
+//! is a permuted copy of q, k and v, an RMS norm of q and k, a concatenation of the text
+//! and image parts and a rotation of q and k: each a full pass over memory with a fresh
+//! tensor. Here every token's row of the products is read once and its heads written to
+//! their place in the joint (B, H, L, D) q, k and v, normalised and rotated on the way.
+//! Where a graph is recorded (training) or the tensors are not f32 on the CPU, the caller
+//! composes (`None`); tests check both agree.
+
+use candle_core::{Layout, Result, Storage, Tensor};
+use rayon::prelude::*;
+
+/// One part of the joint sequence: a fused qkv product (B, Lᵢ, 3·H·D), whose rows may lie
+/// further apart (a narrow of a wider product), and its stream's RMS norm scales (D) of q
+/// and k.
+#[derive(Clone, Copy)]
+pub struct HeadPart<'a> {
+    pub qkv: &'a Tensor,
+    pub query_scale: &'a Tensor,
+    pub key_scale: &'a Tensor,
+}
+
+/// The rotary tables (B or 1, 1, L, D/2) of the joint sequence and the norms' epsilon.
+pub struct Rotary<'a> {
+    pub eps: f32,
+    pub cos: &'a Tensor,
+    pub sin: &'a Tensor,
+}
+
+/// One part's f32 values, where its rows lie (batch stride, token stride, first) and its
+/// norm scales.
+struct Part<'a> {
+    data: &'a [f32],
+    b_stride: usize,
+    t_stride: usize,
+    start: usize,
+    len: usize,
+    qs: Vec<f32>,
+    ks: Vec<f32>,
+}
+
+fn f32_data<'a>(s: &'a Storage, what: &str) -> Result<&'a [f32]> {
+    match s {
+        Storage::Cpu(candle_core::CpuStorage::F32(v)) => Ok(v),
+        _ => candle_core::bail!("joint heads: {what} is not f32 on the CPU"),
+    }
+}
+
+fn contiguous_vec(t: &Tensor, len: usize, what: &str) -> Result<Vec<f32>> {
+    let v = t.flatten_all()?.to_vec1::<f32>()?;
+    if v.len() != len {
+        candle_core::bail!("joint heads: {what} has {} values, not {len}", v.len());
+    }
+    Ok(v)
+}
+
+/// q, k and v (B, H, L, D) of the sequence made of `parts` in order, q and k of each part
+/// RMS-normalised with its scales, then all rotated on interleaved pairs as
+/// [`crate::ops::rope_interleaved`] does. `None` where it does not apply: a tensor not f32
+/// on the CPU, or one that records a graph.
+pub fn joint_heads(
+    parts: &[HeadPart],
+    heads: usize,
+    n: &Rotary,
+) -> Option<Result<(Tensor, Tensor, Tensor)>> {
+    let tensors = parts
+        .iter()
+        .flat_map(|p| [p.qkv, p.query_scale, p.key_scale])
+        .chain([n.cos, n.sin]);
+    let applies = tensors
+        .into_iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && !t.track_op());
+    (applies && !parts.is_empty()).then(|| run(parts, heads, n))
+}
+
+fn run(parts: &[HeadPart], heads: usize, n: &Rotary) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, _, w) = parts[0].qkv.dims3()?;
+    if w % (3 * heads) != 0 || (w / 3 / heads) % 2 != 0 {
+        candle_core::bail!("joint heads: width {w} is not 3 × {heads} heads of even width");
+    }
+    let d = w / 3 / heads;
+    let mut lens = Vec::with_capacity(parts.len());
+    for p in parts {
+        let (pb, l, pw) = p.qkv.dims3()?;
+        if (pb, pw) != (b, w) {
+            candle_core::bail!(
+                "joint heads: parts {:?} and {:?} differ",
+                parts[0].qkv.shape(),
+                p.qkv.shape()
+            );
+        }
+        lens.push(l);
+    }
+    let l: usize = lens.iter().sum();
+    let half = d / 2;
+    let (cb, _, cl, ch) = n.cos.dims4()?;
+    if (cl, ch) != (l, half) || (cb != 1 && cb != b) || n.sin.dims4()? != (cb, 1, l, half) {
+        candle_core::bail!(
+            "joint heads: rotary tables {:?} do not fit {l} tokens of width {d}",
+            n.cos.shape()
+        );
+    }
+    let (cos, sin) = (
+        contiguous_vec(n.cos, cb * l * half, "cos")?,
+        contiguous_vec(n.sin, cb * l * half, "sin")?,
+    );
+    let guards: Vec<_> = parts.iter().map(|p| p.qkv.storage_and_layout()).collect();
+    let mut views = Vec::with_capacity(parts.len());
+    for (((storage, layout), &len), p) in guards.iter().zip(&lens).zip(parts) {
+        let data = f32_data(storage, "a part")?;
+        let (b_stride, t_stride) = strides(layout)?;
+        views.push(Part {
+            data,
+            b_stride,
+            t_stride,
+            start: layout.start_offset(),
+            len,
+            qs: contiguous_vec(p.query_scale, d, "a query scale")?,
+            ks: contiguous_vec(p.key_scale, d, "a key scale")?,
+        });
+    }
+    let total = b * heads * l * d;
+    // Every element is written below before anything reads it: not zeroed first.
+    let (mut q, mut k, mut v): (Vec<f32>, Vec<f32>, Vec<f32>) = (
+        Vec::with_capacity(total),
+        Vec::with_capacity(total),
+        Vec::with_capacity(total),
+    );
+    let (qp, kp, vp) = (
+        Out(q.as_mut_ptr()),
+        Out(k.as_mut_ptr()),
+        Out(v.as_mut_ptr()),
+    );
+    // Tasks of 64 tokens: every token's heads land in rows no other token writes.
+    (0..b * l).into_par_iter().with_min_len(64).for_each(|bt| {
+        let (bi, t) = (bt / l, bt % l);
+        let (mut part, mut local) = (0, t);
+        while local >= views[part].len {
+            local -= views[part].len;
+            part += 1;
+        }
+        let p = &views[part];
+        let at = p.start + bi * p.b_stride + local * p.t_stride;
+        let row = &p.data[at..at + w];
+        let tab = ((if cb == 1 { 0 } else { bi }) * l + t) * half;
+        let (c, s) = (&cos[tab..tab + half], &sin[tab..tab + half]);
+        for hi in 0..heads {
+            let dst = ((bi * heads + hi) * l + t) * d;
+            // SAFETY: (bi, hi, t) rows are distinct across tokens and heads, inside the
+            // three buffers of `total` floats, which outlive the parallel loop.
+            unsafe {
+                let qd = std::slice::from_raw_parts_mut(qp.get().add(dst), d);
+                norm_rotate(&row[hi * d..(hi + 1) * d], &p.qs, n.eps, c, s, qd);
+                let kd = std::slice::from_raw_parts_mut(kp.get().add(dst), d);
+                let kx = &row[(heads + hi) * d..(heads + hi + 1) * d];
+                norm_rotate(kx, &p.ks, n.eps, c, s, kd);
+                let vd = std::slice::from_raw_parts_mut(vp.get().add(dst), d);
+                vd.copy_from_slice(&row[(2 * heads + hi) * d..(2 * heads + hi + 1) * d]);
+            }
+        }
+    });
+    drop(guards);
+    // SAFETY: the loop wrote all `total` elements of each buffer ((b, h, t) rows of d).
+    unsafe {
+        q.set_len(total);
+        k.set_len(total);
+        v.set_len(total);
+    }
+    let shape = (b, heads, l, d);
+    let dev = parts[0].qkv.device();
+    Ok((
+        Tensor::from_vec(q, shape, dev)?,
+        Tensor::from_vec(k, shape, dev)?,
+        Tensor::from_vec(v, shape, dev)?,
+    ))
+}
+
+/// The (batch, token) strides of a (B, L, W) layout whose rows are contiguous.
+fn strides(l: &Layout) -> Result<(usize, usize)> {
+    match l.stride() {
+        [sb, st, 1] => Ok((*sb, *st)),
+        s => candle_core::bail!("joint heads: a part's rows are not contiguous (strides {s:?})"),
+    }
+}
+
+/// `y = rotate(x / rms(x) · scale)` on interleaved pairs.
+fn norm_rotate(x: &[f32], scale: &[f32], eps: f32, cos: &[f32], sin: &[f32], y: &mut [f32]) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (ms + eps).sqrt();
+    for j in 0..cos.len() {
+        let x0 = x[2 * j] * inv * scale[2 * j];
+        let x1 = x[2 * j + 1] * inv * scale[2 * j + 1];
+        y[2 * j] = x0 * cos[j] - x1 * sin[j];
+        y[2 * j + 1] = x0 * sin[j] + x1 * cos[j];
+    }
+}
+
+/// A raw output pointer shared by the parallel loop's tasks, which write disjoint rows.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: tasks write disjoint rows of the buffer behind the pointer.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// The pointer (a method, so that closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::{max_abs_diff, rms_norm, rope_interleaved};
+    use candle_core::Device;
+
+    fn randn(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n as u64)
+            .map(|i| {
+                let x = (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i)
+                    .wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                ((x >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// The composition the DiT runs where the one pass does not apply: split, norm,
+    /// concatenate, rotate.
+    fn composed(parts: &[HeadPart], heads: usize, n: &Rotary) -> (Tensor, Tensor, Tensor) {
+        let (mut qs, mut ks, mut vs) = (vec![], vec![], vec![]);
+        for p in parts {
+            let x = p.qkv.contiguous().unwrap();
+            let (b, l, w) = x.dims3().unwrap();
+            let d = w / 3 / heads;
+            let x = x
+                .reshape((b, l, 3, heads, d))
+                .unwrap()
+                .permute((2, 0, 3, 1, 4))
+                .unwrap();
+            let get = |i| x.get(i).unwrap().contiguous().unwrap();
+            qs.push(rms_norm(&get(0), p.query_scale, n.eps as f64).unwrap());
+            ks.push(rms_norm(&get(1), p.key_scale, n.eps as f64).unwrap());
+            vs.push(get(2));
+        }
+        let cat = |xs: Vec<Tensor>| Tensor::cat(&xs, 2).unwrap();
+        let (q, k, v) = (cat(qs), cat(ks), cat(vs));
+        (
+            rope_interleaved(&q, n.cos, n.sin).unwrap(),
+            rope_interleaved(&k, n.cos, n.sin).unwrap(),
+            v,
+        )
+    }
+
+    #[test]
+    fn one_pass_equals_split_norm_concatenate_and_rotate() {
+        let (b, heads, d) = (2, 3, 8);
+        let w = 3 * heads * d;
+        let txt = randn(&[b, 5, w], 1);
+        // The image part as a narrow of a wider product, as the single block's qkv is.
+        let wide = randn(&[b, 7, w + 10], 2);
+        let img = wide.narrow(2, 0, w).unwrap();
+        let ang = randn(&[b, 1, 12, d / 2], 3);
+        let (cos, sin) = (ang.cos().unwrap(), ang.sin().unwrap());
+        let scales: Vec<Tensor> = (4..8).map(|s| randn(&[d], s)).collect();
+        let parts = [
+            HeadPart {
+                qkv: &txt,
+                query_scale: &scales[0],
+                key_scale: &scales[1],
+            },
+            HeadPart {
+                qkv: &img,
+                query_scale: &scales[2],
+                key_scale: &scales[3],
+            },
+        ];
+        let n = Rotary {
+            eps: 1e-6,
+            cos: &cos,
+            sin: &sin,
+        };
+        let (q, k, v) = joint_heads(&parts, heads, &n).unwrap().unwrap();
+        let (wq, wk, wv) = composed(&parts, heads, &n);
+        assert!(max_abs_diff(&q, &wq).unwrap() < 1e-5);
+        assert!(max_abs_diff(&k, &wk).unwrap() < 1e-5);
+        assert_eq!(max_abs_diff(&v, &wv).unwrap(), 0.0);
+        // Tables shared by the batch (B = 1) broadcast the same way.
+        let (c1, s1) = (cos.narrow(0, 0, 1).unwrap(), sin.narrow(0, 0, 1).unwrap());
+        let n1 = Rotary {
+            eps: 1e-6,
+            cos: &c1,
+            sin: &s1,
+        };
+        let (q, _, _) = joint_heads(&parts, heads, &n1).unwrap().unwrap();
+        let (wq, _, _) = composed(&parts, heads, &n1);
+        assert!(max_abs_diff(&q, &wq).unwrap() < 1e-5);
+    }
+
+    #[test]
+    fn it_leaves_recorded_graphs_and_refuses_misfits_by_name() {
+        let (heads, d) = (2, 4);
+        let x = randn(&[1, 3, 3 * heads * d], 1);
+        let ang = randn(&[1, 1, 3, d / 2], 2);
+        let (cos, sin) = (ang.cos().unwrap(), ang.sin().unwrap());
+        let s = Tensor::ones(d, candle_core::DType::F32, &Device::Cpu).unwrap();
+        let n = Rotary {
+            eps: 1e-6,
+            cos: &cos,
+            sin: &sin,
+        };
+        let part = |qkv| HeadPart {
+            qkv,
+            query_scale: &s,
+            key_scale: &s,
+        };
+        let var = candle_core::Var::from_tensor(&x).unwrap();
+        assert!(joint_heads(&[part(var.as_tensor())], heads, &n).is_none());
+        let e = joint_heads(&[part(&x), part(&x)], heads, &n)
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rotary tables"), "{e}");
+        let e = joint_heads(&[part(&x)], 5, &n)
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not 3 × 5 heads"), "{e}");
+    }
+}
