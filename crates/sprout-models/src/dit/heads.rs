@@ -76,7 +76,7 @@ pub fn joint_heads(
 
 fn run(parts: &[HeadPart], heads: usize, n: &Rotary) -> Result<(Tensor, Tensor, Tensor)> {
     let (b, _, w) = parts[0].qkv.dims3()?;
-    if w % (3 * heads) != 0 || (w / 3 / heads) % 2 != 0 {
+    if !w.is_multiple_of(3 * heads) || !(w / 3 / heads).is_multiple_of(2) {
         candle_core::bail!("joint heads: width {w} is not 3 × {heads} heads of even width");
     }
     let d = w / 3 / heads;
