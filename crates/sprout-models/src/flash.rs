@@ -177,6 +177,17 @@ fn scores(
 /// `exp(score − m′)` for the new running maximum `m′`, the running sum `l` and the row's
 /// unnormalised output `o` are rescaled to it, and the tile's sum is added to `l`.
 pub(crate) fn online_softmax(row: &mut [f32], (m, l): (&mut f32, &mut f32), o: &mut [f32]) {
+    online_softmax_with(row, (m, l), o, vmath::exp_shifted_sum)
+}
+
+/// [`online_softmax`] with the row's exponentials taken by `exp_sum` (as
+/// [`vmath::exp_shifted_sum`]: in place, returning their sum).
+pub(crate) fn online_softmax_with(
+    row: &mut [f32],
+    (m, l): (&mut f32, &mut f32),
+    o: &mut [f32],
+    exp_sum: fn(&mut [f32], f32) -> f32,
+) {
     let m_new = m.max(vmath::max(row));
     if m_new == f32::NEG_INFINITY {
         // Every key so far is masked out entirely.
@@ -184,7 +195,7 @@ pub(crate) fn online_softmax(row: &mut [f32], (m, l): (&mut f32, &mut f32), o: &
         return;
     }
     let correction = (*m - m_new).exp();
-    let sum = vmath::exp_shifted_sum(row, m_new);
+    let sum = exp_sum(row, m_new);
     *l = *l * correction + sum;
     *m = m_new;
     if correction != 1.0 {

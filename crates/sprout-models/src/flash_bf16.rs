@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use crate::amx;
 use crate::bf16_gemm::{self, PackedBf16, NR};
-use crate::flash::online_softmax;
+use crate::flash::online_softmax_with;
 use crate::vmath;
 
 /// Query rows per task.
@@ -142,10 +142,13 @@ fn forward_with(
                                     *x += b;
                                 }
                             }
-                            online_softmax(
+                            // The probabilities are rounded to bf16 (2⁻⁹) for the product:
+                            // the coarse exp's 10⁻⁵ is far inside that.
+                            online_softmax_with(
                                 row,
                                 (&mut m[i], &mut l[i]),
                                 &mut acc[i * ldo..i * ldo + d],
+                                vmath::exp_shifted_sum_coarse,
                             );
                         }
                         // o += p v over the pairs of keys k0..k0 + kr.

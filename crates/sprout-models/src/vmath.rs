@@ -134,6 +134,57 @@ multiversion! {
     }
 }
 
+/// `eˣ` for `x ≤ 0` (a score minus its row's maximum) to within 10⁻⁵ relative error, for
+/// probabilities that are rounded to bf16 (2⁻⁹) next: one reduction constant and a degree-5
+/// polynomial where [`exp`] spends two and degree 7, and no overflow path. Below −87.3 the
+/// result is 0, NaN stays NaN; positive `x` is not its domain.
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2: f32 = std::f32::consts::LN_2;
+    const ROUND: f32 = 12_582_912.0;
+    let xc = if x > -87.3 { x } else { -87.3 };
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
+    let r = xc - n * LN2;
+    let mut p = 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    let y = p * r + 1.0;
+    let scaled =
+        y * f32::from_bits(t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23);
+    if x.is_nan() {
+        x
+    } else if x > -87.3 {
+        scaled
+    } else {
+        0.0
+    }
+}
+
+multiversion! {
+    /// [`exp_shifted_sum`] through [`exp_nonpositive`] (`shift` at least every element):
+    /// for probabilities rounded to bf16 afterwards.
+    pub fn exp_shifted_sum_coarse(xs: &mut [f32], shift: f32) -> f32 {
+        let mut acc = [0f32; LANES];
+        let mut chunks = xs.chunks_exact_mut(LANES);
+        for c in &mut chunks {
+            for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
+                *v = exp_nonpositive(*v - shift);
+                *a += *v;
+            }
+        }
+        let mut sum = 0f32;
+        for v in chunks.into_remainder() {
+            *v = exp_nonpositive(*v - shift);
+            sum += *v;
+        }
+        acc.iter().sum::<f32>() + sum
+    }
+}
+
 multiversion! {
     /// `xs[i] *= s`.
     pub fn scale(xs: &mut [f32], s: f32) {
@@ -194,6 +245,26 @@ mod tests {
         assert_eq!(exp(-1000.0), 0.0);
         assert_eq!(exp(1000.0), f32::INFINITY);
         assert!(exp(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn the_coarse_exp_is_within_its_bound_below_zero() {
+        let mut worst = 0f64;
+        let mut x = -87.0f32;
+        while x <= 0.0 {
+            let (got, want) = (exp_nonpositive(x) as f64, (x as f64).exp());
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.00731;
+        }
+        assert!(worst < 1e-5, "relative error {worst}");
+        assert_eq!(exp_nonpositive(0.0), 1.0);
+        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_nonpositive(-1e9), 0.0);
+        assert!(exp_nonpositive(f32::NAN).is_nan());
+        let mut xs: Vec<f32> = (0..37).map(|i| -(i as f32) * 0.3).collect();
+        let want: f64 = xs.iter().map(|&v| ((v - 0.5) as f64).exp()).sum();
+        let sum = exp_shifted_sum_coarse(&mut xs, 0.5);
+        assert!(((sum as f64 - want) / want).abs() < 1e-5, "{sum} vs {want}");
     }
 
     #[test]
