@@ -6,8 +6,9 @@ use crate::weights::Weights;
 use candle_core::{Result, Tensor, D};
 use candle_nn::Module;
 
+use super::adaln;
 use super::config::DitConfig;
-use super::heads::{joint_heads, HeadPart, Rotary};
+use super::heads::{joint_heads, merge_heads, HeadPart, Rotary};
 use crate::flash::Precision;
 use crate::ops::{attention_with, layer_norm, modulate, rms_norm, rope_interleaved};
 
@@ -20,6 +21,22 @@ pub struct Rope {
     pub sin: Tensor,
     pub mask: Option<Tensor>,
     pub precision: Precision,
+}
+
+/// `layer_norm(x)·(1 + scale) + shift`: in one pass ([`adaln`]) where it applies.
+fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    match adaln::modulated_norm(x, shift, scale, NORM_EPS as f32) {
+        Some(r) => r,
+        None => modulate(&layer_norm(x, NORM_EPS)?, shift, scale),
+    }
+}
+
+/// `x + y·gate`: in one pass ([`adaln`]) where it applies.
+fn gated(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    match adaln::gated_residual(x, y, gate) {
+        Some(r) => r,
+        None => x + y.broadcast_mul(gate)?,
+    }
 }
 
 /// adaLN-Zero modulation: `lin(silu(vec))` split into 3 (single) or 6 (double) vectors.
@@ -133,11 +150,26 @@ fn joint_qkv(parts: &[HeadPart], heads: usize, rope: &Rope) -> Result<(Tensor, T
     Ok((rotate(&q)?, rotate(&k)?, v))
 }
 
-/// Attention over the joint (B, H, L, D) q, k, v of [`joint_qkv`]; returns (B, L, H·D).
-fn joint_attention(q: &Tensor, k: &Tensor, v: &Tensor, rope: &Rope) -> Result<Tensor> {
+/// Attention over the joint (B, H, L, D) q, k, v of [`joint_qkv`]; returns its token rows
+/// (B, L, H·D), each followed by `gelu(mlp)` where `mlp` (B, L, M) is given (the single
+/// block's input to its output product). In one pass ([`merge_heads`]) where it applies.
+fn joint_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    rope: &Rope,
+    mlp: Option<&Tensor>,
+) -> Result<Tensor> {
     let x = attention_with(q, k, v, rope.mask.as_ref(), rope.precision)?;
+    if let Some(r) = merge_heads(&x, mlp) {
+        return r;
+    }
     let (b, h, l, d) = x.dims4()?;
-    x.transpose(1, 2)?.reshape((b, l, h * d))
+    let rows = x.transpose(1, 2)?.reshape((b, l, h * d))?;
+    match mlp {
+        Some(mlp) => Tensor::cat(&[rows, crate::ops::gelu(mlp)?], D::Minus1),
+        None => Ok(rows),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -222,8 +254,8 @@ impl DoubleStreamBlock {
     ) -> Result<(Tensor, Tensor)> {
         let im = self.img.modulation.forward(vec)?;
         let tm = self.txt.modulation.forward(vec)?;
-        let img_in = modulate(&layer_norm(img, NORM_EPS)?, &im[0], &im[1])?;
-        let txt_in = modulate(&layer_norm(txt, NORM_EPS)?, &tm[0], &tm[1])?;
+        let img_in = norm_modulate(img, &im[0], &im[1])?;
+        let txt_in = norm_modulate(txt, &tm[0], &tm[1])?;
         let img_qkv = self.img.attn.qkv.forward(&img_in)?;
         let txt_qkv = self.txt.attn.qkv.forward(&txt_in)?;
         // Text then image, each stream's q and k normalised by its own scales.
@@ -235,34 +267,22 @@ impl DoubleStreamBlock {
             self.heads,
             rope,
         )?;
-        let attn = joint_attention(&q, &k, &v, rope)?;
+        let attn = joint_attention(&q, &k, &v, rope, None)?;
         let lt = txt.dim(1)?;
         let txt_attn = attn.narrow(1, 0, lt)?;
         let img_attn = attn.narrow(1, lt, attn.dim(1)? - lt)?;
-        let img = (img
-            + self
-                .img
-                .attn
-                .proj
-                .forward(&img_attn)?
-                .broadcast_mul(&im[2])?)?;
-        let img_mlp =
-            self.img
-                .mlp
-                .forward(&modulate(&layer_norm(&img, NORM_EPS)?, &im[3], &im[4])?)?;
-        let img = (img + img_mlp.broadcast_mul(&im[5])?)?;
-        let txt = (txt
-            + self
-                .txt
-                .attn
-                .proj
-                .forward(&txt_attn)?
-                .broadcast_mul(&tm[2])?)?;
-        let txt_mlp =
-            self.txt
-                .mlp
-                .forward(&modulate(&layer_norm(&txt, NORM_EPS)?, &tm[3], &tm[4])?)?;
-        let txt = (txt + txt_mlp.broadcast_mul(&tm[5])?)?;
+        let img = gated(img, &self.img.attn.proj.forward(&img_attn)?, &im[2])?;
+        let img_mlp = self
+            .img
+            .mlp
+            .forward(&norm_modulate(&img, &im[3], &im[4])?)?;
+        let img = gated(&img, &img_mlp, &im[5])?;
+        let txt = gated(txt, &self.txt.attn.proj.forward(&txt_attn)?, &tm[2])?;
+        let txt_mlp = self
+            .txt
+            .mlp
+            .forward(&norm_modulate(&txt, &tm[3], &tm[4])?)?;
+        let txt = gated(&txt, &txt_mlp, &tm[5])?;
         Ok((img, txt))
     }
 }
@@ -293,8 +313,9 @@ impl SingleStreamBlock {
 
     pub fn forward(&self, x: &Tensor, vec: &Tensor, rope: &Rope) -> Result<Tensor> {
         let m = self.modulation.forward(vec)?;
-        let x_in = modulate(&layer_norm(x, NORM_EPS)?, &m[0], &m[1])?;
+        let x_in = norm_modulate(x, &m[0], &m[1])?;
         let h1 = self.linear1.forward(&x_in)?;
+        drop(x_in);
         let qkv = h1.narrow(D::Minus1, 0, 3 * self.hidden)?;
         let mlp = h1.narrow(
             D::Minus1,
@@ -302,11 +323,11 @@ impl SingleStreamBlock {
             h1.dim(D::Minus1)? - 3 * self.hidden,
         )?;
         let (q, k, v) = joint_qkv(&[self.norm.part(&qkv)], self.heads, rope)?;
-        let attn = joint_attention(&q, &k, &v, rope)?;
-        let out = self
-            .linear2
-            .forward(&Tensor::cat(&[attn, crate::ops::gelu(&mlp)?], D::Minus1)?)?;
-        x + out.broadcast_mul(&m[2])?
+        drop(qkv);
+        let input = joint_attention(&q, &k, &v, rope, Some(&mlp))?;
+        drop((q, k, v, mlp, h1));
+        let out = self.linear2.forward(&input)?;
+        gated(x, &out, &m[2])
     }
 }
 
@@ -331,7 +352,6 @@ impl LastLayer {
             .forward(&vec.silu()?)?
             .unsqueeze(1)?
             .chunk(2, D::Minus1)?;
-        self.linear
-            .forward(&modulate(&layer_norm(x, NORM_EPS)?, &m[0], &m[1])?)
+        self.linear.forward(&norm_modulate(x, &m[0], &m[1])?)
     }
 }

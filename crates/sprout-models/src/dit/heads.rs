@@ -133,33 +133,37 @@ fn run(parts: &[HeadPart], heads: usize, n: &Rotary) -> Result<(Tensor, Tensor, 
         Out(v.as_mut_ptr()),
     );
     // Tasks of 64 tokens: every token's heads land in rows no other token writes.
-    (0..b * l).into_par_iter().with_min_len(64).for_each(|bt| {
-        let (bi, t) = (bt / l, bt % l);
-        let (mut part, mut local) = (0, t);
-        while local >= views[part].len {
-            local -= views[part].len;
-            part += 1;
-        }
-        let p = &views[part];
-        let at = p.start + bi * p.b_stride + local * p.t_stride;
-        let row = &p.data[at..at + w];
-        let tab = ((if cb == 1 { 0 } else { bi }) * l + t) * half;
-        let (c, s) = (&cos[tab..tab + half], &sin[tab..tab + half]);
-        for hi in 0..heads {
-            let dst = ((bi * heads + hi) * l + t) * d;
-            // SAFETY: (bi, hi, t) rows are distinct across tokens and heads, inside the
-            // three buffers of `total` floats, which outlive the parallel loop.
-            unsafe {
-                let qd = std::slice::from_raw_parts_mut(qp.get().add(dst), d);
-                norm_rotate(&row[hi * d..(hi + 1) * d], &p.qs, n.eps, c, s, qd);
-                let kd = std::slice::from_raw_parts_mut(kp.get().add(dst), d);
-                let kx = &row[(heads + hi) * d..(heads + hi + 1) * d];
-                norm_rotate(kx, &p.ks, n.eps, c, s, kd);
-                let vd = std::slice::from_raw_parts_mut(vp.get().add(dst), d);
-                vd.copy_from_slice(&row[(2 * heads + hi) * d..(2 * heads + hi + 1) * d]);
+    (0..b * l).into_par_iter().with_min_len(64).for_each_init(
+        || vec![0f32; d],
+        |row_out, bt| {
+            let (bi, t) = (bt / l, bt % l);
+            let (mut part, mut local) = (0, t);
+            while local >= views[part].len {
+                local -= views[part].len;
+                part += 1;
             }
-        }
-    });
+            let p = &views[part];
+            let at = p.start + bi * p.b_stride + local * p.t_stride;
+            let row = &p.data[at..at + w];
+            let tab = ((if cb == 1 { 0 } else { bi }) * l + t) * half;
+            let (c, s) = (&cos[tab..tab + half], &sin[tab..tab + half]);
+            let head = |i: usize| &row[i * d..(i + 1) * d];
+            for hi in 0..heads {
+                let dst = ((bi * heads + hi) * l + t) * d;
+                // SAFETY: (bi, hi, t) rows of d floats are distinct across tokens and
+                // heads and lie inside the three buffers' `total` floats of capacity,
+                // which outlive the loop; written through raw pointers, never read.
+                unsafe {
+                    norm_rotate(head(hi), &p.qs, n.eps, c, s, row_out);
+                    std::ptr::copy_nonoverlapping(row_out.as_ptr(), qp.get().add(dst), d);
+                    norm_rotate(head(heads + hi), &p.ks, n.eps, c, s, row_out);
+                    std::ptr::copy_nonoverlapping(row_out.as_ptr(), kp.get().add(dst), d);
+                    let vr = head(2 * heads + hi);
+                    std::ptr::copy_nonoverlapping(vr.as_ptr(), vp.get().add(dst), d);
+                }
+            }
+        },
+    );
     drop(guards);
     // SAFETY: the loop wrote all `total` elements of each buffer ((b, h, t) rows of d).
     unsafe {
@@ -174,6 +178,78 @@ fn run(parts: &[HeadPart], heads: usize, n: &Rotary) -> Result<(Tensor, Tensor, 
         Tensor::from_vec(k, shape, dev)?,
         Tensor::from_vec(v, shape, dev)?,
     ))
+}
+
+/// The attention's output (B, H, L, D) as token rows (B, L, H·D), followed in each row by
+/// `gelu(mlp)` where `mlp` (B, L, M) is given (rows may lie further apart): the single
+/// block's input to its output product, written once where composing it transposes,
+/// applies GELU and concatenates, each into a fresh tensor. `None` where it does not apply
+/// (not f32 on the CPU, or a graph recorded).
+pub fn merge_heads(attn: &Tensor, mlp: Option<&Tensor>) -> Option<Result<Tensor>> {
+    let applies = [Some(attn), mlp]
+        .into_iter()
+        .flatten()
+        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && !t.track_op());
+    applies.then(|| merge(attn, mlp))
+}
+
+fn merge(attn: &Tensor, mlp: Option<&Tensor>) -> Result<Tensor> {
+    let attn = attn.contiguous()?;
+    let (b, h, l, d) = attn.dims4()?;
+    let m = match mlp {
+        Some(x) => {
+            let (mb, ml, m) = x.dims3()?;
+            if (mb, ml) != (b, l) {
+                candle_core::bail!(
+                    "merge heads: the MLP part {:?} does not fit the attention {:?}",
+                    x.shape(),
+                    attn.shape()
+                );
+            }
+            m
+        }
+        None => 0,
+    };
+    let w = h * d + m;
+    let (a_storage, a_layout) = attn.storage_and_layout();
+    let a = f32_data(&a_storage, "the attention")?;
+    let a = &a[a_layout.start_offset()..];
+    let mlp_guard = mlp.map(|x| x.storage_and_layout());
+    let mlp_view = match &mlp_guard {
+        Some((st, lay)) => {
+            let (bs, ts) = strides(lay)?;
+            Some((f32_data(st, "the MLP part")?, bs, ts, lay.start_offset()))
+        }
+        None => None,
+    };
+    let total = b * l * w;
+    // Every element is written below before anything reads it: not zeroed first.
+    let mut out: Vec<f32> = Vec::with_capacity(total);
+    out.spare_capacity_mut()[..total]
+        .par_chunks_mut(w)
+        .with_min_len(16)
+        .enumerate()
+        .for_each(|(bt, row)| {
+            let (bi, t) = (bt / l, bt % l);
+            for hi in 0..h {
+                let src = ((bi * h + hi) * l + t) * d;
+                row[hi * d..(hi + 1) * d].write_copy_of_slice(&a[src..src + d]);
+            }
+            if let Some((x, bs, ts, start)) = mlp_view {
+                let at = start + bi * bs + t * ts;
+                let mut buf = [0f32; 512];
+                let dst = &mut row[h * d..];
+                for (o, i) in dst.chunks_mut(512).zip(x[at..at + m].chunks(512)) {
+                    crate::vmath::gelu(&mut buf[..i.len()], i);
+                    o.write_copy_of_slice(&buf[..i.len()]);
+                }
+            }
+        });
+    drop(a_storage);
+    drop(mlp_guard);
+    // SAFETY: the loop wrote every element of every row.
+    unsafe { out.set_len(total) };
+    Tensor::from_vec(out, (b, l, w), attn.device())
 }
 
 /// The (batch, token) strides of a (B, L, W) layout whose rows are contiguous.
@@ -298,6 +374,30 @@ mod tests {
         let (q, _, _) = joint_heads(&parts, heads, &n1).unwrap().unwrap();
         let (wq, _, _) = composed(&parts, heads, &n1);
         assert!(max_abs_diff(&q, &wq).unwrap() < 1e-5);
+    }
+
+    #[test]
+    fn merged_heads_equal_the_transposed_attention_and_the_concatenated_gelu() {
+        let (b, h, l, d, m) = (2, 3, 5, 4, 9);
+        let attn = randn(&[b, h, l, d], 11);
+        let wide = randn(&[b, l, m + 6], 12);
+        let mlp = wide.narrow(2, 6, m).unwrap();
+        let rows = attn
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b, l, h * d))
+            .unwrap();
+        let got = merge_heads(&attn, None).unwrap().unwrap();
+        assert_eq!(max_abs_diff(&got, &rows).unwrap(), 0.0);
+        let want = Tensor::cat(&[rows, crate::ops::gelu(&mlp).unwrap()], 2).unwrap();
+        let got = merge_heads(&attn, Some(&mlp)).unwrap().unwrap();
+        assert!(max_abs_diff(&got, &want).unwrap() < 1e-6);
+        let short = randn(&[b, l - 1, m], 13);
+        let e = merge_heads(&attn, Some(&short))
+            .unwrap()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not fit the attention"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! reference images' latent tokens (image index 1..K on the first rotary axis). The output
 //! is the velocity for the target tokens only.
 
+pub mod adaln;
 pub mod blocks;
 pub mod config;
 pub mod embed;
