@@ -22,6 +22,8 @@ pub mod ops;
 pub mod probe;
 pub mod recorder;
 pub mod t5;
+#[cfg(test)]
+mod test_util;
 pub mod text;
 pub mod tiling;
 pub mod vmath;

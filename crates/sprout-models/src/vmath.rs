@@ -114,23 +114,30 @@ multiversion! {
     }
 }
 
+/// `xs[i] = e(xs[i] − shift)` in place, returning the sum of the new values: the body of
+/// the exp slice functions, inlined into each instruction set's form.
+#[inline(always)]
+fn shifted_sum_with(xs: &mut [f32], shift: f32, e: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = xs.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
+            *v = e(*v - shift);
+            *a += *v;
+        }
+    }
+    let mut sum = 0f32;
+    for v in chunks.into_remainder() {
+        *v = e(*v - shift);
+        sum += *v;
+    }
+    acc.iter().sum::<f32>() + sum
+}
+
 multiversion! {
     /// `xs[i] = e^(xs[i] − shift)` in place; returns the sum of the new values.
     pub fn exp_shifted_sum(xs: &mut [f32], shift: f32) -> f32 {
-        let mut acc = [0f32; LANES];
-        let mut chunks = xs.chunks_exact_mut(LANES);
-        for c in &mut chunks {
-            for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
-                *v = exp(*v - shift);
-                *a += *v;
-            }
-        }
-        let mut sum = 0f32;
-        for v in chunks.into_remainder() {
-            *v = exp(*v - shift);
-            sum += *v;
-        }
-        acc.iter().sum::<f32>() + sum
+        shifted_sum_with(xs, shift, exp)
     }
 }
 
@@ -168,20 +175,7 @@ multiversion! {
     /// [`exp_shifted_sum`] through [`exp_nonpositive`] (`shift` at least every element):
     /// for probabilities rounded to bf16 afterwards.
     pub fn exp_shifted_sum_coarse(xs: &mut [f32], shift: f32) -> f32 {
-        let mut acc = [0f32; LANES];
-        let mut chunks = xs.chunks_exact_mut(LANES);
-        for c in &mut chunks {
-            for (a, v) in acc.iter_mut().zip(c.iter_mut()) {
-                *v = exp_nonpositive(*v - shift);
-                *a += *v;
-            }
-        }
-        let mut sum = 0f32;
-        for v in chunks.into_remainder() {
-            *v = exp_nonpositive(*v - shift);
-            sum += *v;
-        }
-        acc.iter().sum::<f32>() + sum
+        shifted_sum_with(xs, shift, exp_nonpositive)
     }
 }
 

@@ -123,18 +123,9 @@ pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Option<Result<Te
 mod tests {
     use super::*;
     use crate::ops::{layer_norm, max_abs_diff, modulate};
-    use candle_core::Device;
 
     fn randn(shape: &[usize], seed: u64) -> Tensor {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n as u64)
-            .map(|i| {
-                let x = (seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ i)
-                    .wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                ((x >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+        crate::test_util::hashed(shape, seed)
     }
 
     #[test]
