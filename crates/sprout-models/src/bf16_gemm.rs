@@ -291,16 +291,17 @@ impl CustomOp1 for Product<'_> {
     }
 }
 
-/// Raw output pointer shared by the tasks, which write disjoint rectangles.
+/// Raw output pointer shared by parallel tasks, each of which writes only its own disjoint
+/// part of the output (here a rows × columns rectangle; the DiT's heads, a row per head).
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes only its own rows × columns rectangle of the output.
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: every task writes only its own disjoint part of the output.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// The pointer (a method, so that closures capture the whole `Send` wrapper).
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }

@@ -106,34 +106,14 @@ fn forward_with(
                         // panels hold dp pairs each, and `s` rows of BK floats, which the
                         // panels of keys k0..k0 + kr fill (BK is a multiple of NR).
                         unsafe {
-                            match &tiles {
-                                Some(t) => bf16_gemm::tile_block(
-                                    t,
-                                    &aq,
-                                    dp,
-                                    rows,
-                                    &keys,
-                                    0,
-                                    dp,
-                                    panels,
-                                    s.as_mut_ptr(),
-                                    BK,
-                                    false,
-                                ),
-                                None => bf16_gemm::block(
-                                    &aq,
-                                    dp,
-                                    qr,
-                                    &keys,
-                                    0,
-                                    dp,
-                                    panels,
-                                    s.as_mut_ptr(),
-                                    BK,
-                                    false,
-                                    None,
-                                ),
-                            }
+                            panel_product(
+                                tiles.as_ref(),
+                                (&aq, dp, rows),
+                                (&keys, 0, dp),
+                                panels,
+                                (s.as_mut_ptr(), BK),
+                                false,
+                            )
                         }
                         for i in 0..qr {
                             let row = &mut s[i * BK..i * BK + kr];
@@ -152,59 +132,31 @@ fn forward_with(
                             );
                         }
                         // o += p v over the pairs of keys k0..k0 + kr.
+                        let (lda, kc) = if tiled {
+                            // To a whole tile step: the probabilities past kr are zero, the
+                            // values' padding too.
+                            if kr < BK {
+                                ap.fill(0);
+                            }
+                            bf16_gemm::round_rows_tiled(&mut ap, BK / 2, &s, BK, qr, kr, 1.0);
+                            (BK / 2, kr.div_ceil(2).next_multiple_of(amx::PAIRS))
+                        } else {
+                            let kp = bf16_gemm::pack_a(&mut ap, &s, BK, qr, kr, 1.0);
+                            (kp, kp)
+                        };
                         // SAFETY: as above; `ap` holds the packed probabilities, the values'
                         // pairs from k0 / 2 exist (k0 is even; for the tiles a multiple of
                         // 16, and the pairs to a whole tile step lie inside the padded
                         // panels), and `acc` holds rows of ldo floats.
                         unsafe {
-                            match &tiles {
-                                Some(t) => {
-                                    // To a whole tile step: the probabilities past kr are
-                                    // zero, the values' padding too.
-                                    let kc = kr.div_ceil(2).next_multiple_of(amx::PAIRS);
-                                    if kr < BK {
-                                        ap.fill(0);
-                                    }
-                                    bf16_gemm::round_rows_tiled(
-                                        &mut ap,
-                                        BK / 2,
-                                        &s,
-                                        BK,
-                                        qr,
-                                        kr,
-                                        1.0,
-                                    );
-                                    bf16_gemm::tile_block(
-                                        t,
-                                        &ap,
-                                        BK / 2,
-                                        rows,
-                                        &values,
-                                        k0 / 2,
-                                        kc,
-                                        (0, dpanels),
-                                        acc.as_mut_ptr(),
-                                        ldo,
-                                        true,
-                                    )
-                                }
-                                None => {
-                                    let kp = bf16_gemm::pack_a(&mut ap, &s, BK, qr, kr, 1.0);
-                                    bf16_gemm::block(
-                                        &ap,
-                                        kp,
-                                        qr,
-                                        &values,
-                                        k0 / 2,
-                                        kp,
-                                        (0, dpanels),
-                                        acc.as_mut_ptr(),
-                                        ldo,
-                                        true,
-                                        None,
-                                    )
-                                }
-                            }
+                            panel_product(
+                                tiles.as_ref(),
+                                (&ap, lda, rows),
+                                (&values, k0 / 2, kc),
+                                (0, dpanels),
+                                (acc.as_mut_ptr(), ldo),
+                                true,
+                            )
                         }
                     }
                     for i in 0..qr {
@@ -217,6 +169,27 @@ fn forward_with(
                 });
         });
     (out, lse)
+}
+
+/// `c (+)= a · w` over the weight's panels `p0..p1` and its pairs `b_p0..b_p0 + kc`, for
+/// `rows` packed rows of `a` (`lda` pairs each; c's rows `ldc` floats apart): on the tiles
+/// where they are held (`a` tile-packed, `rows` whole tile blocks), else on the vector
+/// kernel.
+///
+/// # Safety
+/// As [`bf16_gemm::tile_block`] or [`bf16_gemm::block`], whichever runs.
+unsafe fn panel_product(
+    tiles: Option<&amx::Tiles>,
+    (a, lda, rows): (&[u32], usize, usize),
+    (w, b_p0, kc): (&PackedBf16, usize, usize),
+    panels: (usize, usize),
+    (c, ldc): (*mut f32, usize),
+    accumulate: bool,
+) {
+    match tiles {
+        Some(t) => bf16_gemm::tile_block(t, a, lda, rows, w, b_p0, kc, panels, c, ldc, accumulate),
+        None => bf16_gemm::block(a, lda, rows, w, b_p0, kc, panels, c, ldc, accumulate, None),
+    }
 }
 
 #[cfg(test)]

@@ -4,45 +4,9 @@
 //! each into a fresh tensor. Where a graph is recorded (training) or the tensors are not
 //! f32 on the CPU, the caller composes (`None`); tests check both agree.
 
-use std::mem::MaybeUninit;
-
 use candle_core::{Result, Tensor};
-use rayon::prelude::*;
 
-fn applies(ts: &[&Tensor]) -> bool {
-    ts.iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && !t.track_op())
-}
-
-/// Runs `f` on the values of the contiguous f32 CPU tensor `t`.
-fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => {
-            let start = layout.start_offset();
-            f(&v[start..start + t.elem_count()])
-        }
-        _ => candle_core::bail!("adaLN: a tensor is not f32 on the CPU"),
-    }
-}
-
-/// A fresh buffer of `n` floats of which `fill` writes every element of each row of `c`
-/// (in parallel, row index given), not zeroed first.
-fn rows_written(
-    n: usize,
-    c: usize,
-    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
-) -> Vec<f32> {
-    let mut out: Vec<f32> = Vec::with_capacity(n);
-    out.spare_capacity_mut()[..n]
-        .par_chunks_mut(c)
-        .enumerate()
-        .for_each(|(r, row)| fill(r, row));
-    // SAFETY: `fill` wrote every element of every row.
-    unsafe { out.set_len(n) };
-    out
-}
+use super::views::{applies, rows_written, with_values};
 
 /// Per batch entry, a (B, 1, C) modulation vector's C values.
 fn per_batch(v: &Tensor, b: usize, c: usize, what: &str) -> Result<Vec<f32>> {
@@ -69,7 +33,7 @@ pub fn modulated_norm(
     scale: &Tensor,
     eps: f32,
 ) -> Option<Result<Tensor>> {
-    applies(&[x, shift, scale]).then(|| {
+    applies([x, shift, scale]).then(|| {
         let (b, l, c) = x.dims3()?;
         let (sh, sc) = (
             per_batch(shift, b, c, "the shift")?,
@@ -94,7 +58,7 @@ pub fn modulated_norm(
 
 /// `x + y · gate` for `x`, `y` (B, L, C) and `gate` (B or 1, 1, C).
 pub fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Option<Result<Tensor>> {
-    applies(&[x, y, gate]).then(|| {
+    applies([x, y, gate]).then(|| {
         let (b, l, c) = x.dims3()?;
         if y.dims3()? != (b, l, c) {
             candle_core::bail!(

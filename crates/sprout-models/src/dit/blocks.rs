@@ -88,13 +88,6 @@ impl QkNorm {
             key_scale: &self.key_scale,
         }
     }
-
-    pub fn forward(&self, q: &Tensor, k: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((
-            rms_norm(q, &self.query_scale, NORM_EPS)?,
-            rms_norm(k, &self.key_scale, NORM_EPS)?,
-        ))
-    }
 }
 
 /// Split fused qkv (B, L, 3·H·D) into q, k, v of (B, H, L, D).

@@ -8,8 +8,11 @@
 //! Where a graph is recorded (training) or the tensors are not f32 on the CPU, the caller
 //! composes (`None`); tests check both agree.
 
-use candle_core::{Layout, Result, Storage, Tensor};
+use candle_core::{Layout, Result, Tensor};
 use rayon::prelude::*;
+
+use super::views::{applies, f32_data, rows_written};
+use crate::bf16_gemm::OutPtr;
 
 /// One part of the joint sequence: a fused qkv product (B, Lᵢ, 3·H·D), whose rows may lie
 /// further apart (a narrow of a wider product), and its stream's RMS norm scales (D) of q
@@ -40,13 +43,6 @@ struct Part<'a> {
     ks: Vec<f32>,
 }
 
-fn f32_data<'a>(s: &'a Storage, what: &str) -> Result<&'a [f32]> {
-    match s {
-        Storage::Cpu(candle_core::CpuStorage::F32(v)) => Ok(v),
-        _ => candle_core::bail!("joint heads: {what} is not f32 on the CPU"),
-    }
-}
-
 fn contiguous_vec(t: &Tensor, len: usize, what: &str) -> Result<Vec<f32>> {
     let v = t.flatten_all()?.to_vec1::<f32>()?;
     if v.len() != len {
@@ -68,10 +64,7 @@ pub fn joint_heads(
         .iter()
         .flat_map(|p| [p.qkv, p.query_scale, p.key_scale])
         .chain([n.cos, n.sin]);
-    let applies = tensors
-        .into_iter()
-        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && !t.track_op());
-    (applies && !parts.is_empty()).then(|| run(parts, heads, n))
+    (applies(tensors) && !parts.is_empty()).then(|| run(parts, heads, n))
 }
 
 fn run(parts: &[HeadPart], heads: usize, n: &Rotary) -> Result<(Tensor, Tensor, Tensor)> {
@@ -108,7 +101,7 @@ fn run(parts: &[HeadPart], heads: usize, n: &Rotary) -> Result<(Tensor, Tensor, 
     let guards: Vec<_> = parts.iter().map(|p| p.qkv.storage_and_layout()).collect();
     let mut views = Vec::with_capacity(parts.len());
     for (((storage, layout), &len), p) in guards.iter().zip(&lens).zip(parts) {
-        let data = f32_data(storage, "a part")?;
+        let data = f32_data(storage, "joint heads: a part")?;
         let (b_stride, t_stride) = strides(layout)?;
         views.push(Part {
             data,
@@ -128,9 +121,9 @@ fn run(parts: &[HeadPart], heads: usize, n: &Rotary) -> Result<(Tensor, Tensor, 
         Vec::with_capacity(total),
     );
     let (qp, kp, vp) = (
-        Out(q.as_mut_ptr()),
-        Out(k.as_mut_ptr()),
-        Out(v.as_mut_ptr()),
+        OutPtr(q.as_mut_ptr()),
+        OutPtr(k.as_mut_ptr()),
+        OutPtr(v.as_mut_ptr()),
     );
     // Tasks of 64 tokens: every token's heads land in rows no other token writes.
     (0..b * l).into_par_iter().with_min_len(64).for_each_init(
@@ -186,11 +179,7 @@ fn run(parts: &[HeadPart], heads: usize, n: &Rotary) -> Result<(Tensor, Tensor, 
 /// applies GELU and concatenates, each into a fresh tensor. `None` where it does not apply
 /// (not f32 on the CPU, or a graph recorded).
 pub fn merge_heads(attn: &Tensor, mlp: Option<&Tensor>) -> Option<Result<Tensor>> {
-    let applies = [Some(attn), mlp]
-        .into_iter()
-        .flatten()
-        .all(|t| t.device().is_cpu() && t.dtype() == candle_core::DType::F32 && !t.track_op());
-    applies.then(|| merge(attn, mlp))
+    applies([Some(attn), mlp].into_iter().flatten()).then(|| merge(attn, mlp))
 }
 
 fn merge(attn: &Tensor, mlp: Option<&Tensor>) -> Result<Tensor> {
@@ -212,43 +201,39 @@ fn merge(attn: &Tensor, mlp: Option<&Tensor>) -> Result<Tensor> {
     };
     let w = h * d + m;
     let (a_storage, a_layout) = attn.storage_and_layout();
-    let a = f32_data(&a_storage, "the attention")?;
+    let a = f32_data(&a_storage, "merge heads: the attention")?;
     let a = &a[a_layout.start_offset()..];
     let mlp_guard = mlp.map(|x| x.storage_and_layout());
     let mlp_view = match &mlp_guard {
         Some((st, lay)) => {
             let (bs, ts) = strides(lay)?;
-            Some((f32_data(st, "the MLP part")?, bs, ts, lay.start_offset()))
+            Some((
+                f32_data(st, "merge heads: the MLP part")?,
+                bs,
+                ts,
+                lay.start_offset(),
+            ))
         }
         None => None,
     };
-    let total = b * l * w;
-    // Every element is written below before anything reads it: not zeroed first.
-    let mut out: Vec<f32> = Vec::with_capacity(total);
-    out.spare_capacity_mut()[..total]
-        .par_chunks_mut(w)
-        .with_min_len(16)
-        .enumerate()
-        .for_each(|(bt, row)| {
-            let (bi, t) = (bt / l, bt % l);
-            for hi in 0..h {
-                let src = ((bi * h + hi) * l + t) * d;
-                row[hi * d..(hi + 1) * d].write_copy_of_slice(&a[src..src + d]);
+    let out = rows_written(b * l * w, w, |bt, row| {
+        let (bi, t) = (bt / l, bt % l);
+        for hi in 0..h {
+            let src = ((bi * h + hi) * l + t) * d;
+            row[hi * d..(hi + 1) * d].write_copy_of_slice(&a[src..src + d]);
+        }
+        if let Some((x, bs, ts, start)) = mlp_view {
+            let at = start + bi * bs + t * ts;
+            let mut buf = [0f32; 512];
+            let dst = &mut row[h * d..];
+            for (o, i) in dst.chunks_mut(512).zip(x[at..at + m].chunks(512)) {
+                crate::vmath::gelu(&mut buf[..i.len()], i);
+                o.write_copy_of_slice(&buf[..i.len()]);
             }
-            if let Some((x, bs, ts, start)) = mlp_view {
-                let at = start + bi * bs + t * ts;
-                let mut buf = [0f32; 512];
-                let dst = &mut row[h * d..];
-                for (o, i) in dst.chunks_mut(512).zip(x[at..at + m].chunks(512)) {
-                    crate::vmath::gelu(&mut buf[..i.len()], i);
-                    o.write_copy_of_slice(&buf[..i.len()]);
-                }
-            }
-        });
+        }
+    });
     drop(a_storage);
     drop(mlp_guard);
-    // SAFETY: the loop wrote every element of every row.
-    unsafe { out.set_len(total) };
     Tensor::from_vec(out, (b, l, w), attn.device())
 }
 
@@ -269,20 +254,6 @@ fn norm_rotate(x: &[f32], scale: &[f32], eps: f32, cos: &[f32], sin: &[f32], y: 
         let x1 = x[2 * j + 1] * inv * scale[2 * j + 1];
         y[2 * j] = x0 * cos[j] - x1 * sin[j];
         y[2 * j + 1] = x0 * sin[j] + x1 * cos[j];
-    }
-}
-
-/// A raw output pointer shared by the parallel loop's tasks, which write disjoint rows.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: tasks write disjoint rows of the buffer behind the pointer.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// The pointer (a method, so that closures capture the whole `Send` wrapper).
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 

@@ -9,6 +9,7 @@ pub mod blocks;
 pub mod config;
 pub mod embed;
 pub mod heads;
+mod views;
 
 use crate::ops::Linear;
 use crate::weights::Weights;
