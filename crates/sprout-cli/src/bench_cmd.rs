@@ -38,7 +38,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "1024x1024")]
     flux_size: String,
     /// Instead of the rows above: one forward of this DiT preset (flux-schnell, flux-dev,
-    /// native-small, …) at its full width with random weights built in memory.
+    /// flux2-klein-4b, flux2-klein-9b, flux2-dev, native-small) at its full width with random
+    /// weights built in memory.
     #[arg(long, value_name = "PRESET")]
     dit: Option<String>,
     /// With --dit: double- and single-stream blocks, D,S (default: the preset's own).
@@ -54,7 +55,8 @@ pub struct BenchArgs {
     /// With --dit: threads for the products (default: all cores).
     #[arg(long, requires = "dit")]
     threads: Option<usize>,
-    /// With --dit: text tokens (default 256 for FLUX presets, 32 for the native one).
+    /// With --dit: text tokens (default 256 for FLUX.1 presets, 512 for FLUX.2's, 32 for the
+    /// native one).
     #[arg(long, requires = "dit")]
     txt: Option<usize>,
     /// Attention as one fused kernel (`fused`, the default: no score matrix) or composed

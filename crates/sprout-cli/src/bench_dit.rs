@@ -13,7 +13,7 @@ use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use candle_transformers::quantized_var_builder::VarBuilder as QVarBuilder;
 use serde_json::json;
-use sprout_models::dit::embed::{grid_ids, text_ids};
+use sprout_models::dit::embed::{image_ids, prompt_ids};
 use sprout_models::dit::{Dit, DitConfig, DitInput};
 use sprout_models::flash::Precision;
 use sprout_models::init::seeded_varbuilder;
@@ -213,10 +213,13 @@ pub fn run(b: DitBench) -> Result<()> {
         (cfg.depth, cfg.depth_single_blocks) = parse_blocks(s)?;
     }
     let (w, h) = sprout_world::canvas::parse_size(&b.size)?;
-    // Pixels per token: FLUX's autoencoder downscales 8× and packs 2×2; the native one 32×.
-    let per_token = match cfg.latent_channels {
-        16 => 8 * cfg.patch_size,
-        _ => sprout_models::ae::DOWNSCALE * cfg.patch_size,
+    // Pixels per token: FLUX.1's and FLUX.2's autoencoders downscale 8× and pack 2×2; the
+    // native one 32×.
+    let flux = b.preset.starts_with("flux");
+    let per_token = if flux {
+        8 * cfg.patch_size
+    } else {
+        sprout_models::ae::DOWNSCALE * cfg.patch_size
     };
     if !(w as usize).is_multiple_of(per_token) || !(h as usize).is_multiple_of(per_token) {
         bail!(
@@ -226,9 +229,13 @@ pub fn run(b: DitBench) -> Result<()> {
     }
     let (rows, cols) = (h as usize / per_token, w as usize / per_token);
     let li = rows * cols;
-    let lt = b
-        .txt
-        .unwrap_or(if cfg.latent_channels == 16 { 256 } else { 32 });
+    // Text tokens: FLUX.1's default T5 length for schnell, FLUX.2's pipelines' 512, the
+    // native encoder's 32.
+    let lt = b.txt.unwrap_or(match (flux, cfg.axes_dim.len()) {
+        (true, 4) => 512,
+        (true, _) => 256,
+        (false, _) => 32,
+    });
     if let Some(n) = b.threads {
         if n == 0 {
             bail!("--threads must be at least 1");
@@ -290,8 +297,8 @@ pub fn run(b: DitBench) -> Result<()> {
     let img = Tensor::randn(0f32, 1.0, (1, li, cfg.embed_channels()), &dev)?.to_dtype(act)?;
     let txt = Tensor::randn(0f32, 1.0, (1, lt, cfg.context_in_dim), &dev)?.to_dtype(act)?;
     let vec = Tensor::randn(0f32, 1.0, (1, cfg.vec_in_dim), &dev)?.to_dtype(act)?;
-    let img_ids = grid_ids(0, rows, cols, &dev)?;
-    let txt_ids = text_ids(lt, &dev)?;
+    let img_ids = image_ids(cfg.axes_dim.len(), rows, cols, &dev)?;
+    let txt_ids = prompt_ids(cfg.axes_dim.len(), lt, &dev)?;
     let t = Tensor::new(&[0.5f32], &dev)?;
     let g = Tensor::new(&[3.5f32], &dev)?;
     let base = rss("VmRSS:");
@@ -398,7 +405,10 @@ mod tests {
         let img = Tensor::randn(0f32, 1.0, (1, 4, cfg.embed_channels()), &dev).unwrap();
         let txt = Tensor::randn(0f32, 1.0, (1, 3, cfg.context_in_dim), &dev).unwrap();
         let vec = Tensor::randn(0f32, 1.0, (1, cfg.vec_in_dim), &dev).unwrap();
-        let (ii, ti) = (grid_ids(0, 2, 2, &dev).unwrap(), text_ids(3, &dev).unwrap());
+        let (ii, ti) = (
+            image_ids(3, 2, 2, &dev).unwrap(),
+            prompt_ids(3, 3, &dev).unwrap(),
+        );
         let t = Tensor::new(&[0.5f32], &dev).unwrap();
         let input = DitInput::new(&img, &ii, &txt, &ti, &t, &vec);
         let a = dense.forward(&input).unwrap();

@@ -121,12 +121,35 @@ pub fn linear<'a>(inp: usize, out: usize, vb: impl Into<Weights<'a>>) -> Result<
 /// block starts as the identity and the model's first output is zero). Loaded weights replace
 /// the initial values as usual.
 pub fn linear_zero<'a>(inp: usize, out: usize, vb: impl Into<Weights<'a>>) -> Result<Linear> {
+    linear_zero_b(inp, out, true, vb)
+}
+
+/// [`linear_zero`], with or without a bias.
+pub fn linear_zero_b<'a>(
+    inp: usize,
+    out: usize,
+    bias: bool,
+    vb: impl Into<Weights<'a>>,
+) -> Result<Linear> {
     let vb = vb.into();
     let zero = candle_nn::Init::Const(0.0);
     Ok(Linear {
         weight: vb.linear_weight(out, inp, "weight", zero)?,
-        bias: Some(vb.get_with_hints(out, "bias", zero)?),
+        bias: if bias {
+            Some(vb.get_with_hints(out, "bias", zero)?)
+        } else {
+            None
+        },
     })
+}
+
+/// SwiGLU over the last dimension: `silu(a) · b` where `x` is `[a, b]` (FLUX.2's MLP
+/// activation).
+pub fn swiglu(x: &Tensor) -> Result<Tensor> {
+    let m = x.dim(candle_core::D::Minus1)? / 2;
+    let a = x.narrow(candle_core::D::Minus1, 0, m)?;
+    let b = x.narrow(candle_core::D::Minus1, m, m)?;
+    a.silu()? * b
 }
 
 /// GELU with the tanh approximation (FLUX's MLP activation).

@@ -7,7 +7,7 @@ use candle_core::{Result, Tensor, D};
 use candle_nn::Module;
 
 use super::adaln;
-use super::config::DitConfig;
+use super::config::{DitConfig, MlpKind};
 use super::heads::{joint_heads, merge_heads, HeadPart, Rotary};
 use crate::flash::Precision;
 use crate::ops::{attention_with, layer_norm, modulate, rms_norm, rope_interleaved};
@@ -39,7 +39,8 @@ fn gated(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// adaLN-Zero modulation: `lin(silu(vec))` split into 3 (single) or 6 (double) vectors.
+/// adaLN-Zero modulation: `lin(silu(vec))` split into 3 (single) or 6 (double) vectors,
+/// each (shift, scale, gate).
 #[derive(Debug, Clone)]
 pub struct Modulation {
     lin: Linear,
@@ -47,10 +48,10 @@ pub struct Modulation {
 }
 
 impl Modulation {
-    pub fn new(dim: usize, double: bool, vb: Weights) -> Result<Self> {
+    pub fn new(dim: usize, double: bool, bias: bool, vb: Weights) -> Result<Self> {
         let chunks = if double { 6 } else { 3 };
         Ok(Modulation {
-            lin: crate::ops::linear_zero(dim, chunks * dim, vb.pp("lin"))?,
+            lin: crate::ops::linear_zero_b(dim, chunks * dim, bias, vb.pp("lin"))?,
             chunks,
         })
     }
@@ -143,15 +144,24 @@ fn joint_qkv(parts: &[HeadPart], heads: usize, rope: &Rope) -> Result<(Tensor, T
     Ok((rotate(&q)?, rotate(&k)?, v))
 }
 
+/// The MLP activation: GELU (tanh) or SwiGLU.
+fn activate(x: &Tensor, kind: MlpKind) -> Result<Tensor> {
+    match kind {
+        MlpKind::Gelu => crate::ops::gelu(x),
+        MlpKind::SwiGlu => crate::ops::swiglu(x),
+    }
+}
+
 /// Attention over the joint (B, H, L, D) q, k, v of [`joint_qkv`]; returns its token rows
-/// (B, L, H·D), each followed by `gelu(mlp)` where `mlp` (B, L, M) is given (the single
-/// block's input to its output product). In one pass ([`merge_heads`]) where it applies.
+/// (B, L, H·D), each followed by the activation of `mlp` (B, L, M) where it is given (the
+/// single block's input to its output product). In one pass ([`merge_heads`]) where it
+/// applies.
 fn joint_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     rope: &Rope,
-    mlp: Option<&Tensor>,
+    mlp: Option<(&Tensor, MlpKind)>,
 ) -> Result<Tensor> {
     let x = attention_with(q, k, v, rope.mask.as_ref(), rope.precision)?;
     if let Some(r) = merge_heads(&x, mlp) {
@@ -160,7 +170,7 @@ fn joint_attention(
     let (b, h, l, d) = x.dims4()?;
     let rows = x.transpose(1, 2)?.reshape((b, l, h * d))?;
     match mlp {
-        Some(mlp) => Tensor::cat(&[rows, crate::ops::gelu(mlp)?], D::Minus1),
+        Some((mlp, kind)) => Tensor::cat(&[rows, activate(mlp, kind)?], D::Minus1),
         None => Ok(rows),
     }
 }
@@ -178,7 +188,7 @@ impl SelfAttention {
         Ok(SelfAttention {
             qkv: crate::ops::linear_b(h, 3 * h, cfg.qkv_bias, vb.pp("qkv"))?,
             norm: QkNorm::new(cfg.head_dim(), vb.pp("norm"))?,
-            proj: crate::ops::linear(h, h, vb.pp("proj"))?,
+            proj: crate::ops::linear_b(h, h, cfg.linear_bias, vb.pp("proj"))?,
         })
     }
 }
@@ -187,35 +197,65 @@ impl SelfAttention {
 struct Mlp {
     fc1: Linear,
     fc2: Linear,
+    kind: MlpKind,
 }
 
 impl Mlp {
     fn new(cfg: &DitConfig, vb: Weights) -> Result<Self> {
+        let (h, b) = (cfg.hidden_size, cfg.linear_bias);
         Ok(Mlp {
-            fc1: crate::ops::linear(cfg.hidden_size, cfg.mlp_hidden(), vb.pp("0"))?,
-            fc2: crate::ops::linear(cfg.mlp_hidden(), cfg.hidden_size, vb.pp("2"))?,
+            fc1: crate::ops::linear_b(h, cfg.mlp_in(), b, vb.pp("0"))?,
+            fc2: crate::ops::linear_b(cfg.mlp_hidden(), h, b, vb.pp("2"))?,
+            kind: cfg.mlp,
         })
     }
 }
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&crate::ops::gelu(&self.fc1.forward(x)?)?)
+        self.fc2
+            .forward(&activate(&self.fc1.forward(x)?, self.kind)?)
+    }
+}
+
+/// Modulation vectors computed once per forward for all blocks (a preset with
+/// `shared_modulation`, FLUX.2): each double block's image and text streams, and each
+/// single block.
+pub struct SharedModulation {
+    pub img: Vec<Tensor>,
+    pub txt: Vec<Tensor>,
+    pub single: Vec<Tensor>,
+}
+
+/// A block's modulation vectors: its own module's, or the shared ones.
+fn modulation(
+    own: Option<&Modulation>,
+    shared: Option<&[Tensor]>,
+    vec: &Tensor,
+) -> Result<Vec<Tensor>> {
+    match (own, shared) {
+        (Some(m), _) => m.forward(vec),
+        (None, Some(s)) => Ok(s.to_vec()),
+        (None, None) => candle_core::bail!("a block without modulation got no shared modulation"),
     }
 }
 
 /// One stream (text or image) of a double block.
 #[derive(Debug, Clone)]
 struct Stream {
-    modulation: Modulation,
+    /// None with shared modulation.
+    modulation: Option<Modulation>,
     attn: SelfAttention,
     mlp: Mlp,
 }
 
 impl Stream {
     fn new(cfg: &DitConfig, prefix: &str, vb: &Weights) -> Result<Self> {
+        let vm = vb.pp(format!("{prefix}_mod"));
         Ok(Stream {
-            modulation: Modulation::new(cfg.hidden_size, true, vb.pp(format!("{prefix}_mod")))?,
+            modulation: (!cfg.shared_modulation)
+                .then(|| Modulation::new(cfg.hidden_size, true, cfg.linear_bias, vm))
+                .transpose()?,
             attn: SelfAttention::new(cfg, vb.pp(format!("{prefix}_attn")))?,
             mlp: Mlp::new(cfg, vb.pp(format!("{prefix}_mlp")))?,
         })
@@ -244,9 +284,18 @@ impl DoubleStreamBlock {
         txt: &Tensor,
         vec: &Tensor,
         rope: &Rope,
+        shared: Option<&SharedModulation>,
     ) -> Result<(Tensor, Tensor)> {
-        let im = self.img.modulation.forward(vec)?;
-        let tm = self.txt.modulation.forward(vec)?;
+        let im = modulation(
+            self.img.modulation.as_ref(),
+            shared.map(|s| &s.img[..]),
+            vec,
+        )?;
+        let tm = modulation(
+            self.txt.modulation.as_ref(),
+            shared.map(|s| &s.txt[..]),
+            vec,
+        )?;
         let img_in = norm_modulate(img, &im[0], &im[1])?;
         let txt_in = norm_modulate(txt, &tm[0], &tm[1])?;
         let img_qkv = self.img.attn.qkv.forward(&img_in)?;
@@ -285,27 +334,38 @@ pub struct SingleStreamBlock {
     linear1: Linear,
     linear2: Linear,
     norm: QkNorm,
-    modulation: Modulation,
+    /// None with shared modulation.
+    modulation: Option<Modulation>,
     hidden: usize,
     heads: usize,
+    mlp: MlpKind,
 }
 
 impl SingleStreamBlock {
     pub fn new(cfg: &DitConfig, vb: Weights) -> Result<Self> {
-        let h = cfg.hidden_size;
+        let (h, b) = (cfg.hidden_size, cfg.linear_bias);
         let m = cfg.mlp_hidden();
         Ok(SingleStreamBlock {
-            linear1: crate::ops::linear(h, 3 * h + m, vb.pp("linear1"))?,
-            linear2: crate::ops::linear(h + m, h, vb.pp("linear2"))?,
+            linear1: crate::ops::linear_b(h, 3 * h + cfg.mlp_in(), b, vb.pp("linear1"))?,
+            linear2: crate::ops::linear_b(h + m, h, b, vb.pp("linear2"))?,
             norm: QkNorm::new(cfg.head_dim(), vb.pp("norm"))?,
-            modulation: Modulation::new(h, false, vb.pp("modulation"))?,
+            modulation: (!cfg.shared_modulation)
+                .then(|| Modulation::new(h, false, b, vb.pp("modulation")))
+                .transpose()?,
             hidden: h,
             heads: cfg.num_heads,
+            mlp: cfg.mlp,
         })
     }
 
-    pub fn forward(&self, x: &Tensor, vec: &Tensor, rope: &Rope) -> Result<Tensor> {
-        let m = self.modulation.forward(vec)?;
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        vec: &Tensor,
+        rope: &Rope,
+        shared: Option<&SharedModulation>,
+    ) -> Result<Tensor> {
+        let m = modulation(self.modulation.as_ref(), shared.map(|s| &s.single[..]), vec)?;
         let x_in = norm_modulate(x, &m[0], &m[1])?;
         let h1 = self.linear1.forward(&x_in)?;
         drop(x_in);
@@ -317,7 +377,7 @@ impl SingleStreamBlock {
         )?;
         let (q, k, v) = joint_qkv(&[self.norm.part(&qkv)], self.heads, rope)?;
         drop(qkv);
-        let input = joint_attention(&q, &k, &v, rope, Some(&mlp))?;
+        let input = joint_attention(&q, &k, &v, rope, Some((&mlp, self.mlp)))?;
         drop((q, k, v, mlp, h1));
         let out = self.linear2.forward(&input)?;
         gated(x, &out, &m[2])
@@ -332,10 +392,11 @@ pub struct LastLayer {
 }
 
 impl LastLayer {
-    pub fn new(hidden: usize, out: usize, vb: Weights) -> Result<Self> {
+    pub fn new(hidden: usize, out: usize, bias: bool, vb: Weights) -> Result<Self> {
+        let ada = vb.pp("adaLN_modulation.1");
         Ok(LastLayer {
-            linear: crate::ops::linear_zero(hidden, out, vb.pp("linear"))?,
-            ada: crate::ops::linear_zero(hidden, 2 * hidden, vb.pp("adaLN_modulation.1"))?,
+            linear: crate::ops::linear_zero_b(hidden, out, bias, vb.pp("linear"))?,
+            ada: crate::ops::linear_zero_b(hidden, 2 * hidden, bias, ada)?,
         })
     }
 

@@ -5,7 +5,7 @@ use crate::weights::Weights;
 use candle_core::{DType, Device, Result, Tensor, D};
 use candle_nn::Module;
 
-/// `out_layer(silu(in_layer(x)))` (FLUX's MLPEmbedder).
+/// `out_layer(silu(in_layer(x)))` (FLUX's MLPEmbedder; FLUX.2's has no biases).
 #[derive(Debug, Clone)]
 pub struct MlpEmbedder {
     in_layer: Linear,
@@ -13,10 +13,10 @@ pub struct MlpEmbedder {
 }
 
 impl MlpEmbedder {
-    pub fn new(in_dim: usize, hidden: usize, vb: Weights) -> Result<Self> {
+    pub fn new(in_dim: usize, hidden: usize, bias: bool, vb: Weights) -> Result<Self> {
         Ok(MlpEmbedder {
-            in_layer: crate::ops::linear(in_dim, hidden, vb.pp("in_layer"))?,
-            out_layer: crate::ops::linear(hidden, hidden, vb.pp("out_layer"))?,
+            in_layer: crate::ops::linear_b(in_dim, hidden, bias, vb.pp("in_layer"))?,
+            out_layer: crate::ops::linear_b(hidden, hidden, bias, vb.pp("out_layer"))?,
         })
     }
 }
@@ -27,7 +27,7 @@ impl Module for MlpEmbedder {
     }
 }
 
-/// Rotary angle tables for position ids (B, L, 3): per axis `i` with `d_i` dimensions,
+/// Rotary angle tables for position ids (B, L, axes): per axis `i` with `d_i` dimensions,
 /// angles `pos · θ^(−2j/d_i)` for `j < d_i/2`, concatenated over the axes. Returns
 /// (cos, sin), each (B, 1, L, head_dim/2), ready to broadcast over heads.
 pub fn rope_tables(ids: &Tensor, axes_dim: &[usize], theta: usize) -> Result<(Tensor, Tensor)> {
@@ -54,6 +54,43 @@ pub fn grid_ids(index: usize, h: usize, w: usize, dev: &Device) -> Result<Tensor
         }
     }
     Tensor::from_vec(v, (1, h * w, 3), dev)
+}
+
+/// FLUX.2's position ids (1, h·w, 4) of an h×w token grid at `time` (0 for the target,
+/// 10·(k + 1) for reference image k, as diffusers' FLUX.2 pipelines place them): (time,
+/// row, column, 0).
+pub fn grid_ids_4d(time: usize, h: usize, w: usize, dev: &Device) -> Result<Tensor> {
+    let mut v = Vec::with_capacity(h * w * 4);
+    for r in 0..h {
+        for c in 0..w {
+            v.extend_from_slice(&[time as f32, r as f32, c as f32, 0.0]);
+        }
+    }
+    Tensor::from_vec(v, (1, h * w, 4), dev)
+}
+
+/// FLUX.2's position ids (1, n, 4) of text tokens: (0, 0, 0, token index).
+pub fn text_ids_4d(n: usize, dev: &Device) -> Result<Tensor> {
+    let v: Vec<f32> = (0..n).flat_map(|l| [0.0, 0.0, 0.0, l as f32]).collect();
+    Tensor::from_vec(v, (1, n, 4), dev)
+}
+
+/// The target image's position ids (1, h·w, axes) in the layout of a preset with `axes`
+/// rotary axes: FLUX.1's 3 ([`grid_ids`]) or FLUX.2's 4 ([`grid_ids_4d`]).
+pub fn image_ids(axes: usize, h: usize, w: usize, dev: &Device) -> Result<Tensor> {
+    match axes {
+        4 => grid_ids_4d(0, h, w, dev),
+        _ => grid_ids(0, h, w, dev),
+    }
+}
+
+/// Text position ids (1, n, axes) in the layout of a preset with `axes` rotary axes: FLUX.1's
+/// zeros ([`text_ids`]) or FLUX.2's token indices ([`text_ids_4d`]).
+pub fn prompt_ids(axes: usize, n: usize, dev: &Device) -> Result<Tensor> {
+    match axes {
+        4 => text_ids_4d(n, dev),
+        _ => text_ids(n, dev),
+    }
 }
 
 /// Position ids (1, n, 3) of text tokens: all zeros, as FLUX does.

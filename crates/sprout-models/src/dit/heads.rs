@@ -11,6 +11,7 @@
 use candle_core::{Layout, Result, Tensor};
 use rayon::prelude::*;
 
+use super::config::MlpKind;
 use super::views::{applies, f32_data, rows_written};
 use crate::bf16_gemm::OutPtr;
 
@@ -174,21 +175,24 @@ fn run(parts: &[HeadPart], heads: usize, n: &Rotary) -> Result<(Tensor, Tensor, 
 }
 
 /// The attention's output (B, H, L, D) as token rows (B, L, H·D), followed in each row by
-/// `gelu(mlp)` where `mlp` (B, L, M) is given (rows may lie further apart): the single
-/// block's input to its output product, written once where composing it transposes,
-/// applies GELU and concatenates, each into a fresh tensor. `None` where it does not apply
-/// (not f32 on the CPU, or a graph recorded).
-pub fn merge_heads(attn: &Tensor, mlp: Option<&Tensor>) -> Option<Result<Tensor>> {
-    applies([Some(attn), mlp].into_iter().flatten()).then(|| merge(attn, mlp))
+/// the MLP activation of `mlp` (B, L, M) where it is given (rows may lie further apart):
+/// `gelu(mlp)`, M wide, or for SwiGLU `silu(a) · b` of its halves `[a, b]`, M/2 wide. The
+/// single block's input to its output product, written once where composing it
+/// transposes, applies the activation and concatenates, each into a fresh tensor. `None`
+/// where it does not apply (not f32 on the CPU, or a graph recorded).
+pub fn merge_heads(attn: &Tensor, mlp: Option<(&Tensor, MlpKind)>) -> Option<Result<Tensor>> {
+    applies([Some(attn), mlp.map(|m| m.0)].into_iter().flatten()).then(|| merge(attn, mlp))
 }
 
-fn merge(attn: &Tensor, mlp: Option<&Tensor>) -> Result<Tensor> {
+fn merge(attn: &Tensor, mlp: Option<(&Tensor, MlpKind)>) -> Result<Tensor> {
     let attn = attn.contiguous()?;
     let (b, h, l, d) = attn.dims4()?;
+    let kind = mlp.map_or(MlpKind::Gelu, |m| m.1);
+    let mlp = mlp.map(|m| m.0);
     let m = match mlp {
         Some(x) => {
             let (mb, ml, m) = x.dims3()?;
-            if (mb, ml) != (b, l) {
+            if (mb, ml) != (b, l) || (kind == MlpKind::SwiGlu && m % 2 != 0) {
                 candle_core::bail!(
                     "merge heads: the MLP part {:?} does not fit the attention {:?}",
                     x.shape(),
@@ -199,7 +203,12 @@ fn merge(attn: &Tensor, mlp: Option<&Tensor>) -> Result<Tensor> {
         }
         None => 0,
     };
-    let w = h * d + m;
+    // Columns the activation writes.
+    let m_out = match kind {
+        MlpKind::Gelu => m,
+        MlpKind::SwiGlu => m / 2,
+    };
+    let w = h * d + m_out;
     let (a_storage, a_layout) = attn.storage_and_layout();
     let a = f32_data(&a_storage, "merge heads: the attention")?;
     let a = &a[a_layout.start_offset()..];
@@ -226,9 +235,19 @@ fn merge(attn: &Tensor, mlp: Option<&Tensor>) -> Result<Tensor> {
             let at = start + bi * bs + t * ts;
             let mut buf = [0f32; 512];
             let dst = &mut row[h * d..];
-            for (o, i) in dst.chunks_mut(512).zip(x[at..at + m].chunks(512)) {
-                crate::vmath::gelu(&mut buf[..i.len()], i);
-                o.write_copy_of_slice(&buf[..i.len()]);
+            match kind {
+                MlpKind::Gelu => {
+                    for (o, i) in dst.chunks_mut(512).zip(x[at..at + m].chunks(512)) {
+                        crate::vmath::gelu(&mut buf[..i.len()], i);
+                        o.write_copy_of_slice(&buf[..i.len()]);
+                    }
+                }
+                MlpKind::SwiGlu => {
+                    let (gate, value) = x[at..at + m].split_at(m_out);
+                    for (o, (g, v)) in dst.iter_mut().zip(gate.iter().zip(value)) {
+                        o.write(g / (1.0 + (-g).exp()) * v);
+                    }
+                }
             }
         }
     });
@@ -352,11 +371,32 @@ mod tests {
             .unwrap();
         let got = merge_heads(&attn, None).unwrap().unwrap();
         assert_eq!(max_abs_diff(&got, &rows).unwrap(), 0.0);
-        let want = Tensor::cat(&[rows, crate::ops::gelu(&mlp).unwrap()], 2).unwrap();
-        let got = merge_heads(&attn, Some(&mlp)).unwrap().unwrap();
+        let want = Tensor::cat(&[rows.clone(), crate::ops::gelu(&mlp).unwrap()], 2).unwrap();
+        let got = merge_heads(&attn, Some((&mlp, MlpKind::Gelu)))
+            .unwrap()
+            .unwrap();
         assert!(max_abs_diff(&got, &want).unwrap() < 1e-6);
+        // SwiGLU: silu of the first half times the second, half as many columns.
+        let glu = wide.narrow(2, 2, 8).unwrap();
+        let (a, v) = (glu.narrow(2, 0, 4).unwrap(), glu.narrow(2, 4, 4).unwrap());
+        let silu: Vec<f32> = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let vv: Vec<f32> = v.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let by_hand: Vec<f32> = silu
+            .iter()
+            .zip(&vv)
+            .map(|(a, v)| a / (1.0 + (-a).exp()) * v)
+            .collect();
+        let by_hand = Tensor::from_vec(by_hand, (b, l, 4), &Device::Cpu).unwrap();
+        let want = Tensor::cat(&[rows, by_hand], 2).unwrap();
+        let got = merge_heads(&attn, Some((&glu, MlpKind::SwiGlu)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.dims(), &[b, l, h * d + 4]);
+        assert!(max_abs_diff(&got, &want).unwrap() < 1e-6);
+        let composed = crate::ops::swiglu(&glu.contiguous().unwrap()).unwrap();
+        assert!(max_abs_diff(&composed, &want.narrow(2, h * d, 4).unwrap()).unwrap() < 1e-6);
         let short = randn(&[b, l - 1, m], 13);
-        let e = merge_heads(&attn, Some(&short))
+        let e = merge_heads(&attn, Some((&short, MlpKind::Gelu)))
             .unwrap()
             .unwrap_err()
             .to_string();

@@ -1,4 +1,6 @@
-//! The MMDiT: FLUX.1's architecture, one implementation for every preset.
+//! The MMDiT: FLUX.1's architecture, one implementation for every preset. FLUX.2 is the
+//! same network with a few switches of [`DitConfig`]: no biases, SwiGLU MLPs, one
+//! modulation shared by all blocks, no pooled text vector, four rotary axes.
 //!
 //! Token sequence: text tokens, then the target image's latent tokens, then any number of
 //! reference images' latent tokens (image index 1..K on the first rotary axis). The output
@@ -13,11 +15,11 @@ mod views;
 
 use crate::ops::Linear;
 use crate::weights::Weights;
-use candle_core::{Result, Tensor};
+use candle_core::{Result, Tensor, D};
 use candle_nn::Module;
 
 use crate::flash::Precision;
-use blocks::{DoubleStreamBlock, LastLayer, Rope, SingleStreamBlock};
+use blocks::{DoubleStreamBlock, LastLayer, Modulation, Rope, SharedModulation, SingleStreamBlock};
 pub use config::DitConfig;
 use embed::{rope_tables, MlpEmbedder};
 
@@ -29,8 +31,12 @@ pub struct Dit {
     img_in: Linear,
     txt_in: Linear,
     time_in: MlpEmbedder,
-    vector_in: MlpEmbedder,
+    /// None for presets without a pooled text vector (`vec_in_dim` 0).
+    vector_in: Option<MlpEmbedder>,
     guidance_in: Option<MlpEmbedder>,
+    /// The modulations of a preset with `shared_modulation`: double blocks' image and text
+    /// streams, single blocks.
+    shared: Option<[Modulation; 3]>,
     double_blocks: Vec<DoubleStreamBlock>,
     single_blocks: Vec<SingleStreamBlock>,
     final_layer: LastLayer,
@@ -47,15 +53,16 @@ pub struct References<'a> {
 pub struct DitInput<'a> {
     /// Target latent tokens (B, L_img, in_channels).
     pub img: &'a Tensor,
-    /// Their position ids (B or 1, L_img, 3).
+    /// Their position ids (B or 1, L_img, axes): one coordinate per rotary axis.
     pub img_ids: &'a Tensor,
     /// Text token states (B, L_txt, context_in_dim).
     pub txt: &'a Tensor,
-    /// Their position ids (B or 1, L_txt, 3).
+    /// Their position ids (B or 1, L_txt, axes).
     pub txt_ids: &'a Tensor,
     /// Flow time in [0, 1] (B,).
     pub timesteps: &'a Tensor,
-    /// Pooled text vector (B, vec_in_dim).
+    /// Pooled text vector (B, vec_in_dim); not read by presets without one (`vec_in_dim`
+    /// 0, FLUX.2).
     pub y: &'a Tensor,
     /// Guidance scale (B,), for guidance-distilled presets.
     pub guidance: Option<&'a Tensor>,
@@ -96,26 +103,46 @@ impl Dit {
     pub fn new<'a>(cfg: &DitConfig, vb: impl Into<Weights<'a>>) -> crate::error::Result<Self> {
         let vb = vb.into();
         cfg.validate()?;
-        let h = cfg.hidden_size;
+        let (h, bias) = (cfg.hidden_size, cfg.linear_bias);
         let double_blocks = (0..cfg.depth)
             .map(|i| DoubleStreamBlock::new(cfg, vb.pp(format!("double_blocks.{i}"))))
             .collect::<Result<Vec<_>>>()?;
         let single_blocks = (0..cfg.depth_single_blocks)
             .map(|i| SingleStreamBlock::new(cfg, vb.pp(format!("single_blocks.{i}"))))
             .collect::<Result<Vec<_>>>()?;
+        let shared = if cfg.shared_modulation {
+            let m = |double, name| Modulation::new(h, double, bias, vb.pp(name));
+            Some([
+                m(true, "double_stream_modulation_img")?,
+                m(true, "double_stream_modulation_txt")?,
+                m(false, "single_stream_modulation")?,
+            ])
+        } else {
+            None
+        };
         Ok(Dit {
-            img_in: crate::ops::linear(cfg.embed_channels(), h, vb.pp("img_in"))?,
-            txt_in: crate::ops::linear(cfg.context_in_dim, h, vb.pp("txt_in"))?,
-            time_in: MlpEmbedder::new(256, h, vb.pp("time_in"))?,
-            vector_in: MlpEmbedder::new(cfg.vec_in_dim, h, vb.pp("vector_in"))?,
-            guidance_in: if cfg.guidance_embed {
-                Some(MlpEmbedder::new(256, h, vb.pp("guidance_in"))?)
+            img_in: crate::ops::linear_b(cfg.embed_channels(), h, bias, vb.pp("img_in"))?,
+            txt_in: crate::ops::linear_b(cfg.context_in_dim, h, bias, vb.pp("txt_in"))?,
+            time_in: MlpEmbedder::new(256, h, bias, vb.pp("time_in"))?,
+            vector_in: if cfg.vec_in_dim > 0 {
+                Some(MlpEmbedder::new(
+                    cfg.vec_in_dim,
+                    h,
+                    bias,
+                    vb.pp("vector_in"),
+                )?)
             } else {
                 None
             },
+            guidance_in: if cfg.guidance_embed {
+                Some(MlpEmbedder::new(256, h, bias, vb.pp("guidance_in"))?)
+            } else {
+                None
+            },
+            shared,
             double_blocks,
             single_blocks,
-            final_layer: LastLayer::new(h, cfg.in_channels(), vb.pp("final_layer"))?,
+            final_layer: LastLayer::new(h, cfg.in_channels(), bias, vb.pp("final_layer"))?,
             cfg: cfg.clone(),
             attention: Precision::F32,
         })
@@ -145,9 +172,18 @@ impl Dit {
             img = Tensor::cat(&[img, self.img_in.forward(r.tokens)?], 1)?;
             ids.push(r.ids.clone());
         }
+        let axes = self.cfg.axes_dim.len();
         let ids: Vec<Tensor> = ids
             .iter()
-            .map(|t| t.broadcast_as((b, t.dim(1)?, 3)))
+            .map(|t| {
+                if t.dim(D::Minus1)? != axes {
+                    candle_core::bail!(
+                        "position ids {:?} need {axes} coordinates per token, one per rotary axis",
+                        t.shape()
+                    );
+                }
+                t.broadcast_as((b, t.dim(1)?, axes))
+            })
             .collect::<Result<_>>()?;
         let ids = Tensor::cat(&ids, 1)?;
         // Times and guidance are embedded from f32 values (bf16 would move t·1000 by whole
@@ -163,7 +199,18 @@ impl Dit {
             })?;
             vec = (vec + g_in.forward(&embed(g)?)?)?;
         }
-        let vec = (vec + self.vector_in.forward(x.y)?)?;
+        let vec = match &self.vector_in {
+            Some(v_in) => (vec + v_in.forward(x.y)?)?,
+            None => vec,
+        };
+        let shared = match &self.shared {
+            Some([img, txt, single]) => Some(SharedModulation {
+                img: img.forward(&vec)?,
+                txt: txt.forward(&vec)?,
+                single: single.forward(&vec)?,
+            }),
+            None => None,
+        };
         let mut txt = self.txt_in.forward(x.txt)?;
         let (cos, sin) = rope_tables(&ids, &self.cfg.axes_dim, self.cfg.theta)?;
         let mask = match x.txt_mask {
@@ -187,12 +234,12 @@ impl Dit {
             precision: self.attention,
         };
         for block in &self.double_blocks {
-            (img, txt) = block.forward(&img, &txt, &vec, &rope)?;
+            (img, txt) = block.forward(&img, &txt, &vec, &rope, shared.as_ref())?;
         }
         let l_txt = txt.dim(1)?;
         let mut joint = Tensor::cat(&[txt, img], 1)?;
         for block in &self.single_blocks {
-            joint = block.forward(&joint, &vec, &rope)?;
+            joint = block.forward(&joint, &vec, &rope, shared.as_ref())?;
         }
         let img = joint.narrow(1, l_txt, l_img)?;
         self.final_layer.forward(&img, &vec)

@@ -44,6 +44,25 @@ pub fn clip_config(v: &serde_json::Value) -> Result<ClipTextConfig> {
 /// The autoencoder's config from diffusers' AutoencoderKL `config.json` (FLUX's values where
 /// a field is absent).
 pub fn vae_config(v: &serde_json::Value) -> Result<FluxVaeConfig> {
+    // Fields of diffusers' AutoencoderKL that FLUX.1's autoencoder (candle-transformers'
+    // encoder and decoder) has only in one value: any other is refused by name rather than
+    // decoded wrongly.
+    let fixed: [(&str, serde_json::Value); 7] = [
+        ("norm_num_groups", 32.into()),
+        ("in_channels", 3.into()),
+        ("out_channels", 3.into()),
+        ("act_fn", "silu".into()),
+        ("use_quant_conv", false.into()),
+        ("use_post_quant_conv", false.into()),
+        ("mid_block_add_attention", true.into()),
+    ];
+    for (field, takes) in fixed {
+        if let Some(value) = v.get(field).filter(|x| !x.is_null() && **x != takes) {
+            return Err(bad(format!(
+                "vae/config.json: {field} = {value} is not supported (FLUX.1's autoencoder takes {takes})"
+            )));
+        }
+    }
     let blocks: Vec<usize> = v["block_out_channels"]
         .as_array()
         .map(|a| {
@@ -112,6 +131,31 @@ pub fn t5_xxl_json() -> serde_json::Value {
 #[cfg(test)]
 mod preset_tests {
     use super::*;
+
+    #[test]
+    fn autoencoder_fields_it_cannot_take_are_refused_by_name() {
+        let base = serde_json::json!({
+            "block_out_channels": [32, 64],
+            "layers_per_block": 1,
+            "latent_channels": 4,
+            "norm_num_groups": 32,
+            "use_quant_conv": false,
+        });
+        let c = vae_config(&base).unwrap();
+        assert_eq!((c.ch, &c.ch_mult, c.z_channels), (32, &vec![1, 2], 4));
+        for (field, value) in [
+            ("norm_num_groups", serde_json::json!(16)),
+            ("use_quant_conv", serde_json::json!(true)),
+            ("use_post_quant_conv", serde_json::json!(true)),
+            ("act_fn", serde_json::json!("gelu")),
+            ("in_channels", serde_json::json!(4)),
+        ] {
+            let mut v = base.clone();
+            v[field] = value;
+            let e = vae_config(&v).unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
 
     #[test]
     fn text_encoder_presets_parse_to_the_published_sizes() {

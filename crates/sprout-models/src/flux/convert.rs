@@ -64,6 +64,136 @@ impl DiffusersTransformerConfig {
             theta: 10_000,
             qkv_bias: true,
             guidance_embed: self.guidance_embeds,
+            linear_bias: true,
+            shared_modulation: false,
+            mlp: crate::dit::config::MlpKind::Gelu,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+/// Every field of a diffusers `Flux2Transformer2DModel` config.json (the constructor's
+/// arguments): each is read, and those Sprout's DiT does not take in another value are
+/// refused by name.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DiffusersFlux2Config {
+    #[serde(default = "one")]
+    pub patch_size: usize,
+    #[serde(default = "flux2_in_channels")]
+    pub in_channels: usize,
+    #[serde(default)]
+    pub out_channels: Option<usize>,
+    #[serde(default = "flux2_layers")]
+    pub num_layers: usize,
+    #[serde(default = "flux2_single_layers")]
+    pub num_single_layers: usize,
+    #[serde(default = "flux2_head_dim")]
+    pub attention_head_dim: usize,
+    #[serde(default = "flux2_heads")]
+    pub num_attention_heads: usize,
+    #[serde(default = "flux2_joint_dim")]
+    pub joint_attention_dim: usize,
+    #[serde(default = "flux2_time_channels")]
+    pub timestep_guidance_channels: usize,
+    #[serde(default = "flux2_mlp_ratio")]
+    pub mlp_ratio: f64,
+    #[serde(default = "flux2_axes")]
+    pub axes_dims_rope: Vec<usize>,
+    #[serde(default = "flux2_theta")]
+    pub rope_theta: usize,
+    #[serde(default = "flux2_eps")]
+    pub eps: f64,
+    #[serde(default = "yes")]
+    pub guidance_embeds: bool,
+}
+
+// diffusers' defaults for the fields a config.json may leave out (FLUX.2 [dev]'s shape).
+fn flux2_in_channels() -> usize {
+    128
+}
+fn flux2_layers() -> usize {
+    8
+}
+fn flux2_single_layers() -> usize {
+    48
+}
+fn flux2_head_dim() -> usize {
+    128
+}
+fn flux2_heads() -> usize {
+    48
+}
+fn flux2_joint_dim() -> usize {
+    15_360
+}
+fn flux2_time_channels() -> usize {
+    256
+}
+fn flux2_mlp_ratio() -> f64 {
+    3.0
+}
+fn flux2_axes() -> Vec<usize> {
+    vec![32, 32, 32, 32]
+}
+fn flux2_theta() -> usize {
+    2000
+}
+fn flux2_eps() -> f64 {
+    1e-6
+}
+fn yes() -> bool {
+    true
+}
+
+impl DiffusersFlux2Config {
+    /// The DiT config: FLUX.2's pipelines pack 2×2 latent patches into one token, so
+    /// `in_channels` 128 runs on 32-channel latents with patch size 2.
+    pub fn to_dit(&self) -> Result<DitConfig> {
+        let refuse = |field: &str, value: String, takes: &str| {
+            Err(ModelError::Config(format!(
+                "FLUX.2 transformer config: {field} = {value} is not supported (Sprout's DiT takes {takes})"
+            )))
+        };
+        let out = self.out_channels.unwrap_or(self.in_channels);
+        if self.patch_size != 1 {
+            return refuse("patch_size", self.patch_size.to_string(), "1");
+        }
+        if out != self.in_channels || !out.is_multiple_of(4) {
+            return refuse(
+                "out_channels",
+                format!("{out} with in_channels {}", self.in_channels),
+                "out_channels equal to in_channels, a multiple of 4",
+            );
+        }
+        if self.timestep_guidance_channels != 256 {
+            return refuse(
+                "timestep_guidance_channels",
+                self.timestep_guidance_channels.to_string(),
+                "256",
+            );
+        }
+        if (self.eps - 1e-6).abs() > 1e-12 {
+            return refuse("eps", self.eps.to_string(), "1e-6");
+        }
+        let cfg = DitConfig {
+            latent_channels: out / 4,
+            patch_size: 2,
+            vec_in_dim: 0,
+            context_in_dim: self.joint_attention_dim,
+            hidden_size: self.num_attention_heads * self.attention_head_dim,
+            mlp_ratio: self.mlp_ratio,
+            num_heads: self.num_attention_heads,
+            depth: self.num_layers,
+            depth_single_blocks: self.num_single_layers,
+            axes_dim: self.axes_dims_rope.clone(),
+            theta: self.rope_theta,
+            qkv_bias: false,
+            guidance_embed: self.guidance_embeds,
+            cond_channels: 0,
+            linear_bias: false,
+            shared_modulation: true,
+            mlp: crate::dit::config::MlpKind::SwiGlu,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -174,6 +304,80 @@ pub fn transformer_source(bfl: &str) -> Option<Source> {
     }
 }
 
+/// The diffusers source of a BFL FLUX.2 transformer tensor, or None for a name FLUX.2 does
+/// not have (the inverse of diffusers' `convert_flux2_transformer_checkpoint_to_diffusers`).
+pub fn flux2_transformer_source(bfl: &str) -> Option<Source> {
+    let (module, param) = split(bfl)?;
+    let key = |m: String| Some(Source::Key(format!("{m}.{param}")));
+    if let Some((i, m)) = indexed(module, "double_blocks") {
+        let d = format!("transformer_blocks.{i}");
+        let cat = |parts: [&str; 3]| {
+            Some(Source::Cat(
+                parts
+                    .iter()
+                    .map(|p| format!("{d}.attn.{p}.{param}"))
+                    .collect(),
+            ))
+        };
+        let norm =
+            |n: &str| (param == "scale").then(|| Source::Key(format!("{d}.attn.{n}.weight")));
+        return match m {
+            "img_attn.qkv" => cat(["to_q", "to_k", "to_v"]),
+            "txt_attn.qkv" => cat(["add_q_proj", "add_k_proj", "add_v_proj"]),
+            "img_attn.norm.query_norm" => norm("norm_q"),
+            "img_attn.norm.key_norm" => norm("norm_k"),
+            "txt_attn.norm.query_norm" => norm("norm_added_q"),
+            "txt_attn.norm.key_norm" => norm("norm_added_k"),
+            "img_attn.proj" => key(format!("{d}.attn.to_out.0")),
+            "txt_attn.proj" => key(format!("{d}.attn.to_add_out")),
+            "img_mlp.0" => key(format!("{d}.ff.linear_in")),
+            "img_mlp.2" => key(format!("{d}.ff.linear_out")),
+            "txt_mlp.0" => key(format!("{d}.ff_context.linear_in")),
+            "txt_mlp.2" => key(format!("{d}.ff_context.linear_out")),
+            _ => None,
+        };
+    }
+    if let Some((i, m)) = indexed(module, "single_blocks") {
+        let d = format!("single_transformer_blocks.{i}");
+        let norm =
+            |n: &str| (param == "scale").then(|| Source::Key(format!("{d}.attn.{n}.weight")));
+        return match m {
+            "linear1" => key(format!("{d}.attn.to_qkv_mlp_proj")),
+            "linear2" => key(format!("{d}.attn.to_out")),
+            "norm.query_norm" => norm("norm_q"),
+            "norm.key_norm" => norm("norm_k"),
+            _ => None,
+        };
+    }
+    match module {
+        "img_in" => key("x_embedder".into()),
+        "txt_in" => key("context_embedder".into()),
+        "final_layer.linear" => key("proj_out".into()),
+        // diffusers' AdaLayerNormContinuous emits (scale, shift); BFL's last layer (shift, scale).
+        "final_layer.adaLN_modulation.1" => {
+            Some(Source::SwapHalves(format!("norm_out.linear.{param}")))
+        }
+        "double_stream_modulation_img.lin"
+        | "double_stream_modulation_txt.lin"
+        | "single_stream_modulation.lin" => {
+            key(format!("{}.linear", module.trim_end_matches(".lin")))
+        }
+        _ => {
+            let (e, layer) = module.split_once('.')?;
+            let l = match layer {
+                "in_layer" => "linear_1",
+                "out_layer" => "linear_2",
+                _ => return None,
+            };
+            match e {
+                "time_in" => key(format!("time_guidance_embed.timestep_embedder.{l}")),
+                "guidance_in" => key(format!("time_guidance_embed.guidance_embedder.{l}")),
+                _ => None,
+            }
+        }
+    }
+}
+
 /// The diffusers source of a BFL autoencoder tensor for a VAE of `levels` resolution levels
 /// (FLUX: 4). diffusers counts decoder levels from the latent side, BFL from the image side.
 pub fn vae_source(bfl: &str, levels: usize) -> Option<Source> {
@@ -257,6 +461,14 @@ impl<B: SimpleBackend> Renamed<B> {
         Renamed {
             inner,
             source: Box::new(transformer_source),
+        }
+    }
+
+    /// A FLUX.2 transformer snapshot ([`flux2_transformer_source`]).
+    pub fn flux2_transformer(inner: B) -> Self {
+        Renamed {
+            inner,
+            source: Box::new(flux2_transformer_source),
         }
     }
 
