@@ -5,7 +5,6 @@
 //! with and without two reference images.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -17,25 +16,11 @@ use sprout_models::ops::{max_abs, max_abs_diff};
 /// f32 parity bound (issue: ≤ 1e-4 max abs error).
 const TOL: f32 = 1e-4;
 
-/// Tensors as f32, and the `config` JSON the tool stored in the file's metadata.
+mod common;
+
+/// A FLUX.2 fixture's tensors and stored config.
 fn load(name: &str) -> (HashMap<String, Tensor>, serde_json::Value) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/flux2")
-        .join(name);
-    let bytes = std::fs::read(path).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let cfg = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("config"))
-        .map(|c| serde_json::from_str(c).unwrap())
-        .unwrap_or(serde_json::Value::Null);
-    let t = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-        .unwrap()
-        .into_iter()
-        .map(|(k, v)| (k, v.to_dtype(DType::F32).unwrap()))
-        .collect();
-    (t, cfg)
+    common::load("flux2", name)
 }
 
 fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) {

@@ -27,12 +27,10 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+mod common;
+
 fn load(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name), &Device::Cpu)
-        .unwrap()
-        .into_iter()
-        .map(|(k, v)| (k, v.to_dtype(DType::F32).unwrap()))
-        .collect()
+    common::load("flux", name).0
 }
 
 fn dev_config() -> sprout_models::dit::DitConfig {

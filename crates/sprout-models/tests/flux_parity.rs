@@ -22,22 +22,11 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Tensors as f32, and the `config` JSON the tool stored in the file's metadata.
+mod common;
+
+/// A FLUX.1 fixture's tensors and stored config.
 fn load(name: &str) -> (HashMap<String, Tensor>, serde_json::Value) {
-    let bytes = std::fs::read(fixture(name)).unwrap();
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-    let cfg = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("config"))
-        .map(|c| serde_json::from_str(c).unwrap())
-        .unwrap_or(serde_json::Value::Null);
-    let t = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
-        .unwrap()
-        .into_iter()
-        .map(|(k, v)| (k, v.to_dtype(DType::F32).unwrap()))
-        .collect();
-    (t, cfg)
+    common::load("flux", name)
 }
 
 fn vb(t: HashMap<String, Tensor>) -> VarBuilder<'static> {

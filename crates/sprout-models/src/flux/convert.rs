@@ -224,126 +224,87 @@ fn indexed<'a>(name: &'a str, prefix: &str) -> Option<(usize, &'a str)> {
     Some((i.parse().ok()?, rest))
 }
 
-/// The diffusers source of a BFL transformer tensor, or None for a name FLUX does not have.
+/// Where FLUX.1's and FLUX.2's diffusers transformers differ in naming; the attention, the
+/// norms, the input and output layers are named alike.
+struct Names {
+    /// diffusers' module of the time / guidance / pooled-text embedders.
+    embedders: &'static str,
+    /// A double block's MLP layers (BFL `img_mlp.0`, `img_mlp.2`) under `ff` / `ff_context`.
+    mlp: [&'static str; 2],
+    /// FLUX.1: per-block modulation (`norm1.linear`, …) and the single block's separate
+    /// q/k/v/MLP projections; FLUX.2: shared modulation and fused projections.
+    flux2: bool,
+}
+
+const FLUX1: Names = Names {
+    embedders: "time_text_embed",
+    mlp: ["net.0.proj", "net.2"],
+    flux2: false,
+};
+
+const FLUX2: Names = Names {
+    embedders: "time_guidance_embed",
+    mlp: ["linear_in", "linear_out"],
+    flux2: true,
+};
+
+/// The diffusers source of a BFL FLUX.1 transformer tensor, or None for a name FLUX.1 does
+/// not have.
 pub fn transformer_source(bfl: &str) -> Option<Source> {
-    let (module, param) = split(bfl)?;
-    let key = |m: String| Some(Source::Key(format!("{m}.{param}")));
-    let embed = |e: &str, layer: &str| {
-        let l = match layer {
-            "in_layer" => "linear_1",
-            "out_layer" => "linear_2",
-            _ => return None,
-        };
-        key(format!("time_text_embed.{e}.{l}"))
-    };
-    if let Some((i, m)) = indexed(module, "double_blocks") {
-        let d = format!("transformer_blocks.{i}");
-        let cat = |parts: [&str; 3]| {
-            Some(Source::Cat(
-                parts
-                    .iter()
-                    .map(|p| format!("{d}.attn.{p}.{param}"))
-                    .collect(),
-            ))
-        };
-        let norm =
-            |n: &str| (param == "scale").then(|| Source::Key(format!("{d}.attn.{n}.weight")));
-        return match m {
-            "img_mod.lin" => key(format!("{d}.norm1.linear")),
-            "txt_mod.lin" => key(format!("{d}.norm1_context.linear")),
-            "img_attn.qkv" => cat(["to_q", "to_k", "to_v"]),
-            "txt_attn.qkv" => cat(["add_q_proj", "add_k_proj", "add_v_proj"]),
-            "img_attn.norm.query_norm" => norm("norm_q"),
-            "img_attn.norm.key_norm" => norm("norm_k"),
-            "txt_attn.norm.query_norm" => norm("norm_added_q"),
-            "txt_attn.norm.key_norm" => norm("norm_added_k"),
-            "img_attn.proj" => key(format!("{d}.attn.to_out.0")),
-            "txt_attn.proj" => key(format!("{d}.attn.to_add_out")),
-            "img_mlp.0" => key(format!("{d}.ff.net.0.proj")),
-            "img_mlp.2" => key(format!("{d}.ff.net.2")),
-            "txt_mlp.0" => key(format!("{d}.ff_context.net.0.proj")),
-            "txt_mlp.2" => key(format!("{d}.ff_context.net.2")),
-            _ => None,
-        };
-    }
-    if let Some((i, m)) = indexed(module, "single_blocks") {
-        let d = format!("single_transformer_blocks.{i}");
-        let norm =
-            |n: &str| (param == "scale").then(|| Source::Key(format!("{d}.attn.{n}.weight")));
-        return match m {
-            "modulation.lin" => key(format!("{d}.norm.linear")),
-            "linear1" => Some(Source::Cat(
-                ["attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"]
-                    .iter()
-                    .map(|p| format!("{d}.{p}.{param}"))
-                    .collect(),
-            )),
-            "linear2" => key(format!("{d}.proj_out")),
-            "norm.query_norm" => norm("norm_q"),
-            "norm.key_norm" => norm("norm_k"),
-            _ => None,
-        };
-    }
-    match module {
-        "img_in" => key("x_embedder".into()),
-        "txt_in" => key("context_embedder".into()),
-        "final_layer.linear" => key("proj_out".into()),
-        // diffusers' AdaLayerNormContinuous emits (scale, shift); BFL's last layer (shift, scale).
-        "final_layer.adaLN_modulation.1" => {
-            Some(Source::SwapHalves(format!("norm_out.linear.{param}")))
-        }
-        _ => {
-            let (e, layer) = module.split_once('.')?;
-            match e {
-                "time_in" => embed("timestep_embedder", layer),
-                "vector_in" => embed("text_embedder", layer),
-                "guidance_in" => embed("guidance_embedder", layer),
-                _ => None,
-            }
-        }
-    }
+    source(&FLUX1, bfl)
 }
 
 /// The diffusers source of a BFL FLUX.2 transformer tensor, or None for a name FLUX.2 does
 /// not have (the inverse of diffusers' `convert_flux2_transformer_checkpoint_to_diffusers`).
 pub fn flux2_transformer_source(bfl: &str) -> Option<Source> {
+    source(&FLUX2, bfl)
+}
+
+fn source(n: &Names, bfl: &str) -> Option<Source> {
     let (module, param) = split(bfl)?;
     let key = |m: String| Some(Source::Key(format!("{m}.{param}")));
+    let cat = |parts: &[String]| {
+        Some(Source::Cat(
+            parts.iter().map(|p| format!("{p}.{param}")).collect(),
+        ))
+    };
     if let Some((i, m)) = indexed(module, "double_blocks") {
         let d = format!("transformer_blocks.{i}");
-        let cat = |parts: [&str; 3]| {
-            Some(Source::Cat(
-                parts
-                    .iter()
-                    .map(|p| format!("{d}.attn.{p}.{param}"))
-                    .collect(),
-            ))
-        };
+        let attn = |p: [&str; 3]| cat(&p.map(|x| format!("{d}.attn.{x}")));
         let norm =
-            |n: &str| (param == "scale").then(|| Source::Key(format!("{d}.attn.{n}.weight")));
+            |x: &str| (param == "scale").then(|| Source::Key(format!("{d}.attn.{x}.weight")));
+        let [mlp_in, mlp_out] = n.mlp;
         return match m {
-            "img_attn.qkv" => cat(["to_q", "to_k", "to_v"]),
-            "txt_attn.qkv" => cat(["add_q_proj", "add_k_proj", "add_v_proj"]),
+            "img_mod.lin" if !n.flux2 => key(format!("{d}.norm1.linear")),
+            "txt_mod.lin" if !n.flux2 => key(format!("{d}.norm1_context.linear")),
+            "img_attn.qkv" => attn(["to_q", "to_k", "to_v"]),
+            "txt_attn.qkv" => attn(["add_q_proj", "add_k_proj", "add_v_proj"]),
             "img_attn.norm.query_norm" => norm("norm_q"),
             "img_attn.norm.key_norm" => norm("norm_k"),
             "txt_attn.norm.query_norm" => norm("norm_added_q"),
             "txt_attn.norm.key_norm" => norm("norm_added_k"),
             "img_attn.proj" => key(format!("{d}.attn.to_out.0")),
             "txt_attn.proj" => key(format!("{d}.attn.to_add_out")),
-            "img_mlp.0" => key(format!("{d}.ff.linear_in")),
-            "img_mlp.2" => key(format!("{d}.ff.linear_out")),
-            "txt_mlp.0" => key(format!("{d}.ff_context.linear_in")),
-            "txt_mlp.2" => key(format!("{d}.ff_context.linear_out")),
+            "img_mlp.0" => key(format!("{d}.ff.{mlp_in}")),
+            "img_mlp.2" => key(format!("{d}.ff.{mlp_out}")),
+            "txt_mlp.0" => key(format!("{d}.ff_context.{mlp_in}")),
+            "txt_mlp.2" => key(format!("{d}.ff_context.{mlp_out}")),
             _ => None,
         };
     }
     if let Some((i, m)) = indexed(module, "single_blocks") {
         let d = format!("single_transformer_blocks.{i}");
         let norm =
-            |n: &str| (param == "scale").then(|| Source::Key(format!("{d}.attn.{n}.weight")));
+            |x: &str| (param == "scale").then(|| Source::Key(format!("{d}.attn.{x}.weight")));
         return match m {
-            "linear1" => key(format!("{d}.attn.to_qkv_mlp_proj")),
-            "linear2" => key(format!("{d}.attn.to_out")),
+            "modulation.lin" if !n.flux2 => key(format!("{d}.norm.linear")),
+            "linear1" if n.flux2 => key(format!("{d}.attn.to_qkv_mlp_proj")),
+            "linear1" => {
+                cat(&["attn.to_q", "attn.to_k", "attn.to_v", "proj_mlp"]
+                    .map(|x| format!("{d}.{x}")))
+            }
+            "linear2" if n.flux2 => key(format!("{d}.attn.to_out")),
+            "linear2" => key(format!("{d}.proj_out")),
             "norm.query_norm" => norm("norm_q"),
             "norm.key_norm" => norm("norm_k"),
             _ => None,
@@ -359,7 +320,9 @@ pub fn flux2_transformer_source(bfl: &str) -> Option<Source> {
         }
         "double_stream_modulation_img.lin"
         | "double_stream_modulation_txt.lin"
-        | "single_stream_modulation.lin" => {
+        | "single_stream_modulation.lin"
+            if n.flux2 =>
+        {
             key(format!("{}.linear", module.trim_end_matches(".lin")))
         }
         _ => {
@@ -369,11 +332,13 @@ pub fn flux2_transformer_source(bfl: &str) -> Option<Source> {
                 "out_layer" => "linear_2",
                 _ => return None,
             };
-            match e {
-                "time_in" => key(format!("time_guidance_embed.timestep_embedder.{l}")),
-                "guidance_in" => key(format!("time_guidance_embed.guidance_embedder.{l}")),
-                _ => None,
-            }
+            let embedder = match e {
+                "time_in" => "timestep_embedder",
+                "guidance_in" => "guidance_embedder",
+                "vector_in" if !n.flux2 => "text_embedder",
+                _ => return None,
+            };
+            key(format!("{}.{embedder}.{l}", n.embedders))
         }
     }
 }
