@@ -125,6 +125,194 @@ def transformer_fixtures():
         mf.save(f"transformer_{variant}_io.safetensors", io)
 
 
+# ---------------------------------------------------------------- autoencoder
+
+
+VAE = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+           up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64), layers_per_block=1,
+           latent_channels=4, norm_num_groups=32, sample_size=32, use_quant_conv=True, use_post_quant_conv=True,
+           mid_block_add_attention=True, batch_norm_eps=1e-4, batch_norm_momentum=0.1, patch_size=(2, 2))
+
+
+def tiny_vae():
+    from diffusers import AutoencoderKLFlux2
+
+    vae = AutoencoderKLFlux2(**VAE).eval()
+    mf.randomise(vae, 23, std=0.1)
+    g = torch.Generator().manual_seed(24)
+    c = 4 * VAE["latent_channels"]
+    # The batch norm's running statistics are buffers: seeded, bf16-representable values.
+    vae.bn.running_mean.copy_((0.3 * torch.randn(c, generator=g)).bfloat16().float())
+    vae.bn.running_var.copy_((0.5 + torch.rand(c, generator=g)).bfloat16().float())
+    return vae
+
+
+def vae_flux2_to_bfl(sd):
+    """diffusers AutoencoderKLFlux2 keys → Black Forest Labs' FLUX.2 `ae.safetensors` layout:
+    FLUX.1's names, the 1×1 convolutions inside the networks, the batch norm as it is."""
+    rest = {k: v for k, v in sd.items() if not k.startswith(("quant_conv.", "post_quant_conv.", "bn."))}
+    out = mf.vae_diffusers_to_bfl(rest, 2, VAE["layers_per_block"])
+    for k, v in sd.items():
+        if k.startswith("quant_conv."):
+            out["encoder." + k] = v
+        elif k.startswith("post_quant_conv."):
+            out["decoder." + k] = v
+        elif k in ("bn.running_mean", "bn.running_var"):
+            out[k] = v
+    return out
+
+
+def vae_fixtures(vae):
+    """The autoencoder as Flux2KleinPipeline uses it: `_encode_vae_image` (posterior mean,
+    2×2 patches, normalised by the batch norm's statistics) and the decode at the end of
+    `__call__` (un-normalised, unpatched, decoded)."""
+    from types import SimpleNamespace
+
+    from diffusers import Flux2KleinPipeline
+
+    g = torch.Generator().manual_seed(25)
+    image = torch.rand(1, 3, 32, 48, generator=g) * 2 - 1
+    tokens = torch.randn(1, 16, 8, 12, generator=g)
+    ns = SimpleNamespace(vae=vae, _patchify_latents=Flux2KleinPipeline._patchify_latents)
+    with torch.no_grad():
+        latents = Flux2KleinPipeline._encode_vae_image(ns, image, None)
+        mean = vae.bn.running_mean.view(1, -1, 1, 1)
+        std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1) + VAE["batch_norm_eps"])
+        decoded = vae.decode(Flux2KleinPipeline._unpatchify_latents(tokens * std + mean)).sample
+    sd = {k: v for k, v in vae.state_dict().items() if k != "bn.num_batches_tracked"}
+    meta = {"config": dict(VAE)}
+    # The diffusers layout is the snapshot's `vae/` (written by `pipeline_fixtures`).
+    mf.save("vae_bfl.safetensors", vae_flux2_to_bfl(sd), meta, torch.bfloat16)
+    mf.save("vae_io.safetensors", dict(image=image, latents=latents, tokens=tokens, decoded=decoded))
+
+
+# ---------------------------------------------------------------- Qwen3 text encoder
+
+
+SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+# Qwen3's chat template for one user message with the generation prompt and thinking off,
+# which is all FLUX.2's pipelines apply.
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n"
+                 "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+                 "{% endif %}")
+QWEN3 = dict(vocab_size=None, hidden_size=32, intermediate_size=48, num_hidden_layers=6, num_attention_heads=4,
+             num_key_value_heads=2, head_dim=8, rope_theta=1000000.0, rms_norm_eps=1e-6, attention_bias=False,
+             max_position_embeddings=128, tie_word_embeddings=True, hidden_act="silu")
+# Tapped layers of the tiny encoder: inner ones and the last (whose state transformers
+# returns normed). klein taps 9, 18, 27 of 36.
+TAPS = (2, 4, 6)
+MAX_LEN = 40
+
+
+def tiny_tokenizer():
+    """A byte-level BPE vocabulary trained on a few captions, with Qwen's special tokens, as a
+    Qwen2TokenizerFast (`tokenizer/tokenizer.json` + `tokenizer_config.json`)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Qwen2TokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=SPECIAL,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = [f"a photo of a red circle and a blue star number {i} with a cat" for i in range(50)]
+    corpus += ["make the circle blue", "put the cat from the first image on the second"]
+    tok.train_from_iterator(corpus, trainer)
+    return Qwen2TokenizerFast(tokenizer_object=tok, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+                              unk_token=None, bos_token=None, chat_template=CHAT_TEMPLATE,
+                              model_max_length=131072)
+
+
+def tiny_qwen3(tok):
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    cfg = Qwen3Config(**dict(QWEN3, vocab_size=len(tok)), pad_token_id=tok.pad_token_id)
+    model = Qwen3ForCausalLM(cfg).eval()
+    mf.randomise(model, 26, std=0.1)
+    return model
+
+
+PROMPTS = ["a photo of a red circle", "make the circle blue and the star red, please"]
+
+
+def qwen3_fixtures(tok, model):
+    """Flux2KleinPipeline's prompt embedding (`_get_qwen3_prompt_embeds`: chat template,
+    padding to the maximum length, the tapped layers' states stacked per token)."""
+    from diffusers import Flux2KleinPipeline
+
+    with torch.no_grad():
+        embeds = Flux2KleinPipeline._get_qwen3_prompt_embeds(model, tok, PROMPTS, max_sequence_length=MAX_LEN,
+                                                              hidden_states_layers=TAPS)
+    enc = [tok(tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True,
+                                       enable_thinking=False), padding="max_length", truncation=True,
+               max_length=MAX_LEN) for p in PROMPTS]
+    # The weights are the snapshot's `text_encoder/` (written by `pipeline_fixtures`).
+    mf.save("qwen3_io.safetensors", dict(input_ids=torch.tensor([e["input_ids"] for e in enc]).float(),
+                                         attention_mask=torch.tensor([e["attention_mask"] for e in enc]).float(),
+                                         embeds=embeds),
+            {"taps": list(TAPS), "prompts": PROMPTS, "padding_side": tok.padding_side})
+
+
+# ---------------------------------------------------------------- whole pipeline
+
+
+def pipeline_fixtures(vae, tok, qwen):
+    """diffusers' Flux2KleinPipeline over the tiny parts from given initial latents, as images
+    in [0, 1]: text to image (distilled: 2 steps, no guidance; base: 3 steps, guidance 4 with
+    the empty negative prompt), and an edit with two reference images. The pipeline is also
+    saved as a snapshot directory (`save_pretrained`, bf16) for the loader and the CLI."""
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+    from PIL import Image
+
+    tiny = dict(TINY, joint_attention_dim=len(TAPS) * QWEN3["hidden_size"])
+    transformer = Flux2Transformer2DModel(guidance_embeds=False, **tiny).eval()
+    mf.randomise(transformer, 27, std=0.1)
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                            base_image_seq_len=256, max_image_seq_len=4096,
+                                            time_shift_type="exponential")
+    g = torch.Generator().manual_seed(28)
+    out = {}
+    common = dict(height=32, width=48, max_sequence_length=MAX_LEN, text_encoder_out_layers=TAPS, output_type="pt")
+    for name, distilled, steps, guidance in (("distilled", True, 2, 1.0), ("base", False, 3, 4.0)):
+        pipe = Flux2KleinPipeline(scheduler=sched, vae=vae, text_encoder=qwen, tokenizer=tok, transformer=transformer,
+                                  is_distilled=distilled)
+        # 32×48 pixels → 16×24 latent cells (this autoencoder is f2) → 8×12 tokens of 16.
+        latents = torch.randn(1, 16, 8, 12, generator=g)
+        with torch.no_grad():
+            image = pipe(prompt=PROMPTS[0], num_inference_steps=steps, guidance_scale=guidance,
+                         latents=latents.clone(), **common).images
+        out[f"{name}_latents"] = latents
+        out[f"{name}_image"] = image
+    # Two references of other sizes (multiples of 4, under 1 MP: used as they are).
+    refs = [(torch.rand(64, 64, 3, generator=g) * 255).round().to(torch.uint8),
+            (torch.rand(64, 96, 3, generator=g) * 255).round().to(torch.uint8)]
+    pipe = Flux2KleinPipeline(scheduler=sched, vae=vae, text_encoder=qwen, tokenizer=tok, transformer=transformer,
+                              is_distilled=True)
+    latents = torch.randn(1, 16, 8, 12, generator=g)
+    with torch.no_grad():
+        image = pipe(image=[Image.fromarray(r.numpy()) for r in refs], prompt=PROMPTS[1], num_inference_steps=2,
+                     guidance_scale=1.0, latents=latents.clone(), **common).images
+    out["edit_ref0"], out["edit_ref1"] = (r.float() for r in refs)
+    out["edit_latents"] = latents
+    out["edit_image"] = image
+    mf.save("pipeline_io.safetensors", out, {"prompts": PROMPTS, "taps": list(TAPS), "max_len": MAX_LEN})
+    snap = os.path.join(mf.OUT, "snapshot")
+    pipe.to(torch.bfloat16).save_pretrained(snap)
+    pipe.to(torch.float32)
+    for root, _, files in os.walk(snap):
+        for f in files:
+            print(os.path.relpath(os.path.join(root, f), snap), os.path.getsize(os.path.join(root, f)))
+    _ = np
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
     transformer_fixtures()
+    vae = tiny_vae()
+    vae_fixtures(vae)
+    tok = tiny_tokenizer()
+    qwen = tiny_qwen3(tok)
+    qwen3_fixtures(tok, qwen)
+    pipeline_fixtures(vae, tok, qwen)

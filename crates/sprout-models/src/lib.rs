@@ -20,6 +20,7 @@ pub mod gguf;
 pub mod init;
 pub mod ops;
 pub mod probe;
+pub mod qwen3;
 pub mod recorder;
 pub mod t5;
 #[cfg(test)]

@@ -33,7 +33,7 @@ pub(crate) fn weights_err(e: impl std::fmt::Display) -> PipelineError {
     PipelineError::Weights(e.to_string())
 }
 
-fn read_json(p: &Path) -> Result<serde_json::Value, PipelineError> {
+pub(crate) fn read_json(p: &Path) -> Result<serde_json::Value, PipelineError> {
     let text =
         std::fs::read_to_string(p).map_err(|e| weights_err(format!("{}: {e}", p.display())))?;
     serde_json::from_str(&text).map_err(|e| weights_err(format!("{}: {e}", p.display())))

@@ -6,6 +6,7 @@ pub mod device;
 pub mod embedded;
 pub mod flow;
 pub mod flux;
+pub mod flux2;
 pub mod flux_cond;
 pub mod flux_load;
 pub mod flux_quantize;

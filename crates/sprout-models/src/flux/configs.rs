@@ -1,10 +1,12 @@
 //! Component configs from the `config.json` files of a diffusers snapshot (transformers'
-//! CLIPTextConfig for `text_encoder/`, diffusers' AutoencoderKL config for `vae/`).
+//! CLIPTextConfig for `text_encoder/`, diffusers' AutoencoderKL and AutoencoderKLFlux2
+//! configs for `vae/`).
 
 use candle_transformers::models::clip::text_model::{Activation, ClipTextConfig};
 
 use crate::error::{ModelError, Result};
 use crate::flux::vae::FluxVaeConfig;
+use crate::flux::vae2::Flux2VaeConfig;
 
 fn bad(e: impl std::fmt::Display) -> ModelError {
     ModelError::Config(e.to_string())
@@ -47,33 +49,15 @@ pub fn vae_config(v: &serde_json::Value) -> Result<FluxVaeConfig> {
     // Fields of diffusers' AutoencoderKL that FLUX.1's autoencoder (candle-transformers'
     // encoder and decoder) has only in one value: any other is refused by name rather than
     // decoded wrongly.
-    let fixed: [(&str, serde_json::Value); 7] = [
-        ("norm_num_groups", 32.into()),
-        ("in_channels", 3.into()),
-        ("out_channels", 3.into()),
-        ("act_fn", "silu".into()),
-        ("use_quant_conv", false.into()),
-        ("use_post_quant_conv", false.into()),
-        ("mid_block_add_attention", true.into()),
-    ];
-    for (field, takes) in fixed {
-        if let Some(value) = v.get(field).filter(|x| !x.is_null() && **x != takes) {
-            return Err(bad(format!(
-                "vae/config.json: {field} = {value} is not supported (FLUX.1's autoencoder takes {takes})"
-            )));
-        }
-    }
-    let blocks: Vec<usize> = v["block_out_channels"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_u64().map(|x| x as usize))
-                .collect()
-        })
-        .unwrap_or_default();
-    let ch = *blocks
-        .first()
-        .ok_or_else(|| bad("vae/config.json lacks block_out_channels"))?;
+    refuse_other_values(
+        v,
+        "FLUX.1's autoencoder",
+        &[
+            ("use_quant_conv", false.into()),
+            ("use_post_quant_conv", false.into()),
+        ],
+    )?;
+    let (ch, blocks) = levels(v)?;
     let f = FluxVaeConfig::flux();
     Ok(FluxVaeConfig {
         ch,
@@ -86,6 +70,98 @@ pub fn vae_config(v: &serde_json::Value) -> Result<FluxVaeConfig> {
             .map_or(f.z_channels, |x| x as usize),
         scale_factor: v["scaling_factor"].as_f64().unwrap_or(f.scale_factor),
         shift_factor: v["shift_factor"].as_f64().unwrap_or(f.shift_factor),
+    })
+}
+
+/// Fields of diffusers' autoencoder configs that Sprout's autoencoders (candle-transformers'
+/// encoder and decoder) have in one value only, plus `extra`: any other value is refused by
+/// name rather than decoded wrongly.
+fn refuse_other_values(
+    v: &serde_json::Value,
+    model: &str,
+    extra: &[(&str, serde_json::Value)],
+) -> Result<()> {
+    let fixed: [(&str, serde_json::Value); 5] = [
+        ("norm_num_groups", 32.into()),
+        ("in_channels", 3.into()),
+        ("out_channels", 3.into()),
+        ("act_fn", "silu".into()),
+        ("mid_block_add_attention", true.into()),
+    ];
+    for (field, takes) in fixed.iter().chain(extra) {
+        if let Some(value) = v.get(*field).filter(|x| !x.is_null() && *x != takes) {
+            return Err(bad(format!(
+                "vae/config.json: {field} = {value} is not supported ({model} takes {takes})"
+            )));
+        }
+    }
+    for (field, block) in [
+        ("down_block_types", "DownEncoderBlock2D"),
+        ("up_block_types", "UpDecoderBlock2D"),
+    ] {
+        if let Some(a) = v[field].as_array() {
+            if let Some(other) = a.iter().find(|b| b.as_str() != Some(block)) {
+                return Err(bad(format!(
+                    "vae/config.json: {field} holds {other} ({model} has {block} only)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `block_out_channels` as (first level's channels, all levels').
+fn levels(v: &serde_json::Value) -> Result<(usize, Vec<usize>)> {
+    let blocks: Vec<usize> = v["block_out_channels"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_u64().map(|x| x as usize))
+                .collect()
+        })
+        .unwrap_or_default();
+    let ch = *blocks
+        .first()
+        .ok_or_else(|| bad("vae/config.json lacks block_out_channels"))?;
+    if blocks.iter().any(|b| b % ch != 0) {
+        return Err(bad(format!(
+            "vae/config.json: block_out_channels {blocks:?} are not multiples of the first"
+        )));
+    }
+    if let Some(d) = v.get("decoder_block_out_channels").filter(|d| !d.is_null()) {
+        if d != &v["block_out_channels"] {
+            return Err(bad(format!(
+                "vae/config.json: decoder_block_out_channels = {d} differs from block_out_channels (not supported)"
+            )));
+        }
+    }
+    Ok((ch, blocks))
+}
+
+/// The FLUX.2 autoencoder's config from diffusers' AutoencoderKLFlux2 `config.json` (FLUX.2's
+/// values where a field is absent). `batch_norm_momentum` (training only) and `sample_size`
+/// (diffusers' tile size) do not change what it computes.
+pub fn flux2_vae_config(v: &serde_json::Value) -> Result<Flux2VaeConfig> {
+    refuse_other_values(
+        v,
+        "FLUX.2's autoencoder",
+        &[("patch_size", serde_json::json!([2, 2]))],
+    )?;
+    let (ch, blocks) = levels(v)?;
+    let f = Flux2VaeConfig::flux2();
+    let flag = |k: &str, d: bool| v[k].as_bool().unwrap_or(d);
+    Ok(Flux2VaeConfig {
+        ch,
+        ch_mult: blocks.iter().map(|b| b / ch).collect(),
+        num_res_blocks: v["layers_per_block"]
+            .as_u64()
+            .map_or(f.num_res_blocks, |x| x as usize),
+        z_channels: v["latent_channels"]
+            .as_u64()
+            .map_or(f.z_channels, |x| x as usize),
+        quant_conv: flag("use_quant_conv", f.quant_conv),
+        post_quant_conv: flag("use_post_quant_conv", f.post_quant_conv),
+        bn_eps: v["batch_norm_eps"].as_f64().unwrap_or(f.bn_eps),
     })
 }
 
@@ -153,6 +229,43 @@ mod preset_tests {
             let mut v = base.clone();
             v[field] = value;
             let e = vae_config(&v).unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn flux2_autoencoder_config_reads_its_fields_and_refuses_others_by_name() {
+        let base = serde_json::json!({
+            "block_out_channels": [32, 64],
+            "layers_per_block": 1,
+            "latent_channels": 4,
+            "use_quant_conv": true,
+            "use_post_quant_conv": false,
+            "batch_norm_eps": 1e-3,
+            "patch_size": [2, 2],
+            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        });
+        let c = flux2_vae_config(&base).unwrap();
+        assert_eq!((c.ch, &c.ch_mult, c.z_channels), (32, &vec![1, 2], 4));
+        assert!(c.quant_conv && !c.post_quant_conv);
+        assert_eq!((c.bn_eps, c.downscale(), c.token_channels()), (1e-3, 4, 16));
+        assert_eq!(
+            flux2_vae_config(&serde_json::json!({"block_out_channels": [128, 256, 512, 512]}))
+                .unwrap(),
+            Flux2VaeConfig::flux2()
+        );
+        for (field, value) in [
+            ("patch_size", serde_json::json!([1, 1])),
+            ("norm_num_groups", serde_json::json!(16)),
+            ("decoder_block_out_channels", serde_json::json!([32, 32])),
+            (
+                "down_block_types",
+                serde_json::json!(["DownEncoderBlock2D", "AttnDownEncoderBlock2D"]),
+            ),
+        ] {
+            let mut v = base.clone();
+            v[field] = value;
+            let e = flux2_vae_config(&v).unwrap_err().to_string();
             assert!(e.contains(field), "{field}: {e}");
         }
     }

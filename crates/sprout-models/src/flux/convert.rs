@@ -347,6 +347,10 @@ fn source(n: &Names, bfl: &str) -> Option<Source> {
 /// (FLUX: 4). diffusers counts decoder levels from the latent side, BFL from the image side.
 pub fn vae_source(bfl: &str, levels: usize) -> Option<Source> {
     let (module, param) = split(bfl)?;
+    // FLUX.2's latent batch norm keeps its name.
+    if module == "bn" {
+        return Some(Source::Key(bfl.to_string()));
+    }
     let (side, rest) = module.split_once('.')?;
     if side != "encoder" && side != "decoder" {
         return None;
@@ -404,9 +408,13 @@ pub fn vae_source(bfl: &str, levels: usize) -> Option<Source> {
         let (j, r) = indexed(m, "block")?;
         return resnet(format!("up_blocks.{i}.resnets.{j}"), r);
     }
-    let m = match rest {
-        "conv_in" | "conv_out" => rest,
-        "norm_out" => "conv_norm_out",
+    let m = match (side, rest) {
+        (_, "conv_in" | "conv_out") => rest,
+        (_, "norm_out") => "conv_norm_out",
+        // FLUX.2's 1×1 convolutions sit beside the networks in diffusers' layout.
+        ("encoder", "quant_conv") | ("decoder", "post_quant_conv") => {
+            return Some(Source::Key(format!("{rest}.{param}")))
+        }
         _ => return None,
     };
     Some(Source::Key(format!("{side}.{m}.{param}")))

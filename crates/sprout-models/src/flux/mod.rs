@@ -10,3 +10,4 @@ pub mod inspect;
 pub mod lora;
 pub mod tokenize;
 pub mod vae;
+pub mod vae2;

@@ -105,3 +105,48 @@ pub fn encode_fixed(tok: &Tokenizer, text: &str, len: usize, pad_id: u32) -> Res
         .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
     Ok(enc.get_ids().to_vec())
 }
+
+/// A Qwen tokenizer (`tokenizer.json` of a transformers Qwen2Tokenizer; FLUX.2 [klein]'s
+/// `tokenizer/`).
+pub fn qwen_tokenizer(dir: &Path) -> Result<Tokenizer> {
+    let json = dir.join("tokenizer.json");
+    if !json.is_file() {
+        return Err(bad(
+            dir,
+            "has no tokenizer.json (a Qwen tokenizer saved by transformers has one)",
+        ));
+    }
+    Tokenizer::from_file(&json).map_err(|e| bad(&json, e))
+}
+
+/// The text FLUX.2's pipelines give the Qwen3 encoder: Qwen3's chat template applied to one
+/// user message, with the assistant's turn opened and thinking switched off (its empty think
+/// block), as `apply_chat_template(..., add_generation_prompt=True, enable_thinking=False)`
+/// writes it.
+pub fn qwen_chat_prompt(prompt: &str) -> String {
+    format!("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
+}
+
+/// Token ids of `text` truncated and padded on the right to exactly `len`, with the attention
+/// mask (1 for the text's tokens, 0 for padding), as transformers' `padding="max_length"`.
+pub fn encode_padded(
+    tok: &Tokenizer,
+    text: &str,
+    len: usize,
+    pad_id: u32,
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    // The padding and truncation a tokenizer.json may carry are replaced by these.
+    let mut tok = tok.clone();
+    tok.with_padding(None);
+    tok.with_truncation(None)
+        .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+    let enc = tok
+        .encode(text, true)
+        .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+    let mut ids = enc.get_ids().to_vec();
+    ids.truncate(len);
+    let mut mask = vec![1u32; ids.len()];
+    ids.resize(len, pad_id);
+    mask.resize(len, 0);
+    Ok((ids, mask))
+}

@@ -1,0 +1,174 @@
+//! FLUX.2's autoencoder and Qwen3 text encoder against the reference implementation
+//! (diffusers' `AutoencoderKLFlux2` and `Flux2KleinPipeline`'s prompt embedding over
+//! transformers' `Qwen3ForCausalLM`, see `tools/flux-parity/make_flux2_fixtures.py`). The
+//! diffusers-layout weights are those of the fixture snapshot (`fixtures/flux2/snapshot/`).
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use sprout_models::flux::configs::flux2_vae_config;
+use sprout_models::flux::convert::Renamed;
+use sprout_models::flux::tokenize::{encode_padded, qwen_chat_prompt, qwen_tokenizer};
+use sprout_models::flux::vae2::Flux2Vae;
+use sprout_models::ops::{max_abs, max_abs_diff};
+use sprout_models::qwen3::{Qwen3Config, Qwen3Encoder, Qwen3Names};
+use sprout_models::weights::Weights;
+
+mod common;
+
+const TOL: f32 = 1e-4;
+
+fn snapshot(part: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/flux2/snapshot")
+        .join(part)
+}
+
+fn json(path: PathBuf) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn assert_close(what: &str, got: &Tensor, want: &Tensor, tol: f32) {
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let d = max_abs_diff(got, want).unwrap();
+    eprintln!(
+        "{what}: max abs error {d:.2e} (reference max |x| {:.2})",
+        max_abs(want).unwrap()
+    );
+    assert!(d <= tol, "{what}: max abs error {d:e} > {tol:e}");
+}
+
+fn mmap(path: PathBuf) -> candle_core::safetensors::MmapedSafetensors {
+    unsafe { candle_core::safetensors::MmapedSafetensors::new(path) }.unwrap()
+}
+
+#[test]
+fn autoencoder_matches_diffusers_in_both_layouts() {
+    let (io, _) = common::load("flux2", "vae_io.safetensors");
+    let cfg = flux2_vae_config(&json(snapshot("vae/config.json"))).unwrap();
+    assert_eq!((cfg.z_channels, cfg.downscale()), (4, 4));
+    let bfl =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/flux2/vae_bfl.safetensors");
+    let dev = Device::Cpu;
+    for (layout, vb) in [
+        (
+            "bfl",
+            VarBuilder::from_backend(Box::new(mmap(bfl)), DType::F32, dev.clone()),
+        ),
+        (
+            "diffusers",
+            VarBuilder::from_backend(
+                Box::new(Renamed::vae(
+                    mmap(snapshot("vae/diffusion_pytorch_model.safetensors")),
+                    cfg.ch_mult.len(),
+                )),
+                DType::F32,
+                dev.clone(),
+            ),
+        ),
+    ] {
+        let vae = Flux2Vae::new(&cfg, vb).unwrap();
+        let latents = vae.encode(&io["image"]).unwrap();
+        assert_close(&format!("{layout} encode"), &latents, &io["latents"], TOL);
+        let decoded = vae.decode(&io["tokens"]).unwrap();
+        assert_close(&format!("{layout} decode"), &decoded, &io["decoded"], TOL);
+    }
+}
+
+#[test]
+fn the_autoencoder_refuses_a_wrong_token_width_by_name() {
+    let cfg = flux2_vae_config(&json(snapshot("vae/config.json"))).unwrap();
+    let vb = VarBuilder::from_backend(
+        Box::new(Renamed::vae(
+            mmap(snapshot("vae/diffusion_pytorch_model.safetensors")),
+            cfg.ch_mult.len(),
+        )),
+        DType::F32,
+        Device::Cpu,
+    );
+    let vae = Flux2Vae::new(&cfg, vb).unwrap();
+    let z = Tensor::zeros((1, 8, 2, 2), DType::F32, &Device::Cpu).unwrap();
+    let e = vae.decode(&z).unwrap_err().to_string();
+    assert!(e.contains("16 channels"), "{e}");
+    let x = Tensor::zeros((1, 3, 10, 8), DType::F32, &Device::Cpu).unwrap();
+    let e = vae.encode(&x).unwrap_err().to_string();
+    assert!(e.contains("multiples of 4"), "{e}");
+}
+
+#[test]
+fn prompt_tokens_are_the_chat_template_padded_as_transformers_pads() {
+    let (io, meta) = common::load("flux2", "qwen3_io.safetensors");
+    let _ = meta;
+    let tok = qwen_tokenizer(&snapshot("tokenizer")).unwrap();
+    let pad = tok.token_to_id("<|endoftext|>").unwrap();
+    let want_ids = io["input_ids"].to_vec2::<f32>().unwrap();
+    let want_mask = io["attention_mask"].to_vec2::<f32>().unwrap();
+    let prompts = [
+        "a photo of a red circle",
+        "make the circle blue and the star red, please",
+    ];
+    for (i, p) in prompts.iter().enumerate() {
+        let (ids, mask) = encode_padded(&tok, &qwen_chat_prompt(p), 40, pad).unwrap();
+        let ids: Vec<f32> = ids.iter().map(|&x| x as f32).collect();
+        let mask: Vec<f32> = mask.iter().map(|&x| x as f32).collect();
+        assert_eq!(ids, want_ids[i], "{p}: ids");
+        assert_eq!(mask, want_mask[i], "{p}: mask");
+    }
+    // The longer prompt is truncated to the length (no padding left).
+    assert!(want_mask[1].iter().all(|&m| m == 1.0));
+    assert!(want_mask[0].contains(&0.0));
+}
+
+#[test]
+fn qwen3_tapped_states_match_transformers() {
+    let (io, _) = common::load("flux2", "qwen3_io.safetensors");
+    let cfg = Qwen3Config::from_json(&json(snapshot("text_encoder/config.json"))).unwrap();
+    let vb = VarBuilder::from_backend(
+        Box::new(mmap(snapshot("text_encoder/model.safetensors"))),
+        DType::F32,
+        Device::Cpu,
+    );
+    let enc = Qwen3Encoder::new(
+        &cfg,
+        Qwen3Names::Transformers,
+        &[2, 4, 6],
+        &Weights::Dense(vb),
+    )
+    .unwrap();
+    let ids = io["input_ids"].to_dtype(DType::U32).unwrap();
+    let got = enc.forward(&ids, &io["attention_mask"]).unwrap();
+    assert_close("qwen3 prompt embeds", &got, &io["embeds"], TOL);
+}
+
+#[test]
+fn qwen3_configs_and_taps_outside_the_stack_are_refused_by_name() {
+    let base = json(snapshot("text_encoder/config.json"));
+    for (field, value) in [
+        ("hidden_act", serde_json::json!("gelu")),
+        ("use_sliding_window", serde_json::json!(true)),
+        ("model_type", serde_json::json!("mistral")),
+    ] {
+        let mut v = base.clone();
+        v[field] = value;
+        let e = Qwen3Config::from_json(&v).unwrap_err().to_string();
+        assert!(e.contains(field), "{field}: {e}");
+    }
+    let mut v = base.clone();
+    v["rope_parameters"]["rope_type"] = serde_json::json!("yarn");
+    assert!(Qwen3Config::from_json(&v)
+        .unwrap_err()
+        .to_string()
+        .contains("yarn"));
+    let cfg = Qwen3Config::from_json(&base).unwrap();
+    let vb = VarBuilder::from_backend(
+        Box::new(mmap(snapshot("text_encoder/model.safetensors"))),
+        DType::F32,
+        Device::Cpu,
+    );
+    let e = Qwen3Encoder::new(&cfg, Qwen3Names::Transformers, &[2, 7], &Weights::Dense(vb))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("1..=6"), "{e}");
+}

@@ -1,0 +1,471 @@
+//! FLUX.2 [klein] on the shared MMDiT: Qwen3's tapped hidden states as the prompt, the
+//! FLUX.2 autoencoder's normalised 128-channel tokens, reference images as extra tokens at
+//! times 10, 20, … on the first rotary axis, and the flow-matching Euler schedule shifted by
+//! FLUX.2's empirical rule; the distilled models run without guidance, the base models with
+//! classifier-free guidance against the empty prompt. Reproduces diffusers'
+//! `Flux2KleinPipeline` from the same initial latents (tested).
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use sprout_models::dit::embed::{grid_ids_4d, text_ids_4d};
+use sprout_models::dit::{Dit, DitInput, References};
+use sprout_models::flux::configs::flux2_vae_config;
+use sprout_models::flux::convert::{is_diffusers_transformer, DiffusersFlux2Config, Renamed};
+use sprout_models::flux::files::component_files;
+use sprout_models::flux::tokenize::{encode_padded, qwen_chat_prompt, qwen_tokenizer};
+use sprout_models::flux::vae2::Flux2Vae;
+use sprout_models::qwen3::{Qwen3Config, Qwen3Encoder, Qwen3Names};
+use sprout_models::weights::Weights;
+use tokenizers::Tokenizer;
+
+use crate::denoise::{denoise, Hooks};
+use crate::flow::{time_shift, Sampler};
+use crate::flux_load::{component_config, mmap, read_json, weights_err};
+use crate::image_io::to_images;
+use crate::noise::noise;
+use crate::PipelineError;
+
+/// Qwen3 layers whose states FLUX.2 [klein] reads (transformers' `hidden_states` indices).
+pub const KLEIN_TAPS: [usize; 3] = [9, 18, 27];
+/// Prompt tokens per prompt in FLUX.2's pipelines.
+pub const MAX_PROMPT_TOKENS: usize = 512;
+/// Most reference images of one klein edit (Black Forest Labs' documented maximum).
+pub const KLEIN_MAX_REFERENCES: usize = 4;
+/// References above this many pixels are scaled down to it (diffusers' 1024²).
+pub const REFERENCE_MAX_AREA: usize = 1024 * 1024;
+
+/// The time shift FLUX.2's pipelines use: `mu` from the image's token count and the number
+/// of steps, fitted by Black Forest Labs (diffusers' `compute_empirical_mu`).
+pub fn empirical_mu(image_tokens: usize, steps: usize) -> f64 {
+    let (a1, b1) = (8.73809524e-05, 1.89833333);
+    let (a2, b2) = (0.00016927, 0.45666666);
+    let n = image_tokens as f64;
+    if image_tokens > 4300 {
+        return a2 * n + b2;
+    }
+    let m_200 = a2 * n + b2;
+    let m_10 = a1 * n + b1;
+    let a = (m_200 - m_10) / 190.0;
+    let b = m_200 - 200.0 * a;
+    a * steps as f64 + b
+}
+
+/// The sampling times: `linspace(1, 1/steps, steps)` shifted by `mu`, then 0.
+pub fn flux2_schedule(steps: usize, mu: f64) -> Vec<f64> {
+    let mut t: Vec<f64> = (0..steps)
+        .map(|i| {
+            let s = if steps == 1 {
+                1.0
+            } else {
+                1.0 - i as f64 * (1.0 - 1.0 / steps as f64) / (steps - 1) as f64
+            };
+            time_shift(mu, s)
+        })
+        .collect();
+    t.push(0.0);
+    t
+}
+
+/// The Qwen3 text side with its tokenizer.
+pub struct Qwen3Text {
+    pub encoder: Qwen3Encoder,
+    pub tokenizer: Tokenizer,
+    pub pad_id: u32,
+    /// Tokens per prompt (512).
+    pub max_len: usize,
+    /// The DiT's compute type: the states are cast to it.
+    pub dtype: DType,
+    pub device: Device,
+}
+
+impl Qwen3Text {
+    /// One prompt's conditioning (1, max_len, taps · hidden).
+    pub fn encode(&self, prompt: &str) -> Result<Tensor, PipelineError> {
+        let (ids, mask) = encode_padded(
+            &self.tokenizer,
+            &qwen_chat_prompt(prompt),
+            self.max_len,
+            self.pad_id,
+        )?;
+        let ids = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
+        let mask = Tensor::new(mask.as_slice(), &self.device)?.unsqueeze(0)?;
+        Ok(self.encoder.forward(&ids, &mask)?.to_dtype(self.dtype)?)
+    }
+}
+
+/// A reference image's normalised tokens and the grid they cover.
+pub struct Flux2Reference {
+    /// (1, rows·cols, 128).
+    pub tokens: Tensor,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// A reference image as FLUX.2's pipelines take it: at least 64 pixels a side and at most
+/// 8:1, scaled down (Lanczos) to about 1024² pixels when larger, then centre-cropped to
+/// multiples of `multiple` (16). `k` numbers the image in errors.
+pub fn prepare_reference(
+    img: &image::RgbImage,
+    multiple: usize,
+    k: usize,
+) -> Result<image::RgbImage, PipelineError> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    if w < 64 || h < 64 {
+        return Err(PipelineError::invalid(
+            "image",
+            format!("reference image {k} is {w}x{h}; both sides must be at least 64 pixels"),
+        ));
+    }
+    if w.max(h) > 8 * w.min(h) {
+        return Err(PipelineError::invalid(
+            "image",
+            format!("reference image {k} is {w}x{h}; its aspect ratio must be at most 8:1"),
+        ));
+    }
+    let mut img = img.clone();
+    if w * h > REFERENCE_MAX_AREA {
+        let scale = (REFERENCE_MAX_AREA as f64 / (w * h) as f64).sqrt();
+        let (nw, nh) = ((w as f64 * scale) as u32, (h as f64 * scale) as u32);
+        img = image::imageops::resize(&img, nw, nh, image::imageops::FilterType::Lanczos3);
+    }
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let (cw, ch) = (w / multiple * multiple, h / multiple * multiple);
+    let (left, top) = ((w - cw) / 2, (h - ch) / 2);
+    Ok(image::imageops::crop_imm(&img, left as u32, top as u32, cw as u32, ch as u32).to_image())
+}
+
+pub struct Flux2Model {
+    pub dit: Dit,
+    pub vae: Flux2Vae,
+    pub text: Qwen3Text,
+    /// Step-distilled (klein 4B / 9B): no guidance. The base models guide against "".
+    pub distilled: bool,
+    /// The autoencoder's type.
+    pub parts_dtype: DType,
+}
+
+/// (B, C, h, w) → (B, h·w, C).
+fn pack(z: &Tensor) -> candle_core::Result<Tensor> {
+    let (b, c, h, w) = z.dims4()?;
+    z.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()
+}
+
+/// (B, h·w, C) → (B, C, h, w).
+fn unpack(x: &Tensor, h: usize, w: usize) -> candle_core::Result<Tensor> {
+    let (b, _, c) = x.dims3()?;
+    x.transpose(1, 2)?.contiguous()?.reshape((b, c, h, w))
+}
+
+impl Flux2Model {
+    /// A FLUX.2 [klein] diffusers snapshot directory (`transformer/`, `vae/`,
+    /// `text_encoder/`, `tokenizer/`, `model_index.json`), the DiT in `dtype`.
+    pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Flux2Model, PipelineError> {
+        Flux2Model::load_with_taps(dir, &KLEIN_TAPS, dtype, device)
+    }
+
+    /// [`load`](Self::load) reading the text encoder's states after layers `taps` (diffusers'
+    /// `text_encoder_out_layers`) instead of klein's 9, 18, 27.
+    pub fn load_with_taps(
+        dir: &Path,
+        taps: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Flux2Model, PipelineError> {
+        let part = |name: &str| -> Result<Vec<std::path::PathBuf>, PipelineError> {
+            component_files(&dir.join(name))?.ok_or_else(|| {
+                weights_err(format!(
+                    "{}: no {name}/ folder with safetensors weights (a FLUX.2 snapshot has \
+                     transformer/, vae/, text_encoder/ and tokenizer/)",
+                    dir.display()
+                ))
+            })
+        };
+        let index = dir.join("model_index.json");
+        let distilled = if index.is_file() {
+            let v = read_json(&index)?;
+            if let Some(c) = v["_class_name"]
+                .as_str()
+                .filter(|c| *c != "Flux2KleinPipeline")
+            {
+                return Err(weights_err(format!(
+                    "{}: _class_name = {c}; this loader reads FLUX.2 [klein] snapshots \
+                     (Flux2KleinPipeline)",
+                    index.display()
+                )));
+            }
+            v["is_distilled"].as_bool().unwrap_or(false)
+        } else {
+            return Err(weights_err(format!(
+                "{}: no model_index.json (not a diffusers snapshot)",
+                dir.display()
+            )));
+        };
+
+        // The transformer.
+        let tf = part("transformer")?;
+        let tcfg = component_config(&tf)?
+            .ok_or_else(|| weights_err(format!("{}: no transformer/config.json", dir.display())))?;
+        let tcfg: DiffusersFlux2Config = serde_json::from_value(tcfg)
+            .map_err(|e| weights_err(format!("transformer/config.json: {e}")))?;
+        let dcfg = tcfg.to_dit()?;
+        let st = mmap(&tf)?;
+        let names: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
+        let vb = if is_diffusers_transformer(names.iter().map(|s| s.as_str())) {
+            VarBuilder::from_backend(
+                Box::new(Renamed::flux2_transformer(st)),
+                dtype,
+                device.clone(),
+            )
+        } else {
+            VarBuilder::from_backend(Box::new(st), dtype, device.clone())
+        };
+        let dit =
+            Dit::new(&dcfg, vb).map_err(|e| weights_err(format!("{}: {e}", tf[0].display())))?;
+
+        // The autoencoder (f32: it is small next to the rest).
+        let parts_dtype = DType::F32;
+        let vf = part("vae")?;
+        let vcfg = match component_config(&vf)? {
+            Some(v) => flux2_vae_config(&v)?,
+            None => sprout_models::flux::vae2::Flux2VaeConfig::flux2(),
+        };
+        if vcfg.token_channels() != dcfg.in_channels() {
+            return Err(weights_err(format!(
+                "the autoencoder makes {} channels per token, the transformer takes {}",
+                vcfg.token_channels(),
+                dcfg.in_channels()
+            )));
+        }
+        let vst = mmap(&vf)?;
+        let vnames: Vec<String> = vst.tensors().into_iter().map(|(n, _)| n).collect();
+        let vb = if vnames.iter().any(|n| n.contains("down_blocks.")) {
+            VarBuilder::from_backend(
+                Box::new(Renamed::vae(vst, vcfg.ch_mult.len())),
+                parts_dtype,
+                device.clone(),
+            )
+        } else {
+            VarBuilder::from_backend(Box::new(vst), parts_dtype, device.clone())
+        };
+        let vae = Flux2Vae::new(&vcfg, vb)
+            .map_err(|e| weights_err(format!("{}: {e}", vf[0].display())))?;
+
+        // The text encoder and its tokenizer.
+        let ef = part("text_encoder")?;
+        let ecfg = component_config(&ef)?.ok_or_else(|| {
+            weights_err(format!("{}: no text_encoder/config.json", dir.display()))
+        })?;
+        let qcfg = Qwen3Config::from_json(&ecfg)?;
+        let width = dcfg.context_in_dim;
+        if width != taps.len() * qcfg.hidden_size {
+            return Err(weights_err(format!(
+                "the text encoder is {} wide; the transformer takes {width} = {} tapped states \
+                 of {} (a text encoder of another size?)",
+                qcfg.hidden_size,
+                taps.len(),
+                width / taps.len().max(1)
+            )));
+        }
+        if let Some(t) = taps.iter().find(|&&t| t > qcfg.num_hidden_layers) {
+            return Err(weights_err(format!(
+                "the text encoder has {} layers; FLUX.2 reads the state after layer {t}",
+                qcfg.num_hidden_layers
+            )));
+        }
+        let vb = VarBuilder::from_backend(Box::new(mmap(&ef)?), dtype, device.clone());
+        let encoder = Qwen3Encoder::new(&qcfg, Qwen3Names::Transformers, taps, &Weights::Dense(vb))
+            .map_err(|e| weights_err(format!("{}: {e}", ef[0].display())))?;
+        let tokenizer = qwen_tokenizer(&dir.join("tokenizer"))?;
+        let pad = read_json(&dir.join("tokenizer/tokenizer_config.json"))
+            .ok()
+            .and_then(|v| v["pad_token"].as_str().map(String::from))
+            .unwrap_or_else(|| "<|endoftext|>".into());
+        let pad_id = tokenizer
+            .token_to_id(&pad)
+            .ok_or_else(|| weights_err(format!("the tokenizer has no pad token {pad}")))?;
+        Ok(Flux2Model {
+            dit,
+            vae,
+            text: Qwen3Text {
+                encoder,
+                tokenizer,
+                pad_id,
+                max_len: MAX_PROMPT_TOKENS,
+                dtype,
+                device: device.clone(),
+            },
+            distilled,
+            parts_dtype,
+        })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.text.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.text.device
+    }
+
+    /// Canvas sides are multiples of this (16: 8 per latent cell, 2×2 cells per token).
+    pub fn size_multiple(&self) -> usize {
+        self.vae.cfg.downscale()
+    }
+
+    /// Seeded initial latents for a `width`×`height` image, as tokens (1, L, 128).
+    pub fn initial_latents(
+        &self,
+        seed: u64,
+        width: usize,
+        height: usize,
+    ) -> Result<Tensor, PipelineError> {
+        let f = self.size_multiple();
+        let c = self.vae.cfg.token_channels();
+        let z = noise(seed, &[1, c, height / f, width / f], self.device())?;
+        Ok(pack(&z)?.to_dtype(self.dtype())?)
+    }
+
+    /// An image (1, 3, H, W) in [-1, 1], sides multiples of [`size_multiple`](Self::size_multiple),
+    /// as a reference: encoded (posterior mean), normalised, as tokens.
+    pub fn encode_reference(&self, image: &Tensor) -> Result<Flux2Reference, PipelineError> {
+        let z = self
+            .vae
+            .encode(&image.to_device(self.device())?.to_dtype(self.parts_dtype)?)?;
+        let (_, _, rows, cols) = z.dims4()?;
+        Ok(Flux2Reference {
+            tokens: pack(&z)?.to_dtype(self.dtype())?,
+            rows,
+            cols,
+        })
+    }
+
+    /// Denoise tokens (1, L, 128) of a `width`×`height` image in `steps` Euler steps and
+    /// decode them to an image (1, 3, H, W) in [-1, 1]. `negative` (the base models' guidance
+    /// against it at `guidance`) is ignored by the distilled models, as diffusers does.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample_with(
+        &self,
+        text: &Tensor,
+        negative: Option<&Tensor>,
+        latents: &Tensor,
+        refs: &[Flux2Reference],
+        (width, height): (usize, usize),
+        steps: usize,
+        guidance: f64,
+        hooks: Hooks<'_>,
+    ) -> Result<Tensor, PipelineError> {
+        let dev = self.device().clone();
+        let f = self.size_multiple();
+        let (h, w) = (height / f, width / f);
+        let c = self.vae.cfg.token_channels();
+        if latents.dims() != [1, h * w, c] {
+            return Err(PipelineError::Request(format!(
+                "latents have shape {:?}; a {width}x{height} image needs (1, {}, {c}) tokens",
+                latents.dims(),
+                h * w
+            )));
+        }
+        let img_ids = grid_ids_4d(0, h, w, &dev)?;
+        let txt_ids = text_ids_4d(text.dim(1)?, &dev)?;
+        let (ref_tokens, ref_ids) = if refs.is_empty() {
+            (None, None)
+        } else {
+            let tokens: Vec<&Tensor> = refs.iter().map(|r| &r.tokens).collect();
+            let ids = refs
+                .iter()
+                .enumerate()
+                .map(|(k, r)| grid_ids_4d(10 * (k + 1), r.rows, r.cols, &dev))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            (
+                Some(Tensor::cat(&tokens, 1)?.to_dtype(self.dtype())?),
+                Some(Tensor::cat(&ids, 1)?),
+            )
+        };
+        let guided = !self.distilled && guidance > 1.0;
+        let negative = match (guided, negative) {
+            (true, Some(n)) => Some(n),
+            (true, None) => {
+                return Err(PipelineError::Request(
+                    "guidance above 1 needs the negative prompt's encoding".into(),
+                ))
+            }
+            (false, _) => None,
+        };
+        let times = flux2_schedule(steps, empirical_mu(h * w, steps));
+        let y = Tensor::zeros((1, 0), self.dtype(), &dev)?;
+        let cancel = hooks.cancel;
+        let velocity = |x: &Tensor, t: f64| -> Result<Tensor, PipelineError> {
+            let t = Tensor::new(&[t as f32], &dev)?;
+            let xin = x.to_dtype(self.dtype())?;
+            let forward = |text: &Tensor| -> Result<Tensor, PipelineError> {
+                let v = self.dit.forward(&DitInput {
+                    references: ref_tokens
+                        .as_ref()
+                        .zip(ref_ids.as_ref())
+                        .map(|(tokens, ids)| References { tokens, ids }),
+                    ..DitInput::new(&xin, &img_ids, text, &txt_ids, &t, &y)
+                })?;
+                Ok(v.to_dtype(DType::F32)?)
+            };
+            let v = forward(text)?;
+            Ok(match negative {
+                Some(n) => {
+                    if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                        return Err(PipelineError::Cancelled);
+                    }
+                    let vn = forward(n)?;
+                    (&vn + ((v - &vn)? * guidance)?)?
+                }
+                None => v,
+            })
+        };
+        let x = denoise(
+            latents.to_dtype(DType::F32)?,
+            &times,
+            Sampler::Euler,
+            None,
+            hooks,
+            velocity,
+            |x0| to_images(&self.decode(x0, h, w)?),
+        )?;
+        self.decode(&x, h, w)
+    }
+
+    /// Tokens (1, h·w, 128) to an image (1, 3, 16h, 16w) in [-1, 1] (f32); tiled above 64²
+    /// tokens.
+    pub fn decode(&self, x: &Tensor, h: usize, w: usize) -> Result<Tensor, PipelineError> {
+        let z = unpack(x, h, w)?.to_dtype(self.parts_dtype)?;
+        let img = if h * w > 64 * 64 {
+            self.vae.decode_tiled(&z, 32, 4)?
+        } else {
+            self.vae.decode(&z)?
+        };
+        Ok(img.to_dtype(DType::F32)?.clamp(-1f32, 1f32)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_is_diffusers_linspace_shifted() {
+        // No shift: linspace(1, 1/4, 4) then 0.
+        let t = flux2_schedule(4, 0.0);
+        let want = [1.0, 0.75, 0.5, 0.25, 0.0];
+        for (a, b) in t.iter().zip(want) {
+            assert!((a - b).abs() < 1e-12, "{t:?}");
+        }
+        assert_eq!(flux2_schedule(1, 0.0), vec![1.0, 0.0]);
+        // mu from the closed form at 4096 tokens (1024²) and 4 steps: between the fits.
+        let mu = empirical_mu(4096, 4);
+        let m200 = 0.00016927 * 4096.0 + 0.45666666;
+        let m10 = 8.73809524e-05 * 4096.0 + 1.89833333;
+        let a = (m200 - m10) / 190.0;
+        assert!((mu - (m200 - 196.0 * a)).abs() < 1e-9);
+        // Above 4300 tokens only the 200-step fit.
+        assert!((empirical_mu(5000, 4) - (0.00016927 * 5000.0 + 0.45666666)).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,200 @@
+//! The FLUX.2 [klein] pipeline against diffusers' `Flux2KleinPipeline` over the same tiny
+//! seeded parts (the fixture snapshot, loaded as users' snapshots are) and the same initial
+//! latents: text to image distilled and with guidance, and an edit with two references
+//! (fixtures from `tools/flux-parity/make_flux2_fixtures.py`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
+use sprout_pipeline::denoise::Hooks;
+use sprout_pipeline::flux2::{prepare_reference, Flux2Model};
+use sprout_pipeline::image_io::from_image;
+use sprout_pipeline::PipelineError;
+
+const TOL: f32 = 1e-4;
+const PROMPTS: [&str; 2] = [
+    "a photo of a red circle",
+    "make the circle blue and the star red, please",
+];
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sprout-models/tests/fixtures/flux2")
+}
+
+fn io() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(dir().join("pipeline_io.safetensors"), &Device::Cpu).unwrap()
+}
+
+fn model() -> Flux2Model {
+    let mut m = Flux2Model::load_with_taps(
+        &dir().join("snapshot"),
+        &[2, 4, 6],
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    m.text.max_len = 40;
+    m
+}
+
+/// (1, C, h, w) latents of the reference → Sprout's (1, h·w, C) tokens.
+fn tokens(z: &Tensor) -> Tensor {
+    let (b, c, h, w) = z.dims4().unwrap();
+    z.reshape((b, c, h * w))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+}
+
+fn check(what: &str, img: &Tensor, want: &Tensor) {
+    let got = ((img + 1.0).unwrap() / 2.0).unwrap();
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let d = sprout_models::ops::max_abs_diff(&got, want).unwrap();
+    eprintln!("{what}: max abs error {d:.2e}");
+    assert!(d <= TOL, "{what}: max abs error {d:e} > {TOL:e}");
+}
+
+fn run(
+    m: &Flux2Model,
+    text: &Tensor,
+    negative: Option<&Tensor>,
+    latents: &Tensor,
+    refs: &[sprout_pipeline::flux2::Flux2Reference],
+    steps: usize,
+    guidance: f64,
+) -> Tensor {
+    let mut on_step = |_: usize, _: usize| {};
+    Hooks::progress(&mut on_step, |hooks| {
+        m.sample_with(
+            text,
+            negative,
+            latents,
+            refs,
+            (48, 32),
+            steps,
+            guidance,
+            hooks,
+        )
+    })
+    .unwrap()
+}
+
+#[test]
+fn text_to_image_matches_diffusers_distilled_and_guided() {
+    let io = io();
+    let mut m = model();
+    assert!(
+        m.distilled,
+        "the snapshot's model_index.json says is_distilled"
+    );
+    let text = m.text.encode(PROMPTS[0]).unwrap();
+    let img = run(
+        &m,
+        &text,
+        None,
+        &tokens(&io["distilled_latents"]),
+        &[],
+        2,
+        1.0,
+    );
+    check("distilled, 2 steps", &img, &io["distilled_image"]);
+    m.distilled = false;
+    let negative = m.text.encode("").unwrap();
+    let img = run(
+        &m,
+        &text,
+        Some(&negative),
+        &tokens(&io["base_latents"]),
+        &[],
+        3,
+        4.0,
+    );
+    check("base, 3 steps, guidance 4", &img, &io["base_image"]);
+}
+
+#[test]
+fn an_edit_with_two_references_matches_diffusers() {
+    let io = io();
+    let m = model();
+    let refs: Vec<_> = ["edit_ref0", "edit_ref1"]
+        .iter()
+        .enumerate()
+        .map(|(k, name)| {
+            let t = &io[*name];
+            let (h, w, _) = t.dims3().unwrap();
+            let px: Vec<u8> = t
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+                .iter()
+                .map(|&v| v as u8)
+                .collect();
+            let img = RgbImage::from_raw(w as u32, h as u32, px).unwrap();
+            let img = prepare_reference(&img, m.size_multiple(), k).unwrap();
+            m.encode_reference(&from_image(&img, &Device::Cpu).unwrap())
+                .unwrap()
+        })
+        .collect();
+    let text = m.text.encode(PROMPTS[1]).unwrap();
+    let img = run(&m, &text, None, &tokens(&io["edit_latents"]), &refs, 2, 1.0);
+    check("edit with two references", &img, &io["edit_image"]);
+}
+
+#[test]
+fn references_too_small_or_too_narrow_are_refused_naming_the_image() {
+    for (w, h, what) in [(63, 200, "at least 64"), (64, 600, "8:1")] {
+        let e = prepare_reference(&RgbImage::new(w, h), 16, 2).unwrap_err();
+        match e {
+            PipelineError::Invalid { param, message } => {
+                assert_eq!(param, "image");
+                assert!(
+                    message.contains("reference image 2") && message.contains(what),
+                    "{message}"
+                );
+            }
+            e => panic!("{e}"),
+        }
+    }
+    // Above 1024² pixels: scaled to about 1024², then cropped to multiples of 16.
+    let big = prepare_reference(&RgbImage::new(2000, 1000), 16, 0).unwrap();
+    assert_eq!(big.dimensions(), (1440, 720));
+    let odd = prepare_reference(&RgbImage::new(100, 70), 16, 0).unwrap();
+    assert_eq!(odd.dimensions(), (96, 64));
+}
+
+#[test]
+fn a_flux1_folder_or_a_mismatched_encoder_is_refused_by_name() {
+    let e = Flux2Model::load(&dir().join("snapshot"), DType::F32, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    // klein reads the states after layers 9, 18 and 27; the tiny encoder has 6.
+    assert!(e.contains("6 layers") && e.contains("layer 9"), "{e}");
+    let e = Flux2Model::load(&dir(), DType::F32, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("model_index.json"), "{e}");
+    // A FLUX.1 snapshot's index names its pipeline.
+    let flux1 = std::env::temp_dir().join(format!("sprout-flux1-index-{}", std::process::id()));
+    std::fs::create_dir_all(&flux1).unwrap();
+    std::fs::write(
+        flux1.join("model_index.json"),
+        r#"{"_class_name": "FluxPipeline"}"#,
+    )
+    .unwrap();
+    let e = Flux2Model::load(&flux1, DType::F32, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    std::fs::remove_dir_all(&flux1).unwrap();
+    assert!(
+        e.contains("FluxPipeline") && e.contains("Flux2KleinPipeline"),
+        "{e}"
+    );
+}
