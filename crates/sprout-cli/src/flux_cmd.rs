@@ -36,10 +36,34 @@ pub fn read_latents(path: &Path, channels: usize) -> Result<Tensor> {
     }
 }
 
+/// FLUX.2's initial latents from a file: one tensor, as tokens (n, L, C) or as diffusers'
+/// `latents=` argument (n, C, h, w) with C = 128.
+pub fn read_tokens(path: &Path, channels: usize) -> Result<Tensor> {
+    let t = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("--latents {}", path.display()))?;
+    let Some(x) = t.into_values().next().filter(|_| true) else {
+        bail!("--latents {}: the file holds no tensor", path.display());
+    };
+    let x = x.to_dtype(DType::F32)?;
+    match x.rank() {
+        3 => Ok(x),
+        4 if x.dim(1)? == channels => {
+            let (n, c, h, w) = x.dims4()?;
+            Ok(x.reshape((n, c, h * w))?.transpose(1, 2)?.contiguous()?)
+        }
+        _ => bail!(
+            "--latents {}: shape {:?} is neither tokens (n, L, {channels}) nor (n, {channels}, h, w)",
+            path.display(),
+            x.dims()
+        ),
+    }
+}
+
 /// `sprout edit --model flux-kontext --weights PATH -i IN.png [-i REF.png …] INSTRUCTION -o OUT.png`
 #[derive(clap::Args)]
 pub struct EditArgs {
-    /// Input image, and further reference images (repeatable; up to 4 for Kontext).
+    /// Input image, and further reference images (repeatable; up to 4 for Kontext and FLUX.2
+    /// [klein]).
     #[arg(short = 'i', long = "image", required = true)]
     pub images: Vec<PathBuf>,
     #[command(flatten)]
@@ -47,9 +71,9 @@ pub struct EditArgs {
 }
 
 pub fn edit(e: EditArgs) -> Result<()> {
-    if e.gen.model != "flux-kontext" {
+    if e.gen.model != "flux-kontext" && e.gen.model != "flux2-klein" {
         bail!(
-            "model {} cannot edit images; editing needs --model flux-kontext (with --weights)",
+            "model {} cannot edit images; editing needs --model flux-kontext or flux2-klein (with --weights)",
             e.gen.model
         );
     }

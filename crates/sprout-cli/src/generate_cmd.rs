@@ -49,10 +49,11 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub sampler: Option<String>,
     /// `default` (embedded), a model bundle directory, or flux-schnell | flux-dev |
-    /// flux-kontext | flux-fill | flux-canny | flux-depth (with --weights).
+    /// flux-kontext | flux-fill | flux-canny | flux-depth | flux2-klein (with --weights).
     #[arg(long, default_value = "default")]
     pub model: String,
-    /// FLUX weights: a Black Forest Labs file or folder, or a diffusers snapshot folder.
+    /// FLUX weights: a Black Forest Labs file or folder, or a diffusers snapshot folder
+    /// (FLUX.2 [klein]: a diffusers snapshot folder).
     #[arg(long)]
     pub weights: Option<PathBuf>,
     #[command(flatten)]
@@ -66,9 +67,14 @@ pub struct GenerateArgs {
     /// instead of seeded noise, to compare with another implementation.
     #[arg(long)]
     pub latents: Option<PathBuf>,
-    /// FLUX: T5 tokens per prompt (schnell at most 256, dev and Kontext 512).
+    /// FLUX: text tokens per prompt (FLUX.1's T5: schnell at most 256, dev and Kontext 512;
+    /// FLUX.2's Qwen3: at most 512).
     #[arg(long)]
     pub max_sequence_length: Option<usize>,
+    /// FLUX.2: the text encoder's layers whose states condition the transformer (diffusers'
+    /// `text_encoder_out_layers`; klein: 9,18,27).
+    #[arg(long, value_delimiter = ',')]
+    pub text_layers: Option<Vec<usize>>,
     /// img2img: start from this image (resized to the canvas, which defaults to the image's
     /// size rounded down to the model's multiple: 32 native, 16 FLUX); with FLUX, --latents
     /// then gives the noise.
@@ -149,9 +155,16 @@ pub fn load(
     parts: &crate::flux_parts::FluxPartsArgs,
     prompts: &[&str],
     t5_len: Option<usize>,
+    text_layers: Option<&[usize]>,
     device: &str,
 ) -> Result<Model> {
     let device = sprout_pipeline::device::parse(device).map_err(cli_error)?;
+    if model.starts_with("flux2-") {
+        return load_flux2(model, weights, text_layers, &device);
+    }
+    if text_layers.is_some() {
+        bail!("--text-layers applies to the FLUX.2 models (--model flux2-klein)");
+    }
     if model.starts_with("flux-") {
         let variant = Variant::parse(model)?;
         let Some(weights) = weights else {
@@ -177,6 +190,40 @@ pub fn load(
     }
     parts.refuse_for(model)?;
     Ok(Model::Native(Box::new(load_model_on(model, &device)?)))
+}
+
+/// FLUX.2 [klein] from a diffusers snapshot folder (`--weights`).
+fn load_flux2(
+    model: &str,
+    weights: Option<&Path>,
+    text_layers: Option<&[usize]>,
+    device: &Device,
+) -> Result<Model> {
+    match model {
+        "flux2-klein" => {}
+        "flux2-dev" => bail!(
+            "--model flux2-dev needs its Mistral Small 3.2 text encoder, which Sprout does not run yet; FLUX.2 [klein] runs with --model flux2-klein"
+        ),
+        other => bail!("unknown model {other:?}: the FLUX.2 models are flux2-klein (4B or 9B, read from the files) and flux2-dev"),
+    }
+    let Some(weights) = weights else {
+        bail!("--model {model} needs --weights DIR (a diffusers snapshot of FLUX.2 [klein], e.g. black-forest-labs/FLUX.2-klein-4B)");
+    };
+    if !weights.is_dir() {
+        bail!(
+            "--weights {}: FLUX.2 [klein] loads from a diffusers snapshot folder (transformer/, vae/, text_encoder/, tokenizer/)",
+            weights.display()
+        );
+    }
+    let taps = text_layers.unwrap_or(&sprout_pipeline::flux2::KLEIN_TAPS);
+    let m = sprout_pipeline::flux2::Flux2Model::load_with_taps(
+        weights,
+        taps,
+        candle_core::DType::F32,
+        device,
+    )
+    .map_err(cli_error)?;
+    Ok(Model::Flux2(Box::new(m)))
 }
 
 /// A refusal of the pipeline's one check, in the command line's terms: the field becomes
@@ -280,8 +327,29 @@ fn request(
 /// the pipeline's entry point; the images are written with how they were made.
 pub fn run_with(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
     let t0 = Instant::now();
+    let flux2 = a.model.starts_with("flux2-");
     let flux = a.model.starts_with("flux-");
+    if flux2 {
+        if a.weights.is_none() {
+            bail!(
+                "--model {} needs --weights DIR (a diffusers snapshot of FLUX.2 [klein])",
+                a.model
+            );
+        }
+        for (given, flag) in [
+            (a.control_image.is_some(), "--control-image"),
+            (a.true_cfg.is_some(), "--true-cfg"),
+            (a.init_image.is_some(), "--init-image"),
+            (a.canny, "--canny"),
+        ] {
+            if given {
+                bail!("{flag} does not apply to --model {} (FLUX.2 [klein] draws from text and reference images)", a.model);
+            }
+        }
+        a.parts.refuse_for(&a.model)?;
+    }
     if !flux
+        && !flux2
         && (a.weights.is_some()
             || a.latents.is_some()
             || a.max_sequence_length.is_some()
@@ -374,6 +442,7 @@ pub fn run_with(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
         &a.parts,
         &prompts,
         a.max_sequence_length,
+        a.text_layers.as_deref(),
         &a.device,
     )?;
     let load_s = t0.elapsed().as_secs_f64();
@@ -409,13 +478,11 @@ pub fn run_with(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
         (None, None, None) => profile.default_size,
     };
     let latents = match &a.latents {
-        Some(p) => {
-            let channels = match &model {
-                Model::Flux(m) => m.dit.config().latent_channels,
-                Model::Native(b) => b.meta.dit.latent_channels,
-            };
-            Some(crate::flux_cmd::read_latents(p, channels)?)
-        }
+        Some(p) => Some(match &model {
+            Model::Flux(m) => crate::flux_cmd::read_latents(p, m.dit.config().latent_channels)?,
+            Model::Native(b) => crate::flux_cmd::read_latents(p, b.meta.dit.latent_channels)?,
+            Model::Flux2(m) => crate::flux_cmd::read_tokens(p, m.vae.cfg.token_channels())?,
+        }),
         None => None,
     };
     let mut images = images;

@@ -8,14 +8,19 @@ use sprout_server::Engine;
 #[derive(Args)]
 pub struct ServedModelArgs {
     /// `default` (embedded), a model bundle directory, or flux-schnell, flux-dev,
-    /// flux-kontext, flux-fill, flux-canny, flux-depth (with --weights; flux-kontext also
-    /// serves /v1/images/edits). Behind a broker (`serve --broker`): the model of requests
+    /// flux-kontext, flux-fill, flux-canny, flux-depth, flux2-klein (with --weights;
+    /// flux-kontext and flux2-klein also serve /v1/images/edits). Behind a broker (`serve --broker`): the model of requests
     /// that name none, as its workers advertise it (`default`: the first one found).
     #[arg(long, default_value = "default")]
     pub model: String,
-    /// FLUX.1 weights: a Black Forest Labs file or folder, or a diffusers snapshot.
+    /// FLUX weights: a Black Forest Labs file or folder, or a diffusers snapshot (FLUX.2
+    /// [klein]: a diffusers snapshot).
     #[arg(long)]
     pub weights: Option<std::path::PathBuf>,
+    /// FLUX.2: the text encoder's layers whose states condition the transformer (klein:
+    /// 9,18,27).
+    #[arg(long, value_delimiter = ',')]
+    pub text_layers: Option<Vec<usize>>,
     #[command(flatten)]
     pub parts: crate::flux_parts::FluxPartsArgs,
     /// Where the model computes: cpu, cuda or cuda:N (CUDA needs a build with `--features
@@ -34,6 +39,7 @@ impl ServedModelArgs {
             &self.parts,
             &[],
             None,
+            self.text_layers.as_deref(),
             &self.device,
         )?;
         let name = match &engine {

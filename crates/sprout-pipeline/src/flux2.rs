@@ -83,12 +83,13 @@ pub struct Qwen3Text {
 impl Qwen3Text {
     /// One prompt's conditioning (1, max_len, taps · hidden).
     pub fn encode(&self, prompt: &str) -> Result<Tensor, PipelineError> {
-        let (ids, mask) = encode_padded(
-            &self.tokenizer,
-            &qwen_chat_prompt(prompt),
-            self.max_len,
-            self.pad_id,
-        )?;
+        self.encode_len(prompt, self.max_len)
+    }
+
+    /// [`encode`](Self::encode) padded or truncated to `len` tokens.
+    pub fn encode_len(&self, prompt: &str, len: usize) -> Result<Tensor, PipelineError> {
+        let (ids, mask) =
+            encode_padded(&self.tokenizer, &qwen_chat_prompt(prompt), len, self.pad_id)?;
         let ids = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
         let mask = Tensor::new(mask.as_slice(), &self.device)?.unsqueeze(0)?;
         Ok(self.encoder.forward(&ids, &mask)?.to_dtype(self.dtype)?)
@@ -210,6 +211,13 @@ impl Flux2Model {
         let tcfg: DiffusersFlux2Config = serde_json::from_value(tcfg)
             .map_err(|e| weights_err(format!("transformer/config.json: {e}")))?;
         let dcfg = tcfg.to_dit()?;
+        // Small models (the test snapshots) compute in f32 throughout; full-size ones on the
+        // CPU keep their bf16 weights for the linear layers (f32 around them, as FLUX.1's).
+        let stored: u64 = tf
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok().map(|m| m.len()))
+            .sum();
+        let bf16_linear = device.is_cpu() && dtype == DType::F32 && stored >= 1 << 30;
         let st = mmap(&tf)?;
         let names: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
         let vb = if is_diffusers_transformer(names.iter().map(|s| s.as_str())) {
@@ -221,8 +229,13 @@ impl Flux2Model {
         } else {
             VarBuilder::from_backend(Box::new(st), dtype, device.clone())
         };
-        let dit =
-            Dit::new(&dcfg, vb).map_err(|e| weights_err(format!("{}: {e}", tf[0].display())))?;
+        let dit = if bf16_linear {
+            Dit::new(&dcfg, Weights::Bf16Linear(vb))
+                .map(|d| d.with_attention(sprout_models::flash::Precision::Bf16))
+        } else {
+            Dit::new(&dcfg, vb)
+        }
+        .map_err(|e| weights_err(format!("{}: {e}", tf[0].display())))?;
 
         // The autoencoder (f32: it is small next to the rest).
         let parts_dtype = DType::F32;
@@ -275,7 +288,12 @@ impl Flux2Model {
             )));
         }
         let vb = VarBuilder::from_backend(Box::new(mmap(&ef)?), dtype, device.clone());
-        let encoder = Qwen3Encoder::new(&qcfg, Qwen3Names::Transformers, taps, &Weights::Dense(vb))
+        let w = if bf16_linear {
+            Weights::Bf16Linear(vb)
+        } else {
+            Weights::Dense(vb)
+        };
+        let encoder = Qwen3Encoder::new(&qcfg, Qwen3Names::Transformers, taps, &w)
             .map_err(|e| weights_err(format!("{}: {e}", ef[0].display())))?;
         let tokenizer = qwen_tokenizer(&dir.join("tokenizer"))?;
         let pad = read_json(&dir.join("tokenizer/tokenizer_config.json"))

@@ -12,6 +12,7 @@ use crate::bundle::Bundle;
 use crate::denoise::{evaluations, Hooks};
 use crate::flow::Sampler;
 use crate::flux::{reference_size, sampling_defaults, size_multiple, FluxModel, Img2Img, Inpaint};
+use crate::flux2::{prepare_reference, Flux2Model, KLEIN_MAX_REFERENCES, MAX_PROMPT_TOKENS};
 use crate::image_io::{resized, to_images};
 use crate::request::{check, InitImage, Profile, Request};
 use crate::PipelineError;
@@ -45,6 +46,8 @@ pub enum Model {
     Native(Box<Bundle>),
     /// FLUX.1 from the user's weight files.
     Flux(Box<FluxModel>),
+    /// FLUX.2 [klein] from the user's diffusers snapshot.
+    Flux2(Box<Flux2Model>),
 }
 
 impl Model {
@@ -52,6 +55,7 @@ impl Model {
         match self {
             Model::Native(b) => b.as_ref(),
             Model::Flux(m) => m.as_ref(),
+            Model::Flux2(m) => m.as_ref(),
         }
     }
 
@@ -59,6 +63,7 @@ impl Model {
         match self {
             Model::Native(b) => b.as_mut(),
             Model::Flux(m) => m.as_mut(),
+            Model::Flux2(m) => m.as_mut(),
         }
     }
 
@@ -363,6 +368,173 @@ fn run_flux(
             &latents,
             &references,
             init.as_ref(),
+            (w, h),
+            req.steps,
+            req.guidance,
+            Hooks {
+                cancel,
+                on_step: &mut |done, _| on_step(i * evals + done, req.n * evals),
+                previews: if i == 0 { previews } else { 0 },
+                on_preview: &mut *on_preview,
+            },
+        )?;
+        out.extend(to_images(&img)?);
+    }
+    Ok(out)
+}
+
+/// What FLUX.2 [klein] offers: 1024² by default, sides in multiples of 16 up to 2048, Euler;
+/// the distilled models 4 steps without guidance, the base models 50 steps at guidance 4
+/// (against the empty prompt, or the negative prompt when given); up to four reference
+/// images (an edit), no img2img or mask (diffusers' `Flux2KleinPipeline` has neither).
+pub fn flux2_profile(distilled: bool) -> Profile {
+    Profile {
+        multiple: 16,
+        max_side: FLUX_MAX_SIDE,
+        default_size: (1024, 1024),
+        default_steps: if distilled { 4 } else { 50 },
+        default_guidance: if distilled { 1.0 } else { 4.0 },
+        sampler: Sampler::Euler,
+        samplers: vec![Sampler::Euler],
+        edits: true,
+        images: (0, KLEIN_MAX_REFERENCES),
+        images_are: "reference images".into(),
+        true_cfg: false,
+        takes_init: false,
+        takes_mask: false,
+        needs_mask: false,
+    }
+}
+
+impl Family for Flux2Model {
+    fn name(&self) -> String {
+        if self.distilled {
+            "flux2-klein"
+        } else {
+            "flux2-klein-base"
+        }
+        .to_string()
+    }
+
+    fn profile(&self) -> Profile {
+        flux2_profile(self.distilled)
+    }
+
+    fn check(&self, req: &Request) -> Result<(), PipelineError> {
+        if let Some(l) = req
+            .max_sequence_length
+            .filter(|l| *l == 0 || *l > MAX_PROMPT_TOKENS)
+        {
+            return Err(PipelineError::invalid(
+                "max_sequence_length",
+                format!(
+                    "max_sequence_length {l} is out of range for FLUX.2 (1..={MAX_PROMPT_TOKENS})"
+                ),
+            ));
+        }
+        if self.distilled && req.guidance != 1.0 {
+            return Err(PipelineError::invalid(
+                "guidance",
+                format!(
+                    "guidance {} does not apply: this FLUX.2 [klein] is step-distilled and runs without guidance (1)",
+                    req.guidance
+                ),
+            ));
+        }
+        if self.distilled && req.negative_prompt.is_some() {
+            return Err(PipelineError::invalid(
+                "negative_prompt",
+                "negative_prompt does not apply: this FLUX.2 [klein] is step-distilled and runs without guidance",
+            ));
+        }
+        if let Some(l) = &req.latents {
+            let f = self.size_multiple();
+            let tokens = (req.height as usize / f) * (req.width as usize / f);
+            let c = self.vae.cfg.token_channels();
+            if l.rank() != 3 || l.dims()[1..] != [tokens, c] {
+                return Err(PipelineError::invalid(
+                    "latents",
+                    format!(
+                        "latents have shape {:?}; a {}x{} image needs (n, {tokens}, {c}) tokens",
+                        l.dims(),
+                        req.width,
+                        req.height
+                    ),
+                ));
+            }
+        }
+        for (k, img) in req.images.iter().enumerate() {
+            prepare_reference(img, self.size_multiple(), k)?;
+        }
+        Ok(())
+    }
+
+    fn run(&mut self, req: &Request, hooks: Hooks<'_>) -> Result<Vec<RgbImage>, PipelineError> {
+        run_flux2(self, req, hooks)
+    }
+
+    fn warmup_request(&self, (w, h): (u32, u32)) -> Result<Request, PipelineError> {
+        Ok(Request {
+            steps: 1,
+            width: w,
+            height: h,
+            ..Request::new("warm-up", &self.profile())
+        })
+    }
+
+    /// FLUX.2 warms up at its default size, as FLUX.1.
+    fn warmup_size(&self) -> (u32, u32) {
+        self.profile().default_size
+    }
+}
+
+/// A checked request through FLUX.2 [klein]: the prompt (and, guided, the negative or empty
+/// prompt) encoded, the references prepared as diffusers does and encoded, then each image
+/// through the one loop. Previews show the first image.
+fn run_flux2(
+    m: &mut Flux2Model,
+    req: &Request,
+    hooks: Hooks<'_>,
+) -> Result<Vec<RgbImage>, PipelineError> {
+    let Hooks {
+        cancel,
+        on_step,
+        previews,
+        on_preview,
+    } = hooks;
+    let (w, h) = (req.width as usize, req.height as usize);
+    let len = req.max_sequence_length.unwrap_or(m.text.max_len);
+    let text = m.text.encode_len(&req.prompt, len)?;
+    let negative = if !m.distilled && req.guidance > 1.0 {
+        let n = req.negative_prompt.as_deref().unwrap_or("");
+        Some(m.text.encode_len(n, len)?)
+    } else {
+        None
+    };
+    let references = req
+        .images
+        .iter()
+        .enumerate()
+        .map(|(k, img)| {
+            let img = prepare_reference(img, m.size_multiple(), k)?;
+            m.encode_reference(&crate::image_io::from_image(&img, &Device::Cpu)?)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let evals = evaluations(Sampler::Euler, req.steps);
+    let mut out = Vec::with_capacity(req.n);
+    for i in 0..req.n {
+        let latents = match &req.latents {
+            Some(l) => l
+                .narrow(0, i, 1)?
+                .to_dtype(m.dtype())?
+                .to_device(m.device())?,
+            None => m.initial_latents(req.seed.wrapping_add(i as u64), w, h)?,
+        };
+        let img = m.sample_with(
+            &text,
+            negative.as_ref(),
+            &latents,
+            &references,
             (w, h),
             req.steps,
             req.guidance,

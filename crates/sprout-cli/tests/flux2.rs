@@ -1,0 +1,261 @@
+//! `sprout generate|edit --model flux2-klein` end to end on the tiny FLUX.2 [klein] snapshot
+//! of the parity fixtures: the images equal diffusers' Flux2KleinPipeline output from the
+//! same latents within one 8-bit level, and bad requests get clear errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use candle_core::{Device, Tensor};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sprout-models/tests/fixtures/flux2")
+}
+
+fn snapshot() -> String {
+    fixtures().join("snapshot").to_str().unwrap().to_string()
+}
+
+fn sprout(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sprout"))
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn save_one(path: &Path, t: &Tensor) {
+    candle_core::safetensors::save(
+        &[("latents".to_string(), t.clone())].into_iter().collect(),
+        path,
+    )
+    .unwrap();
+}
+
+/// The largest difference in 8-bit levels between a written PNG and a reference image
+/// (1, 3, H, W) in [0, 1].
+fn worst_level(png: &Path, reference: &Tensor) -> f32 {
+    let got = image::open(png).unwrap().to_rgb8();
+    let (_, _, h, w) = reference.dims4().unwrap();
+    assert_eq!(got.dimensions(), (w as u32, h as u32));
+    let want: Vec<f32> = (reference * 255.0)
+        .unwrap()
+        .round()
+        .unwrap()
+        .permute((0, 2, 3, 1))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    got.as_raw()
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (*a as f32 - b).abs())
+        .fold(0.0, f32::max)
+}
+
+/// A reference image of the fixtures (H, W, 3) as a PNG.
+fn write_reference(path: &Path, t: &Tensor) {
+    let (h, w, _) = t.dims3().unwrap();
+    let px: Vec<u8> = t
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+        .iter()
+        .map(|&v| v as u8)
+        .collect();
+    image::RgbImage::from_raw(w as u32, h as u32, px)
+        .unwrap()
+        .save(path)
+        .unwrap();
+}
+
+/// The fixtures' tiny encoder: 40 tokens per prompt, states of layers 2, 4 and 6.
+const TINY: [&str; 6] = [
+    "--text-layers",
+    "2,4,6",
+    "--max-sequence-length",
+    "40",
+    "--size",
+    "48x32",
+];
+
+#[test]
+fn generate_and_a_two_reference_edit_match_the_reference_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let io =
+        candle_core::safetensors::load(fixtures().join("pipeline_io.safetensors"), &Device::Cpu)
+            .unwrap();
+    let snap = snapshot();
+    // Text to image, 2 steps, distilled (no guidance).
+    let latents = dir.path().join("latents.safetensors");
+    save_one(&latents, &io["distilled_latents"]);
+    let out = dir.path().join("t2i.png");
+    let mut args = vec![
+        "generate",
+        "a photo of a red circle",
+        "--model",
+        "flux2-klein",
+        "--weights",
+        &snap,
+        "--latents",
+        latents.to_str().unwrap(),
+        "--steps",
+        "2",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend(TINY);
+    let r = sprout(&args);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let d = worst_level(&out, &io["distilled_image"]);
+    eprintln!("text to image: worst {d} levels");
+    assert!(d <= 1.0, "text to image differs by {d} levels");
+
+    // An edit with the two references of the fixture.
+    let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
+    write_reference(&a, &io["edit_ref0"]);
+    write_reference(&b, &io["edit_ref1"]);
+    save_one(&latents, &io["edit_latents"]);
+    let out = dir.path().join("edit.png");
+    let mut args = vec![
+        "edit",
+        "-i",
+        a.to_str().unwrap(),
+        "-i",
+        b.to_str().unwrap(),
+        "make the circle blue and the star red, please",
+        "--model",
+        "flux2-klein",
+        "--weights",
+        &snap,
+        "--latents",
+        latents.to_str().unwrap(),
+        "--steps",
+        "2",
+        "-o",
+        out.to_str().unwrap(),
+    ];
+    args.extend(TINY);
+    let r = sprout(&args);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let d = worst_level(&out, &io["edit_image"]);
+    eprintln!("edit with two references: worst {d} levels");
+    assert!(d <= 1.0, "the edit differs by {d} levels");
+}
+
+#[test]
+fn bad_flux2_requests_are_refused_naming_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let snap = snapshot();
+    let out = dir.path().join("x.png");
+    let o = out.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "a red circle",
+            "--model",
+            "flux2-klein",
+            "-o",
+            o,
+        ];
+        args.extend(extra);
+        sprout(&args)
+    };
+    let refuse = |r: Output, needle: &str| {
+        assert!(
+            !r.status.success(),
+            "accepted; wanted a refusal naming {needle}"
+        );
+        let e = stderr(&r);
+        assert!(e.contains(needle), "wanted {needle:?} in: {e}");
+        assert!(!e.contains("panicked"), "{e}");
+    };
+    refuse(run(&[]), "--weights");
+    // klein's own layers on the 6-layer test encoder; a width the transformer cannot take.
+    refuse(
+        run(&["--weights", &snap, "--steps", "1", "--size", "32x32"]),
+        "6 layers",
+    );
+    refuse(
+        run(&[
+            "--weights",
+            &snap,
+            "--text-layers",
+            "2,4",
+            "--size",
+            "32x32",
+        ]),
+        "tapped states",
+    );
+    // Guidance and negative prompts do not apply to a step-distilled model.
+    let mut guided = vec!["--weights", snap.as_str(), "--guidance", "4"];
+    guided.extend(TINY);
+    refuse(run(&guided), "--guidance");
+    let mut long = vec![
+        "--weights",
+        snap.as_str(),
+        "--text-layers",
+        "2,4,6",
+        "--max-sequence-length",
+        "513",
+    ];
+    long.extend(["--size", "48x32"]);
+    refuse(run(&long), "--max-sequence-length");
+    // A FLUX.1 snapshot, FLUX.2 [dev], FLUX.1-only flags.
+    let flux1 = dir.path().join("flux1");
+    sprout_pipeline::testing::flux_snapshot(&flux1, "FluxPipeline").unwrap();
+    refuse(run(&["--weights", flux1.to_str().unwrap()]), "FluxPipeline");
+    let r = sprout(&[
+        "generate",
+        "x",
+        "--model",
+        "flux2-dev",
+        "--weights",
+        &snap,
+        "-o",
+        o,
+    ]);
+    refuse(r, "Mistral");
+    refuse(run(&["--weights", &snap, "--true-cfg", "2"]), "--true-cfg");
+
+    // Edits: five references (klein takes four), a reference that is not an image, one
+    // smaller than 64 pixels.
+    let img = dir.path().join("ref.png");
+    image::RgbImage::from_pixel(64, 64, image::Rgb([200, 30, 30]))
+        .save(&img)
+        .unwrap();
+    let small = dir.path().join("small.png");
+    image::RgbImage::new(40, 80).save(&small).unwrap();
+    let text = dir.path().join("notes.png");
+    std::fs::write(&text, "not an image").unwrap();
+    let edit = |images: &[&Path]| {
+        let mut args: Vec<String> = vec!["edit".into()];
+        for p in images {
+            args.extend(["-i".into(), p.to_str().unwrap().into()]);
+        }
+        args.extend(
+            [
+                "make it blue",
+                "--model",
+                "flux2-klein",
+                "--weights",
+                &snap,
+                "-o",
+                o,
+            ]
+            .iter()
+            .map(|s| s.to_string()),
+        );
+        args.extend(TINY.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        sprout(&refs)
+    };
+    refuse(edit(&[img.as_path(); 5]), "--image");
+    refuse(edit(&[&img, &text]), "notes.png");
+    refuse(edit(&[&img, &small]), "at least 64");
+}
