@@ -75,6 +75,10 @@ pub struct GenerateArgs {
     /// `text_encoder_out_layers`; klein: 9,18,27).
     #[arg(long, value_delimiter = ',')]
     pub text_layers: Option<Vec<usize>>,
+    /// FLUX.2: the text encoder from this GGUF file (llama.cpp's Qwen3, e.g. Q8_0) instead
+    /// of the snapshot's text_encoder/.
+    #[arg(long)]
+    pub text_encoder: Option<PathBuf>,
     /// img2img: start from this image (resized to the canvas, which defaults to the image's
     /// size rounded down to the model's multiple: 32 native, 16 FLUX); with FLUX, --latents
     /// then gives the noise.
@@ -155,15 +159,15 @@ pub fn load(
     parts: &crate::flux_parts::FluxPartsArgs,
     prompts: &[&str],
     t5_len: Option<usize>,
-    text_layers: Option<&[usize]>,
+    text: Flux2Text<'_>,
     device: &str,
 ) -> Result<Model> {
     let device = sprout_pipeline::device::parse(device).map_err(cli_error)?;
     if model.starts_with("flux2-") {
-        return load_flux2(model, weights, text_layers, &device);
+        return load_flux2(model, weights, text, &device);
     }
-    if text_layers.is_some() {
-        bail!("--text-layers applies to the FLUX.2 models (--model flux2-klein)");
+    if text.layers.is_some() || text.encoder.is_some() {
+        bail!("--text-layers and --text-encoder apply to the FLUX.2 models (--model flux2-klein)");
     }
     if model.starts_with("flux-") {
         let variant = Variant::parse(model)?;
@@ -192,11 +196,18 @@ pub fn load(
     Ok(Model::Native(Box::new(load_model_on(model, &device)?)))
 }
 
+/// FLUX.2's text-encoder flags: `--text-layers`, `--text-encoder`.
+#[derive(Clone, Copy, Default)]
+pub struct Flux2Text<'a> {
+    pub layers: Option<&'a [usize]>,
+    pub encoder: Option<&'a Path>,
+}
+
 /// FLUX.2 [klein] from a diffusers snapshot folder (`--weights`).
 fn load_flux2(
     model: &str,
     weights: Option<&Path>,
-    text_layers: Option<&[usize]>,
+    text: Flux2Text<'_>,
     device: &Device,
 ) -> Result<Model> {
     match model {
@@ -215,14 +226,34 @@ fn load_flux2(
             weights.display()
         );
     }
-    let taps = text_layers.unwrap_or(&sprout_pipeline::flux2::KLEIN_TAPS);
-    let m = sprout_pipeline::flux2::Flux2Model::load_with_taps(
+    if let Some(g) = text.encoder {
+        if !g
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            bail!(
+                "--text-encoder {}: expected a GGUF file (llama.cpp's Qwen3); a safetensors text encoder is the snapshot's text_encoder/",
+                g.display()
+            );
+        }
+        if !g.is_file() {
+            bail!("--text-encoder {}: no such file", g.display());
+        }
+    }
+    let taps = text.layers.unwrap_or(&sprout_pipeline::flux2::KLEIN_TAPS);
+    let m = sprout_pipeline::flux2::Flux2Model::load_with(
         weights,
         taps,
+        text.encoder,
         candle_core::DType::F32,
         device,
     )
     .map_err(cli_error)?;
+    if !m.text.encoder.is_resident() {
+        eprintln!(
+            "memory is tight: the text encoder is loaded for each request and dropped before the transformer runs"
+        );
+    }
     Ok(Model::Flux2(Box::new(m)))
 }
 
@@ -442,7 +473,10 @@ pub fn run_with(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
         &a.parts,
         &prompts,
         a.max_sequence_length,
-        a.text_layers.as_deref(),
+        Flux2Text {
+            layers: a.text_layers.as_deref(),
+            encoder: a.text_encoder.as_deref(),
+        },
         &a.device,
     )?;
     let load_s = t0.elapsed().as_secs_f64();

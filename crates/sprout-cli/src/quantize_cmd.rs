@@ -1,5 +1,6 @@
-//! `sprout quantize --model flux-dev|flux-schnell|flux-kontext|t5 --weights PATH --type q8_0
-//! [--lora FILE[:S] …] -o OUT.gguf`: FLUX.1 weights (or a T5 encoder) as a GGUF file.
+//! `sprout quantize --model flux-dev|flux-schnell|flux-kontext|t5|qwen3 --weights PATH --type
+//! q8_0 [--lora FILE[:S] …] -o OUT.gguf`: FLUX.1 weights (or a T5 or Qwen3 text encoder) as a
+//! GGUF file.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -7,14 +8,15 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use sprout_models::flux::components::Components;
 use sprout_models::flux::files::Variant;
-use sprout_pipeline::flux_quantize::{quantize_t5, quantize_transformer};
+use sprout_pipeline::flux_quantize::{quantize_qwen3, quantize_t5, quantize_transformer};
 
 use crate::progress::bar;
 
 #[derive(clap::Args)]
 pub struct QuantizeArgs {
-    /// flux-schnell | flux-dev | flux-kontext (the transformer of --weights), or t5 (the T5
-    /// encoder at --weights).
+    /// flux-schnell | flux-dev | flux-kontext (the transformer of --weights), t5 (the T5
+    /// encoder at --weights), or qwen3 (FLUX.2 [klein]'s text encoder at --weights, e.g. a
+    /// snapshot's text_encoder/, written with llama.cpp's names for --text-encoder).
     #[arg(long)]
     pub model: String,
     /// FLUX.1 weights (a Black Forest Labs file or folder, or a diffusers snapshot), or with
@@ -42,7 +44,12 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     // truncated file under the asked name.
     let partial = a.out.with_extension("gguf.partial");
     let t0 = Instant::now();
-    let written = if a.model == "t5" {
+    let written = if a.model == "qwen3" {
+        if !a.loras.is_empty() {
+            bail!("--lora applies to the FLUX transformer, not to --model qwen3");
+        }
+        quantize_qwen3(&a.weights, q, &partial)
+    } else if a.model == "t5" {
         if !a.loras.is_empty() {
             bail!("--lora applies to the FLUX transformer, not to --model t5");
         }

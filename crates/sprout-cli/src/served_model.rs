@@ -21,6 +21,10 @@ pub struct ServedModelArgs {
     /// 9,18,27).
     #[arg(long, value_delimiter = ',')]
     pub text_layers: Option<Vec<usize>>,
+    /// FLUX.2: the text encoder from this GGUF file (llama.cpp's Qwen3) instead of the
+    /// snapshot's text_encoder/.
+    #[arg(long)]
+    pub text_encoder: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub parts: crate::flux_parts::FluxPartsArgs,
     /// Where the model computes: cpu, cuda or cuda:N (CUDA needs a build with `--features
@@ -39,7 +43,10 @@ impl ServedModelArgs {
             &self.parts,
             &[],
             None,
-            self.text_layers.as_deref(),
+            crate::generate_cmd::Flux2Text {
+                layers: self.text_layers.as_deref(),
+                encoder: self.text_encoder.as_deref(),
+            },
             &self.device,
         )?;
         let name = match &engine {

@@ -259,3 +259,75 @@ fn bad_flux2_requests_are_refused_naming_what_is_wrong() {
     refuse(edit(&[&img, &text]), "notes.png");
     refuse(edit(&[&img, &small]), "at least 64");
 }
+
+#[test]
+fn a_gguf_text_encoder_written_by_quantize_replaces_the_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let io =
+        candle_core::safetensors::load(fixtures().join("pipeline_io.safetensors"), &Device::Cpu)
+            .unwrap();
+    let snap = snapshot();
+    let te = fixtures().join("snapshot/text_encoder");
+    // f16 holds the fixture's bf16-representable weights exactly; q8_0 rounds them.
+    for (kind, bound) in [("f16", 1.0), ("q8_0", 4.0)] {
+        let gguf = dir.path().join(format!("qwen3-{kind}.gguf"));
+        let g = gguf.to_str().unwrap();
+        let r = sprout(&[
+            "quantize",
+            "--model",
+            "qwen3",
+            "--weights",
+            te.to_str().unwrap(),
+            "--type",
+            kind,
+            "-o",
+            g,
+        ]);
+        assert!(r.status.success(), "{}", stderr(&r));
+        let latents = dir.path().join("latents.safetensors");
+        save_one(&latents, &io["distilled_latents"]);
+        let out = dir.path().join(format!("{kind}.png"));
+        let mut args = vec![
+            "generate",
+            "a photo of a red circle",
+            "--model",
+            "flux2-klein",
+            "--weights",
+            &snap,
+            "--text-encoder",
+            g,
+            "--latents",
+            latents.to_str().unwrap(),
+            "--steps",
+            "2",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend(TINY);
+        let r = sprout(&args);
+        assert!(r.status.success(), "{}", stderr(&r));
+        let d = worst_level(&out, &io["distilled_image"]);
+        eprintln!("text encoder from a {kind} GGUF: worst {d} levels");
+        assert!(d <= bound, "{kind}: {d} levels");
+    }
+    // Not a GGUF file, and a GGUF of another model.
+    let o = dir.path().join("x.png");
+    let not = te.join("model.safetensors");
+    let r = sprout(&[
+        "generate",
+        "x",
+        "--model",
+        "flux2-klein",
+        "--weights",
+        &snap,
+        "--text-encoder",
+        not.to_str().unwrap(),
+        "-o",
+        o.to_str().unwrap(),
+    ]);
+    assert!(
+        !r.status.success() && stderr(&r).contains("expected a GGUF"),
+        "{}",
+        stderr(&r)
+    );
+}

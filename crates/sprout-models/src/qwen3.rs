@@ -445,3 +445,145 @@ fn attention_bias(mask: &Tensor, l: usize, dt: DType, dev: &Device) -> Result<Te
     }
     Tensor::from_vec(v, (b, 1, l, l), dev)?.to_dtype(dt)
 }
+
+/// The sizes of a Qwen3 GGUF file as llama.cpp writes them (`general.architecture` =
+/// `qwen3`, `qwen3.*` metadata), read from its header.
+pub fn gguf_config(path: &std::path::Path) -> std::result::Result<Qwen3Config, crate::ModelError> {
+    let err = |e: &dyn std::fmt::Display| bad(format!("{}: {e}", path.display()));
+    let content = crate::gguf::read_content(path)?;
+    let meta = &content.metadata;
+    let arch = meta
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok().cloned())
+        .unwrap_or_default();
+    if arch != "qwen3" {
+        return Err(err(&format!(
+            "general.architecture = {arch:?}; a Qwen3 text encoder's is \"qwen3\""
+        )));
+    }
+    let int = |k: &str| -> std::result::Result<usize, crate::ModelError> {
+        let v = meta
+            .get(&format!("qwen3.{k}"))
+            .ok_or_else(|| err(&format!("no metadata qwen3.{k}")))?;
+        v.to_u32()
+            .map(|x| x as usize)
+            .or_else(|_| v.to_u64().map(|x| x as usize))
+            .map_err(|e| err(&format!("qwen3.{k}: {e}")))
+    };
+    let float = |k: &str, default: f64| {
+        meta.get(&format!("qwen3.{k}"))
+            .and_then(|v| v.to_f32().ok())
+            .map_or(default, |x| x as f64)
+    };
+    let emb = content
+        .tensor_infos
+        .get("token_embd.weight")
+        .ok_or_else(|| err(&"no tensor token_embd.weight"))?;
+    let (heads, hidden) = (int("attention.head_count")?, int("embedding_length")?);
+    Ok(Qwen3Config {
+        vocab_size: emb.shape.dims()[0],
+        hidden_size: hidden,
+        intermediate_size: int("feed_forward_length")?,
+        num_hidden_layers: int("block_count")?,
+        num_attention_heads: heads,
+        num_key_value_heads: int("attention.head_count_kv").unwrap_or(heads),
+        head_dim: int("attention.key_length").unwrap_or(hidden / heads),
+        rope_theta: float("rope.freq_base", 1_000_000.0),
+        rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-6),
+        attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+    })
+}
+
+/// A Qwen3 encoder from a GGUF file as llama.cpp writes them ([`gguf_config`], llama.cpp's
+/// tensor names), the layers `taps` need; linear layers keep their quantized blocks, the
+/// rest is dequantized to `dtype`.
+pub fn load_gguf(
+    path: &std::path::Path,
+    taps: &[usize],
+    dtype: DType,
+    device: &Device,
+) -> std::result::Result<Qwen3Encoder, crate::ModelError> {
+    let cfg = gguf_config(path)?;
+    let vb = candle_transformers::quantized_var_builder::VarBuilder::from_gguf(path, device)
+        .map_err(|e| bad(format!("{}: {e}", path.display())))?;
+    Qwen3Encoder::new(
+        &cfg,
+        Qwen3Names::LlamaCpp,
+        taps,
+        &Weights::Quantized { vb, dtype },
+    )
+}
+
+/// llama.cpp's name of a transformers Qwen3 tensor (`model.layers.3.mlp.up_proj.weight` →
+/// `blk.3.ffn_up.weight`); None for tensors a text encoder does not use (`lm_head`).
+pub fn llama_cpp_name(k: &str) -> Option<String> {
+    match k {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        _ => {}
+    }
+    let (i, tail) = k.strip_prefix("model.layers.")?.split_once('.')?;
+    let i: usize = i.parse().ok()?;
+    let (module, param) = tail.rsplit_once('.')?;
+    let part = match module {
+        "self_attn.q_proj" => Part::Q,
+        "self_attn.k_proj" => Part::K,
+        "self_attn.v_proj" => Part::V,
+        "self_attn.o_proj" => Part::O,
+        "self_attn.q_norm" => Part::QNorm,
+        "self_attn.k_norm" => Part::KNorm,
+        "input_layernorm" => Part::AttnNorm,
+        "post_attention_layernorm" => Part::FfnNorm,
+        "mlp.gate_proj" => Part::Gate,
+        "mlp.up_proj" => Part::Up,
+        "mlp.down_proj" => Part::Down,
+        _ => return None,
+    };
+    Some(Qwen3Names::LlamaCpp.layer(i, part, param))
+}
+
+/// Write a transformers Qwen3's `tensors` as a GGUF file llama.cpp and [`load_gguf`] read:
+/// llama.cpp's names, its `qwen3.*` metadata from `cfg`, the linear weights (and the
+/// embedding table) as `q` where their rows fit its blocks, the rest f32. Returns how many
+/// tensors were written and how many of them as `q`.
+pub fn write_gguf(
+    path: &std::path::Path,
+    tensors: &std::collections::HashMap<String, Tensor>,
+    cfg: &Qwen3Config,
+    q: candle_core::quantized::GgmlDType,
+) -> std::result::Result<(usize, usize), crate::ModelError> {
+    use candle_core::quantized::gguf_file::{self, Value};
+    let mut out = Vec::new();
+    for (k, v) in tensors {
+        if let Some(n) = llama_cpp_name(k) {
+            let stored = crate::gguf::quantize(&n, v, q)?;
+            out.push((n, stored));
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    let quantized = out.iter().filter(|(_, t)| t.dtype() == q).count();
+    let u = |x: usize| Value::U32(x as u32);
+    let meta = [
+        ("general.architecture", Value::String("qwen3".into())),
+        ("qwen3.block_count", u(cfg.num_hidden_layers)),
+        ("qwen3.embedding_length", u(cfg.hidden_size)),
+        ("qwen3.feed_forward_length", u(cfg.intermediate_size)),
+        ("qwen3.attention.head_count", u(cfg.num_attention_heads)),
+        ("qwen3.attention.head_count_kv", u(cfg.num_key_value_heads)),
+        ("qwen3.attention.key_length", u(cfg.head_dim)),
+        ("qwen3.attention.value_length", u(cfg.head_dim)),
+        ("qwen3.rope.freq_base", Value::F32(cfg.rope_theta as f32)),
+        (
+            "qwen3.attention.layer_norm_rms_epsilon",
+            Value::F32(cfg.rms_norm_eps as f32),
+        ),
+    ];
+    let meta: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+    let ts: Vec<(&str, &candle_core::quantized::QTensor)> =
+        out.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let io = |e: &dyn std::fmt::Display| bad(format!("{}: {e}", path.display()));
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| io(&e))?);
+    gguf_file::write(&mut f, &meta, &ts).map_err(|e| io(&e))?;
+    std::io::Write::flush(&mut f).map_err(|e| io(&e))?;
+    Ok((out.len(), quantized))
+}

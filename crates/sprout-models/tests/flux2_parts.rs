@@ -172,3 +172,47 @@ fn qwen3_configs_and_taps_outside_the_stack_are_refused_by_name() {
         .to_string();
     assert!(e.contains("1..=6"), "{e}");
 }
+
+/// The fixture's Qwen3 written as llama.cpp writes a GGUF (its names, `qwen3.*` metadata),
+/// in f32 or with Q8_0 linear layers.
+fn qwen3_gguf(path: &std::path::Path, q: candle_core::quantized::GgmlDType) {
+    let cfg = Qwen3Config::from_json(&json(snapshot("text_encoder/config.json"))).unwrap();
+    let dense =
+        candle_core::safetensors::load(snapshot("text_encoder/model.safetensors"), &Device::Cpu)
+            .unwrap();
+    let (n, quantized) = sprout_models::qwen3::write_gguf(path, &dense, &cfg, q).unwrap();
+    assert_eq!(n, dense.len(), "every tensor has a llama.cpp name");
+    // The linear weights whose rows fit Q8_0's blocks of 32 (all but down_proj's 48) and
+    // the embedding table; norms stay f32.
+    if q != candle_core::quantized::GgmlDType::F32 {
+        assert_eq!(quantized, 6 * cfg.num_hidden_layers + 1);
+    }
+}
+
+#[test]
+fn qwen3_from_llama_cpp_gguf_matches_transformers() {
+    use candle_core::quantized::GgmlDType;
+    let (io, _) = common::load("flux2", "qwen3_io.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let ids = io["input_ids"].to_dtype(DType::U32).unwrap();
+    // f32 blocks: the same numbers; Q8_0 linear layers: within Q8's rounding.
+    for (q, tol) in [(GgmlDType::F32, TOL), (GgmlDType::Q8_0, 0.1)] {
+        let path = dir.path().join(format!("qwen3-{q:?}.gguf"));
+        qwen3_gguf(&path, q);
+        let enc =
+            sprout_models::qwen3::load_gguf(&path, &[2, 4, 6], DType::F32, &Device::Cpu).unwrap();
+        let got = enc.forward(&ids, &io["attention_mask"]).unwrap();
+        assert_close(&format!("qwen3 GGUF {q:?}"), &got, &io["embeds"], tol);
+    }
+    // Another architecture is refused by name.
+    let other = dir.path().join("t5.gguf");
+    let v = candle_core::quantized::gguf_file::Value::String("t5".into());
+    let mut f = std::fs::File::create(&other).unwrap();
+    candle_core::quantized::gguf_file::write(&mut f, &[("general.architecture", &v)], &[]).unwrap();
+    drop(f);
+    let e = sprout_models::qwen3::load_gguf(&other, &[2], DType::F32, &Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("qwen3") && e.contains("\"t5\""), "{e}");
+}

@@ -26,6 +26,7 @@ use crate::flux_load::{component_config, mmap, read_json, weights_err};
 use crate::image_io::to_images;
 use crate::noise::noise;
 use crate::PipelineError;
+use sprout_models::flux::inspect::{available_memory, check_memory, safetensors_elements};
 
 /// Qwen3 layers whose states FLUX.2 [klein] reads (transformers' `hidden_states` indices).
 pub const KLEIN_TAPS: [usize; 3] = [9, 18, 27];
@@ -33,6 +34,9 @@ pub const KLEIN_TAPS: [usize; 3] = [9, 18, 27];
 pub const MAX_PROMPT_TOKENS: usize = 512;
 /// Most reference images of one klein edit (Black Forest Labs' documented maximum).
 pub const KLEIN_MAX_REFERENCES: usize = 4;
+/// Working memory of a full-size FLUX.2 [klein] step and decode at about 1024² (f32
+/// activations of 4 096 image and 512 text tokens, the autoencoder's largest maps).
+const ACTIVATIONS: u64 = 3 << 30;
 /// References above this many pixels are scaled down to it (diffusers' 1024²).
 pub const REFERENCE_MAX_AREA: usize = 1024 * 1024;
 
@@ -68,9 +72,22 @@ pub fn flux2_schedule(steps: usize, mu: f64) -> Vec<f64> {
     t
 }
 
+/// The Qwen3 encoder: held, or loaded for each request and dropped before the transformer
+/// runs (chosen at load when the machine cannot hold it beside the transformer).
+pub enum Qwen3Slot {
+    Resident(Qwen3Encoder),
+    OnDemand(Box<dyn Fn() -> Result<Qwen3Encoder, PipelineError> + Send + Sync>),
+}
+
+impl Qwen3Slot {
+    pub fn is_resident(&self) -> bool {
+        matches!(self, Qwen3Slot::Resident(_))
+    }
+}
+
 /// The Qwen3 text side with its tokenizer.
 pub struct Qwen3Text {
-    pub encoder: Qwen3Encoder,
+    pub encoder: Qwen3Slot,
     pub tokenizer: Tokenizer,
     pub pad_id: u32,
     /// Tokens per prompt (512).
@@ -88,11 +105,30 @@ impl Qwen3Text {
 
     /// [`encode`](Self::encode) padded or truncated to `len` tokens.
     pub fn encode_len(&self, prompt: &str, len: usize) -> Result<Tensor, PipelineError> {
-        let (ids, mask) =
-            encode_padded(&self.tokenizer, &qwen_chat_prompt(prompt), len, self.pad_id)?;
-        let ids = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
-        let mask = Tensor::new(mask.as_slice(), &self.device)?.unsqueeze(0)?;
-        Ok(self.encoder.forward(&ids, &mask)?.to_dtype(self.dtype)?)
+        Ok(self.encode_all(&[prompt], len)?.swap_remove(0))
+    }
+
+    /// Several prompts, each (1, len, taps · hidden), through one load of an on-demand
+    /// encoder.
+    pub fn encode_all(&self, prompts: &[&str], len: usize) -> Result<Vec<Tensor>, PipelineError> {
+        let loaded;
+        let encoder = match &self.encoder {
+            Qwen3Slot::Resident(e) => e,
+            Qwen3Slot::OnDemand(load) => {
+                loaded = load()?;
+                &loaded
+            }
+        };
+        prompts
+            .iter()
+            .map(|p| {
+                let (ids, mask) =
+                    encode_padded(&self.tokenizer, &qwen_chat_prompt(p), len, self.pad_id)?;
+                let ids = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
+                let mask = Tensor::new(mask.as_slice(), &self.device)?.unsqueeze(0)?;
+                Ok(encoder.forward(&ids, &mask)?.to_dtype(self.dtype)?)
+            })
+            .collect()
     }
 }
 
@@ -163,7 +199,7 @@ impl Flux2Model {
     /// A FLUX.2 [klein] diffusers snapshot directory (`transformer/`, `vae/`,
     /// `text_encoder/`, `tokenizer/`, `model_index.json`), the DiT in `dtype`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Flux2Model, PipelineError> {
-        Flux2Model::load_with_taps(dir, &KLEIN_TAPS, dtype, device)
+        Flux2Model::load_with(dir, &KLEIN_TAPS, None, dtype, device)
     }
 
     /// [`load`](Self::load) reading the text encoder's states after layers `taps` (diffusers'
@@ -171,6 +207,19 @@ impl Flux2Model {
     pub fn load_with_taps(
         dir: &Path,
         taps: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Flux2Model, PipelineError> {
+        Flux2Model::load_with(dir, taps, None, dtype, device)
+    }
+
+    /// [`load_with_taps`](Self::load_with_taps), with the text encoder from `text_encoder`
+    /// (a llama.cpp GGUF file of Qwen3, as users download them) instead of the snapshot's
+    /// `text_encoder/`.
+    pub fn load_with(
+        dir: &Path,
+        taps: &[usize],
+        text_encoder: Option<&Path>,
         dtype: DType,
         device: &Device,
     ) -> Result<Flux2Model, PipelineError> {
@@ -266,11 +315,51 @@ impl Flux2Model {
             .map_err(|e| weights_err(format!("{}: {e}", vf[0].display())))?;
 
         // The text encoder and its tokenizer.
-        let ef = part("text_encoder")?;
-        let ecfg = component_config(&ef)?.ok_or_else(|| {
-            weights_err(format!("{}: no text_encoder/config.json", dir.display()))
-        })?;
-        let qcfg = Qwen3Config::from_json(&ecfg)?;
+        // The text encoder: the snapshot's, or a GGUF file given in its place.
+        type LoadEncoder = Box<dyn Fn() -> Result<Qwen3Encoder, PipelineError> + Send + Sync>;
+        let (qcfg, text_bytes, load_encoder): (Qwen3Config, u64, LoadEncoder) = match text_encoder {
+            Some(g) => {
+                let cfg = sprout_models::qwen3::gguf_config(g)?;
+                // Its blocks as stored, the embedding table dequantized to f32.
+                let stored = std::fs::metadata(g).map(|m| m.len()).unwrap_or(0);
+                let bytes = stored + 4 * (cfg.vocab_size * cfg.hidden_size) as u64;
+                let (g, taps, device) = (g.to_path_buf(), taps.to_vec(), device.clone());
+                let load = move || -> Result<Qwen3Encoder, PipelineError> {
+                    Ok(sprout_models::qwen3::load_gguf(
+                        &g,
+                        &taps,
+                        DType::F32,
+                        &device,
+                    )?)
+                };
+                (cfg, bytes, Box::new(load))
+            }
+            None => {
+                let ef = part("text_encoder")?;
+                let ecfg = component_config(&ef)?.ok_or_else(|| {
+                    weights_err(format!("{}: no text_encoder/config.json", dir.display()))
+                })?;
+                let cfg = Qwen3Config::from_json(&ecfg)?;
+                let n = safetensors_elements(&ef).map_err(weights_err)?;
+                let bytes = n * if bf16_linear {
+                    2
+                } else {
+                    dtype.size_in_bytes() as u64
+                };
+                let (qcfg, taps, device) = (cfg.clone(), taps.to_vec(), device.clone());
+                let load = move || -> Result<Qwen3Encoder, PipelineError> {
+                    let vb = VarBuilder::from_backend(Box::new(mmap(&ef)?), dtype, device.clone());
+                    let w = if bf16_linear {
+                        Weights::Bf16Linear(vb)
+                    } else {
+                        Weights::Dense(vb)
+                    };
+                    Qwen3Encoder::new(&qcfg, Qwen3Names::Transformers, &taps, &w)
+                        .map_err(|e| weights_err(format!("{}: {e}", ef[0].display())))
+                };
+                (cfg, bytes, Box::new(load))
+            }
+        };
         let width = dcfg.context_in_dim;
         if width != taps.len() * qcfg.hidden_size {
             return Err(weights_err(format!(
@@ -287,14 +376,22 @@ impl Flux2Model {
                 qcfg.num_hidden_layers
             )));
         }
-        let vb = VarBuilder::from_backend(Box::new(mmap(&ef)?), dtype, device.clone());
-        let w = if bf16_linear {
-            Weights::Bf16Linear(vb)
+        // The memory plan: every part resident when they fit; else the text encoder is
+        // loaded for each request and dropped before the transformer runs; else refused
+        // with the estimate. Linear weights stay in bf16 when `bf16_linear`, the rest f32.
+        let n = safetensors_elements(&tf).map_err(weights_err)?;
+        let dit_bytes = n * if bf16_linear {
+            2
         } else {
-            Weights::Dense(vb)
+            dtype.size_in_bytes() as u64
         };
-        let encoder = Qwen3Encoder::new(&qcfg, Qwen3Names::Transformers, taps, &w)
-            .map_err(|e| weights_err(format!("{}: {e}", ef[0].display())))?;
+        let rest = safetensors_elements(&vf).map_err(weights_err)? * 4
+            + if bf16_linear { ACTIVATIONS } else { 0 };
+        let encoder = if text_encoder_resident(dit_bytes, text_bytes, rest, available_memory())? {
+            Qwen3Slot::Resident(load_encoder()?)
+        } else {
+            Qwen3Slot::OnDemand(load_encoder)
+        };
         let tokenizer = qwen_tokenizer(&dir.join("tokenizer"))?;
         let pad = read_json(&dir.join("tokenizer/tokenizer_config.json"))
             .ok()
@@ -464,9 +561,38 @@ impl Flux2Model {
     }
 }
 
+/// The memory plan for `dit`, `text` (encoder) and `rest` bytes: whether the text encoder
+/// stays loaded beside the transformer (true) or is loaded for each request and dropped
+/// before the transformer runs (false); refused, with the estimate, when even the larger of
+/// the two does not fit beside the rest.
+pub fn text_encoder_resident(
+    dit: u64,
+    text: u64,
+    rest: u64,
+    available: Option<u64>,
+) -> Result<bool, PipelineError> {
+    if check_memory("FLUX.2", dit + text + rest, available).is_ok() {
+        return Ok(true);
+    }
+    check_memory("FLUX.2", dit.max(text) + rest, available)?;
+    Ok(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_text_encoder_is_dropped_when_both_do_not_fit_and_refused_when_neither_does() {
+        const GB: u64 = 1_000_000_000;
+        // klein 4B, bf16 linear layers: 7.8 GB + 8.0 GB + 3 GB of the rest.
+        assert!(text_encoder_resident(7_800_000_000, 8 * GB, 3 * GB, Some(24 * GB)).unwrap());
+        assert!(!text_encoder_resident(7_800_000_000, 8 * GB, 3 * GB, Some(16 * GB)).unwrap());
+        assert!(text_encoder_resident(7_800_000_000, 8 * GB, 3 * GB, None).unwrap());
+        // klein 9B on 16 GB: the transformer alone (18 GB) does not fit.
+        let e = text_encoder_resident(18 * GB, 16 * GB, 3 * GB, Some(16 * GB)).unwrap_err();
+        assert!(e.to_string().contains("21.0 GB"), "{e}");
+    }
 
     #[test]
     fn the_schedule_is_diffusers_linspace_shifted() {

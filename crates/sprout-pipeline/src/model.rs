@@ -504,13 +504,13 @@ fn run_flux2(
     } = hooks;
     let (w, h) = (req.width as usize, req.height as usize);
     let len = req.max_sequence_length.unwrap_or(m.text.max_len);
-    let text = m.text.encode_len(&req.prompt, len)?;
-    let negative = if !m.distilled && req.guidance > 1.0 {
-        let n = req.negative_prompt.as_deref().unwrap_or("");
-        Some(m.text.encode_len(n, len)?)
-    } else {
-        None
-    };
+    let mut prompts = vec![req.prompt.as_str()];
+    if !m.distilled && req.guidance > 1.0 {
+        prompts.push(req.negative_prompt.as_deref().unwrap_or(""));
+    }
+    let mut encoded = m.text.encode_all(&prompts, len)?.into_iter();
+    let text = encoded.next().expect("one per prompt");
+    let negative = encoded.next();
     let references = req
         .images
         .iter()
