@@ -262,7 +262,6 @@ def pipeline_fixtures(vae, tok, qwen):
     in [0, 1]: text to image (distilled: 2 steps, no guidance; base: 3 steps, guidance 4 with
     the empty negative prompt), and an edit with two reference images. The pipeline is also
     saved as a snapshot directory (`save_pretrained`, bf16) for the loader and the CLI."""
-    import numpy as np
     from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
     from PIL import Image
 
@@ -304,7 +303,6 @@ def pipeline_fixtures(vae, tok, qwen):
     for root, _, files in os.walk(snap):
         for f in files:
             print(os.path.relpath(os.path.join(root, f), snap), os.path.getsize(os.path.join(root, f)))
-    _ = np
 
 
 if __name__ == "__main__":

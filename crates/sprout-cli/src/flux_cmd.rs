@@ -8,8 +8,8 @@ use sprout_models::dit::embed::patchify;
 
 use crate::generate_cmd::GenerateArgs;
 
-/// Initial latents from a file: one tensor, packed (n, L, 4C) or unpacked (n, C, h, w).
-pub fn read_latents(path: &Path, channels: usize) -> Result<Tensor> {
+/// The one tensor of a `--latents` file, as f32.
+fn one_tensor(path: &Path) -> Result<Tensor> {
     let t = candle_core::safetensors::load(path, &Device::Cpu)
         .with_context(|| format!("--latents {}", path.display()))?;
     if t.len() != 1 {
@@ -19,11 +19,15 @@ pub fn read_latents(path: &Path, channels: usize) -> Result<Tensor> {
             t.len()
         );
     }
-    let x = t
-        .into_values()
+    Ok(t.into_values()
         .next()
         .expect("one tensor")
-        .to_dtype(DType::F32)?;
+        .to_dtype(DType::F32)?)
+}
+
+/// Initial latents from a file: one tensor, packed (n, L, 4C) or unpacked (n, C, h, w).
+pub fn read_latents(path: &Path, channels: usize) -> Result<Tensor> {
+    let x = one_tensor(path)?;
     match x.rank() {
         3 => Ok(x),
         4 if x.dim(1)? == channels => Ok(patchify(&x, 2)?),
@@ -39,18 +43,10 @@ pub fn read_latents(path: &Path, channels: usize) -> Result<Tensor> {
 /// FLUX.2's initial latents from a file: one tensor, as tokens (n, L, C) or as diffusers'
 /// `latents=` argument (n, C, h, w) with C = 128.
 pub fn read_tokens(path: &Path, channels: usize) -> Result<Tensor> {
-    let t = candle_core::safetensors::load(path, &Device::Cpu)
-        .with_context(|| format!("--latents {}", path.display()))?;
-    let Some(x) = t.into_values().next().filter(|_| true) else {
-        bail!("--latents {}: the file holds no tensor", path.display());
-    };
-    let x = x.to_dtype(DType::F32)?;
+    let x = one_tensor(path)?;
     match x.rank() {
         3 => Ok(x),
-        4 if x.dim(1)? == channels => {
-            let (n, c, h, w) = x.dims4()?;
-            Ok(x.reshape((n, c, h * w))?.transpose(1, 2)?.contiguous()?)
-        }
+        4 if x.dim(1)? == channels => Ok(sprout_pipeline::flux2::pack(&x)?),
         _ => bail!(
             "--latents {}: shape {:?} is neither tokens (n, L, {channels}) nor (n, {channels}, h, w)",
             path.display(),

@@ -184,7 +184,7 @@ pub struct Flux2Model {
 }
 
 /// (B, C, h, w) → (B, h·w, C).
-fn pack(z: &Tensor) -> candle_core::Result<Tensor> {
+pub fn pack(z: &Tensor) -> candle_core::Result<Tensor> {
     let (b, c, h, w) = z.dims4()?;
     z.reshape((b, c, h * w))?.transpose(1, 2)?.contiguous()
 }
