@@ -79,6 +79,11 @@ pub struct GenerateArgs {
     /// of the snapshot's text_encoder/.
     #[arg(long)]
     pub text_encoder: Option<PathBuf>,
+    /// FLUX.2: the transformer from this GGUF file (written by `sprout quantize --model
+    /// flux2-klein`, or a conversion with Black Forest Labs' names) instead of the
+    /// snapshot's transformer/.
+    #[arg(long)]
+    pub transformer: Option<PathBuf>,
     /// img2img: start from this image (resized to the canvas, which defaults to the image's
     /// size rounded down to the model's multiple: 32 native, 16 FLUX); with FLUX, --latents
     /// then gives the noise.
@@ -164,10 +169,11 @@ pub fn load(
 ) -> Result<Model> {
     let device = sprout_pipeline::device::parse(device).map_err(cli_error)?;
     if model.starts_with("flux2-") {
+        parts.refuse_for(model)?;
         return load_flux2(model, weights, text, &device);
     }
-    if text.layers.is_some() || text.encoder.is_some() {
-        bail!("--text-layers and --text-encoder apply to the FLUX.2 models (--model flux2-klein)");
+    if text.layers.is_some() || text.encoder.is_some() || text.transformer.is_some() {
+        bail!("--text-layers, --text-encoder and --transformer apply to the FLUX.2 models (--model flux2-klein)");
     }
     if model.starts_with("flux-") {
         let variant = Variant::parse(model)?;
@@ -196,11 +202,12 @@ pub fn load(
     Ok(Model::Native(Box::new(load_model_on(model, &device)?)))
 }
 
-/// FLUX.2's text-encoder flags: `--text-layers`, `--text-encoder`.
+/// FLUX.2's flags: `--text-layers`, `--text-encoder`, `--transformer`.
 #[derive(Clone, Copy, Default)]
 pub struct Flux2Text<'a> {
     pub layers: Option<&'a [usize]>,
     pub encoder: Option<&'a Path>,
+    pub transformer: Option<&'a Path>,
 }
 
 /// FLUX.2 [klein] from a diffusers snapshot folder (`--weights`).
@@ -226,25 +233,26 @@ fn load_flux2(
             weights.display()
         );
     }
-    if let Some(g) = text.encoder {
-        if !g
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-        {
-            bail!(
-                "--text-encoder {}: expected a GGUF file (llama.cpp's Qwen3); a safetensors text encoder is the snapshot's text_encoder/",
-                g.display()
-            );
-        }
-        if !g.is_file() {
-            bail!("--text-encoder {}: no such file", g.display());
-        }
-    }
+    gguf_part(
+        "--text-encoder",
+        text.encoder,
+        "llama.cpp's Qwen3",
+        "text_encoder/",
+    )?;
+    gguf_part(
+        "--transformer",
+        text.transformer,
+        "`sprout quantize --model flux2-klein` writes one",
+        "transformer/",
+    )?;
     let taps = text.layers.unwrap_or(&sprout_pipeline::flux2::KLEIN_TAPS);
     let m = sprout_pipeline::flux2::Flux2Model::load_with(
         weights,
         taps,
-        text.encoder,
+        sprout_pipeline::flux2::Flux2Files {
+            transformer: text.transformer,
+            text_encoder: text.encoder,
+        },
         candle_core::DType::F32,
         device,
     )
@@ -255,6 +263,25 @@ fn load_flux2(
         );
     }
     Ok(Model::Flux2(Box::new(m)))
+}
+
+/// A FLUX.2 part given apart from the snapshot (`flag`): a GGUF file that exists, or a
+/// refusal naming the flag (a safetensors part is the snapshot's `folder`).
+fn gguf_part(flag: &str, path: Option<&Path>, what: &str, folder: &str) -> Result<()> {
+    let Some(g) = path else { return Ok(()) };
+    if !g
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
+        bail!(
+            "{flag} {}: expected a GGUF file ({what}); a safetensors one is the snapshot's {folder}",
+            g.display()
+        );
+    }
+    if !g.is_file() {
+        bail!("{flag} {}: no such file", g.display());
+    }
+    Ok(())
 }
 
 /// A refusal of the pipeline's one check, in the command line's terms: the field becomes
@@ -476,6 +503,7 @@ pub fn run_with(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
         Flux2Text {
             layers: a.text_layers.as_deref(),
             encoder: a.text_encoder.as_deref(),
+            transformer: a.transformer.as_deref(),
         },
         &a.device,
     )?;

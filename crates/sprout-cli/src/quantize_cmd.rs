@@ -1,6 +1,6 @@
-//! `sprout quantize --model flux-dev|flux-schnell|flux-kontext|t5|qwen3 --weights PATH --type
-//! q8_0 [--lora FILE[:S] …] -o OUT.gguf`: FLUX.1 weights (or a T5 or Qwen3 text encoder) as a
-//! GGUF file.
+//! `sprout quantize --model flux-dev|flux-schnell|flux-kontext|flux2-klein|t5|qwen3 --weights
+//! PATH --type q8_0 [--lora FILE[:S] …] -o OUT.gguf`: a FLUX.1 or FLUX.2 transformer (or a T5
+//! or Qwen3 text encoder) as a GGUF file.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -8,14 +8,17 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use sprout_models::flux::components::Components;
 use sprout_models::flux::files::Variant;
-use sprout_pipeline::flux_quantize::{quantize_qwen3, quantize_t5, quantize_transformer};
+use sprout_pipeline::flux_quantize::{
+    quantize_flux2_transformer, quantize_qwen3, quantize_t5, quantize_transformer,
+};
 
 use crate::progress::bar;
 
 #[derive(clap::Args)]
 pub struct QuantizeArgs {
-    /// flux-schnell | flux-dev | flux-kontext (the transformer of --weights), t5 (the T5
-    /// encoder at --weights), or qwen3 (FLUX.2 [klein]'s text encoder at --weights, e.g. a
+    /// flux-schnell | flux-dev | flux-kontext (the transformer of --weights), flux2-klein (the
+    /// transformer of a FLUX.2 [klein] snapshot, for --transformer), t5 (the T5 encoder at
+    /// --weights), or qwen3 (FLUX.2 [klein]'s text encoder at --weights, e.g. a
     /// snapshot's text_encoder/, written with llama.cpp's names for --text-encoder).
     #[arg(long)]
     pub model: String,
@@ -49,6 +52,17 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             bail!("--lora applies to the FLUX transformer, not to --model qwen3");
         }
         quantize_qwen3(&a.weights, q, &partial)
+    } else if a.model == "flux2-klein" {
+        if !a.loras.is_empty() {
+            bail!("--lora applies to the FLUX.1 transformer, not to --model flux2-klein");
+        }
+        let pb = bar(0, "tensors");
+        let r = quantize_flux2_transformer(&a.weights, q, &partial, |done, total| {
+            pb.set_length(total as u64);
+            pb.set_position(done as u64);
+        });
+        pb.finish_and_clear();
+        r
     } else if a.model == "t5" {
         if !a.loras.is_empty() {
             bail!("--lora applies to the FLUX transformer, not to --model t5");

@@ -25,6 +25,10 @@ pub struct ServedModelArgs {
     /// snapshot's text_encoder/.
     #[arg(long)]
     pub text_encoder: Option<std::path::PathBuf>,
+    /// FLUX.2: the transformer from this GGUF file (`sprout quantize --model flux2-klein`)
+    /// instead of the snapshot's transformer/.
+    #[arg(long)]
+    pub transformer: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub parts: crate::flux_parts::FluxPartsArgs,
     /// Where the model computes: cpu, cuda or cuda:N (CUDA needs a build with `--features
@@ -46,6 +50,7 @@ impl ServedModelArgs {
             crate::generate_cmd::Flux2Text {
                 layers: self.text_layers.as_deref(),
                 encoder: self.text_encoder.as_deref(),
+                transformer: self.transformer.as_deref(),
             },
             &self.device,
         )?;

@@ -1,22 +1,14 @@
 //! The `sprout` binary end to end: outputs, the last-line JSON, and clear errors on bad input.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn sprout(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sprout"))
-        .args(args)
-        .output()
-        .expect("runs")
-}
+mod common;
+use common::{sprout, stderr};
 
 fn last_json(o: &Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&o.stdout);
     let last = stdout.lines().last().expect("some output");
     serde_json::from_str(last).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {last}"))
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

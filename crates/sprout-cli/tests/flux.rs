@@ -3,9 +3,12 @@
 //! latents, and bad requests get clear errors.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use candle_core::{Device, Tensor};
+
+mod common;
+use common::{pixel_diffs, save_one, sprout, stderr};
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -25,49 +28,6 @@ fn bfl_folder(root: &Path) {
     snapshot(root);
     std::fs::remove_dir_all(root.join("transformer")).unwrap();
     std::fs::remove_file(root.join("model_index.json")).unwrap();
-}
-
-fn sprout(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sprout"))
-        .args(args)
-        .output()
-        .expect("runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// Write one tensor as a safetensors file (latents or noise for `--latents`).
-fn save_one(path: &Path, t: &Tensor) {
-    candle_core::safetensors::save(
-        &[("latents".to_string(), t.clone())].into_iter().collect(),
-        path,
-    )
-    .unwrap();
-}
-
-/// Absolute differences, in 8-bit levels, between a written PNG and a reference image
-/// (1, 3, H, W) in [0, 1] rounded to 8 bits.
-fn pixel_diffs(png: &Path, reference: &Tensor) -> Vec<f32> {
-    let got = image::open(png).unwrap().to_rgb8();
-    let (_, _, h, w) = reference.dims4().unwrap();
-    assert_eq!(got.dimensions(), (w as u32, h as u32));
-    let want: Vec<f32> = (reference * 255.0)
-        .unwrap()
-        .round()
-        .unwrap()
-        .permute((0, 2, 3, 1))
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    got.as_raw()
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (*a as f32 - b).abs())
-        .collect()
 }
 
 /// `sprout generate "a photo of a red circle" --model flux-dev` with the fixtures' guidance

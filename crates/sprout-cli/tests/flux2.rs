@@ -2,10 +2,14 @@
 //! of the parity fixtures: the images equal diffusers' Flux2KleinPipeline output from the
 //! same latents within one 8-bit level, and bad requests get clear errors.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use candle_core::{Device, Tensor};
+
+mod common;
+use common::{pixel_diffs, save_one, sprout, stderr};
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../sprout-models/tests/fixtures/flux2")
@@ -15,46 +19,10 @@ fn snapshot() -> String {
     fixtures().join("snapshot").to_str().unwrap().to_string()
 }
 
-fn sprout(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sprout"))
-        .args(args)
-        .output()
-        .expect("runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn save_one(path: &Path, t: &Tensor) {
-    candle_core::safetensors::save(
-        &[("latents".to_string(), t.clone())].into_iter().collect(),
-        path,
-    )
-    .unwrap();
-}
-
 /// The largest difference in 8-bit levels between a written PNG and a reference image
 /// (1, 3, H, W) in [0, 1].
 fn worst_level(png: &Path, reference: &Tensor) -> f32 {
-    let got = image::open(png).unwrap().to_rgb8();
-    let (_, _, h, w) = reference.dims4().unwrap();
-    assert_eq!(got.dimensions(), (w as u32, h as u32));
-    let want: Vec<f32> = (reference * 255.0)
-        .unwrap()
-        .round()
-        .unwrap()
-        .permute((0, 2, 3, 1))
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    got.as_raw()
-        .iter()
-        .zip(&want)
-        .map(|(a, b)| (*a as f32 - b).abs())
-        .fold(0.0, f32::max)
+    pixel_diffs(png, reference).into_iter().fold(0.0, f32::max)
 }
 
 /// A reference image of the fixtures (H, W, 3) as a PNG.
@@ -84,17 +52,14 @@ const TINY: [&str; 6] = [
     "48x32",
 ];
 
-#[test]
-fn generate_and_a_two_reference_edit_match_the_reference_images() {
-    let dir = tempfile::tempdir().unwrap();
-    let io =
-        candle_core::safetensors::load(fixtures().join("pipeline_io.safetensors"), &Device::Cpu)
-            .unwrap();
-    let snap = snapshot();
-    // Text to image, 2 steps, distilled (no guidance).
-    let latents = dir.path().join("latents.safetensors");
+/// `sprout generate` of the fixtures' distilled text-to-image case (2 steps from their
+/// latents) with `extra` arguments, written to `dir/NAME.png`; the worst difference from
+/// diffusers' image in 8-bit levels.
+fn distilled_t2i(dir: &Path, io: &HashMap<String, Tensor>, extra: &[&str], name: &str) -> f32 {
+    let latents = dir.join("latents.safetensors");
     save_one(&latents, &io["distilled_latents"]);
-    let out = dir.path().join("t2i.png");
+    let out = dir.join(format!("{name}.png"));
+    let snap = snapshot();
     let mut args = vec![
         "generate",
         "a photo of a red circle",
@@ -110,11 +75,24 @@ fn generate_and_a_two_reference_edit_match_the_reference_images() {
         out.to_str().unwrap(),
     ];
     args.extend(TINY);
+    args.extend(extra);
     let r = sprout(&args);
     assert!(r.status.success(), "{}", stderr(&r));
-    let d = worst_level(&out, &io["distilled_image"]);
+    worst_level(&out, &io["distilled_image"])
+}
+
+#[test]
+fn generate_and_a_two_reference_edit_match_the_reference_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let io =
+        candle_core::safetensors::load(fixtures().join("pipeline_io.safetensors"), &Device::Cpu)
+            .unwrap();
+    let snap = snapshot();
+    // Text to image, 2 steps, distilled (no guidance).
+    let d = distilled_t2i(dir.path(), &io, &[], "t2i");
     eprintln!("text to image: worst {d} levels");
     assert!(d <= 1.0, "text to image differs by {d} levels");
+    let latents = dir.path().join("latents.safetensors");
 
     // An edit with the two references of the fixture.
     let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
@@ -261,73 +239,82 @@ fn bad_flux2_requests_are_refused_naming_what_is_wrong() {
 }
 
 #[test]
-fn a_gguf_text_encoder_written_by_quantize_replaces_the_snapshots() {
+fn gguf_parts_written_by_quantize_replace_the_snapshots() {
     let dir = tempfile::tempdir().unwrap();
     let io =
         candle_core::safetensors::load(fixtures().join("pipeline_io.safetensors"), &Device::Cpu)
             .unwrap();
     let snap = snapshot();
     let te = fixtures().join("snapshot/text_encoder");
-    // f16 holds the fixture's bf16-representable weights exactly; q8_0 rounds them.
-    for (kind, bound) in [("f16", 1.0), ("q8_0", 4.0)] {
-        let gguf = dir.path().join(format!("qwen3-{kind}.gguf"));
-        let g = gguf.to_str().unwrap();
+    // The text encoder (`--model qwen3`, given as --text-encoder) and the transformer
+    // (`--model flux2-klein` of the snapshot, given as --transformer), f16 and q8_0; worst
+    // levels measured: text encoder 0 / 1, transformer 1 / 4 (q8_0 rounds the weights and
+    // runs attention in bf16, as FLUX.1's Q8_0 file, which is within 3 levels of its image).
+    let parts = [
+        ("qwen3", te.to_str().unwrap(), "--text-encoder", [1.0, 4.0]),
+        ("flux2-klein", snap.as_str(), "--transformer", [2.0, 12.0]),
+    ];
+    for (model, weights, flag, bounds) in parts {
+        for (kind, bound) in ["f16", "q8_0"].into_iter().zip(bounds) {
+            let gguf = dir.path().join(format!("{model}-{kind}.gguf"));
+            let g = gguf.to_str().unwrap();
+            let r = sprout(&[
+                "quantize",
+                "--model",
+                model,
+                "--weights",
+                weights,
+                "--type",
+                kind,
+                "-o",
+                g,
+            ]);
+            assert!(r.status.success(), "{}", stderr(&r));
+            let d = distilled_t2i(dir.path(), &io, &[flag, g], &format!("{model}-{kind}"));
+            eprintln!("{flag} from a {kind} GGUF: worst {d} levels");
+            assert!(d <= bound, "{flag} {kind}: {d} levels");
+        }
+    }
+    // Parts that are not GGUF files (the snapshot's own safetensors), and a FLUX.2 part
+    // given to a model that is not FLUX.2: refused, naming the flag.
+    let o = dir.path().join("x.png");
+    let refused = |model: &str, flag: &str, part: &Path, needle: &str| {
         let r = sprout(&[
-            "quantize",
-            "--model",
-            "qwen3",
-            "--weights",
-            te.to_str().unwrap(),
-            "--type",
-            kind,
-            "-o",
-            g,
-        ]);
-        assert!(r.status.success(), "{}", stderr(&r));
-        let latents = dir.path().join("latents.safetensors");
-        save_one(&latents, &io["distilled_latents"]);
-        let out = dir.path().join(format!("{kind}.png"));
-        let mut args = vec![
             "generate",
-            "a photo of a red circle",
+            "x",
             "--model",
-            "flux2-klein",
+            model,
             "--weights",
             &snap,
-            "--text-encoder",
-            g,
-            "--latents",
-            latents.to_str().unwrap(),
-            "--steps",
-            "2",
+            flag,
+            part.to_str().unwrap(),
             "-o",
-            out.to_str().unwrap(),
-        ];
-        args.extend(TINY);
-        let r = sprout(&args);
-        assert!(r.status.success(), "{}", stderr(&r));
-        let d = worst_level(&out, &io["distilled_image"]);
-        eprintln!("text encoder from a {kind} GGUF: worst {d} levels");
-        assert!(d <= bound, "{kind}: {d} levels");
-    }
-    // Not a GGUF file, and a GGUF of another model.
-    let o = dir.path().join("x.png");
-    let not = te.join("model.safetensors");
-    let r = sprout(&[
-        "generate",
-        "x",
-        "--model",
+            o.to_str().unwrap(),
+        ]);
+        let e = stderr(&r);
+        assert!(
+            !r.status.success() && e.contains(flag) && e.contains(needle),
+            "{e}"
+        );
+    };
+    let not_gguf = "expected a GGUF";
+    refused(
         "flux2-klein",
-        "--weights",
-        &snap,
         "--text-encoder",
-        not.to_str().unwrap(),
-        "-o",
-        o.to_str().unwrap(),
-    ]);
-    assert!(
-        !r.status.success() && stderr(&r).contains("expected a GGUF"),
-        "{}",
-        stderr(&r)
+        &te.join("model.safetensors"),
+        not_gguf,
+    );
+    refused(
+        "flux2-klein",
+        "--transformer",
+        &fixtures().join("snapshot/transformer"),
+        not_gguf,
+    );
+    let gguf = dir.path().join("flux2-klein-q8_0.gguf");
+    refused(
+        "flux-dev",
+        "--transformer",
+        &gguf,
+        "apply to the FLUX.2 models",
     );
 }

@@ -4,24 +4,15 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use std::process::{Command, Output};
 
-fn sprout(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sprout"))
-        .args(args)
-        .output()
-        .expect("runs")
-}
+mod common;
+use common::{sprout, stderr};
 
 fn write_tiny_bundle(dir: &Path) {
     sprout_pipeline::testing::tiny_bundle(&["a", "red", "circle"], 1)
         .unwrap()
         .write_dir(dir)
         .unwrap();
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 #[test]

@@ -45,6 +45,7 @@ fn main() {
                             size,
                             center: [0.4 + 0.05 * b as f32, 0.55],
                             rotation: 0.0,
+                            scale: 1.0,
                         }],
                     };
                     let mut img = Renderer::new().render(&scene).unwrap();

@@ -45,6 +45,7 @@ impl<R: Rng> Builder<R> {
                 size,
                 center: [0.5, 0.5],
                 rotation: 0.0,
+                scale: 1.0,
             };
             let half = object_half_extent(&self.scene, &o);
             let (w, h) = (self.scene.width, self.scene.height);
@@ -57,6 +58,7 @@ impl<R: Rng> Builder<R> {
                 Overlap::Forbid,
                 zone.0,
                 zone.1,
+                0,
             ) {
                 o.center = c;
                 self.boxes.push(PlacedBox {

@@ -14,7 +14,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::Result;
 use candle_nn::VarBuilder;
 use sprout_models::dit::{Dit, DitConfig};
 use sprout_models::flux::vae2::{Flux2Vae, Flux2VaeConfig};
@@ -25,35 +25,13 @@ fn record(build: impl FnOnce(VarBuilder) -> Result<()>) -> Vec<(String, Vec<usiz
     sprout_models::recorder::record(build).expect("model builds over the recorder")
 }
 
-/// Random values of a parameter: unit norm scales and variances, zero biases and means,
-/// N(0, 0.02²) elsewhere.
-fn random(name: &str, dims: &[usize]) -> Result<Tensor> {
-    let dev = Device::Cpu;
-    let last = name.rsplit('.').next().unwrap_or(name);
-    if (dims.len() == 1 && (last == "scale" || last == "weight")) || last == "running_var" {
-        Tensor::ones(dims, DType::F32, &dev)
-    } else if last == "bias" || last == "running_mean" {
-        Tensor::zeros(dims, DType::F32, &dev)
-    } else {
-        Tensor::randn(0f32, 0.02, dims, &dev)
-    }
-}
-
+/// The recorded parameters written with random values in bf16 (see
+/// `sprout_models::recorder::random_param`).
 fn save_bf16(params: &[(String, Vec<usize>)], path: &Path) -> anyhow::Result<()> {
-    let mut map = std::collections::HashMap::new();
-    for (name, dims) in params {
-        map.insert(name.clone(), random(name, dims)?.to_dtype(DType::BF16)?);
-    }
-    std::fs::create_dir_all(path.parent().expect("parent"))?;
-    candle_core::safetensors::save(&map, path)?;
-    let n: usize = params
-        .iter()
-        .map(|(_, d)| d.iter().product::<usize>())
-        .sum();
+    let n = sprout_models::recorder::save_random_bf16(params, path)?;
     eprintln!(
-        "wrote {} ({} tensors, {:.2} B parameters)",
+        "wrote {} ({:.2} B parameters)",
         path.display(),
-        map.len(),
         n as f64 / 1e9
     );
     Ok(())

@@ -16,7 +16,7 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::Result;
 use candle_nn::VarBuilder;
 use sprout_models::dit::{Dit, DitConfig};
 use sprout_models::flux::configs::clip_config;
@@ -26,27 +26,15 @@ fn record(build: impl FnOnce(VarBuilder) -> Result<()>) -> Vec<(String, Vec<usiz
     sprout_models::recorder::record(build).expect("model builds over the recorder")
 }
 
-/// Random values of a parameter: unit norm scales, zero biases, N(0, 0.02²) elsewhere.
-fn random(name: &str, dims: &[usize]) -> Result<Tensor> {
-    let dev = Device::Cpu;
-    let last = name.rsplit('.').next().unwrap_or(name);
-    if dims.len() == 1 && (last == "scale" || last == "weight") {
-        Tensor::ones(dims, DType::F32, &dev)
-    } else if last == "bias" {
-        Tensor::zeros(dims, DType::F32, &dev)
-    } else {
-        Tensor::randn(0f32, 0.02, dims, &dev)
-    }
-}
-
+/// The recorded parameters written with random values in bf16 (see
+/// `sprout_models::recorder::random_param`).
 fn save_bf16(params: &[(String, Vec<usize>)], path: &Path) -> anyhow::Result<()> {
-    let mut map = std::collections::HashMap::new();
-    for (name, dims) in params {
-        map.insert(name.clone(), random(name, dims)?.to_dtype(DType::BF16)?);
-    }
-    std::fs::create_dir_all(path.parent().expect("parent"))?;
-    candle_core::safetensors::save(&map, path)?;
-    eprintln!("wrote {} ({} tensors)", path.display(), map.len());
+    let n = sprout_models::recorder::save_random_bf16(params, path)?;
+    eprintln!(
+        "wrote {} ({:.2} B parameters)",
+        path.display(),
+        n as f64 / 1e9
+    );
     Ok(())
 }
 
@@ -95,7 +83,11 @@ fn main() -> anyhow::Result<()> {
         for (i, (name, dims)) in params.iter().enumerate() {
             tensors.push((
                 name.clone(),
-                sprout_models::gguf::quantize(name, &random(name, dims)?, q)?,
+                sprout_models::gguf::quantize(
+                    name,
+                    &sprout_models::recorder::random_param(name, dims)?,
+                    q,
+                )?,
             ));
             if i % 100 == 0 {
                 eprintln!("  quantized {i}/{}", params.len());

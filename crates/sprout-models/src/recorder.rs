@@ -48,3 +48,38 @@ pub fn record(build: impl FnOnce(VarBuilder) -> Result<()>) -> Result<Vec<Param>
     v.dedup();
     Ok(v)
 }
+
+/// A random value for parameter `name` of shape `dims`, for full-size test files of real
+/// shapes: ones for 1-D norm scales (`scale`, `weight`) and running variances, zeros for
+/// biases and running means, N(0, 0.02²) elsewhere.
+pub fn random_param(name: &str, dims: &[usize]) -> Result<Tensor> {
+    let dev = Device::Cpu;
+    let last = name.rsplit('.').next().unwrap_or(name);
+    if (dims.len() == 1 && (last == "scale" || last == "weight")) || last == "running_var" {
+        Tensor::ones(dims, DType::F32, &dev)
+    } else if last == "bias" || last == "running_mean" {
+        Tensor::zeros(dims, DType::F32, &dev)
+    } else {
+        Tensor::randn(0f32, 0.02, dims, &dev)
+    }
+}
+
+/// Write `params` with [`random_param`] values as one bf16 safetensors file at `path`
+/// (its folder created), returning the parameter count.
+pub fn save_random_bf16(params: &[Param], path: &std::path::Path) -> Result<usize> {
+    let mut map = std::collections::HashMap::new();
+    for (name, dims) in params {
+        map.insert(
+            name.clone(),
+            random_param(name, dims)?.to_dtype(DType::BF16)?,
+        );
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    candle_core::safetensors::save(&map, path)?;
+    Ok(params
+        .iter()
+        .map(|(_, d)| d.iter().product::<usize>())
+        .sum())
+}

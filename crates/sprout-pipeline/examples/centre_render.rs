@@ -115,6 +115,7 @@ fn read_scene(map: &[f32], rows: usize, cols: usize, width: u32, height: u32) ->
             size,
             center: [x.clamp(0.0, 1.0), y.clamp(0.0, 1.0)],
             rotation,
+            scale: 1.0,
         });
     }
     Scene {

@@ -22,11 +22,16 @@ use tokenizers::Tokenizer;
 
 use crate::denoise::{denoise, Hooks};
 use crate::flow::{time_shift, Sampler};
-use crate::flux_load::{component_config, mmap, read_json, weights_err};
+use crate::flux_load::{component_config, gguf_loaded_bytes, mmap, read_json, weights_err};
 use crate::image_io::to_images;
 use crate::noise::noise;
 use crate::PipelineError;
-use sprout_models::flux::inspect::{available_memory, check_memory, safetensors_elements};
+use candle_transformers::quantized_var_builder::VarBuilder as QVarBuilder;
+use sprout_models::dit::DitConfig;
+use sprout_models::flux::inspect::{
+    available_memory, check_memory, gguf_header, gguf_metadata_string, safetensors_elements,
+    GGUF_CONFIG_KEY,
+};
 
 /// Qwen3 layers whose states FLUX.2 [klein] reads (transformers' `hidden_states` indices).
 pub const KLEIN_TAPS: [usize; 3] = [9, 18, 27];
@@ -199,7 +204,7 @@ impl Flux2Model {
     /// A FLUX.2 [klein] diffusers snapshot directory (`transformer/`, `vae/`,
     /// `text_encoder/`, `tokenizer/`, `model_index.json`), the DiT in `dtype`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Flux2Model, PipelineError> {
-        Flux2Model::load_with(dir, &KLEIN_TAPS, None, dtype, device)
+        Flux2Model::load_with(dir, &KLEIN_TAPS, Flux2Files::default(), dtype, device)
     }
 
     /// [`load`](Self::load) reading the text encoder's states after layers `taps` (diffusers'
@@ -210,19 +215,19 @@ impl Flux2Model {
         dtype: DType,
         device: &Device,
     ) -> Result<Flux2Model, PipelineError> {
-        Flux2Model::load_with(dir, taps, None, dtype, device)
+        Flux2Model::load_with(dir, taps, Flux2Files::default(), dtype, device)
     }
 
-    /// [`load_with_taps`](Self::load_with_taps), with the text encoder from `text_encoder`
-    /// (a llama.cpp GGUF file of Qwen3, as users download them) instead of the snapshot's
-    /// `text_encoder/`.
+    /// [`load_with_taps`](Self::load_with_taps), with the parts `files` names in place of
+    /// the snapshot's (GGUF files, as users download them).
     pub fn load_with(
         dir: &Path,
         taps: &[usize],
-        text_encoder: Option<&Path>,
+        files: Flux2Files<'_>,
         dtype: DType,
         device: &Device,
     ) -> Result<Flux2Model, PipelineError> {
+        let text_encoder = files.text_encoder;
         let part = |name: &str| -> Result<Vec<std::path::PathBuf>, PipelineError> {
             component_files(&dir.join(name))?.ok_or_else(|| {
                 weights_err(format!(
@@ -253,38 +258,79 @@ impl Flux2Model {
             )));
         };
 
-        // The transformer.
-        let tf = part("transformer")?;
-        let tcfg = component_config(&tf)?
-            .ok_or_else(|| weights_err(format!("{}: no transformer/config.json", dir.display())))?;
-        let tcfg: DiffusersFlux2Config = serde_json::from_value(tcfg)
-            .map_err(|e| weights_err(format!("transformer/config.json: {e}")))?;
-        let dcfg = tcfg.to_dit()?;
-        // Small models (the test snapshots) compute in f32 throughout; full-size ones on the
-        // CPU keep their bf16 weights for the linear layers (f32 around them, as FLUX.1's).
-        let stored: u64 = tf
-            .iter()
-            .filter_map(|p| std::fs::metadata(p).ok().map(|m| m.len()))
-            .sum();
-        let bf16_linear = device.is_cpu() && dtype == DType::F32 && stored >= 1 << 30;
-        let st = mmap(&tf)?;
-        let names: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
-        let vb = if is_diffusers_transformer(names.iter().map(|s| s.as_str())) {
-            VarBuilder::from_backend(
-                Box::new(Renamed::flux2_transformer(st)),
-                dtype,
-                device.clone(),
-            )
-        } else {
-            VarBuilder::from_backend(Box::new(st), dtype, device.clone())
+        // The transformer: the snapshot's, or a GGUF file given in its place.
+        let (dit, dcfg, dit_bytes, bf16_linear) = match files.transformer {
+            Some(g) => {
+                let dcfg = flux2_gguf_config(g)?;
+                let stored = std::fs::metadata(g).map(|m| m.len()).unwrap_or(0);
+                let in_file =
+                    |e: &dyn std::fmt::Display| weights_err(format!("{}: {e}", g.display()));
+                let vb = QVarBuilder::from_gguf(g, device).map_err(|e| in_file(&e))?;
+                // Block-quantized weights (under 16 bits a value) run their many-row products
+                // in bf16 where the CPU has bf16 products, and so does attention, as FLUX.1's
+                // GGUF models; f16 files keep f32 attention.
+                let infos = gguf_header(g).map_err(weights_err)?;
+                let values: u64 = infos
+                    .iter()
+                    .map(|t| t.shape.iter().product::<usize>() as u64)
+                    .sum();
+                let blocks = infos.iter().map(|t| t.bytes).sum::<u64>() < 2 * values;
+                let dit = Dit::new(&dcfg, Weights::Quantized { vb, dtype })
+                    .map(|d| {
+                        if device.is_cpu() && blocks {
+                            d.with_attention(sprout_models::flash::Precision::Bf16)
+                        } else {
+                            d
+                        }
+                    })
+                    .map_err(|e| in_file(&e))?;
+                let bytes = gguf_loaded_bytes(g, dtype.size_in_bytes())?;
+                let full_size = device.is_cpu() && dtype == DType::F32 && stored >= 1 << 30;
+                (dit, dcfg, bytes, full_size)
+            }
+            None => {
+                let tf = part("transformer")?;
+                let tcfg = component_config(&tf)?.ok_or_else(|| {
+                    weights_err(format!("{}: no transformer/config.json", dir.display()))
+                })?;
+                let tcfg: DiffusersFlux2Config = serde_json::from_value(tcfg)
+                    .map_err(|e| weights_err(format!("transformer/config.json: {e}")))?;
+                let dcfg = tcfg.to_dit()?;
+                // Small models (the test snapshots) compute in f32 throughout; full-size ones
+                // on the CPU keep their bf16 weights for the linear layers (f32 around them,
+                // as FLUX.1's).
+                let stored: u64 = tf
+                    .iter()
+                    .filter_map(|p| std::fs::metadata(p).ok().map(|m| m.len()))
+                    .sum();
+                let bf16_linear = device.is_cpu() && dtype == DType::F32 && stored >= 1 << 30;
+                let st = mmap(&tf)?;
+                let names: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
+                let vb = if is_diffusers_transformer(names.iter().map(|s| s.as_str())) {
+                    VarBuilder::from_backend(
+                        Box::new(Renamed::flux2_transformer(st)),
+                        dtype,
+                        device.clone(),
+                    )
+                } else {
+                    VarBuilder::from_backend(Box::new(st), dtype, device.clone())
+                };
+                let dit = if bf16_linear {
+                    Dit::new(&dcfg, Weights::Bf16Linear(vb))
+                        .map(|d| d.with_attention(sprout_models::flash::Precision::Bf16))
+                } else {
+                    Dit::new(&dcfg, vb)
+                }
+                .map_err(|e| weights_err(format!("{}: {e}", tf[0].display())))?;
+                let n = safetensors_elements(&tf).map_err(weights_err)?;
+                let bytes = n * if bf16_linear {
+                    2
+                } else {
+                    dtype.size_in_bytes() as u64
+                };
+                (dit, dcfg, bytes, bf16_linear)
+            }
         };
-        let dit = if bf16_linear {
-            Dit::new(&dcfg, Weights::Bf16Linear(vb))
-                .map(|d| d.with_attention(sprout_models::flash::Precision::Bf16))
-        } else {
-            Dit::new(&dcfg, vb)
-        }
-        .map_err(|e| weights_err(format!("{}: {e}", tf[0].display())))?;
 
         // The autoencoder (f32: it is small next to the rest).
         let parts_dtype = DType::F32;
@@ -314,7 +360,6 @@ impl Flux2Model {
         let vae = Flux2Vae::new(&vcfg, vb)
             .map_err(|e| weights_err(format!("{}: {e}", vf[0].display())))?;
 
-        // The text encoder and its tokenizer.
         // The text encoder: the snapshot's, or a GGUF file given in its place.
         type LoadEncoder = Box<dyn Fn() -> Result<Qwen3Encoder, PipelineError> + Send + Sync>;
         let (qcfg, text_bytes, load_encoder): (Qwen3Config, u64, LoadEncoder) = match text_encoder {
@@ -379,12 +424,6 @@ impl Flux2Model {
         // The memory plan: every part resident when they fit; else the text encoder is
         // loaded for each request and dropped before the transformer runs; else refused
         // with the estimate. Linear weights stay in bf16 when `bf16_linear`, the rest f32.
-        let n = safetensors_elements(&tf).map_err(weights_err)?;
-        let dit_bytes = n * if bf16_linear {
-            2
-        } else {
-            dtype.size_in_bytes() as u64
-        };
         let rest = safetensors_elements(&vf).map_err(weights_err)? * 4
             + if bf16_linear { ACTIVATIONS } else { 0 };
         let encoder = if text_encoder_resident(dit_bytes, text_bytes, rest, available_memory())? {
@@ -561,6 +600,90 @@ impl Flux2Model {
     }
 }
 
+/// Parts of a FLUX.2 model given apart from its snapshot folder.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Flux2Files<'a> {
+    /// The transformer as a GGUF file (written by `sprout quantize --model flux2-klein`, or a
+    /// community conversion with Black Forest Labs' tensor names) instead of `transformer/`.
+    pub transformer: Option<&'a Path>,
+    /// The text encoder as a llama.cpp GGUF file of Qwen3 instead of `text_encoder/`.
+    pub text_encoder: Option<&'a Path>,
+}
+
+/// The DiT config of a FLUX.2 transformer GGUF file: the one Sprout stores in its metadata
+/// when it wrote the file, else read from the tensors' shapes
+/// ([`flux2_config_from_tensors`]). A FLUX.1 file is refused by name.
+pub fn flux2_gguf_config(path: &Path) -> Result<DitConfig, PipelineError> {
+    let bad = |e: String| weights_err(format!("{}: {e}", path.display()));
+    let cfg = match gguf_metadata_string(path, GGUF_CONFIG_KEY)? {
+        Some(json) => serde_json::from_str::<DitConfig>(&json)
+            .map_err(|e| bad(format!("metadata {GGUF_CONFIG_KEY}: {e}")))?,
+        None => flux2_config_from_tensors(&gguf_header(path)?).map_err(bad)?,
+    };
+    if !cfg.shared_modulation || cfg.vec_in_dim != 0 {
+        return Err(bad(
+            "a FLUX.1 transformer (its config has no shared modulation); it runs with --model flux-schnell|flux-dev|…".into(),
+        ));
+    }
+    Ok(cfg)
+}
+
+/// A FLUX.2 transformer's DiT config from its tensors' names and shapes (Black Forest Labs'
+/// names, as community GGUF conversions have them): the width from `img_in`, the head width
+/// from the query norms, the text width from `txt_in`, the MLP ratio from the first MLP, the
+/// block counts, guidance from `guidance_in`. Rotary axes are FLUX.2's four of 32, so a head
+/// width other than 128 is refused (such a file needs its config: `sprout quantize` stores
+/// it); the load then checks every tensor's shape against the config.
+pub fn flux2_config_from_tensors(
+    infos: &[sprout_models::flux::inspect::TensorInfo],
+) -> Result<DitConfig, String> {
+    let numel = |name: &str| {
+        infos
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.shape.iter().product::<usize>())
+            .ok_or_else(|| format!("no tensor {name}"))
+    };
+    let blocks = |prefix: &str| {
+        infos
+            .iter()
+            .filter_map(|t| {
+                t.name
+                    .strip_prefix(prefix)?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .map_or(0, |i| i + 1)
+    };
+    if numel("double_stream_modulation_img.lin.weight").is_err() {
+        return Err("not a FLUX.2 transformer (no double_stream_modulation_img.lin.weight; a FLUX.1 file runs with --model flux-schnell|flux-dev|…)".into());
+    }
+    let base = DitConfig::flux2_dev();
+    let head_dim: usize = base.axes_dim.iter().sum();
+    let tokens_in = base.latent_channels * base.patch_size * base.patch_size;
+    let hidden = numel("img_in.weight")? / tokens_in;
+    let head = numel("double_blocks.0.img_attn.norm.query_norm.scale")?;
+    if head != head_dim || hidden == 0 || !hidden.is_multiple_of(head) {
+        return Err(format!(
+            "heads {head} wide in a {hidden}-wide transformer; FLUX.2's rotary axes take {head_dim} (a file of another shape needs its config, which `sprout quantize --model flux2-klein` stores)"
+        ));
+    }
+    let mlp = numel("double_blocks.0.img_mlp.0.weight")? as f64 / (2.0 * (hidden * hidden) as f64);
+    Ok(DitConfig {
+        hidden_size: hidden,
+        num_heads: hidden / head,
+        context_in_dim: numel("txt_in.weight")? / hidden,
+        mlp_ratio: mlp,
+        depth: blocks("double_blocks."),
+        depth_single_blocks: blocks("single_blocks."),
+        guidance_embed: infos.iter().any(|t| t.name.starts_with("guidance_in.")),
+        ..base
+    })
+}
+
 /// The memory plan for `dit`, `text` (encoder) and `rest` bytes: whether the text encoder
 /// stays loaded beside the transformer (true) or is loaded for each request and dropped
 /// before the transformer runs (false); refused, with the estimate, when even the larger of
@@ -581,6 +704,46 @@ pub fn text_encoder_resident(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The names and shapes of a model built from `cfg`, as a file of it lists them.
+    fn tensors_of(cfg: &DitConfig) -> Vec<sprout_models::flux::inspect::TensorInfo> {
+        sprout_models::recorder::record(|vb| {
+            Dit::new(cfg, vb)
+                .map(|_| ())
+                .map_err(candle_core::Error::wrap)
+        })
+        .unwrap()
+        .into_iter()
+        .map(|(name, shape)| sprout_models::flux::inspect::TensorInfo {
+            name,
+            shape,
+            bytes: 0,
+        })
+        .collect()
+    }
+
+    #[test]
+    fn a_flux2_config_is_read_back_from_the_shapes_of_its_tensors() {
+        for cfg in [
+            DitConfig::flux2_klein_4b(),
+            DitConfig::flux2_klein_9b(),
+            DitConfig::flux2_dev(),
+        ] {
+            assert_eq!(flux2_config_from_tensors(&tensors_of(&cfg)).unwrap(), cfg);
+        }
+        let e = flux2_config_from_tensors(&tensors_of(&DitConfig::flux_dev())).unwrap_err();
+        assert!(e.contains("not a FLUX.2 transformer"), "{e}");
+        // Heads of another width than the rotary axes take: refused, naming the width.
+        let mut odd = tensors_of(&DitConfig::flux2_klein_4b());
+        for t in odd
+            .iter_mut()
+            .filter(|t| t.name.ends_with("query_norm.scale"))
+        {
+            t.shape = vec![64];
+        }
+        let e = flux2_config_from_tensors(&odd).unwrap_err();
+        assert!(e.contains("heads 64 wide"), "{e}");
+    }
 
     #[test]
     fn the_text_encoder_is_dropped_when_both_do_not_fit_and_refused_when_neither_does() {

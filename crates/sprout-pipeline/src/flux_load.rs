@@ -153,9 +153,10 @@ fn load_t5(
         .map_err(|e| weights_err(format!("{}: {e}", files[0].display())))
 }
 
-/// Bytes a GGUF T5 takes once loaded: its blocks as stored, the embedding table (the largest
-/// tensor) dequantized to f32.
-fn gguf_t5_bytes(file: &Path) -> Result<u64, PipelineError> {
+/// Bytes a GGUF model takes once loaded: its blocks as stored, plus its largest tensor
+/// dequantized at `value_bytes` a value (a T5's embedding table; a transformer's largest
+/// weight, widened for a product).
+pub(crate) fn gguf_loaded_bytes(file: &Path, value_bytes: usize) -> Result<u64, PipelineError> {
     let infos = sprout_models::flux::inspect::gguf_header(file).map_err(weights_err)?;
     let stored: u64 = infos.iter().map(|t| t.bytes).sum();
     let largest = infos
@@ -163,7 +164,7 @@ fn gguf_t5_bytes(file: &Path) -> Result<u64, PipelineError> {
         .map(|t| t.shape.iter().product::<usize>() as u64)
         .max()
         .unwrap_or(0);
-    Ok(stored + 4 * largest)
+    Ok(stored + value_bytes as u64 * largest)
 }
 
 /// The transformer's config: diffusers' `config.json`, Sprout's GGUF metadata, else the
@@ -293,7 +294,7 @@ impl FluxModel {
                 loaded_bytes(inspection.elements, dtype)
             },
             t5: if t5_gguf {
-                gguf_t5_bytes(&t5_files[0])?
+                gguf_loaded_bytes(&t5_files[0], 4)?
             } else {
                 loaded_bytes(elements(t5_files)?, t5_dtype)
             },

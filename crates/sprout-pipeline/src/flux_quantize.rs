@@ -10,7 +10,7 @@ use candle_core::{DType, Device};
 use candle_nn::var_builder::SimpleBackend;
 use sprout_models::dit::{Dit, DitConfig};
 use sprout_models::flux::components::Components;
-use sprout_models::flux::convert::Renamed;
+use sprout_models::flux::convert::{is_diffusers_transformer, DiffusersFlux2Config, Renamed};
 use sprout_models::flux::files::{locate, Layout, Variant};
 use sprout_models::flux::inspect::{inspect_transformer, resolve_variant, GGUF_CONFIG_KEY};
 use sprout_models::flux::lora::{Lora, LoraUsage, Target, WithLora};
@@ -53,6 +53,37 @@ fn write(
     })
 }
 
+/// Refuse, with the estimate, to quantize `elements` values to `q` where the machine cannot
+/// hold them: the quantized tensors are held until the file is written.
+fn check_held(elements: u64, q: GgmlDType) -> Result<(), PipelineError> {
+    let held = elements as f64 * q.type_size() as f64 / q.block_size() as f64;
+    Ok(sprout_models::flux::inspect::check_memory(
+        "quantizing",
+        held as u64,
+        sprout_models::flux::inspect::available_memory(),
+    )?)
+}
+
+/// The tensors `names` of `backend` (read from `file`) in format `q` (norms, biases and short
+/// rows as [`sprout_models::gguf::quantize`] keeps them); `on_tensor(done, total)` reports.
+fn quantize_all(
+    backend: &dyn SimpleBackend,
+    names: &[String],
+    q: GgmlDType,
+    file: &str,
+    on_tensor: &mut impl FnMut(usize, usize),
+) -> Result<Vec<(String, QTensor)>, PipelineError> {
+    let mut tensors = Vec::with_capacity(names.len());
+    for (i, name) in names.iter().enumerate() {
+        let t = backend
+            .get_unchecked(name, DType::F32, &Device::Cpu)
+            .map_err(|e| weights_err(format!("{file}: {e}")))?;
+        tensors.push((name.clone(), sprout_models::gguf::quantize(name, &t, q)?));
+        on_tensor(i + 1, names.len());
+    }
+    Ok(tensors)
+}
+
 /// Write the transformer of `weights` (with `parts.loras` merged) to `out` as GGUF in
 /// format `q`; `on_tensor(done, total)` reports progress.
 pub fn quantize_transformer(
@@ -73,13 +104,7 @@ pub fn quantize_transformer(
     let inspection = inspect_transformer(&files)?;
     let variant = resolve_variant(asked, &files, &inspection)?;
     let cfg = transformer_config(&files, &inspection, variant)?;
-    // The quantized tensors are held until the file is written.
-    let held = inspection.elements as f64 * q.type_size() as f64 / q.block_size() as f64;
-    sprout_models::flux::inspect::check_memory(
-        "quantizing",
-        held as u64,
-        sprout_models::flux::inspect::available_memory(),
-    )?;
+    check_held(inspection.elements, q)?;
     let names = transformer_tensor_names(&cfg)?;
     let st = mmap(&files.transformer)?;
     let usage = if parts.loras.is_empty() {
@@ -92,17 +117,7 @@ pub fn quantize_transformer(
         Some(LoraUsage::new(l))
     };
     let file = files.transformer[0].display().to_string();
-    let mut gather = |b: &dyn SimpleBackend| -> Result<Vec<(String, QTensor)>, PipelineError> {
-        let mut tensors = Vec::with_capacity(names.len());
-        for (i, name) in names.iter().enumerate() {
-            let t = b
-                .get_unchecked(name, DType::F32, &Device::Cpu)
-                .map_err(|e| weights_err(format!("{file}: {e}")))?;
-            tensors.push((name.clone(), sprout_models::gguf::quantize(name, &t, q)?));
-            on_tensor(i + 1, names.len());
-        }
-        Ok(tensors)
-    };
+    let mut gather = |b: &dyn SimpleBackend| quantize_all(b, &names, q, &file, &mut on_tensor);
     let t = Target::Transformer;
     let tensors = match (usage.clone(), inspection.diffusers_names) {
         (None, true) => gather(&Renamed::transformer(st))?,
@@ -160,6 +175,59 @@ pub fn quantize_t5(t5: &Path, q: GgmlDType, out: &Path) -> Result<Written, Pipel
         quantized,
         bytes: std::fs::metadata(out).map(|m| m.len()).unwrap_or(0),
     })
+}
+
+/// A FLUX.2 transformer (a diffusers snapshot's `transformer/` folder with its config.json,
+/// or the snapshot folder itself; diffusers' or Black Forest Labs' names) as GGUF in format
+/// `q` with Black Forest Labs' names and the DiT config in Sprout's metadata key, for
+/// `--transformer` of `--model flux2-klein`; `on_tensor(done, total)` reports progress.
+pub fn quantize_flux2_transformer(
+    weights: &Path,
+    q: GgmlDType,
+    out: &Path,
+    mut on_tensor: impl FnMut(usize, usize),
+) -> Result<Written, PipelineError> {
+    let dir = if weights.join("transformer").is_dir() {
+        weights.join("transformer")
+    } else {
+        weights.to_path_buf()
+    };
+    let files = sprout_models::flux::files::component_files(&dir)?.ok_or_else(|| {
+        weights_err(format!(
+            "{}: no FLUX.2 transformer safetensors (a snapshot's transformer/ folder)",
+            weights.display()
+        ))
+    })?;
+    let json = component_config(&files)?.ok_or_else(|| {
+        weights_err(format!(
+            "{}: no config.json beside the transformer weights",
+            dir.display()
+        ))
+    })?;
+    let tcfg: DiffusersFlux2Config = serde_json::from_value(json)
+        .map_err(|e| weights_err(format!("{}/config.json: {e}", dir.display())))?;
+    let cfg = tcfg.to_dit()?;
+    let elements =
+        sprout_models::flux::inspect::safetensors_elements(&files).map_err(weights_err)?;
+    check_held(elements, q)?;
+    let names = transformer_tensor_names(&cfg)?;
+    let st = mmap(&files)?;
+    let stored: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
+    let backend: Box<dyn SimpleBackend> =
+        if is_diffusers_transformer(stored.iter().map(|s| s.as_str())) {
+            Box::new(Renamed::flux2_transformer(st))
+        } else {
+            Box::new(st)
+        };
+    let file = files[0].display().to_string();
+    let tensors = quantize_all(backend.as_ref(), &names, q, &file, &mut on_tensor)?;
+    let json = serde_json::to_string(&cfg).map_err(|e| weights_err(e.to_string()))?;
+    write(
+        out,
+        tensors,
+        &[("general.architecture", "flux2"), (GGUF_CONFIG_KEY, &json)],
+        q,
+    )
 }
 
 /// A transformers Qwen3 text encoder (FLUX.2 [klein]'s: a `text_encoder/` folder with its

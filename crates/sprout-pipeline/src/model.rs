@@ -306,12 +306,6 @@ fn run_flux(
     req: &Request,
     hooks: Hooks<'_>,
 ) -> Result<Vec<RgbImage>, PipelineError> {
-    let Hooks {
-        cancel,
-        on_step,
-        previews,
-        on_preview,
-    } = hooks;
     let (w, h) = (req.width as usize, req.height as usize);
     let multiple = size_multiple(&m.vae);
     let t5_len = req.max_sequence_length;
@@ -354,16 +348,11 @@ fn run_flux(
             None => req.steps,
         },
     );
-    let mut out = Vec::with_capacity(req.n);
-    for i in 0..req.n {
-        let latents = match &req.latents {
-            Some(l) => l
-                .narrow(0, i, 1)?
-                .to_dtype(m.dtype())?
-                .to_device(m.device())?,
-            None => m.initial_latents(req.seed.wrapping_add(i as u64), w, h)?,
-        };
-        let img = m.sample_with(
+    each_image(req, evals, hooks, |i, hooks| {
+        let latents = start_latents(req, i, m.dtype(), m.device(), |seed| {
+            m.initial_latents(seed, w, h)
+        })?;
+        m.sample_with(
             &text,
             &latents,
             &references,
@@ -371,6 +360,30 @@ fn run_flux(
             (w, h),
             req.steps,
             req.guidance,
+            hooks,
+        )
+    })
+}
+
+/// Each of a request's images through `draw`, in order: image `i` reports its network
+/// evaluations after those of the images before it (`evals` each), and only the first
+/// takes previews. `draw` returns the decoded image as a (1, 3, H, W) tensor.
+fn each_image(
+    req: &Request,
+    evals: usize,
+    hooks: Hooks<'_>,
+    mut draw: impl FnMut(usize, Hooks<'_>) -> Result<Tensor, PipelineError>,
+) -> Result<Vec<RgbImage>, PipelineError> {
+    let Hooks {
+        cancel,
+        on_step,
+        previews,
+        on_preview,
+    } = hooks;
+    let mut out = Vec::with_capacity(req.n);
+    for i in 0..req.n {
+        let img = draw(
+            i,
             Hooks {
                 cancel,
                 on_step: &mut |done, _| on_step(i * evals + done, req.n * evals),
@@ -381,6 +394,20 @@ fn run_flux(
         out.extend(to_images(&img)?);
     }
     Ok(out)
+}
+
+/// Image `i`'s starting latents: row `i` of the request's latents, or `noise` of seed + i.
+fn start_latents(
+    req: &Request,
+    i: usize,
+    dtype: DType,
+    device: &Device,
+    noise: impl FnOnce(u64) -> Result<Tensor, PipelineError>,
+) -> Result<Tensor, PipelineError> {
+    match &req.latents {
+        Some(l) => Ok(l.narrow(0, i, 1)?.to_dtype(dtype)?.to_device(device)?),
+        None => noise(req.seed.wrapping_add(i as u64)),
+    }
 }
 
 /// What FLUX.2 [klein] offers: 1024² by default, sides in multiples of 16 up to 2048, Euler;
@@ -496,12 +523,6 @@ fn run_flux2(
     req: &Request,
     hooks: Hooks<'_>,
 ) -> Result<Vec<RgbImage>, PipelineError> {
-    let Hooks {
-        cancel,
-        on_step,
-        previews,
-        on_preview,
-    } = hooks;
     let (w, h) = (req.width as usize, req.height as usize);
     let len = req.max_sequence_length.unwrap_or(m.text.max_len);
     let mut prompts = vec![req.prompt.as_str()];
@@ -521,16 +542,11 @@ fn run_flux2(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let evals = evaluations(Sampler::Euler, req.steps);
-    let mut out = Vec::with_capacity(req.n);
-    for i in 0..req.n {
-        let latents = match &req.latents {
-            Some(l) => l
-                .narrow(0, i, 1)?
-                .to_dtype(m.dtype())?
-                .to_device(m.device())?,
-            None => m.initial_latents(req.seed.wrapping_add(i as u64), w, h)?,
-        };
-        let img = m.sample_with(
+    each_image(req, evals, hooks, |i, hooks| {
+        let latents = start_latents(req, i, m.dtype(), m.device(), |seed| {
+            m.initial_latents(seed, w, h)
+        })?;
+        m.sample_with(
             &text,
             negative.as_ref(),
             &latents,
@@ -538,14 +554,7 @@ fn run_flux2(
             (w, h),
             req.steps,
             req.guidance,
-            Hooks {
-                cancel,
-                on_step: &mut |done, _| on_step(i * evals + done, req.n * evals),
-                previews: if i == 0 { previews } else { 0 },
-                on_preview: &mut *on_preview,
-            },
-        )?;
-        out.extend(to_images(&img)?);
-    }
-    Ok(out)
+            hooks,
+        )
+    })
 }

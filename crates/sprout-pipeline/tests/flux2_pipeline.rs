@@ -198,3 +198,54 @@ fn a_flux1_folder_or_a_mismatched_encoder_is_refused_by_name() {
         "{e}"
     );
 }
+
+/// The snapshot's transformer written as GGUF by `sprout quantize --model flux2-klein` (q8_0
+/// blocks) gives back its config and loads in place of transformer/ (the CLI's test draws
+/// with it); a FLUX.1 transformer file is refused by name.
+#[test]
+fn a_gguf_transformer_keeps_its_config_and_a_flux1_one_is_refused() {
+    use candle_core::quantized::GgmlDType;
+    use sprout_pipeline::flux2::{flux2_gguf_config, Flux2Files};
+    use sprout_pipeline::flux_quantize::quantize_flux2_transformer;
+
+    let tmp = std::env::temp_dir().join(format!("sprout-flux2-gguf-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let dense = model().dit.config().clone();
+    let path = tmp.join("transformer-q8_0.gguf");
+    let written =
+        quantize_flux2_transformer(&dir().join("snapshot"), GgmlDType::Q8_0, &path, |_, _| {})
+            .unwrap();
+    assert!(written.quantized > 0, "{written:?}");
+    assert_eq!(flux2_gguf_config(&path).unwrap(), dense);
+    let m = Flux2Model::load_with(
+        &dir().join("snapshot"),
+        &[2, 4, 6],
+        Flux2Files {
+            transformer: Some(&path),
+            text_encoder: None,
+        },
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_eq!(m.dit.config(), &dense);
+    // A FLUX.1 transformer file is refused by name.
+    let flux1 = tmp.join("flux1.gguf");
+    let c: sprout_models::flux::convert::DiffusersTransformerConfig = serde_json::from_value(
+        sprout_pipeline::testing::flux_fixture_config("transformer_dev_bfl.safetensors").unwrap(),
+    )
+    .unwrap();
+    let json = serde_json::to_string(&c.to_dit().unwrap()).unwrap();
+    sprout_models::gguf::write(
+        &flux1,
+        &[],
+        &[
+            ("general.architecture", "flux"),
+            (sprout_models::flux::inspect::GGUF_CONFIG_KEY, &json),
+        ],
+    )
+    .unwrap();
+    let e = flux2_gguf_config(&flux1).unwrap_err().to_string();
+    assert!(e.contains("FLUX.1"), "{e}");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}

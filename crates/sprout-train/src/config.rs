@@ -188,6 +188,11 @@ pub struct DataSection {
     pub rotate_prob: f32,
     /// Probability of a counting scene (2–4 identical objects and nothing else).
     pub count_prob: f32,
+    /// Multiplier on shapes' and icons' sizes (see `SamplerConfig::size_scale`).
+    pub size_scale: f32,
+    /// Object centres on the multiples of this many pixels, 0 for anywhere (see
+    /// `SamplerConfig::grid`).
+    pub grid: u32,
 }
 
 impl DataSection {
@@ -204,6 +209,8 @@ impl DataSection {
             relation_prob: self.relation_prob,
             rotate_prob: self.rotate_prob,
             count_prob: self.count_prob,
+            size_scale: self.size_scale,
+            grid: self.grid,
             ..SamplerConfig::default()
         }
     }
@@ -224,6 +231,8 @@ impl Default for DataSection {
             relation_prob: SamplerConfig::default().relation_prob,
             rotate_prob: SamplerConfig::default().rotate_prob,
             count_prob: 0.0,
+            size_scale: 1.0,
+            grid: 0,
         }
     }
 }

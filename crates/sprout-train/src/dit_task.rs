@@ -578,6 +578,7 @@ mod tests {
             size: SizeClass::Medium,
             center,
             rotation: 0.0,
+            scale: 1.0,
         };
         let scene = Scene {
             width: 256,

@@ -452,6 +452,7 @@ mod tests {
             size: SizeClass::Medium,
             center,
             rotation: 0.0,
+            scale: 1.0,
         }
     }
 

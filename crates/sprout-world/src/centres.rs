@@ -285,6 +285,7 @@ mod tests {
             size: SizeClass::Large,
             center: [48.0 / 128.0, 40.0 / 128.0],
             rotation: 90.0,
+            scale: 1.0,
         };
         let icon_name = crate::assets::icon_name(5);
         let icon = Object {
@@ -294,6 +295,7 @@ mod tests {
             size: SizeClass::Small,
             center: [0.9, 0.1],
             rotation: 0.0,
+            scale: 1.0,
         };
         let s = scene(vec![square, icon]);
         let m = centre_map(&s, &planar(&s), 32).unwrap();
@@ -352,6 +354,7 @@ mod tests {
             size: SizeClass::Small,
             center: [x, 0.5],
             rotation: 0.0,
+            scale: 1.0,
         };
         let s = scene(vec![
             obj(ShapeKind::Circle, 0.53),
@@ -380,6 +383,7 @@ mod tests {
             size: SizeClass::Medium,
             center: c,
             rotation: 0.0,
+            scale: 1.0,
         };
         let s = scene(vec![
             obj(ShapeKind::Circle, Color::Blue, [0.3, 0.3]),

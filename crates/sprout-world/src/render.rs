@@ -37,7 +37,7 @@ pub fn object_half_extent(scene: &Scene, o: &Object) -> (f32, f32) {
             (lay.width / 2.0, lay.height / 2.0)
         }
         _ => {
-            let r = o.size.extent() * scene.min_side() / 2.0;
+            let r = o.radius(scene);
             // Rotated squares and crosses reach past the unit circle's inscribed box.
             let r = if o.rotation != 0.0 { r * 1.19 } else { r };
             (r, r)
@@ -213,7 +213,7 @@ fn draw_background(pm: &mut Pixmap, bg: &Background, min_side: f32) {
 fn draw_object(pm: &mut Pixmap, scene: &Scene, o: &Object) {
     let cx = o.center[0] * scene.width as f32;
     let cy = o.center[1] * scene.height as f32;
-    let r = o.size.extent() * scene.min_side() / 2.0;
+    let r = o.radius(scene);
     match &o.kind {
         ObjectKind::Shape { shape, color } => {
             let (path, rule) = unit_path(*shape);
@@ -340,6 +340,7 @@ mod tests {
                 size: SizeClass::Large,
                 center: [0.25, 0.75],
                 rotation: 0.0,
+                scale: 1.0,
             }],
         };
         let img = Renderer::new().render(&scene).unwrap();
@@ -362,6 +363,7 @@ mod tests {
             size: SizeClass::Large,
             center,
             rotation: 0.0,
+            scale: 1.0,
         };
         // Two overlapping squares: the second is drawn on top.
         let scene = Scene {

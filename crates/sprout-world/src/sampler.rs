@@ -76,6 +76,12 @@ pub struct SamplerConfig {
     pub base_side: u32,
     /// Relative weights of solid, gradient, stripes and checker backgrounds.
     pub background_weights: [f32; 4],
+    /// Multiplier on every shape's and icon's size-class extent (`Object::scale`).
+    pub size_scale: f32,
+    /// When non-zero, object centres fall on the multiples of this many pixels (the corners
+    /// of an autoencoder's latent cells when it is the autoencoder's stride), so that an
+    /// object of one kind, colour and size always has the same latent, wherever it stands.
+    pub grid: u32,
 }
 
 impl Default for SamplerConfig {
@@ -96,6 +102,8 @@ impl Default for SamplerConfig {
             },
             base_side: 256,
             background_weights: [0.4, 0.2, 0.2, 0.2],
+            size_scale: 1.0,
+            grid: 0,
         }
     }
 }
@@ -134,6 +142,20 @@ impl SamplerConfig {
         {
             return bad("sampler: background_weights must be non-negative and not all zero".into());
         }
+        if !crate::scene::SCALE_RANGE.contains(&self.size_scale) {
+            return bad(format!(
+                "sampler: size_scale {} is outside {}..={}",
+                self.size_scale,
+                crate::scene::SCALE_RANGE.start(),
+                crate::scene::SCALE_RANGE.end()
+            ));
+        }
+        if self.grid > 128 {
+            return bad(format!(
+                "sampler: grid {} is over 128 pixels (0 turns it off)",
+                self.grid
+            ));
+        }
         if let CanvasChoice::Fixed { width, height } = self.canvas {
             crate::canvas::check_size(width, height)?;
         }
@@ -164,9 +186,17 @@ impl PlacedBox {
     }
 }
 
+/// A multiple of `grid` drawn uniformly from `lo..=hi`, or `None` when there is none.
+fn grid_point<R: Rng>(rng: &mut R, lo: f32, hi: f32, grid: u32) -> Option<f32> {
+    let g = grid as f32;
+    let (first, last) = ((lo / g).ceil() as i64, (hi / g).floor() as i64);
+    (first <= last).then(|| rng.random_range(first..=last) as f32 * g)
+}
+
 /// Find a centre for a box of half extents `half` inside the canvas (with a margin), within the
 /// normalised ranges `xr`, `yr`, not overlapping `boxes` (plus `gap` pixels) unless overlap is
-/// allowed. `None` when 200 tries found no room.
+/// allowed, on the multiples of `grid` pixels when `grid` is not 0. `None` when 200 tries
+/// found no room.
 #[allow(clippy::too_many_arguments)]
 pub fn try_place<R: Rng>(
     rng: &mut R,
@@ -177,6 +207,7 @@ pub fn try_place<R: Rng>(
     overlap: Overlap,
     xr: (f32, f32),
     yr: (f32, f32),
+    grid: u32,
 ) -> Option<[f32; 2]> {
     let (w, h) = (width as f32, height as f32);
     let margin = 0.03 * w.min(h);
@@ -189,8 +220,14 @@ pub fn try_place<R: Rng>(
         return None;
     }
     for _ in 0..200 {
-        let cx = rng.random_range(lo_x..=hi_x);
-        let cy = rng.random_range(lo_y..=hi_y);
+        let (cx, cy) = if grid == 0 {
+            (rng.random_range(lo_x..=hi_x), rng.random_range(lo_y..=hi_y))
+        } else {
+            (
+                grid_point(rng, lo_x, hi_x, grid)?,
+                grid_point(rng, lo_y, hi_y, grid)?,
+            )
+        };
         let b = PlacedBox {
             cx,
             cy,
@@ -343,11 +380,16 @@ pub fn sample_scene_sized<R: Rng>(
             }
             _ => 0.0,
         };
+        let scale = match kind {
+            ObjectKind::Text { .. } => 1.0,
+            _ => cfg.size_scale,
+        };
         let mut obj = Object {
             kind,
             size,
             center: [0.5, 0.5],
             rotation,
+            scale,
         };
         let half = object_half_extent(&scene, &obj);
         let mut zones = match scene.objects.first() {
@@ -357,9 +399,19 @@ pub fn sample_scene_sized<R: Rng>(
             _ => Vec::new(),
         };
         zones.push(((0.0, 1.0), (0.0, 1.0)));
-        let placed = zones
-            .into_iter()
-            .find_map(|(xr, yr)| try_place(rng, width, height, half, &boxes, cfg.overlap, xr, yr));
+        let placed = zones.into_iter().find_map(|(xr, yr)| {
+            try_place(
+                rng,
+                width,
+                height,
+                half,
+                &boxes,
+                cfg.overlap,
+                xr,
+                yr,
+                cfg.grid,
+            )
+        });
         if let Some(c) = placed {
             obj.center = c;
             boxes.push(PlacedBox {
@@ -503,5 +555,59 @@ mod tests {
         }
         .validate()
         .is_err());
+    }
+
+    #[test]
+    fn grid_and_scale() {
+        let cfg = SamplerConfig {
+            min_objects: 1,
+            max_objects: 3,
+            text_prob: 0.3,
+            size_scale: 1.5,
+            grid: 32,
+            canvas: CanvasChoice::AnyAspect,
+            ..SamplerConfig::default()
+        };
+        cfg.validate().unwrap();
+        let mut placed = 0;
+        for i in 0..300 {
+            let s = sample_scene(&cfg, 3, i);
+            s.validate().unwrap();
+            for o in &s.objects {
+                let (x, y) = (o.center[0] * s.width as f32, o.center[1] * s.height as f32);
+                // Every centre is a multiple of 32 pixels (within f32 rounding of the
+                // normalised centre).
+                assert!((x / 32.0 - (x / 32.0).round()).abs() < 1e-3, "{x}");
+                assert!((y / 32.0 - (y / 32.0).round()).abs() < 1e-3, "{y}");
+                let want = match o.kind {
+                    ObjectKind::Text { .. } => 1.0,
+                    _ => 1.5,
+                };
+                assert_eq!(o.scale, want);
+                let r = o.radius(&s);
+                if !matches!(o.kind, ObjectKind::Text { .. }) {
+                    assert_eq!(r, o.size.extent() * 1.5 * s.min_side() / 2.0);
+                    // Inside the canvas.
+                    assert!(x - r >= 0.0 && x + r <= s.width as f32);
+                    assert!(y - r >= 0.0 && y + r <= s.height as f32);
+                }
+                placed += 1;
+            }
+        }
+        assert!(placed > 300, "{placed} objects in 300 scenes");
+        // The default config draws as before: scale 1, centres anywhere.
+        let s = sample_scene(&SamplerConfig::default(), 3, 0);
+        assert!(s.objects.iter().all(|o| o.scale == 1.0));
+        let bad = |c: SamplerConfig| c.validate().unwrap_err().to_string();
+        assert!(bad(SamplerConfig {
+            size_scale: 5.0,
+            ..SamplerConfig::default()
+        })
+        .contains("size_scale"));
+        assert!(bad(SamplerConfig {
+            grid: 500,
+            ..SamplerConfig::default()
+        })
+        .contains("grid"));
     }
 }

@@ -122,13 +122,33 @@ pub struct Object {
     /// Clockwise rotation in degrees.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub rotation: f32,
+    /// Multiplier on the size class's extent, for shapes and icons (text keeps its cap
+    /// height); 1 unless a sampler draws larger objects (`SamplerConfig::size_scale`).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub scale: f32,
 }
 
 fn is_zero(v: &f32) -> bool {
     *v == 0.0
 }
 
+fn one() -> f32 {
+    1.0
+}
+
+fn is_one(v: &f32) -> bool {
+    *v == 1.0
+}
+
+/// The range an object's `scale` must lie in.
+pub const SCALE_RANGE: std::ops::RangeInclusive<f32> = 0.25..=3.0;
+
 impl Object {
+    /// Radius in pixels of a shape or icon on `scene`'s canvas (half its diameter).
+    pub fn radius(&self, scene: &Scene) -> f32 {
+        self.size.extent() * self.scale * scene.min_side() / 2.0
+    }
+
     pub fn region(&self) -> Region {
         Region::of(self.center)
     }
@@ -244,6 +264,14 @@ impl Scene {
             if !o.rotation.is_finite() {
                 return bad(format!("objects[{i}].rotation is not a number"));
             }
+            if !SCALE_RANGE.contains(&o.scale) {
+                return bad(format!(
+                    "objects[{i}].scale {} is outside {}..={}",
+                    o.scale,
+                    SCALE_RANGE.start(),
+                    SCALE_RANGE.end()
+                ));
+            }
             match &o.kind {
                 ObjectKind::Icon { icon } => {
                     if assets::icon_index(icon).is_none() {
@@ -300,6 +328,7 @@ mod tests {
                     size: SizeClass::Large,
                     center: [0.3, 0.5],
                     rotation: 12.0,
+                    scale: 1.0,
                 },
                 Object {
                     kind: ObjectKind::Text {
@@ -309,6 +338,7 @@ mod tests {
                     size: SizeClass::Small,
                     center: [0.7, 0.2],
                     rotation: 0.0,
+                    scale: 1.0,
                 },
             ],
         }

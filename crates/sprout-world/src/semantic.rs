@@ -241,6 +241,7 @@ mod tests {
             size: SizeClass::Large,
             center: [48.0 / 128.0, 48.0 / 128.0],
             rotation: 0.0,
+            scale: 1.0,
         };
         let scene = Scene {
             width: 128,
@@ -300,6 +301,7 @@ mod tests {
                 size: SizeClass::Large,
                 center: [0.4, 0.6],
                 rotation: 0.0,
+                scale: 1.0,
             }],
         };
         let rgb = planar(&scene);

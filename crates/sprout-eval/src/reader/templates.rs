@@ -71,6 +71,7 @@ fn single(side: u32, kind: ObjectKind, rotation: f32) -> Scene {
             size: SizeClass::Large,
             center: [0.5, 0.5],
             rotation,
+            scale: 1.0,
         }],
     }
 }
