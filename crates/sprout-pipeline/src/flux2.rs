@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
+use candle_nn::var_builder::SimpleBackend;
 use candle_nn::VarBuilder;
 use sprout_models::dit::embed::{grid_ids_4d, text_ids_4d};
 use sprout_models::dit::{Dit, DitInput, References};
@@ -261,20 +262,20 @@ impl Flux2Model {
         // The transformer: the snapshot's, or a GGUF file given in its place.
         let (dit, dcfg, dit_bytes, bf16_linear) = match files.transformer {
             Some(g) => {
-                let dcfg = flux2_gguf_config(g)?;
-                let stored = std::fs::metadata(g).map(|m| m.len()).unwrap_or(0);
+                let infos = gguf_header(g).map_err(weights_err)?;
+                let dcfg = flux2_gguf_config(g, &infos)?;
+                let stored: u64 = infos.iter().map(|t| t.bytes).sum();
                 let in_file =
                     |e: &dyn std::fmt::Display| weights_err(format!("{}: {e}", g.display()));
                 let vb = QVarBuilder::from_gguf(g, device).map_err(|e| in_file(&e))?;
                 // Block-quantized weights (under 16 bits a value) run their many-row products
                 // in bf16 where the CPU has bf16 products, and so does attention, as FLUX.1's
                 // GGUF models; f16 files keep f32 attention.
-                let infos = gguf_header(g).map_err(weights_err)?;
                 let values: u64 = infos
                     .iter()
                     .map(|t| t.shape.iter().product::<usize>() as u64)
                     .sum();
-                let blocks = infos.iter().map(|t| t.bytes).sum::<u64>() < 2 * values;
+                let blocks = stored < 2 * values;
                 let dit = Dit::new(&dcfg, Weights::Quantized { vb, dtype })
                     .map(|d| {
                         if device.is_cpu() && blocks {
@@ -284,18 +285,13 @@ impl Flux2Model {
                         }
                     })
                     .map_err(|e| in_file(&e))?;
-                let bytes = gguf_loaded_bytes(g, dtype.size_in_bytes())?;
+                let bytes = gguf_loaded_bytes(&infos, dtype.size_in_bytes());
                 let full_size = device.is_cpu() && dtype == DType::F32 && stored >= 1 << 30;
                 (dit, dcfg, bytes, full_size)
             }
             None => {
                 let tf = part("transformer")?;
-                let tcfg = component_config(&tf)?.ok_or_else(|| {
-                    weights_err(format!("{}: no transformer/config.json", dir.display()))
-                })?;
-                let tcfg: DiffusersFlux2Config = serde_json::from_value(tcfg)
-                    .map_err(|e| weights_err(format!("transformer/config.json: {e}")))?;
-                let dcfg = tcfg.to_dit()?;
+                let (dcfg, backend) = flux2_transformer(&tf)?;
                 // Small models (the test snapshots) compute in f32 throughout; full-size ones
                 // on the CPU keep their bf16 weights for the linear layers (f32 around them,
                 // as FLUX.1's).
@@ -304,17 +300,7 @@ impl Flux2Model {
                     .filter_map(|p| std::fs::metadata(p).ok().map(|m| m.len()))
                     .sum();
                 let bf16_linear = device.is_cpu() && dtype == DType::F32 && stored >= 1 << 30;
-                let st = mmap(&tf)?;
-                let names: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
-                let vb = if is_diffusers_transformer(names.iter().map(|s| s.as_str())) {
-                    VarBuilder::from_backend(
-                        Box::new(Renamed::flux2_transformer(st)),
-                        dtype,
-                        device.clone(),
-                    )
-                } else {
-                    VarBuilder::from_backend(Box::new(st), dtype, device.clone())
-                };
+                let vb = VarBuilder::from_backend(backend, dtype, device.clone());
                 let dit = if bf16_linear {
                     Dit::new(&dcfg, Weights::Bf16Linear(vb))
                         .map(|d| d.with_attention(sprout_models::flash::Precision::Bf16))
@@ -610,15 +596,49 @@ pub struct Flux2Files<'a> {
     pub text_encoder: Option<&'a Path>,
 }
 
-/// The DiT config of a FLUX.2 transformer GGUF file: the one Sprout stores in its metadata
-/// when it wrote the file, else read from the tensors' shapes
+/// A FLUX.2 transformer folder's safetensors `files` (diffusers' or Black Forest Labs'
+/// names): its DiT config from the `config.json` beside them (read field by field), and its
+/// tensors under Black Forest Labs' names, which are the DiT's module paths.
+pub fn flux2_transformer(
+    files: &[std::path::PathBuf],
+) -> Result<(DitConfig, Box<dyn SimpleBackend>), PipelineError> {
+    let folder = files
+        .first()
+        .and_then(|f| f.parent())
+        .unwrap_or(Path::new("."))
+        .display()
+        .to_string();
+    let json = component_config(files)?.ok_or_else(|| {
+        weights_err(format!(
+            "{folder}: no config.json beside the transformer weights"
+        ))
+    })?;
+    let tcfg: DiffusersFlux2Config = serde_json::from_value(json)
+        .map_err(|e| weights_err(format!("{folder}/config.json: {e}")))?;
+    let cfg = tcfg.to_dit()?;
+    let st = mmap(files)?;
+    let names: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
+    let backend: Box<dyn SimpleBackend> =
+        if is_diffusers_transformer(names.iter().map(|s| s.as_str())) {
+            Box::new(Renamed::flux2_transformer(st))
+        } else {
+            Box::new(st)
+        };
+    Ok((cfg, backend))
+}
+
+/// The DiT config of a FLUX.2 transformer GGUF file whose header lists `infos`: the one
+/// Sprout stores in its metadata when it wrote the file, else read from the tensors' shapes
 /// ([`flux2_config_from_tensors`]). A FLUX.1 file is refused by name.
-pub fn flux2_gguf_config(path: &Path) -> Result<DitConfig, PipelineError> {
+pub fn flux2_gguf_config(
+    path: &Path,
+    infos: &[sprout_models::flux::inspect::TensorInfo],
+) -> Result<DitConfig, PipelineError> {
     let bad = |e: String| weights_err(format!("{}: {e}", path.display()));
     let cfg = match gguf_metadata_string(path, GGUF_CONFIG_KEY)? {
         Some(json) => serde_json::from_str::<DitConfig>(&json)
             .map_err(|e| bad(format!("metadata {GGUF_CONFIG_KEY}: {e}")))?,
-        None => flux2_config_from_tensors(&gguf_header(path)?).map_err(bad)?,
+        None => flux2_config_from_tensors(infos).map_err(bad)?,
     };
     if !cfg.shared_modulation || cfg.vec_in_dim != 0 {
         return Err(bad(

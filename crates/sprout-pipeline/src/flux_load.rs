@@ -153,18 +153,20 @@ fn load_t5(
         .map_err(|e| weights_err(format!("{}: {e}", files[0].display())))
 }
 
-/// Bytes a GGUF model takes once loaded: its blocks as stored, plus its largest tensor
-/// dequantized at `value_bytes` a value (a T5's embedding table; a transformer's largest
-/// weight, widened for a product).
-pub(crate) fn gguf_loaded_bytes(file: &Path, value_bytes: usize) -> Result<u64, PipelineError> {
-    let infos = sprout_models::flux::inspect::gguf_header(file).map_err(weights_err)?;
+/// Bytes a GGUF model whose header lists `infos` takes once loaded: its blocks as stored,
+/// plus its largest tensor dequantized at `value_bytes` a value (a T5's embedding table; a
+/// transformer's largest weight, widened for a product).
+pub(crate) fn gguf_loaded_bytes(
+    infos: &[sprout_models::flux::inspect::TensorInfo],
+    value_bytes: usize,
+) -> u64 {
     let stored: u64 = infos.iter().map(|t| t.bytes).sum();
     let largest = infos
         .iter()
         .map(|t| t.shape.iter().product::<usize>() as u64)
         .max()
         .unwrap_or(0);
-    Ok(stored + value_bytes as u64 * largest)
+    stored + value_bytes as u64 * largest
 }
 
 /// The transformer's config: diffusers' `config.json`, Sprout's GGUF metadata, else the
@@ -294,7 +296,9 @@ impl FluxModel {
                 loaded_bytes(inspection.elements, dtype)
             },
             t5: if t5_gguf {
-                gguf_loaded_bytes(&t5_files[0], 4)?
+                let infos =
+                    sprout_models::flux::inspect::gguf_header(&t5_files[0]).map_err(weights_err)?;
+                gguf_loaded_bytes(&infos, 4)
             } else {
                 loaded_bytes(elements(t5_files)?, t5_dtype)
             },

@@ -10,7 +10,7 @@ use candle_core::{DType, Device};
 use candle_nn::var_builder::SimpleBackend;
 use sprout_models::dit::{Dit, DitConfig};
 use sprout_models::flux::components::Components;
-use sprout_models::flux::convert::{is_diffusers_transformer, DiffusersFlux2Config, Renamed};
+use sprout_models::flux::convert::Renamed;
 use sprout_models::flux::files::{locate, Layout, Variant};
 use sprout_models::flux::inspect::{inspect_transformer, resolve_variant, GGUF_CONFIG_KEY};
 use sprout_models::flux::lora::{Lora, LoraUsage, Target, WithLora};
@@ -198,27 +198,11 @@ pub fn quantize_flux2_transformer(
             weights.display()
         ))
     })?;
-    let json = component_config(&files)?.ok_or_else(|| {
-        weights_err(format!(
-            "{}: no config.json beside the transformer weights",
-            dir.display()
-        ))
-    })?;
-    let tcfg: DiffusersFlux2Config = serde_json::from_value(json)
-        .map_err(|e| weights_err(format!("{}/config.json: {e}", dir.display())))?;
-    let cfg = tcfg.to_dit()?;
+    let (cfg, backend) = crate::flux2::flux2_transformer(&files)?;
     let elements =
         sprout_models::flux::inspect::safetensors_elements(&files).map_err(weights_err)?;
     check_held(elements, q)?;
     let names = transformer_tensor_names(&cfg)?;
-    let st = mmap(&files)?;
-    let stored: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
-    let backend: Box<dyn SimpleBackend> =
-        if is_diffusers_transformer(stored.iter().map(|s| s.as_str())) {
-            Box::new(Renamed::flux2_transformer(st))
-        } else {
-            Box::new(st)
-        };
     let file = files[0].display().to_string();
     let tensors = quantize_all(backend.as_ref(), &names, q, &file, &mut on_tensor)?;
     let json = serde_json::to_string(&cfg).map_err(|e| weights_err(e.to_string()))?;

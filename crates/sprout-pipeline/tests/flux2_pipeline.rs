@@ -216,7 +216,8 @@ fn a_gguf_transformer_keeps_its_config_and_a_flux1_one_is_refused() {
         quantize_flux2_transformer(&dir().join("snapshot"), GgmlDType::Q8_0, &path, |_, _| {})
             .unwrap();
     assert!(written.quantized > 0, "{written:?}");
-    assert_eq!(flux2_gguf_config(&path).unwrap(), dense);
+    let header = |p: &std::path::Path| sprout_models::flux::inspect::gguf_header(p).unwrap();
+    assert_eq!(flux2_gguf_config(&path, &header(&path)).unwrap(), dense);
     let m = Flux2Model::load_with(
         &dir().join("snapshot"),
         &[2, 4, 6],
@@ -245,7 +246,9 @@ fn a_gguf_transformer_keeps_its_config_and_a_flux1_one_is_refused() {
         ],
     )
     .unwrap();
-    let e = flux2_gguf_config(&flux1).unwrap_err().to_string();
+    let e = flux2_gguf_config(&flux1, &header(&flux1))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("FLUX.1"), "{e}");
     std::fs::remove_dir_all(&tmp).unwrap();
 }
