@@ -25,18 +25,33 @@ pub struct BenchArgs {
     #[arg(long)]
     repeat: Option<usize>,
     /// Model for the end-to-end generate row: `default` or a bundle directory (skipped if
-    /// absent); or flux-schnell | flux-dev | flux-kontext with --weights for FLUX.1 rows.
+    /// absent); or flux-schnell | flux-dev | flux-kontext with --weights for FLUX.1 rows;
+    /// or flux2-klein with --weights for FLUX.2 rows.
     #[arg(long, default_value = "default")]
     model: String,
-    /// FLUX.1 weights (file or folder, as for `generate`): adds load time, peak memory and
-    /// one DiT step at --flux-size (timed once: a full-size step takes minutes on a CPU).
+    /// FLUX weights (file or folder, as for `generate`): adds load time, text encoding, peak
+    /// memory and one DiT step at each --flux-size (timed once: a full-size step takes
+    /// minutes on a CPU).
     #[arg(long)]
     weights: Option<std::path::PathBuf>,
     #[command(flatten)]
     parts: crate::flux_parts::FluxPartsArgs,
-    /// Canvas of the FLUX.1 step row.
+    /// Canvases of the FLUX step rows, comma-separated (e.g. 512x512,1024x1024).
     #[arg(long, default_value = "1024x1024")]
     flux_size: String,
+    /// FLUX.2: the text encoder's tapped layers (as for `generate`).
+    #[arg(long, value_delimiter = ',')]
+    text_layers: Option<Vec<usize>>,
+    /// FLUX.2: the text encoder from this GGUF file (as for `generate`).
+    #[arg(long)]
+    text_encoder: Option<std::path::PathBuf>,
+    /// FLUX.2: the transformer from this GGUF file (as for `generate`).
+    #[arg(long)]
+    transformer: Option<std::path::PathBuf>,
+    /// FLUX.2: also one whole image at the first --flux-size in this many steps, through the
+    /// same entry point as `generate` (text encoding, sampling, decoding), timed once.
+    #[arg(long)]
+    e2e_steps: Option<usize>,
     /// Instead of the rows above: one forward of this DiT preset (flux-schnell, flux-dev,
     /// flux2-klein-4b, flux2-klein-9b, flux2-dev, native-small) at its full width with random
     /// weights built in memory.
@@ -72,19 +87,137 @@ fn peak_rss() -> Option<u64> {
     Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
 }
 
-/// FLUX.1 rows: model load with text encoding, one DiT step at `--flux-size`.
+/// The prompt of the FLUX rows.
+const PROMPT: &str = "a red circle to the left of a blue star";
+
+/// `--flux-size`: one canvas or several, comma-separated, each a multiple of `m` a side.
+fn flux_sizes(list: &str, m: usize) -> Result<Vec<(usize, usize)>> {
+    list.split(',')
+        .map(|one| {
+            let (w, h) = sprout_world::canvas::parse_size(one.trim())?;
+            let (w, h) = (w as usize, h as usize);
+            if !w.is_multiple_of(m) || !h.is_multiple_of(m) {
+                anyhow::bail!(
+                    "--flux-size {w}x{h}: this model needs sides that are multiples of {m}"
+                );
+            }
+            Ok((w, h))
+        })
+        .collect()
+}
+
+/// One timed DiT step row (`forward` runs it).
+fn step_row(
+    model: &str,
+    cfg: &DitConfig,
+    (w, h): (usize, usize),
+    (tokens, lt): (usize, usize),
+    forward: impl FnOnce() -> Result<()>,
+) -> Result<Row> {
+    let t0 = Instant::now();
+    forward()?;
+    let s = t0.elapsed().as_secs_f64();
+    Ok(Row {
+        name: format!(
+            "{model} DiT step {w}x{h} ({:.2}B, {tokens}+{lt} tok)",
+            cfg.num_params() as f64 / 1e9
+        ),
+        seconds: s,
+        per_s: Some((tokens as f64 / s, "tokens/s")),
+        flops: Some(cfg.forward_flops(1, tokens, lt)),
+    })
+}
+
+/// FLUX.2 rows: the model's load (the loader `generate` uses, with the same flags), the
+/// prompt's encoding, one DiT step at each `--flux-size`, and with `--e2e-steps` a whole
+/// image at the first size through the one generation entry point.
+fn flux2_rows(a: &BenchArgs, weights: &std::path::Path, rows: &mut Vec<Row>) -> Result<()> {
+    use sprout_models::dit::embed::{grid_ids_4d, text_ids_4d};
+    let t0 = Instant::now();
+    let mut model = crate::generate_cmd::load(
+        &a.model,
+        Some(weights),
+        &a.parts,
+        &[],
+        None,
+        crate::generate_cmd::Flux2Text {
+            layers: a.text_layers.as_deref(),
+            encoder: a.text_encoder.as_deref(),
+            transformer: a.transformer.as_deref(),
+        },
+        "cpu",
+    )?;
+    rows.push(Row {
+        name: format!("{} load", a.model),
+        seconds: t0.elapsed().as_secs_f64(),
+        per_s: None,
+        flops: None,
+    });
+    let sprout_pipeline::model::Model::Flux2(m) = &model else {
+        anyhow::bail!("--model {} did not load a FLUX.2 model", a.model);
+    };
+    let f = m.size_multiple();
+    let sizes = flux_sizes(&a.flux_size, f)?;
+    let t0 = Instant::now();
+    let text = m.text.encode(PROMPT)?;
+    let lt = text.dim(1)?;
+    rows.push(Row {
+        name: format!("{} text encoding ({lt} tok)", a.model),
+        seconds: t0.elapsed().as_secs_f64(),
+        per_s: Some((lt as f64 / t0.elapsed().as_secs_f64(), "tokens/s")),
+        flops: None,
+    });
+    let cfg = m.dit.config().clone();
+    let dev = m.device().clone();
+    for &(w, h) in &sizes {
+        let (rh, rw) = (h / f, w / f);
+        let img =
+            Tensor::randn(0f32, 1.0, (1, rh * rw, cfg.in_channels()), &dev)?.to_dtype(m.dtype())?;
+        let img_ids = grid_ids_4d(0, rh, rw, &dev)?;
+        let txt_ids = text_ids_4d(lt, &dev)?;
+        let t = Tensor::new(&[0.5f32], &dev)?;
+        let y = Tensor::zeros((1, 0), m.dtype(), &dev)?;
+        rows.push(step_row(&a.model, &cfg, (w, h), (rh * rw, lt), || {
+            m.dit
+                .forward(&DitInput::new(&img, &img_ids, &text, &txt_ids, &t, &y))?;
+            Ok(())
+        })?);
+    }
+    if let Some(steps) = a.e2e_steps {
+        let (w, h) = sizes[0];
+        let req = sprout_pipeline::request::Request {
+            width: w as u32,
+            height: h as u32,
+            steps,
+            ..sprout_pipeline::request::Request::new(PROMPT, &model.profile())
+        };
+        let t0 = Instant::now();
+        sprout_pipeline::denoise::Hooks::progress(&mut |_, _| {}, |hooks| {
+            model.generate(&req, hooks)
+        })
+        .map_err(crate::generate_cmd::cli_error)?;
+        rows.push(Row {
+            name: format!("{} generate {w}x{h} e2e ({steps} steps)", a.model),
+            seconds: t0.elapsed().as_secs_f64(),
+            per_s: None,
+            flops: None,
+        });
+    }
+    Ok(())
+}
+
+/// FLUX.1 rows: model load with text encoding, one DiT step at each `--flux-size`.
 fn flux_rows(a: &BenchArgs, weights: &std::path::Path, rows: &mut Vec<Row>) -> Result<()> {
     use sprout_models::flux::files::Variant;
     use sprout_pipeline::flux::FluxModel;
     let variant = Variant::parse(&a.model)?;
-    let (w, h) = sprout_world::canvas::parse_size(&a.flux_size)?;
     let t0 = Instant::now();
     let (model, mut texts) = FluxModel::load_with_prompts(
         weights,
         &a.parts.components(),
         variant,
         &Device::Cpu,
-        &["a red circle to the left of a blue star"],
+        &[PROMPT],
         None,
     )?;
     let text = texts.pop().expect("one prompt");
@@ -95,35 +228,24 @@ fn flux_rows(a: &BenchArgs, weights: &std::path::Path, rows: &mut Vec<Row>) -> R
         flops: None,
     });
     let m = sprout_pipeline::flux::size_multiple(&model.vae);
-    if !(w as usize).is_multiple_of(m) || !(h as usize).is_multiple_of(m) {
-        anyhow::bail!("--flux-size {w}x{h}: FLUX needs sides that are multiples of {m}");
-    }
-    let f = model.vae.cfg.downscale() * 2;
-    let tokens = (w as usize / f) * (h as usize / f);
     let cfg = model.dit.config().clone();
-    let img = Tensor::randn(0f32, 1.0, (1, tokens, cfg.embed_channels()), &Device::Cpu)?
-        .to_dtype(model.dtype())?;
-    let img_ids = grid_ids(0, h as usize / f, w as usize / f, &Device::Cpu)?;
     let lt = text.states.dim(1)?;
     let txt_ids = Tensor::zeros((1, lt, 3), DType::F32, &Device::Cpu)?;
     let t = Tensor::new(&[0.5f32], &Device::Cpu)?;
     let g = Tensor::new(&[3.5f32], &Device::Cpu)?;
-    let t0 = Instant::now();
-    model.dit.forward(&DitInput {
-        guidance: cfg.guidance_embed.then_some(&g),
-        ..DitInput::new(&img, &img_ids, &text.states, &txt_ids, &t, &text.pooled)
-    })?;
-    let s = t0.elapsed().as_secs_f64();
-    rows.push(Row {
-        name: format!(
-            "{} DiT step {w}x{h} ({:.2}B, {tokens}+{lt} tok)",
-            a.model,
-            cfg.num_params() as f64 / 1e9
-        ),
-        seconds: s,
-        per_s: Some((tokens as f64 / s, "tokens/s")),
-        flops: Some(cfg.forward_flops(1, tokens, lt)),
-    });
+    for (w, h) in flux_sizes(&a.flux_size, m)? {
+        let (rh, rw) = (h / m, w / m);
+        let img = Tensor::randn(0f32, 1.0, (1, rh * rw, cfg.embed_channels()), &Device::Cpu)?
+            .to_dtype(model.dtype())?;
+        let img_ids = grid_ids(0, rh, rw, &Device::Cpu)?;
+        rows.push(step_row(&a.model, &cfg, (w, h), (rh * rw, lt), || {
+            model.dit.forward(&DitInput {
+                guidance: cfg.guidance_embed.then_some(&g),
+                ..DitInput::new(&img, &img_ids, &text.states, &txt_ids, &t, &text.pooled)
+            })?;
+            Ok(())
+        })?);
+    }
     Ok(())
 }
 
@@ -305,11 +427,25 @@ pub fn run(a: BenchArgs) -> Result<()> {
         per_s: None,
         flops: None,
     });
-    if let Some(weights) = &a.weights {
-        flux_rows(&a, weights, &mut rows)?;
-    } else if a.model.starts_with("flux-") || !a.parts.components().is_empty() {
+    let flux2 = a.model.starts_with("flux2-");
+    if !flux2 && (a.text_layers.is_some() || a.text_encoder.is_some() || a.transformer.is_some()) {
+        anyhow::bail!("--text-layers, --text-encoder and --transformer apply to the FLUX.2 models (--model flux2-klein)");
+    }
+    if a.e2e_steps.is_some() && !flux2 {
         anyhow::bail!(
-            "--model {} needs --weights (FLUX.1 weights file or folder)",
+            "--e2e-steps applies to the FLUX.2 rows (--model flux2-klein --weights SNAPSHOT)"
+        );
+    }
+    if a.e2e_steps == Some(0) {
+        anyhow::bail!("--e2e-steps must be at least 1");
+    }
+    if let (true, Some(weights)) = (flux2, &a.weights) {
+        flux2_rows(&a, weights, &mut rows)?;
+    } else if let Some(weights) = &a.weights {
+        flux_rows(&a, weights, &mut rows)?;
+    } else if flux2 || a.model.starts_with("flux-") || !a.parts.components().is_empty() {
+        anyhow::bail!(
+            "--model {} needs --weights (its weights file or folder)",
             a.model
         );
     } else if a.model != "default" || sprout_pipeline::embedded::available() {

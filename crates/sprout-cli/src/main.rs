@@ -99,8 +99,23 @@ fn tune_allocator(w: Workload) {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator(_: Workload) {}
 
+/// A command whose output is piped into one that stops reading (`sprout eval --list | head`)
+/// ends as command-line tools do, by SIGPIPE, instead of panicking in `println!` (Rust
+/// ignores SIGPIPE by default). The server and worker keep ignoring it: a client that hangs
+/// up must not end them.
+fn quiet_on_closed_output() {
+    #[cfg(unix)]
+    // SAFETY: restores the signal's default disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_) | Command::Worker(_)) {
+        quiet_on_closed_output();
+    }
     tune_allocator(match &cli.command {
         Command::Serve(a) if a.broker.is_some() => Workload::FrontEnd,
         _ => Workload::Tensors,

@@ -183,3 +183,45 @@ fn bad_input_gets_a_clear_error_and_a_non_zero_exit() {
         assert!(!out.exists());
     }
 }
+
+/// Output piped into a reader that stops early (`sprout eval --list | head -1`) ends the
+/// command as command-line tools end, by SIGPIPE, with no panic message. The pipe is made
+/// one page small, so that the listing (about 54 kB) cannot all fit before the reader goes.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_closed_standard_output_ends_a_command_quietly() {
+    use std::io::Read;
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::process::ExitStatusExt;
+    let mut fds = [0; 2];
+    // SAFETY: a fresh pipe; each end is owned once below.
+    let (mut reader, writer) = unsafe {
+        // Close-on-exec: the child must not inherit the read end, or the pipe never loses
+        // its last reader.
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        assert!(libc::fcntl(fds[0], libc::F_SETPIPE_SZ, 4096) > 0);
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sprout"));
+    cmd.args(["eval", "--list"])
+        .stdout(std::process::Stdio::from(writer))
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    drop(cmd);
+    let mut first = [0u8; 16];
+    reader.read_exact(&mut first).unwrap();
+    assert_eq!(&first[..2], b"{\"");
+    drop(reader);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {err}",
+        out.status
+    );
+}

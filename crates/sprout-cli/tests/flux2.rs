@@ -318,3 +318,79 @@ fn gguf_parts_written_by_quantize_replace_the_snapshots() {
         "apply to the FLUX.2 models",
     );
 }
+
+/// `sprout bench --model flux2-klein --weights SNAPSHOT`: load, text encoding, one DiT step
+/// per canvas and a whole image through the generation entry point, as rows and in the
+/// last-line JSON with the run's peak memory; FLUX.2's flags are refused for other models.
+#[test]
+fn bench_times_flux2_rows_on_the_fixture_snapshot() {
+    let snap = snapshot();
+    let o = sprout(&[
+        "bench",
+        "--repeat",
+        "1",
+        "--model",
+        "flux2-klein",
+        "--weights",
+        &snap,
+        "--text-layers",
+        "2,4,6",
+        "--flux-size",
+        "64x64,32x48",
+        "--e2e-steps",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let last = stdout.lines().last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|e| panic!("{e}: {last}"));
+    for key in [
+        "flux2-klein_load",
+        "flux2-klein_text_encoding",
+        "flux2-klein_dit_step_64x64",
+        "flux2-klein_dit_step_32x48",
+        "flux2-klein_generate_64x64_e2e",
+    ] {
+        let s = v[key]["seconds"].as_f64();
+        assert!(s.is_some_and(|s| s > 0.0), "{key}: {v}");
+    }
+    // The fixture's autoencoder halves each side once and packs 2×2 cells to a token: a
+    // 64² canvas is 16² = 256 tokens, and tokens/s is 256 over the step's seconds.
+    let step = &v["flux2-klein_dit_step_64x64"];
+    let rate = step["tokens_per_s"].as_f64().unwrap();
+    assert!(
+        (rate * step["seconds"].as_f64().unwrap() - 256.0).abs() < 1e-6,
+        "{step}"
+    );
+    assert!(step["mfu"].as_f64().is_some_and(|m| m > 0.0), "{step}");
+    assert!(v["peak_rss_bytes"].as_u64().is_some_and(|b| b > 0));
+
+    for (args, want) in [
+        (
+            vec!["--model", "flux2-klein", "--flux-size", "64x64"],
+            "needs --weights",
+        ),
+        (
+            vec![
+                "--model",
+                "flux2-klein",
+                "--weights",
+                &snap,
+                "--text-layers",
+                "2,4,6",
+                "--flux-size",
+                "62x64",
+            ],
+            "62x64: this model needs sides that are multiples of 4",
+        ),
+        (vec!["--text-layers", "2,4"], "apply to the FLUX.2 models"),
+        (vec!["--e2e-steps", "2"], "--e2e-steps applies"),
+    ] {
+        let mut all = vec!["bench", "--repeat", "1"];
+        all.extend(args);
+        let o = sprout(&all);
+        assert!(!o.status.success());
+        let e = stderr(&o);
+        assert!(e.contains(want) && !e.contains("panicked"), "{all:?}: {e}");
+    }
+}

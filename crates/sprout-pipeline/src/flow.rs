@@ -37,6 +37,99 @@ impl ShiftConfig {
     }
 }
 
+/// How a FLUX.1 snapshot's sampling times are shifted, as its
+/// `scheduler/scheduler_config.json` (diffusers' FlowMatchEulerDiscreteScheduler) says:
+/// with `use_dynamic_shifting` by `mu` from the image's token count (dev, Kontext, Fill,
+/// Canny, Depth), otherwise by the fixed `shift` (schnell: 1, no shift).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FluxShift {
+    Dynamic(ShiftConfig),
+    Fixed(f64),
+}
+
+impl FluxShift {
+    /// `mu` for `image_tokens`: a fixed shift s is `time_shift` with e^mu = s
+    /// (`s·t / (1 + (s − 1)·t)`, the scheduler's static formula).
+    pub fn mu(&self, image_tokens: usize) -> f64 {
+        match self {
+            FluxShift::Dynamic(c) => c.mu(image_tokens),
+            FluxShift::Fixed(s) => s.ln(),
+        }
+    }
+
+    /// The shift a scheduler config gives, FLUX.1's values where a field is absent. Fields
+    /// that would sample on other times (another time-shift formula, a terminal shift,
+    /// Karras / exponential / beta sigmas, inverted or stochastic sampling, another
+    /// scheduler class) are refused by name; `what` names the file in errors.
+    pub fn from_scheduler_config(
+        v: &serde_json::Value,
+        what: &str,
+    ) -> std::result::Result<FluxShift, String> {
+        let class = v["_class_name"]
+            .as_str()
+            .unwrap_or("FlowMatchEulerDiscreteScheduler");
+        if class != "FlowMatchEulerDiscreteScheduler" {
+            return Err(format!(
+                "{what}: scheduler {class} is not supported (FLUX.1 samples with \
+                 FlowMatchEulerDiscreteScheduler)"
+            ));
+        }
+        if let Some(t) = v["time_shift_type"]
+            .as_str()
+            .filter(|t| *t != "exponential")
+        {
+            return Err(format!(
+                "{what}: time_shift_type = {t:?} is not supported (only \"exponential\")"
+            ));
+        }
+        for flag in [
+            "use_karras_sigmas",
+            "use_exponential_sigmas",
+            "use_beta_sigmas",
+            "invert_sigmas",
+            "stochastic_sampling",
+        ] {
+            if v[flag].as_bool() == Some(true) {
+                return Err(format!("{what}: {flag} = true is not supported"));
+            }
+        }
+        if let Some(t) = v.get("shift_terminal").filter(|t| !t.is_null()) {
+            return Err(format!("{what}: shift_terminal = {t} is not supported"));
+        }
+        let num = |k: &str, d: f64| -> std::result::Result<f64, String> {
+            match v.get(k).filter(|x| !x.is_null()) {
+                None => Ok(d),
+                Some(x) => x
+                    .as_f64()
+                    .filter(|x| x.is_finite())
+                    .ok_or_else(|| format!("{what}: {k} = {x} is not a number")),
+            }
+        };
+        if v["use_dynamic_shifting"].as_bool().unwrap_or(false) {
+            let d = ShiftConfig::default();
+            let c = ShiftConfig {
+                base_len: num("base_image_seq_len", d.base_len)?,
+                base_shift: num("base_shift", d.base_shift)?,
+                max_len: num("max_image_seq_len", d.max_len)?,
+                max_shift: num("max_shift", d.max_shift)?,
+            };
+            if c.max_len <= c.base_len {
+                return Err(format!(
+                    "{what}: max_image_seq_len ({}) must exceed base_image_seq_len ({})",
+                    c.max_len, c.base_len
+                ));
+            }
+            Ok(FluxShift::Dynamic(c))
+        } else {
+            let s = num("shift", 1.0)?;
+            if s <= 0.0 {
+                return Err(format!("{what}: shift = {s} must be positive"));
+            }
+            Ok(FluxShift::Fixed(s))
+        }
+    }
+}
+
 /// `e^mu / (e^mu + (1/t − 1))`: moves t towards 1 (more noise) for larger images.
 pub fn time_shift(mu: f64, t: f64) -> f64 {
     if t <= 0.0 {
@@ -161,6 +254,52 @@ pub fn sample(
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn scheduler_configs_give_their_shift_and_refuse_other_samplers_by_name() {
+        let dev = serde_json::json!({
+            "_class_name": "FlowMatchEulerDiscreteScheduler", "use_dynamic_shifting": true,
+            "base_image_seq_len": 256, "max_image_seq_len": 4096, "base_shift": 0.5,
+            "max_shift": 1.15, "shift": 3.0, "time_shift_type": "exponential",
+        });
+        let d = FluxShift::from_scheduler_config(&dev, "s").unwrap();
+        assert_eq!(d, FluxShift::Dynamic(ShiftConfig::default()));
+        assert!((d.mu(256) - 0.5).abs() < 1e-12 && (d.mu(4096) - 1.15).abs() < 1e-12);
+        let mut other = dev.clone();
+        other["max_shift"] = serde_json::json!(1.5);
+        assert!(
+            (FluxShift::from_scheduler_config(&other, "s")
+                .unwrap()
+                .mu(4096)
+                - 1.5)
+                .abs()
+                < 1e-12
+        );
+        // schnell: no dynamic shifting, shift 1 — no shift at all.
+        let schnell = serde_json::json!({"use_dynamic_shifting": false, "shift": 1.0});
+        let s = FluxShift::from_scheduler_config(&schnell, "s").unwrap();
+        assert_eq!(s.mu(1024), 0.0);
+        // A fixed shift of 3 is the static formula s·t / (1 + (s − 1)·t).
+        let f = FluxShift::from_scheduler_config(&serde_json::json!({"shift": 3.0}), "s").unwrap();
+        let t = 0.4;
+        assert!((time_shift(f.mu(64), t) - 3.0 * t / (1.0 + 2.0 * t)).abs() < 1e-12);
+        for (field, value) in [
+            ("time_shift_type", serde_json::json!("linear")),
+            ("use_karras_sigmas", serde_json::json!(true)),
+            ("invert_sigmas", serde_json::json!(true)),
+            ("shift_terminal", serde_json::json!(0.1)),
+            ("_class_name", serde_json::json!("EulerDiscreteScheduler")),
+            ("max_shift", serde_json::json!("big")),
+        ] {
+            let mut v = dev.clone();
+            v[field] = value;
+            let e = FluxShift::from_scheduler_config(&v, "s").unwrap_err();
+            assert!(
+                e.contains(field) || e.contains("EulerDiscreteScheduler"),
+                "{field}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn shift_closed_form() {

@@ -15,7 +15,7 @@ use sprout_models::flux::vae::FluxVae;
 use tokenizers::Tokenizer;
 
 use crate::denoise::{denoise, Hooks};
-use crate::flow::{schedule, Blend, Sampler, ShiftConfig};
+use crate::flow::{schedule, Blend, FluxShift, Sampler, ShiftConfig};
 use crate::image_io::{composite, to_images};
 use crate::noise::noise;
 use crate::PipelineError;
@@ -33,6 +33,17 @@ pub struct FluxModel {
     /// Prompts encoded ahead, as (prompt, T5 tokens, encoding): [`FluxModel::load_with_prompts`]
     /// encodes them while T5 is loaded, so that it can be dropped before the DiT loads.
     pub encoded: Vec<(String, usize, FluxText)>,
+    /// The sampling times' shift: the snapshot's scheduler config, else the variant's own.
+    pub shift: FluxShift,
+}
+
+/// FLUX.1's shift where no scheduler config says otherwise: none for schnell, the
+/// resolution-dependent one for the guidance-distilled variants.
+pub fn default_shift(variant: Variant) -> FluxShift {
+    match variant {
+        Variant::Schnell => FluxShift::Fixed(1.0),
+        _ => FluxShift::Dynamic(ShiftConfig::default()),
+    }
 }
 
 /// The text side: CLIP-L (pooled vector) and T5 (token states) with their tokenizers.
@@ -396,10 +407,7 @@ impl FluxModel {
             )
         };
         let txt_ids = Tensor::zeros((1, text.states.dim(1)?, 3), DType::F32, dev)?;
-        let mu = match self.variant {
-            Variant::Schnell => 0.0,
-            _ => ShiftConfig::default().mu(tokens),
-        };
+        let mu = self.shift.mu(tokens);
         let times = schedule(steps, mu);
         let mut blend = None;
         let (times, x) = match init {

@@ -146,6 +146,24 @@ pub struct Flux2Reference {
     pub cols: usize,
 }
 
+/// A `w`×`h` reference scaled down to about [`REFERENCE_MAX_AREA`] pixels when larger
+/// (each side truncated, as diffusers' resize to a target area does), else as it is.
+pub fn scaled_to_reference_area(w: usize, h: usize) -> (usize, usize) {
+    if w * h <= REFERENCE_MAX_AREA {
+        return (w, h);
+    }
+    let scale = (REFERENCE_MAX_AREA as f64 / (w * h) as f64).sqrt();
+    ((w as f64 * scale) as usize, (h as f64 * scale) as usize)
+}
+
+/// The size a `w`×`h` reference has once prepared ([`prepare_reference`]): scaled to the
+/// reference area, then cropped to multiples of `multiple`. FLUX.2's pipelines draw an edit
+/// that names no size on its first reference's prepared size.
+pub fn reference_dims(w: usize, h: usize, multiple: usize) -> (usize, usize) {
+    let (w, h) = scaled_to_reference_area(w, h);
+    (w / multiple * multiple, h / multiple * multiple)
+}
+
 /// A reference image as FLUX.2's pipelines take it: at least 64 pixels a side and at most
 /// 8:1, scaled down (Lanczos) to about 1024² pixels when larger, then centre-cropped to
 /// multiples of `multiple` (16). `k` numbers the image in errors.
@@ -168,10 +186,14 @@ pub fn prepare_reference(
         ));
     }
     let mut img = img.clone();
-    if w * h > REFERENCE_MAX_AREA {
-        let scale = (REFERENCE_MAX_AREA as f64 / (w * h) as f64).sqrt();
-        let (nw, nh) = ((w as f64 * scale) as u32, (h as f64 * scale) as u32);
-        img = image::imageops::resize(&img, nw, nh, image::imageops::FilterType::Lanczos3);
+    let (nw, nh) = scaled_to_reference_area(w, h);
+    if (nw, nh) != (w, h) {
+        img = image::imageops::resize(
+            &img,
+            nw as u32,
+            nh as u32,
+            image::imageops::FilterType::Lanczos3,
+        );
     }
     let (w, h) = (img.width() as usize, img.height() as usize);
     let (cw, ch) = (w / multiple * multiple, h / multiple * multiple);

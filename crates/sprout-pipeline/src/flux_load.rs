@@ -26,7 +26,8 @@ use sprout_models::flux::vae::{FluxVae, FluxVaeConfig};
 use candle_transformers::quantized_var_builder::VarBuilder as QVarBuilder;
 use sprout_models::weights::Weights;
 
-use crate::flux::{FluxModel, FluxText, T5Model, T5Slot, TextParts};
+use crate::flow::FluxShift;
+use crate::flux::{default_shift, FluxModel, FluxText, T5Model, T5Slot, TextParts};
 use crate::PipelineError;
 
 pub(crate) fn weights_err(e: impl std::fmt::Display) -> PipelineError {
@@ -51,6 +52,35 @@ pub(crate) fn mmap(files: &[std::path::PathBuf]) -> Result<MmapedSafetensors, Pi
                 .unwrap_or_default()
         ))
     })
+}
+
+/// The shift of a snapshot's `scheduler/scheduler_config.json` (a fine-tune may change
+/// it), else the variant's own; a single file or a folder without one takes the latter.
+fn scheduler_shift(weights: &Path, variant: Variant) -> Result<FluxShift, PipelineError> {
+    let p = weights.join("scheduler").join("scheduler_config.json");
+    if !weights.is_dir() || !p.is_file() {
+        return Ok(default_shift(variant));
+    }
+    let v = read_json(&p)?;
+    FluxShift::from_scheduler_config(&v, &p.display().to_string()).map_err(PipelineError::Weights)
+}
+
+/// CLIP's weights as the model names them (`text_model.*`), with the adapters merged in
+/// where there are any.
+fn clip_builder<B: candle_nn::var_builder::SimpleBackend + 'static>(
+    backend: B,
+    usage: &Option<LoraUsage>,
+    dtype: DType,
+    device: &Device,
+) -> VarBuilder<'static> {
+    match usage {
+        None => VarBuilder::from_backend(Box::new(backend), dtype, device.clone()),
+        Some(u) => VarBuilder::from_backend(
+            Box::new(WithLora::with_usage(backend, u.clone(), Target::Clip)),
+            dtype,
+            device.clone(),
+        ),
+    }
 }
 
 /// A diffusers `config.json` next to a component's weights, if there is one.
@@ -311,19 +341,20 @@ impl FluxModel {
         // Adapters may touch CLIP too (kohya's lora_te1_*); one record of what was used
         // serves CLIP and the transformer.
         let usage = lora.take().map(LoraUsage::new);
-        let vb = match &usage {
-            None => {
-                VarBuilder::from_backend(Box::new(mmap(clip_files)?), parts_dtype, device.clone())
-            }
-            Some(u) => VarBuilder::from_backend(
-                Box::new(WithLora::with_usage(
-                    mmap(clip_files)?,
-                    u.clone(),
-                    Target::Clip,
-                )),
+        let clip_st = mmap(clip_files)?;
+        let bare = clip_st
+            .get("text_model.embeddings.token_embedding.weight")
+            .is_err()
+            && clip_st.get("embeddings.token_embedding.weight").is_ok();
+        let vb = if bare {
+            clip_builder(
+                Renamed::without_prefix(clip_st, "text_model."),
+                &usage,
                 parts_dtype,
-                device.clone(),
-            ),
+                device,
+            )
+        } else {
+            clip_builder(clip_st, &usage, parts_dtype, device)
         };
         let clip = ClipTextTransformer::new(vb.pp("text_model"), &ccfg)
             .map_err(|e| weights_err(format!("{}: {e}", clip_files[0].display())))?;
@@ -445,8 +476,10 @@ impl FluxModel {
         let vae = FluxVae::new(&vcfg, vb)
             .map_err(|e| weights_err(format!("{}: {e}", vae_files[0].display())))?;
 
+        let shift = scheduler_shift(weights, variant)?;
         Ok((
             FluxModel {
+                shift,
                 variant,
                 dit,
                 vae,

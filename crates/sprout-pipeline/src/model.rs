@@ -14,7 +14,7 @@ use crate::flow::Sampler;
 use crate::flux::{reference_size, sampling_defaults, size_multiple, FluxModel, Img2Img, Inpaint};
 use crate::flux2::{prepare_reference, Flux2Model, KLEIN_MAX_REFERENCES, MAX_PROMPT_TOKENS};
 use crate::image_io::{resized, to_images};
-use crate::request::{check, InitImage, Profile, Request};
+use crate::request::{check, EditSizing, InitImage, Profile, Request};
 use crate::PipelineError;
 
 /// Largest canvas side served for FLUX.1 (about 4 MP at 2048²; FLUX.1 is trained up to
@@ -175,6 +175,7 @@ pub fn native_profile(
         takes_init: true,
         takes_mask: true,
         needs_mask: false,
+        edit_sizing: EditSizing::DefaultArea,
     }
 }
 
@@ -209,6 +210,7 @@ pub fn flux_profile(variant: Variant, multiple: u32) -> Profile {
         takes_init: true,
         takes_mask: !variant.is_control(),
         needs_mask: variant == Variant::Fill,
+        edit_sizing: EditSizing::DefaultArea,
     }
 }
 
@@ -430,6 +432,7 @@ pub fn flux2_profile(distilled: bool) -> Profile {
         takes_init: false,
         takes_mask: false,
         needs_mask: false,
+        edit_sizing: EditSizing::AsReference,
     }
 }
 

@@ -124,6 +124,21 @@ pub struct Profile {
     pub takes_init: bool,
     pub takes_mask: bool,
     pub needs_mask: bool,
+    /// The canvas of an edit that names no size.
+    #[serde(default)]
+    pub edit_sizing: EditSizing,
+}
+
+/// How an edit that names no size is sized from its first input image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EditSizing {
+    /// The image's aspect ratio at the default canvas's area (FLUX.1 Kontext).
+    #[default]
+    DefaultArea,
+    /// The image's own size as the reference is prepared: scaled down to about 1024² when
+    /// larger, cropped to the multiple (FLUX.2's pipelines).
+    AsReference,
 }
 
 impl Profile {
@@ -144,16 +159,21 @@ impl Profile {
         out
     }
 
-    /// The canvas of an edit that names none: its first image's aspect ratio at the default
-    /// canvas's area (FLUX.1 Kontext's nearest preferred resolution, scaled), within the
-    /// model's limits.
+    /// The canvas of an edit that names none, from its first image, within the model's
+    /// limits: that image's aspect ratio at the default canvas's area (FLUX.1 Kontext's
+    /// nearest preferred resolution, scaled), or its prepared size (FLUX.2).
     pub fn edit_canvas(&self, (w, h): (u32, u32)) -> (u32, u32) {
-        let (w, h) = crate::flux::reference_size(
-            w as usize,
-            h as usize,
-            (self.default_size.0 * self.default_size.1) as usize,
-            self.multiple as usize,
-        );
+        let (w, h) = match self.edit_sizing {
+            EditSizing::DefaultArea => crate::flux::reference_size(
+                w as usize,
+                h as usize,
+                (self.default_size.0 * self.default_size.1) as usize,
+                self.multiple as usize,
+            ),
+            EditSizing::AsReference => {
+                crate::flux2::reference_dims(w as usize, h as usize, self.multiple as usize)
+            }
+        };
         self.fit(w as u32, h as u32)
     }
 
@@ -682,5 +702,29 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("img2img"), "{e}");
         assert_eq!(p.fit(3, 3), (16, 16));
+    }
+
+    /// An edit that names no size: FLUX.1 Kontext draws on the first image's nearest
+    /// preferred resolution; FLUX.2 on the first image's own size as prepared (scaled down
+    /// to about 1024² when larger, cropped to multiples of 16), as diffusers' pipelines do.
+    #[test]
+    fn edit_canvases_follow_each_family_rule() {
+        use sprout_models::flux::files::Variant;
+        let kontext = crate::model::flux_profile(Variant::Kontext, 16);
+        assert_eq!(kontext.edit_canvas((800, 600)), (1184, 880));
+        let klein = crate::model::flux2_profile(true);
+        assert_eq!(klein.edit_canvas((800, 600)), (800, 592));
+        assert_eq!(klein.edit_canvas((100, 70)), (96, 64));
+        // 3000×2000 scaled by √(1024² / 6·10⁶): 1254×836, cropped to 1248×832.
+        assert_eq!(klein.edit_canvas((3000, 2000)), (1248, 832));
+        // The profile a distributed worker advertises keeps the rule; an older worker's JSON
+        // without the field reads as the FLUX.1 rule.
+        let json = serde_json::to_value(&klein).unwrap();
+        let back: Profile = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(back.edit_sizing, EditSizing::AsReference);
+        let mut old = json;
+        old.as_object_mut().unwrap().remove("edit_sizing");
+        let old: Profile = serde_json::from_value(old).unwrap();
+        assert_eq!(old.edit_sizing, EditSizing::DefaultArea);
     }
 }

@@ -87,3 +87,26 @@ fn gguf_t5_encoder_gives_the_text_states_of_the_safetensors_one() {
         assert!(d <= tol, "{q:?}: {d} > {tol}");
     }
 }
+
+/// A CLIP text encoder saved by current transformers without the `text_model.` prefix loads
+/// and encodes exactly as the prefixed one.
+#[test]
+fn a_clip_encoder_without_the_text_model_prefix_encodes_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+    for root in [&a, &b] {
+        flux_snapshot(root, "FluxPipeline").unwrap();
+    }
+    let p = b.join("text_encoder/model.safetensors");
+    let t = candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
+    let bare: HashMap<String, Tensor> = t
+        .into_iter()
+        .map(|(k, v)| (k.strip_prefix("text_model.").unwrap_or(&k).to_string(), v))
+        .collect();
+    assert!(bare.contains_key("embeddings.token_embedding.weight"));
+    candle_core::safetensors::save(&bare, &p).unwrap();
+    let (sa, ia) = flux_dev_run(&a, &Components::default()).unwrap();
+    let (sb, ib) = flux_dev_run(&b, &Components::default()).unwrap();
+    let d = |x: &Tensor, y: &Tensor| sprout_models::ops::max_abs_diff(x, y).unwrap();
+    assert_eq!((d(&sa, &sb), d(&ia, &ib)), (0.0, 0.0));
+}

@@ -74,6 +74,7 @@ fn model(variant: Variant, file: &str) -> FluxModel {
         },
         parts_dtype: DType::F32,
         encoded: Vec::new(),
+        shift: sprout_pipeline::flux::default_shift(variant),
     }
 }
 

@@ -582,6 +582,10 @@ fn profile_json(p: &crate::Profile) -> Value {
         "default_steps": p.default_steps,
         "default_guidance": p.default_guidance,
         "edits": p.edits,
+        "images_are": p.images_are,
+        "min_images": p.images.0,
+        "max_images": p.images.1,
+        "takes_mask": p.takes_mask,
     })
 }
 

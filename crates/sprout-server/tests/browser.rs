@@ -121,14 +121,41 @@ async fn serve_tiny() -> String {
         .unwrap()
         .into_bundle(&candle_core::Device::Cpu)
         .unwrap();
-    let state = Arc::new(
-        sprout_server::start(
-            sprout_server::Engine::Native(Box::new(bundle)),
-            "tiny",
-            ServerConfig::default(),
-        )
-        .unwrap(),
-    );
+    serve(
+        sprout_server::Engine::Native(Box::new(bundle)),
+        "tiny",
+        ServerConfig::default(),
+    )
+    .await
+}
+
+/// FLUX.2 [klein] from the tiny parity snapshot (its 6-layer Qwen3 read at layers 2, 4, 6),
+/// served without the start-up run (its default canvas, 1024², is far too large for it).
+async fn serve_flux2() -> String {
+    let snap = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../sprout-models/tests/fixtures/flux2/snapshot");
+    let mut m = sprout_pipeline::flux2::Flux2Model::load_with_taps(
+        &snap,
+        &[2, 4, 6],
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    m.text.max_len = 40;
+    let cfg = ServerConfig {
+        warmup: false,
+        ..ServerConfig::default()
+    };
+    serve(
+        sprout_server::Engine::Flux2(Box::new(m)),
+        "flux2-klein",
+        cfg,
+    )
+    .await
+}
+
+async fn serve(engine: sprout_server::Engine, name: &str, cfg: ServerConfig) -> String {
+    let state = Arc::new(sprout_server::start(engine, name, cfg).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
     tokio::spawn(sprout_server::serve(
@@ -294,4 +321,118 @@ async fn typing_a_prompt_and_clicking_generate_shows_progress_and_the_image() {
         caption.as_str().unwrap().contains("a red circle"),
         "{caption}"
     );
+}
+
+/// FLUX.2's edit mode on the page: the label says what the model takes, several chosen
+/// images are all sent, the canvas ("auto") is the first image's, and the result is the
+/// image the API gives for the same request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromedriver; .ci/run installs them and runs it"]
+async fn a_flux2_edit_on_the_page_sends_every_chosen_image() {
+    let url = serve_flux2().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pic = |w: u32, h: u32, k: u32| {
+        image::RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([
+                (x * 3 + k * 70) as u8,
+                (y * 5) as u8,
+                ((x + y) * 2 + k * 40) as u8,
+            ])
+        })
+    };
+    let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
+    pic(96, 80, 0).save(&a).unwrap();
+    pic(64, 64, 1).save(&b).unwrap();
+    let d = start_driver().await;
+    d.call(reqwest::Method::POST, "/url", json!({"url": url}))
+        .await;
+    let label = d
+        .wait_for(
+            "the model's image rule",
+            "const t = document.getElementById('filesLabel').textContent; return t.includes('up to') ? t : null;",
+        )
+        .await;
+    assert!(label.as_str().unwrap().contains("up to 4"), "{label}");
+    d.click("#tabEdit").await;
+    let size = d
+        .script("return document.getElementById('size').value;")
+        .await;
+    assert_eq!(size, "auto");
+    d.type_into("#files", &format!("{}\n{}", a.display(), b.display()))
+        .await;
+    let chosen = d
+        .script("return document.getElementById('files').files.length;")
+        .await;
+    assert_eq!(chosen, 2);
+    d.type_into("#prompt", "make it red").await;
+    d.script(
+        "document.getElementById('steps').value = '2'; document.getElementById('seed').value = '5';",
+    )
+    .await;
+    d.click("#go").await;
+    let src = d
+        .wait_for(
+            "the edited image",
+            "const img = document.querySelector('#gallery img');
+             return img && img.naturalWidth > 0 ? img.src : null;",
+        )
+        .await;
+    let b64 = src.as_str().unwrap().split(',').nth(1).unwrap().to_string();
+    use base64::Engine as _;
+    let page_png = base64::engine::general_purpose::STANDARD
+        .decode(&b64)
+        .unwrap();
+    let page_img = image::load_from_memory(&page_png).unwrap().to_rgb8();
+    assert_eq!(
+        page_img.dimensions(),
+        (96, 80),
+        "the first image's own size"
+    );
+    // The same request straight to the API.
+    let part = |p: &std::path::Path| {
+        reqwest::multipart::Part::bytes(std::fs::read(p).unwrap()).file_name("in.png")
+    };
+    let form = reqwest::multipart::Form::new()
+        .text("prompt", "make it red")
+        .text("steps", "2")
+        .text("seed", "5")
+        .part("image[]", part(&a))
+        .part("image[]", part(&b));
+    let v: Value = reqwest::Client::new()
+        .post(format!("{url}v1/images/edits"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let api_png = base64::engine::general_purpose::STANDARD
+        .decode(
+            v["data"][0]["b64_json"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{v}")),
+        )
+        .unwrap();
+    let api_img = image::load_from_memory(&api_png).unwrap().to_rgb8();
+    assert_eq!(page_img, api_img);
+    // With the first image alone the model draws another image: the second was sent.
+    let one = reqwest::multipart::Form::new()
+        .text("prompt", "make it red")
+        .text("steps", "2")
+        .text("seed", "5")
+        .part("image[]", part(&a));
+    let v: Value = reqwest::Client::new()
+        .post(format!("{url}v1/images/edits"))
+        .multipart(one)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let alone = base64::engine::general_purpose::STANDARD
+        .decode(v["data"][0]["b64_json"].as_str().unwrap())
+        .unwrap();
+    assert_ne!(image::load_from_memory(&alone).unwrap().to_rgb8(), page_img);
 }

@@ -30,8 +30,29 @@ pub fn clip_config(v: &serde_json::Value) -> Result<ClipTextConfig> {
             v["hidden_act"]
         )));
     }
+    // candle-transformers' CLIP normalises with eps 1e-5 and pools at the highest token id
+    // (transformers' legacy rule for `eos_token_id = 2`, which equals the first end token
+    // when that token is the vocabulary's last, as in CLIP-L's 49407): other values would
+    // encode differently, so they are refused by name.
+    if let Some(eps) = v["layer_norm_eps"].as_f64() {
+        if (eps - 1e-5).abs() > 1e-12 {
+            return Err(bad(format!(
+                "CLIP config.json: layer_norm_eps = {eps} is not supported (FLUX's CLIP-L uses 1e-5)"
+            )));
+        }
+    }
+    let vocab = n("vocab_size")?;
+    if let Some(eos) = v["eos_token_id"].as_u64() {
+        if eos != 2 && eos + 1 != vocab as u64 {
+            return Err(bad(format!(
+                "CLIP config.json: eos_token_id = {eos} is not supported (pooling reads the \
+                 vocabulary's last token, {})",
+                vocab.saturating_sub(1)
+            )));
+        }
+    }
     Ok(ClipTextConfig {
-        vocab_size: n("vocab_size")?,
+        vocab_size: vocab,
         embed_dim: n("hidden_size")?,
         activation: Activation::QuickGelu,
         intermediate_size: n("intermediate_size")?,
@@ -207,6 +228,37 @@ pub fn t5_xxl_json() -> serde_json::Value {
 #[cfg(test)]
 mod preset_tests {
     use super::*;
+
+    #[test]
+    fn clip_fields_it_cannot_take_are_refused_by_name() {
+        let base = serde_json::json!({
+            "vocab_size": 1000, "hidden_size": 32, "intermediate_size": 37,
+            "max_position_embeddings": 77, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "eos_token_id": 2,
+        });
+        let c = clip_config(&base).unwrap();
+        assert_eq!(
+            (c.vocab_size, c.embed_dim, c.num_hidden_layers),
+            (1000, 32, 2)
+        );
+        // The vocabulary's last id pools as the legacy rule does: accepted.
+        let mut last = base.clone();
+        last["eos_token_id"] = serde_json::json!(999);
+        clip_config(&last).unwrap();
+        for (field, value) in [
+            ("layer_norm_eps", serde_json::json!(1e-6)),
+            ("eos_token_id", serde_json::json!(500)),
+            ("hidden_act", serde_json::json!("gelu")),
+        ] {
+            let mut v = base.clone();
+            v[field] = value;
+            let e = clip_config(&v).unwrap_err().to_string();
+            assert!(
+                e.contains(field) || e.contains("activation"),
+                "{field}: {e}"
+            );
+        }
+    }
 
     #[test]
     fn autoencoder_fields_it_cannot_take_are_refused_by_name() {

@@ -445,6 +445,15 @@ impl<B: SimpleBackend> Renamed<B> {
         }
     }
 
+    /// Tensors the model names `prefix` + key, stored under key alone: a CLIP text encoder
+    /// saved by current transformers as a bare `CLIPTextModel` body (no `text_model.`).
+    pub fn without_prefix(inner: B, prefix: &'static str) -> Self {
+        Renamed {
+            inner,
+            source: Box::new(move |n| n.strip_prefix(prefix).map(|k| Source::Key(k.to_string()))),
+        }
+    }
+
     pub fn vae(inner: B, levels: usize) -> Self {
         Renamed {
             inner,
