@@ -67,7 +67,10 @@ pub struct EditArgs {
 }
 
 pub fn edit(e: EditArgs) -> Result<()> {
-    if e.gen.model != "flux-kontext" && e.gen.model != "flux2-klein" {
+    if !matches!(
+        e.gen.model.as_str(),
+        "flux-kontext" | "flux2-klein" | "flux2-klein-base"
+    ) {
         bail!(
             "model {} cannot edit images; editing needs --model flux-kontext or flux2-klein (with --weights)",
             e.gen.model

@@ -1,4 +1,4 @@
-//! `--vae`, `--clip`, `--t5`, `--tokenizers`: FLUX.1 parts kept apart from the transformer,
+//! `--vae`, `--clip`, `--t5`, `--tokenizers`: FLUX parts kept apart from the transformer,
 //! shared by `generate`, `edit`, `serve` and `bench`.
 
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use sprout_models::flux::components::Components;
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct FluxPartsArgs {
     /// FLUX: the autoencoder's safetensors file (e.g. ae.safetensors), when it is not beside
-    /// the transformer.
+    /// the transformer (FLUX.1) or in the snapshot (FLUX.2).
     #[arg(long)]
     pub vae: Option<PathBuf>,
     /// FLUX: CLIP-L's text encoder (e.g. clip_l.safetensors, or a text_encoder/ folder).
@@ -19,7 +19,9 @@ pub struct FluxPartsArgs {
     /// text_encoder_2/ folder, or a GGUF file such as t5-v1_1-xxl-encoder-Q8_0.gguf).
     #[arg(long)]
     pub t5: Option<PathBuf>,
-    /// FLUX: a folder with tokenizer/ (CLIP) and tokenizer_2/ (T5), as in a diffusers snapshot.
+    /// FLUX: a folder with tokenizer/ (CLIP) and tokenizer_2/ (T5), as in a diffusers
+    /// snapshot; for FLUX.2, a folder with the Qwen tokenizer's tokenizer.json (or its
+    /// tokenizer/).
     #[arg(long)]
     pub tokenizers: Option<PathBuf>,
     /// FLUX: a LoRA adapter for the transformer, FILE or FILE:STRENGTH (default 1), merged into

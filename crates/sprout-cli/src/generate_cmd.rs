@@ -169,8 +169,10 @@ pub fn load(
 ) -> Result<Model> {
     let device = sprout_pipeline::device::parse(device).map_err(cli_error)?;
     if model.starts_with("flux2-") {
-        parts.refuse_for(model)?;
-        return load_flux2(model, weights, text, &device);
+        if parts.clip.is_some() || parts.t5.is_some() || !parts.loras.is_empty() {
+            bail!("--clip, --t5 and --lora apply to the FLUX.1 models; FLUX.2 takes --vae, --text-encoder, --transformer and --tokenizers");
+        }
+        return load_flux2(model, weights, text, parts, &device);
     }
     if text.layers.is_some() || text.encoder.is_some() || text.transformer.is_some() {
         bail!("--text-layers, --text-encoder and --transformer apply to the FLUX.2 models (--model flux2-klein)");
@@ -210,53 +212,81 @@ pub struct Flux2Text<'a> {
     pub transformer: Option<&'a Path>,
 }
 
-/// FLUX.2 [klein] from a diffusers snapshot folder (`--weights`).
+/// FLUX.2 [klein] from a diffusers snapshot folder (`--weights DIR`, its parts replaceable
+/// by `--transformer`, `--text-encoder`, `--vae` and `--tokenizers`), or from single files
+/// (`--weights` the transformer's file, with those flags for the other parts).
 fn load_flux2(
     model: &str,
     weights: Option<&Path>,
     text: Flux2Text<'_>,
+    parts: &crate::flux_parts::FluxPartsArgs,
     device: &Device,
 ) -> Result<Model> {
     match model {
-        "flux2-klein" => {}
+        "flux2-klein" | "flux2-klein-base" => {}
         "flux2-dev" => bail!(
             "--model flux2-dev needs its Mistral Small 3.2 text encoder, which Sprout does not run yet; FLUX.2 [klein] runs with --model flux2-klein"
         ),
-        other => bail!("unknown model {other:?}: the FLUX.2 models are flux2-klein (4B or 9B, read from the files) and flux2-dev"),
+        other => bail!("unknown model {other:?}: the FLUX.2 models are flux2-klein (4B or 9B, read from the files), flux2-klein-base and flux2-dev"),
     }
     let Some(weights) = weights else {
-        bail!("--model {model} needs --weights DIR (a diffusers snapshot of FLUX.2 [klein], e.g. black-forest-labs/FLUX.2-klein-4B)");
+        bail!("--model {model} needs --weights PATH (a diffusers snapshot folder of FLUX.2 [klein], e.g. black-forest-labs/FLUX.2-klein-4B, or the transformer's file with --vae, --text-encoder and --tokenizers)");
     };
-    if !weights.is_dir() {
-        bail!(
-            "--weights {}: FLUX.2 [klein] loads from a diffusers snapshot folder (transformer/, vae/, text_encoder/, tokenizer/)",
-            weights.display()
-        );
+    if !weights.exists() {
+        bail!("--weights {}: no such file or directory", weights.display());
     }
-    gguf_part(
-        "--text-encoder",
-        text.encoder,
-        "llama.cpp's Qwen3",
-        "text_encoder/",
-    )?;
-    gguf_part(
-        "--transformer",
-        text.transformer,
-        "`sprout quantize --model flux2-klein` writes one",
-        "transformer/",
-    )?;
+    let single = weights.is_file();
+    let transformer = if single {
+        if text.transformer.is_some() {
+            bail!("--transformer and a --weights file both name the transformer; give one");
+        }
+        part_file("--weights", Some(weights), &["safetensors", "gguf"])?;
+        let name = weights
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
+        if model == "flux2-klein" && name.contains("base") {
+            bail!(
+                "--weights {}: the file's name says it is a base model (50 steps, guidance); run it with --model flux2-klein-base",
+                weights.display()
+            );
+        }
+        Some(weights)
+    } else {
+        part_file("--transformer", text.transformer, &["safetensors", "gguf"])?;
+        text.transformer
+    };
+    part_file("--text-encoder", text.encoder, &["safetensors", "gguf"])?;
+    part_file("--vae", parts.vae.as_deref(), &["safetensors"])?;
+    if let Some(t) = &parts.tokenizers {
+        if !t.is_dir() {
+            bail!(
+                "--tokenizers {}: expected a folder holding the Qwen tokenizer's tokenizer.json (or its tokenizer/)",
+                t.display()
+            );
+        }
+    }
     let taps = text.layers.unwrap_or(&sprout_pipeline::flux2::KLEIN_TAPS);
     let m = sprout_pipeline::flux2::Flux2Model::load_with(
-        weights,
+        (!single).then_some(weights),
         taps,
         sprout_pipeline::flux2::Flux2Files {
-            transformer: text.transformer,
+            transformer,
             text_encoder: text.encoder,
+            vae: parts.vae.as_deref(),
+            tokenizer: parts.tokenizers.as_deref(),
+            distilled: single.then_some(model == "flux2-klein"),
         },
         candle_core::DType::F32,
         device,
     )
     .map_err(cli_error)?;
+    if model == "flux2-klein-base" && m.distilled {
+        bail!(
+            "--weights {}: model_index.json says the model is step-distilled; run it with --model flux2-klein",
+            weights.display()
+        );
+    }
     if !m.text.encoder.is_resident() {
         eprintln!(
             "memory is tight: the text encoder is loaded for each request and dropped before the transformer runs"
@@ -265,21 +295,23 @@ fn load_flux2(
     Ok(Model::Flux2(Box::new(m)))
 }
 
-/// A FLUX.2 part given apart from the snapshot (`flag`): a GGUF file that exists, or a
-/// refusal naming the flag (a safetensors part is the snapshot's `folder`).
-fn gguf_part(flag: &str, path: Option<&Path>, what: &str, folder: &str) -> Result<()> {
-    let Some(g) = path else { return Ok(()) };
-    if !g
+/// A FLUX.2 part given as a file (`flag`): one that exists, of one of the `kinds` of file,
+/// or a refusal naming the flag.
+fn part_file(flag: &str, path: Option<&Path>, kinds: &[&str]) -> Result<()> {
+    let Some(p) = path else { return Ok(()) };
+    let ext = p
         .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    if !kinds.contains(&ext.as_str()) {
         bail!(
-            "{flag} {}: expected a GGUF file ({what}); a safetensors one is the snapshot's {folder}",
-            g.display()
+            "{flag} {}: expected a .{} file",
+            p.display(),
+            kinds.join(" or .")
         );
     }
-    if !g.is_file() {
-        bail!("{flag} {}: no such file", g.display());
+    if !p.is_file() {
+        bail!("{flag} {}: no such file", p.display());
     }
     Ok(())
 }
@@ -390,7 +422,7 @@ pub fn run_with(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
     if flux2 {
         if a.weights.is_none() {
             bail!(
-                "--model {} needs --weights DIR (a diffusers snapshot of FLUX.2 [klein])",
+                "--model {} needs --weights PATH (a diffusers snapshot folder of FLUX.2 [klein], or the transformer's file)",
                 a.model
             );
         }
@@ -404,7 +436,6 @@ pub fn run_with(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
                 bail!("{flag} does not apply to --model {} (FLUX.2 [klein] draws from text and reference images)", a.model);
             }
         }
-        a.parts.refuse_for(&a.model)?;
     }
     if !flux
         && !flux2

@@ -297,18 +297,18 @@ fn gguf_parts_written_by_quantize_replace_the_snapshots() {
             "{e}"
         );
     };
-    let not_gguf = "expected a GGUF";
+    let not_weights = "expected a .safetensors or .gguf file";
     refused(
         "flux2-klein",
         "--text-encoder",
-        &te.join("model.safetensors"),
-        not_gguf,
+        &te.join("config.json"),
+        not_weights,
     );
     refused(
         "flux2-klein",
         "--transformer",
         &fixtures().join("snapshot/transformer"),
-        not_gguf,
+        not_weights,
     );
     let gguf = dir.path().join("flux2-klein-q8_0.gguf");
     refused(
@@ -393,4 +393,126 @@ fn bench_times_flux2_rows_on_the_fixture_snapshot() {
         let e = stderr(&o);
         assert!(e.contains(want) && !e.contains("panicked"), "{all:?}: {e}");
     }
+}
+
+/// FLUX.2 [klein] from single files, as other tools lay them out, with no snapshot folder:
+/// the transformer under Black Forest Labs' names inside ComfyUI's `model.diffusion_model.`
+/// (`--weights FILE`, its config.json beside it), the text encoder as a bare Qwen3 body
+/// without config (`--text-encoder`, sizes read from its shapes), the autoencoder without
+/// config (`--vae`, likewise) and `--tokenizers`: the image is the snapshot's own, pixel for
+/// pixel, and within a level of diffusers'. Missing parts are refused naming their flag.
+#[test]
+fn single_files_without_a_snapshot_draw_the_snapshots_image() {
+    use candle_nn::VarBuilder;
+    let dir = tempfile::tempdir().unwrap();
+    let io =
+        candle_core::safetensors::load(fixtures().join("pipeline_io.safetensors"), &Device::Cpu)
+            .unwrap();
+    let snap = fixtures().join("snapshot");
+    // The transformer: every tensor the DiT asks for, under its own (BFL) name, prefixed.
+    let tf = vec![snap.join("transformer/diffusion_pytorch_model.safetensors")];
+    let (cfg, backend) = sprout_pipeline::flux2::flux2_transformer(&tf).unwrap();
+    let names = sprout_models::recorder::record(|vb| {
+        sprout_models::dit::Dit::new(&cfg, vb)
+            .map(|_| ())
+            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+    })
+    .unwrap();
+    let vb = VarBuilder::from_backend(backend, candle_core::DType::F32, Device::Cpu);
+    let bfl: HashMap<String, Tensor> = names
+        .iter()
+        .map(|(n, shape)| {
+            let t = vb.get(shape.as_slice(), n).unwrap();
+            (format!("model.diffusion_model.{n}"), t)
+        })
+        .collect();
+    std::fs::create_dir_all(dir.path().join("t")).unwrap();
+    let transformer = dir.path().join("t/flux-2-klein-tiny.safetensors");
+    candle_core::safetensors::save(&bfl, &transformer).unwrap();
+    std::fs::copy(
+        snap.join("transformer/config.json"),
+        dir.path().join("t/config.json"),
+    )
+    .unwrap();
+    // The text encoder without `model.` and without config; the autoencoder without config.
+    let te =
+        candle_core::safetensors::load(snap.join("text_encoder/model.safetensors"), &Device::Cpu)
+            .unwrap();
+    let bare: HashMap<String, Tensor> = te
+        .into_iter()
+        .map(|(k, v)| (k.strip_prefix("model.").unwrap_or(&k).to_string(), v))
+        .collect();
+    let qwen = dir.path().join("qwen3-tiny.safetensors");
+    candle_core::safetensors::save(&bare, &qwen).unwrap();
+    let vae = dir.path().join("flux2-ae.safetensors");
+    std::fs::copy(snap.join("vae/diffusion_pytorch_model.safetensors"), &vae).unwrap();
+
+    let latents = dir.path().join("latents.safetensors");
+    save_one(&latents, &io["distilled_latents"]);
+    let run = |weights: &Path, extra: &[&str], out: &Path| {
+        let mut args = vec![
+            "generate",
+            "a photo of a red circle",
+            "--model",
+            "flux2-klein",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--latents",
+            latents.to_str().unwrap(),
+            "--steps",
+            "2",
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend(TINY);
+        args.extend(extra);
+        sprout(&args)
+    };
+    let (q, v, tk) = (
+        qwen.to_str().unwrap().to_string(),
+        vae.to_str().unwrap().to_string(),
+        snap.to_str().unwrap().to_string(),
+    );
+    let files = ["--text-encoder", &q, "--vae", &v, "--tokenizers", &tk];
+    let single = dir.path().join("single.png");
+    let r = run(&transformer, &files, &single);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let whole = dir.path().join("snapshot.png");
+    let r = run(&snap, &[], &whole);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let (a, b) = (
+        image::open(&single).unwrap().to_rgb8(),
+        image::open(&whole).unwrap().to_rgb8(),
+    );
+    assert_eq!(a, b, "single files and the snapshot draw the same image");
+    let d = worst_level(&single, &io["distilled_image"]);
+    assert!(d <= 1.0, "{d} levels from diffusers' image");
+
+    // Each missing part is refused naming its flag; a base model's file needs its model.
+    let x = dir.path().join("x.png");
+    for (skip, flag) in [(0, "--text-encoder"), (2, "--vae"), (4, "--tokenizers")] {
+        let mut some: Vec<&str> = files.to_vec();
+        some.drain(skip..skip + 2);
+        let r = run(&transformer, &some, &x);
+        let e = stderr(&r);
+        assert!(!r.status.success() && e.contains(flag), "{flag}: {e}");
+        assert!(!e.contains("panicked"), "{e}");
+    }
+    let base = dir.path().join("t/flux-2-klein-base-tiny.safetensors");
+    std::fs::copy(&transformer, &base).unwrap();
+    let e = stderr(&run(&base, &files, &x));
+    assert!(e.contains("flux2-klein-base"), "{e}");
+    // A FLUX.1 transformer file: refused by name.
+    let flux1 = dir.path().join("flux1-dev.safetensors");
+    std::fs::copy(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../sprout-models/tests/fixtures/flux/transformer_dev_bfl.safetensors"),
+        &flux1,
+    )
+    .unwrap();
+    let e = stderr(&run(&flux1, &files, &x));
+    assert!(
+        e.contains("not a FLUX.2 transformer") && !e.contains("panicked"),
+        "{e}"
+    );
 }

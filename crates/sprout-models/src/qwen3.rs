@@ -90,6 +90,61 @@ impl Qwen3Config {
         })
     }
 
+    /// From the tensors of a weight file given without its `config.json` (transformers'
+    /// names, with or without the `model.` prefix): the sizes from the shapes — vocabulary
+    /// and width from the embedding, head width from the query norm, heads and key-value
+    /// heads from the projections, the MLP from its gate, the depth from the layer count —
+    /// and Qwen3's own rotary base (10⁶) and norm epsilon (10⁻⁶), which no shape carries.
+    pub fn from_tensors(
+        infos: &[crate::flux::inspect::TensorInfo],
+    ) -> std::result::Result<Qwen3Config, crate::ModelError> {
+        let find = |name: &str| {
+            infos
+                .iter()
+                .find(|t| t.name == name || t.name.strip_prefix("model.") == Some(name))
+        };
+        let shape = |name: &str| {
+            find(name).map(|t| t.shape.clone()).ok_or_else(|| {
+                bad(format!(
+                    "no tensor {name} (nor model.{name}): not a Qwen3 text encoder"
+                ))
+            })
+        };
+        let emb = shape("embed_tokens.weight")?;
+        let rows =
+            |name: &str| -> std::result::Result<usize, crate::ModelError> { Ok(shape(name)?[0]) };
+        let head_dim = rows("layers.0.self_attn.q_norm.weight")?;
+        let layers = infos
+            .iter()
+            .filter_map(|t| {
+                let n = t.name.strip_prefix("model.").unwrap_or(&t.name);
+                n.strip_prefix("layers.")?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .map_or(0, |i| i + 1);
+        if emb.len() != 2 || head_dim == 0 || layers == 0 {
+            return Err(bad(format!(
+                "text encoder: embedding {emb:?}, head width {head_dim}, {layers} layers: not a Qwen3 stack"
+            )));
+        }
+        Ok(Qwen3Config {
+            vocab_size: emb[0],
+            hidden_size: emb[1],
+            intermediate_size: rows("layers.0.mlp.gate_proj.weight")?,
+            num_hidden_layers: layers,
+            num_attention_heads: rows("layers.0.self_attn.q_proj.weight")? / head_dim,
+            num_key_value_heads: rows("layers.0.self_attn.k_proj.weight")? / head_dim,
+            head_dim,
+            rope_theta: 1_000_000.0,
+            rms_norm_eps: 1e-6,
+            attention_bias: find("layers.0.self_attn.q_proj.bias").is_some(),
+        })
+    }
+
     /// Qwen3-4B (FLUX.2 [klein] 4B's encoder).
     pub fn qwen3_4b() -> Qwen3Config {
         Qwen3Config {

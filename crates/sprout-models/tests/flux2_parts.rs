@@ -216,3 +216,49 @@ fn qwen3_from_llama_cpp_gguf_matches_transformers() {
         .to_string();
     assert!(e.contains("qwen3") && e.contains("\"t5\""), "{e}");
 }
+
+/// A text encoder or autoencoder file given without its `config.json` has its config read
+/// from its tensors' shapes: for the fixture snapshot's parts, the configs their own
+/// `config.json` files give (and for the autoencoder, under Black Forest Labs' names too).
+#[test]
+fn configs_read_from_the_shapes_equal_the_config_files() {
+    use sprout_models::flux::inspect::{safetensors_header, TensorInfo};
+    use sprout_models::flux::vae2::Flux2VaeConfig;
+    let te = safetensors_header(&snapshot("text_encoder/model.safetensors")).unwrap();
+    let want = Qwen3Config::from_json(&json(snapshot("text_encoder/config.json"))).unwrap();
+    assert_eq!(Qwen3Config::from_tensors(&te).unwrap(), want);
+    // transformers' bare `Qwen3Model` body (no `model.` prefix) reads the same.
+    let bare: Vec<TensorInfo> = te
+        .iter()
+        .map(|t| TensorInfo {
+            name: t.name.strip_prefix("model.").unwrap_or(&t.name).to_string(),
+            ..t.clone()
+        })
+        .collect();
+    assert_eq!(Qwen3Config::from_tensors(&bare).unwrap(), want);
+    let e = Qwen3Config::from_tensors(&te[..0]).unwrap_err().to_string();
+    assert!(e.contains("embed_tokens.weight"), "{e}");
+
+    let vae = safetensors_header(&snapshot("vae/diffusion_pytorch_model.safetensors")).unwrap();
+    let want = flux2_vae_config(&json(snapshot("vae/config.json"))).unwrap();
+    assert_eq!(Flux2VaeConfig::from_tensors(&vae).unwrap(), want);
+    // The same tensors under Black Forest Labs' names (as Renamed::vae asks for them).
+    let names = sprout_models::recorder::record(|vb| Flux2Vae::new(&want, vb).map(|_| ())).unwrap();
+    let bfl: Vec<TensorInfo> = names
+        .into_iter()
+        .map(|(name, shape)| TensorInfo {
+            name,
+            shape,
+            bytes: 0,
+        })
+        .collect();
+    assert!(bfl
+        .iter()
+        .any(|t| t.name.starts_with("encoder.down.0.block.")));
+    assert_eq!(Flux2VaeConfig::from_tensors(&bfl).unwrap(), want);
+    let e = Flux2VaeConfig::from_tensors(&bfl[..1]).unwrap_err();
+    assert!(
+        e.contains("not an autoencoder") || e.contains("no tensor"),
+        "{e}"
+    );
+}

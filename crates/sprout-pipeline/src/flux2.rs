@@ -227,7 +227,7 @@ impl Flux2Model {
     /// A FLUX.2 [klein] diffusers snapshot directory (`transformer/`, `vae/`,
     /// `text_encoder/`, `tokenizer/`, `model_index.json`), the DiT in `dtype`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Flux2Model, PipelineError> {
-        Flux2Model::load_with(dir, &KLEIN_TAPS, Flux2Files::default(), dtype, device)
+        Flux2Model::load_with(Some(dir), &KLEIN_TAPS, Flux2Files::default(), dtype, device)
     }
 
     /// [`load`](Self::load) reading the text encoder's states after layers `taps` (diffusers'
@@ -238,20 +238,27 @@ impl Flux2Model {
         dtype: DType,
         device: &Device,
     ) -> Result<Flux2Model, PipelineError> {
-        Flux2Model::load_with(dir, taps, Flux2Files::default(), dtype, device)
+        Flux2Model::load_with(Some(dir), taps, Flux2Files::default(), dtype, device)
     }
 
     /// [`load_with_taps`](Self::load_with_taps), with the parts `files` names in place of
     /// the snapshot's (GGUF files, as users download them).
     pub fn load_with(
-        dir: &Path,
+        dir: Option<&Path>,
         taps: &[usize],
         files: Flux2Files<'_>,
         dtype: DType,
         device: &Device,
     ) -> Result<Flux2Model, PipelineError> {
         let text_encoder = files.text_encoder;
-        let part = |name: &str| -> Result<Vec<std::path::PathBuf>, PipelineError> {
+        // A part of the snapshot folder, or, with none, a refusal naming the flag that gives
+        // it as a file.
+        let part = |name: &str, flag: &str| -> Result<Vec<std::path::PathBuf>, PipelineError> {
+            let Some(dir) = dir else {
+                return Err(weights_err(format!(
+                    "no snapshot folder to take the {name} from: give it with {flag} FILE"
+                )));
+            };
             component_files(&dir.join(name))?.ok_or_else(|| {
                 weights_err(format!(
                     "{}: no {name}/ folder with safetensors weights (a FLUX.2 snapshot has \
@@ -260,29 +267,14 @@ impl Flux2Model {
                 ))
             })
         };
-        let index = dir.join("model_index.json");
-        let distilled = if index.is_file() {
-            let v = read_json(&index)?;
-            if let Some(c) = v["_class_name"]
-                .as_str()
-                .filter(|c| *c != "Flux2KleinPipeline")
-            {
-                return Err(weights_err(format!(
-                    "{}: _class_name = {c}; this loader reads FLUX.2 [klein] snapshots \
-                     (Flux2KleinPipeline)",
-                    index.display()
-                )));
-            }
-            v["is_distilled"].as_bool().unwrap_or(false)
-        } else {
-            return Err(weights_err(format!(
-                "{}: no model_index.json (not a diffusers snapshot)",
-                dir.display()
-            )));
+        let distilled = match dir {
+            Some(dir) => snapshot_distilled(dir)?,
+            None => files.distilled.unwrap_or(true),
         };
 
         // The transformer: the snapshot's, or a GGUF file given in its place.
-        let (dit, dcfg, dit_bytes, bf16_linear) = match files.transformer {
+        let gguf = files.transformer.filter(|p| is_gguf(p));
+        let (dit, dcfg, dit_bytes, bf16_linear) = match gguf {
             Some(g) => {
                 let infos = gguf_header(g).map_err(weights_err)?;
                 let dcfg = flux2_gguf_config(g, &infos)?;
@@ -312,7 +304,10 @@ impl Flux2Model {
                 (dit, dcfg, bytes, full_size)
             }
             None => {
-                let tf = part("transformer")?;
+                let tf = match files.transformer {
+                    Some(f) => vec![f.to_path_buf()],
+                    None => part("transformer", "--weights")?,
+                };
                 let (dcfg, backend) = flux2_transformer(&tf)?;
                 // Small models (the test snapshots) compute in f32 throughout; full-size ones
                 // on the CPU keep their bf16 weights for the linear layers (f32 around them,
@@ -342,10 +337,15 @@ impl Flux2Model {
 
         // The autoencoder (f32: it is small next to the rest).
         let parts_dtype = DType::F32;
-        let vf = part("vae")?;
+        let vf = match files.vae {
+            Some(f) => vec![f.to_path_buf()],
+            None => part("vae", "--vae")?,
+        };
         let vcfg = match component_config(&vf)? {
             Some(v) => flux2_vae_config(&v)?,
-            None => sprout_models::flux::vae2::Flux2VaeConfig::flux2(),
+            // A file without its config: the sizes from its tensors' shapes.
+            None => sprout_models::flux::vae2::Flux2VaeConfig::from_tensors(&headers(&vf)?)
+                .map_err(|e| weights_err(format!("{}: {e}", vf[0].display())))?,
         };
         if vcfg.token_channels() != dcfg.in_channels() {
             return Err(weights_err(format!(
@@ -370,7 +370,8 @@ impl Flux2Model {
 
         // The text encoder: the snapshot's, or a GGUF file given in its place.
         type LoadEncoder = Box<dyn Fn() -> Result<Qwen3Encoder, PipelineError> + Send + Sync>;
-        let (qcfg, text_bytes, load_encoder): (Qwen3Config, u64, LoadEncoder) = match text_encoder {
+        let text_gguf = text_encoder.filter(|p| is_gguf(p));
+        let (qcfg, text_bytes, load_encoder): (Qwen3Config, u64, LoadEncoder) = match text_gguf {
             Some(g) => {
                 let cfg = sprout_models::qwen3::gguf_config(g)?;
                 // Its blocks as stored, the embedding table dequantized to f32.
@@ -388,11 +389,19 @@ impl Flux2Model {
                 (cfg, bytes, Box::new(load))
             }
             None => {
-                let ef = part("text_encoder")?;
-                let ecfg = component_config(&ef)?.ok_or_else(|| {
-                    weights_err(format!("{}: no text_encoder/config.json", dir.display()))
-                })?;
-                let cfg = Qwen3Config::from_json(&ecfg)?;
+                let ef = match text_encoder {
+                    Some(f) => vec![f.to_path_buf()],
+                    None => part("text_encoder", "--text-encoder")?,
+                };
+                let info = headers(&ef)?;
+                let cfg = match component_config(&ef)? {
+                    Some(ecfg) => Qwen3Config::from_json(&ecfg)?,
+                    // A file without its config: the sizes from its tensors' shapes.
+                    None => Qwen3Config::from_tensors(&info)
+                        .map_err(|e| weights_err(format!("{}: {e}", ef[0].display())))?,
+                };
+                // transformers' bare `Qwen3Model` body is saved without `model.`.
+                let bare = !info.iter().any(|t| t.name == "model.embed_tokens.weight");
                 let n = safetensors_elements(&ef).map_err(weights_err)?;
                 let bytes = n * if bf16_linear {
                     2
@@ -401,7 +410,13 @@ impl Flux2Model {
                 };
                 let (qcfg, taps, device) = (cfg.clone(), taps.to_vec(), device.clone());
                 let load = move || -> Result<Qwen3Encoder, PipelineError> {
-                    let vb = VarBuilder::from_backend(Box::new(mmap(&ef)?), dtype, device.clone());
+                    let st = mmap(&ef)?;
+                    let backend: Box<dyn SimpleBackend> = if bare {
+                        Box::new(Renamed::without_prefix(st, "model."))
+                    } else {
+                        Box::new(st)
+                    };
+                    let vb = VarBuilder::from_backend(backend, dtype, device.clone());
                     let w = if bf16_linear {
                         Weights::Bf16Linear(vb)
                     } else {
@@ -439,8 +454,22 @@ impl Flux2Model {
         } else {
             Qwen3Slot::OnDemand(load_encoder)
         };
-        let tokenizer = qwen_tokenizer(&dir.join("tokenizer"))?;
-        let pad = read_json(&dir.join("tokenizer/tokenizer_config.json"))
+        let tok_dir = match (files.tokenizer, dir) {
+            (Some(t), _) if t.join("tokenizer").join("tokenizer.json").is_file() => {
+                t.join("tokenizer")
+            }
+            (Some(t), _) => t.to_path_buf(),
+            (None, Some(dir)) => dir.join("tokenizer"),
+            (None, None) => {
+                return Err(weights_err(
+                    "no snapshot folder to take the tokenizer from: give its folder (with \
+                     tokenizer.json) with --tokenizers DIR"
+                        .to_string(),
+                ))
+            }
+        };
+        let tokenizer = qwen_tokenizer(&tok_dir)?;
+        let pad = read_json(&tok_dir.join("tokenizer_config.json"))
             .ok()
             .and_then(|v| v["pad_token"].as_str().map(String::from))
             .unwrap_or_else(|| "<|endoftext|>".into());
@@ -611,41 +640,125 @@ impl Flux2Model {
 /// Parts of a FLUX.2 model given apart from its snapshot folder.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Flux2Files<'a> {
-    /// The transformer as a GGUF file (written by `sprout quantize --model flux2-klein`, or a
-    /// community conversion with Black Forest Labs' tensor names) instead of `transformer/`.
+    /// The transformer as one file instead of `transformer/`: GGUF (written by `sprout
+    /// quantize --model flux2-klein`, or a community conversion with Black Forest Labs'
+    /// tensor names) or safetensors (Black Forest Labs' release file, with or without
+    /// ComfyUI's `model.diffusion_model.` prefix, or diffusers' names with its config.json).
     pub transformer: Option<&'a Path>,
-    /// The text encoder as a llama.cpp GGUF file of Qwen3 instead of `text_encoder/`.
+    /// The text encoder instead of `text_encoder/`: a llama.cpp GGUF file of Qwen3, or a
+    /// safetensors file of transformers' names (its config.json beside it, else read from
+    /// its shapes).
     pub text_encoder: Option<&'a Path>,
+    /// The autoencoder's safetensors file instead of `vae/` (Black Forest Labs' or
+    /// diffusers' names; its config.json beside it, else read from its shapes).
+    pub vae: Option<&'a Path>,
+    /// A folder with the Qwen tokenizer's `tokenizer.json` (or its `tokenizer/`) instead of
+    /// the snapshot's `tokenizer/`.
+    pub tokenizer: Option<&'a Path>,
+    /// Whether the model is step-distilled, where no `model_index.json` says (single files:
+    /// `--model flux2-klein` or `flux2-klein-base`).
+    pub distilled: Option<bool>,
 }
 
-/// A FLUX.2 transformer folder's safetensors `files` (diffusers' or Black Forest Labs'
-/// names): its DiT config from the `config.json` beside them (read field by field), and its
-/// tensors under Black Forest Labs' names, which are the DiT's module paths.
+/// Whether `p` names a GGUF file.
+fn is_gguf(p: &Path) -> bool {
+    p.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+}
+
+/// The headers of safetensors `files`, one list.
+fn headers(
+    files: &[std::path::PathBuf],
+) -> Result<Vec<sprout_models::flux::inspect::TensorInfo>, PipelineError> {
+    let mut out = Vec::new();
+    for f in files {
+        out.extend(sprout_models::flux::inspect::safetensors_header(f).map_err(weights_err)?);
+    }
+    Ok(out)
+}
+
+/// Whether a snapshot folder holds a step-distilled model (`model_index.json`'s
+/// `is_distilled`); a folder without one, or of another pipeline, is refused.
+fn snapshot_distilled(dir: &Path) -> Result<bool, PipelineError> {
+    let index = dir.join("model_index.json");
+    if !index.is_file() {
+        return Err(weights_err(format!(
+            "{}: no model_index.json (not a diffusers snapshot)",
+            dir.display()
+        )));
+    }
+    let v = read_json(&index)?;
+    if let Some(c) = v["_class_name"]
+        .as_str()
+        .filter(|c| *c != "Flux2KleinPipeline")
+    {
+        return Err(weights_err(format!(
+            "{}: _class_name = {c}; this loader reads FLUX.2 [klein] snapshots \
+             (Flux2KleinPipeline)",
+            index.display()
+        )));
+    }
+    Ok(v["is_distilled"].as_bool().unwrap_or(false))
+}
+
+/// ComfyUI's prefix on a transformer saved inside a whole checkpoint.
+const COMFY_PREFIX: &str = "model.diffusion_model.";
+
+/// A FLUX.2 transformer's safetensors `files` (a snapshot's `transformer/` or one file;
+/// diffusers' or Black Forest Labs' names, the latter possibly under ComfyUI's
+/// `model.diffusion_model.`): its DiT config from the `config.json` beside them (read field
+/// by field), else, for Black Forest Labs' names, from the tensors' shapes
+/// ([`flux2_config_from_tensors`]); and its tensors under Black Forest Labs' names, which
+/// are the DiT's module paths.
 pub fn flux2_transformer(
     files: &[std::path::PathBuf],
 ) -> Result<(DitConfig, Box<dyn SimpleBackend>), PipelineError> {
-    let folder = files
+    let first = files
         .first()
-        .and_then(|f| f.parent())
-        .unwrap_or(Path::new("."))
-        .display()
-        .to_string();
-    let json = component_config(files)?.ok_or_else(|| {
-        weights_err(format!(
-            "{folder}: no config.json beside the transformer weights"
-        ))
-    })?;
-    let tcfg: DiffusersFlux2Config = serde_json::from_value(json)
-        .map_err(|e| weights_err(format!("{folder}/config.json: {e}")))?;
-    let cfg = tcfg.to_dit()?;
+        .ok_or_else(|| weights_err("no transformer weight files".to_string()))?;
+    let infos = headers(files)?;
+    let prefixed = infos.iter().any(|t| t.name.starts_with(COMFY_PREFIX));
+    let infos: Vec<_> = infos
+        .into_iter()
+        .filter_map(|mut t| {
+            if prefixed {
+                t.name = t.name.strip_prefix(COMFY_PREFIX)?.to_string();
+            }
+            Some(t)
+        })
+        .collect();
+    let diffusers = is_diffusers_transformer(infos.iter().map(|t| t.name.as_str()));
+    let cfg = match component_config(files)? {
+        Some(json) => {
+            let folder = first
+                .parent()
+                .unwrap_or(Path::new("."))
+                .display()
+                .to_string();
+            let tcfg: DiffusersFlux2Config = serde_json::from_value(json)
+                .map_err(|e| weights_err(format!("{folder}/config.json: {e}")))?;
+            tcfg.to_dit()?
+        }
+        None if diffusers => {
+            return Err(weights_err(format!(
+                "{}: diffusers' tensor names and no config.json beside the file (a snapshot's \
+                 transformer/ has one)",
+                first.display()
+            )))
+        }
+        None => flux2_config_from_tensors(&infos)
+            .map_err(|e| weights_err(format!("{}: {e}", first.display())))?,
+    };
     let st = mmap(files)?;
-    let names: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
-    let backend: Box<dyn SimpleBackend> =
-        if is_diffusers_transformer(names.iter().map(|s| s.as_str())) {
-            Box::new(Renamed::flux2_transformer(st))
-        } else {
-            Box::new(st)
-        };
+    let backend: Box<dyn SimpleBackend> = match (prefixed, diffusers) {
+        (false, false) => Box::new(st),
+        (false, true) => Box::new(Renamed::flux2_transformer(st)),
+        (true, false) => Box::new(Renamed::with_prefix(st, COMFY_PREFIX.to_string())),
+        (true, true) => Box::new(Renamed::flux2_transformer(Renamed::with_prefix(
+            st,
+            COMFY_PREFIX.to_string(),
+        ))),
+    };
     Ok((cfg, backend))
 }
 

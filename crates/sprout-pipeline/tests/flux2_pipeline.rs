@@ -219,11 +219,11 @@ fn a_gguf_transformer_keeps_its_config_and_a_flux1_one_is_refused() {
     let header = |p: &std::path::Path| sprout_models::flux::inspect::gguf_header(p).unwrap();
     assert_eq!(flux2_gguf_config(&path, &header(&path)).unwrap(), dense);
     let m = Flux2Model::load_with(
-        &dir().join("snapshot"),
+        Some(&dir().join("snapshot")),
         &[2, 4, 6],
         Flux2Files {
             transformer: Some(&path),
-            text_encoder: None,
+            ..Flux2Files::default()
         },
         DType::F32,
         &Device::Cpu,

@@ -454,6 +454,15 @@ impl<B: SimpleBackend> Renamed<B> {
         }
     }
 
+    /// Tensors the model names key, stored under `prefix` + key: a transformer saved inside
+    /// a whole checkpoint (ComfyUI's `model.diffusion_model.`).
+    pub fn with_prefix(inner: B, prefix: String) -> Self {
+        Renamed {
+            inner,
+            source: Box::new(move |n| Some(Source::Key(format!("{prefix}{n}")))),
+        }
+    }
+
     pub fn vae(inner: B, levels: usize) -> Self {
         Renamed {
             inner,

@@ -43,6 +43,64 @@ impl Flux2VaeConfig {
         }
     }
 
+    /// From the tensors of a weight file given without its `config.json` (diffusers' or
+    /// Black Forest Labs' names): the first level's channels from `encoder.conv_in`, each
+    /// level's from its first block, the blocks per level, the latent channels from
+    /// `encoder.conv_out` (mean and log-variance), the 1×1 convolutions from their presence;
+    /// the batch norm's epsilon, which no shape carries, is FLUX.2's 10⁻⁴.
+    pub fn from_tensors(
+        infos: &[crate::flux::inspect::TensorInfo],
+    ) -> std::result::Result<Flux2VaeConfig, String> {
+        let shape = |name: &str| infos.iter().find(|t| t.name == name).map(|t| &t.shape);
+        let ch = shape("encoder.conv_in.weight")
+            .map(|s| s[0])
+            .ok_or("no tensor encoder.conv_in.weight: not an autoencoder")?;
+        // diffusers: encoder.down_blocks.{i}.resnets.{j}; BFL: encoder.down.{i}.block.{j}.
+        let (down, block) = if infos
+            .iter()
+            .any(|t| t.name.starts_with("encoder.down_blocks."))
+        {
+            ("encoder.down_blocks.", "resnets")
+        } else {
+            ("encoder.down.", "block")
+        };
+        let index = |rest: &str| rest.split('.').next()?.parse::<usize>().ok();
+        let levels = infos
+            .iter()
+            .filter_map(|t| index(t.name.strip_prefix(down)?))
+            .max()
+            .map_or(0, |i| i + 1);
+        let blocks = infos
+            .iter()
+            .filter_map(|t| index(t.name.strip_prefix(&format!("{down}0.{block}."))?))
+            .max()
+            .map_or(0, |i| i + 1);
+        if levels == 0 || blocks == 0 || ch == 0 {
+            return Err(format!("no {down}N.{block}.M tensors: not an autoencoder"));
+        }
+        let ch_mult = (0..levels)
+            .map(|i| {
+                let n = format!("{down}{i}.{block}.0.conv1.weight");
+                shape(&n)
+                    .map(|s| s[0] / ch)
+                    .ok_or_else(|| format!("no tensor {n}"))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let moments = shape("encoder.conv_out.weight")
+            .map(|s| s[0])
+            .ok_or("no tensor encoder.conv_out.weight")?;
+        let has = |names: &[&str]| names.iter().any(|n| shape(n).is_some());
+        Ok(Flux2VaeConfig {
+            ch,
+            ch_mult,
+            num_res_blocks: blocks,
+            z_channels: moments / 2,
+            quant_conv: has(&["quant_conv.weight", "encoder.quant_conv.weight"]),
+            post_quant_conv: has(&["post_quant_conv.weight", "decoder.post_quant_conv.weight"]),
+            bn_eps: Flux2VaeConfig::flux2().bn_eps,
+        })
+    }
+
     /// Pixels per latent cell along each side (before the 2×2 patching).
     pub fn cell(&self) -> usize {
         1 << (self.ch_mult.len() - 1)
