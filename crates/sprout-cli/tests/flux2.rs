@@ -52,21 +52,16 @@ const TINY: [&str; 6] = [
     "48x32",
 ];
 
-/// `sprout generate` of the fixtures' distilled text-to-image case (2 steps from their
-/// latents) with `extra` arguments, written to `dir/NAME.png`; the worst difference from
-/// diffusers' image in 8-bit levels.
-fn distilled_t2i(dir: &Path, io: &HashMap<String, Tensor>, extra: &[&str], name: &str) -> f32 {
-    let latents = dir.join("latents.safetensors");
-    save_one(&latents, &io["distilled_latents"]);
-    let out = dir.join(format!("{name}.png"));
-    let snap = snapshot();
+/// `sprout generate` of the fixtures' distilled text-to-image case (2 steps from the
+/// `latents` file) from `weights` with `extra` arguments, written to `out`.
+fn generate_distilled(weights: &Path, latents: &Path, extra: &[&str], out: &Path) -> Output {
     let mut args = vec![
         "generate",
         "a photo of a red circle",
         "--model",
         "flux2-klein",
         "--weights",
-        &snap,
+        weights.to_str().unwrap(),
         "--latents",
         latents.to_str().unwrap(),
         "--steps",
@@ -76,7 +71,16 @@ fn distilled_t2i(dir: &Path, io: &HashMap<String, Tensor>, extra: &[&str], name:
     ];
     args.extend(TINY);
     args.extend(extra);
-    let r = sprout(&args);
+    sprout(&args)
+}
+
+/// [`generate_distilled`] on the fixture snapshot, written to `dir/NAME.png`; the worst
+/// difference from diffusers' image in 8-bit levels.
+fn distilled_t2i(dir: &Path, io: &HashMap<String, Tensor>, extra: &[&str], name: &str) -> f32 {
+    let latents = dir.join("latents.safetensors");
+    save_one(&latents, &io["distilled_latents"]);
+    let out = dir.join(format!("{name}.png"));
+    let r = generate_distilled(&fixtures().join("snapshot"), &latents, extra, &out);
     assert!(r.status.success(), "{}", stderr(&r));
     worst_level(&out, &io["distilled_image"])
 }
@@ -450,23 +454,7 @@ fn single_files_without_a_snapshot_draw_the_snapshots_image() {
     let latents = dir.path().join("latents.safetensors");
     save_one(&latents, &io["distilled_latents"]);
     let run = |weights: &Path, extra: &[&str], out: &Path| {
-        let mut args = vec![
-            "generate",
-            "a photo of a red circle",
-            "--model",
-            "flux2-klein",
-            "--weights",
-            weights.to_str().unwrap(),
-            "--latents",
-            latents.to_str().unwrap(),
-            "--steps",
-            "2",
-            "-o",
-            out.to_str().unwrap(),
-        ];
-        args.extend(TINY);
-        args.extend(extra);
-        sprout(&args)
+        generate_distilled(weights, &latents, extra, out)
     };
     let (q, v, tk) = (
         qwen.to_str().unwrap().to_string(),

@@ -388,51 +388,41 @@ async fn a_flux2_edit_on_the_page_sends_every_chosen_image() {
         (96, 80),
         "the first image's own size"
     );
-    // The same request straight to the API.
-    let part = |p: &std::path::Path| {
-        reqwest::multipart::Part::bytes(std::fs::read(p).unwrap()).file_name("in.png")
+    // The same request straight to the API, with both images and with the first alone.
+    let api = |images: &[&std::path::Path]| {
+        let mut form = reqwest::multipart::Form::new()
+            .text("prompt", "make it red")
+            .text("steps", "2")
+            .text("seed", "5");
+        for p in images {
+            form = form.part(
+                "image[]",
+                reqwest::multipart::Part::bytes(std::fs::read(p).unwrap()).file_name("in.png"),
+            );
+        }
+        let url = format!("{url}v1/images/edits");
+        async move {
+            let v: Value = reqwest::Client::new()
+                .post(url)
+                .multipart(form)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let png = base64::engine::general_purpose::STANDARD
+                .decode(
+                    v["data"][0]["b64_json"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("{v}")),
+                )
+                .unwrap();
+            image::load_from_memory(&png).unwrap().to_rgb8()
+        }
     };
-    let form = reqwest::multipart::Form::new()
-        .text("prompt", "make it red")
-        .text("steps", "2")
-        .text("seed", "5")
-        .part("image[]", part(&a))
-        .part("image[]", part(&b));
-    let v: Value = reqwest::Client::new()
-        .post(format!("{url}v1/images/edits"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let api_png = base64::engine::general_purpose::STANDARD
-        .decode(
-            v["data"][0]["b64_json"]
-                .as_str()
-                .unwrap_or_else(|| panic!("{v}")),
-        )
-        .unwrap();
-    let api_img = image::load_from_memory(&api_png).unwrap().to_rgb8();
-    assert_eq!(page_img, api_img);
+    assert_eq!(page_img, api(&[&a, &b]).await);
     // With the first image alone the model draws another image: the second was sent.
-    let one = reqwest::multipart::Form::new()
-        .text("prompt", "make it red")
-        .text("steps", "2")
-        .text("seed", "5")
-        .part("image[]", part(&a));
-    let v: Value = reqwest::Client::new()
-        .post(format!("{url}v1/images/edits"))
-        .multipart(one)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let alone = base64::engine::general_purpose::STANDARD
-        .decode(v["data"][0]["b64_json"].as_str().unwrap())
-        .unwrap();
-    assert_ne!(image::load_from_memory(&alone).unwrap().to_rgb8(), page_img);
+    let alone = api(&[&a]).await;
+    assert_ne!(alone, page_img);
 }
