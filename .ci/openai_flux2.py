@@ -1,6 +1,7 @@
-"""The official `openai` client against `sprout serve --model flux2-klein` on the tiny FLUX.2
-[klein] snapshot of the parity fixtures (address in argv[1]): generation, and an edit with
-two reference images (`image[]`) over real HTTP, and bad edits refused by name.
+"""The official `openai` client against `sprout serve --model flux2-klein|flux2-dev` on a
+tiny FLUX.2 snapshot of the parity fixtures (address in argv[1], model in argv[2], default
+flux2-klein): generation, an edit with two reference images (`image[]`) over real HTTP, and
+bad edits refused by name (one reference more than the model takes: klein 4, dev 10).
 """
 
 import base64
@@ -11,6 +12,8 @@ import zlib
 import openai
 
 base = sys.argv[1]
+model = sys.argv[2] if len(sys.argv) > 2 else "flux2-klein"
+most = {"flux2-klein": 4, "flux2-dev": 10}[model]
 client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0)
 
 
@@ -32,14 +35,14 @@ def png(w: int, h: int, k: int) -> bytes:
 
 
 models = [m.id for m in client.models.list()]
-assert models == ["flux2-klein"], models
+assert models == [model], models
 
-r = client.images.generate(model="flux2-klein", prompt="a red circle", size="48x32", extra_body={"seed": 1, "steps": 2})
+r = client.images.generate(model=model, prompt="a red circle", size="48x32", extra_body={"seed": 1, "steps": 2})
 assert png_size(base64.b64decode(r.data[0].b64_json)) == (48, 32)
 
 
 def edit(images, **kw):
-    return client.images.edit(model="flux2-klein", image=images, prompt="put the cat from the first image on the second",
+    return client.images.edit(model=model, image=images, prompt="put the cat from the first image on the second",
                               size="48x32", n=2, extra_body={"seed": 3, "steps": 2}, **kw)
 
 
@@ -61,10 +64,10 @@ def refused(images, param, **kw):
     raise AssertionError(f"accepted; wanted a 400 naming {param}")
 
 
-msg = refused([("a.png", png(64, 64, k), "image/png") for k in range(5)], "image")
-assert "4" in msg, msg
+msg = refused([("a.png", png(64, 64, k), "image/png") for k in range(most + 1)], "image")
+assert str(most) in msg, msg
 refused([("a.png", png(64, 64, 0), "image/png"), ("b.png", b"not an image", "image/png")], "image[1]")
 refused([("a.png", png(40, 64, 0), "image/png")], "image")
 refused([("a.png", png(64, 64, 0), "image/png")], "mask", mask=("m.png", png(64, 64, 0), "image/png"))
 
-print("openai client: flux2-klein generation, two-reference edits, errors ok")
+print(f"openai client: {model} generation, two-reference edits, errors ok")

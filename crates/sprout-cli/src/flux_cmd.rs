@@ -59,7 +59,7 @@ pub fn read_tokens(path: &Path, channels: usize) -> Result<Tensor> {
 #[derive(clap::Args)]
 pub struct EditArgs {
     /// Input image, and further reference images (repeatable; up to 4 for Kontext and FLUX.2
-    /// [klein]).
+    /// [klein], 10 for FLUX.2 [dev]).
     #[arg(short = 'i', long = "image", required = true)]
     pub images: Vec<PathBuf>,
     #[command(flatten)]
@@ -69,10 +69,10 @@ pub struct EditArgs {
 pub fn edit(e: EditArgs) -> Result<()> {
     if !matches!(
         e.gen.model.as_str(),
-        "flux-kontext" | "flux2-klein" | "flux2-klein-base"
+        "flux-kontext" | "flux2-klein" | "flux2-klein-base" | "flux2-dev"
     ) {
         bail!(
-            "model {} cannot edit images; editing needs --model flux-kontext or flux2-klein (with --weights)",
+            "model {} cannot edit images; editing needs --model flux-kontext, flux2-klein or flux2-dev (with --weights)",
             e.gen.model
         );
     }

@@ -49,7 +49,8 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub sampler: Option<String>,
     /// `default` (embedded), a model bundle directory, or flux-schnell | flux-dev |
-    /// flux-kontext | flux-fill | flux-canny | flux-depth | flux2-klein (with --weights).
+    /// flux-kontext | flux-fill | flux-canny | flux-depth | flux2-klein | flux2-klein-base |
+    /// flux2-dev (with --weights).
     #[arg(long, default_value = "default")]
     pub model: String,
     /// FLUX weights: a Black Forest Labs file or folder, or a diffusers snapshot folder
@@ -212,9 +213,9 @@ pub struct Flux2Text<'a> {
     pub transformer: Option<&'a Path>,
 }
 
-/// FLUX.2 [klein] from a diffusers snapshot folder (`--weights DIR`, its parts replaceable
-/// by `--transformer`, `--text-encoder`, `--vae` and `--tokenizers`), or from single files
-/// (`--weights` the transformer's file, with those flags for the other parts).
+/// FLUX.2 ([klein] or [dev]) from a diffusers snapshot folder (`--weights DIR`, its parts
+/// replaceable by `--transformer`, `--text-encoder`, `--vae` and `--tokenizers`), or from
+/// single files (`--weights` the transformer's file, with those flags for the other parts).
 fn load_flux2(
     model: &str,
     weights: Option<&Path>,
@@ -222,15 +223,20 @@ fn load_flux2(
     parts: &crate::flux_parts::FluxPartsArgs,
     device: &Device,
 ) -> Result<Model> {
-    match model {
-        "flux2-klein" | "flux2-klein-base" => {}
-        "flux2-dev" => bail!(
-            "--model flux2-dev needs its Mistral Small 3.2 text encoder, which Sprout does not run yet; FLUX.2 [klein] runs with --model flux2-klein"
-        ),
+    use sprout_pipeline::flux2::Flux2Variant;
+    let wanted = match model {
+        "flux2-klein" => Flux2Variant::Klein,
+        "flux2-klein-base" => Flux2Variant::KleinBase,
+        "flux2-dev" => Flux2Variant::Dev,
         other => bail!("unknown model {other:?}: the FLUX.2 models are flux2-klein (4B or 9B, read from the files), flux2-klein-base and flux2-dev"),
-    }
+    };
     let Some(weights) = weights else {
-        bail!("--model {model} needs --weights PATH (a diffusers snapshot folder of FLUX.2 [klein], e.g. black-forest-labs/FLUX.2-klein-4B, or the transformer's file with --vae, --text-encoder and --tokenizers)");
+        let example = if wanted == Flux2Variant::Dev {
+            "black-forest-labs/FLUX.2-dev"
+        } else {
+            "black-forest-labs/FLUX.2-klein-4B"
+        };
+        bail!("--model {model} needs --weights PATH (a diffusers snapshot folder, e.g. {example}, or the transformer's file with --vae, --text-encoder and --tokenizers)");
     };
     if !weights.exists() {
         bail!("--weights {}: no such file or directory", weights.display());
@@ -261,32 +267,43 @@ fn load_flux2(
     if let Some(t) = &parts.tokenizers {
         if !t.is_dir() {
             bail!(
-                "--tokenizers {}: expected a folder holding the Qwen tokenizer's tokenizer.json (or its tokenizer/)",
+                "--tokenizers {}: expected a folder holding the text encoder's tokenizer.json (or its tokenizer/)",
                 t.display()
             );
         }
     }
-    let taps = text.layers.unwrap_or(&sprout_pipeline::flux2::KLEIN_TAPS);
+    // `flux2-klein` runs either [klein] a snapshot holds; the others only their own.
+    if !single {
+        let held = sprout_pipeline::flux2::snapshot_variant(weights).map_err(cli_error)?;
+        let fits =
+            held == wanted || (wanted == Flux2Variant::Klein && held == Flux2Variant::KleinBase);
+        if !fits {
+            let says = match held {
+                Flux2Variant::Klein => "a step-distilled FLUX.2 [klein]",
+                Flux2Variant::KleinBase => "a FLUX.2 [klein] base model",
+                Flux2Variant::Dev => "FLUX.2 [dev] (Flux2Pipeline)",
+            };
+            bail!(
+                "--weights {}: model_index.json says the model is {says}; run it with --model {}",
+                weights.display(),
+                held.name()
+            );
+        }
+    }
     let m = sprout_pipeline::flux2::Flux2Model::load_with(
         (!single).then_some(weights),
-        taps,
+        text.layers,
         sprout_pipeline::flux2::Flux2Files {
             transformer,
             text_encoder: text.encoder,
             vae: parts.vae.as_deref(),
             tokenizer: parts.tokenizers.as_deref(),
-            distilled: single.then_some(model == "flux2-klein"),
+            variant: single.then_some(wanted),
         },
         candle_core::DType::F32,
         device,
     )
     .map_err(cli_error)?;
-    if model == "flux2-klein-base" && m.distilled {
-        bail!(
-            "--weights {}: model_index.json says the model is step-distilled; run it with --model flux2-klein",
-            weights.display()
-        );
-    }
     if !m.text.encoder.is_resident() {
         eprintln!(
             "memory is tight: the text encoder is loaded for each request and dropped before the transformer runs"

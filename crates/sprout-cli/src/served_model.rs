@@ -8,8 +8,8 @@ use sprout_server::Engine;
 #[derive(Args)]
 pub struct ServedModelArgs {
     /// `default` (embedded), a model bundle directory, or flux-schnell, flux-dev,
-    /// flux-kontext, flux-fill, flux-canny, flux-depth, flux2-klein (with --weights;
-    /// flux-kontext and flux2-klein also serve /v1/images/edits). Behind a broker (`serve --broker`): the model of requests
+    /// flux-kontext, flux-fill, flux-canny, flux-depth, flux2-klein, flux2-dev (with --weights;
+    /// flux-kontext and the FLUX.2 models also serve /v1/images/edits). Behind a broker (`serve --broker`): the model of requests
     /// that name none, as its workers advertise it (`default`: the first one found).
     #[arg(long, default_value = "default")]
     pub model: String,

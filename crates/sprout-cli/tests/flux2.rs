@@ -1,6 +1,7 @@
-//! `sprout generate|edit --model flux2-klein` end to end on the tiny FLUX.2 [klein] snapshot
-//! of the parity fixtures: the images equal diffusers' Flux2KleinPipeline output from the
-//! same latents within one 8-bit level, and bad requests get clear errors.
+//! `sprout generate|edit --model flux2-klein|flux2-dev` end to end on the tiny FLUX.2
+//! snapshots of the parity fixtures: the images equal diffusers' Flux2KleinPipeline and
+//! Flux2Pipeline output from the same latents within one 8-bit level, and bad requests get
+//! clear errors.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -130,6 +131,111 @@ fn generate_and_a_two_reference_edit_match_the_reference_images() {
     assert!(d <= 1.0, "the edit differs by {d} levels");
 }
 
+/// `sprout ARGS…` on the [dev] fixture snapshot: its tiny encoder's layers and 96-token
+/// prompts, at 48×32.
+fn dev_run(args: &[&str]) -> Output {
+    let dev = fixtures().join("dev_snapshot");
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend([
+        "--model",
+        "flux2-dev",
+        "--weights",
+        dev.to_str().unwrap(),
+        "--text-layers",
+        "2,4,6",
+        "--max-sequence-length",
+        "96",
+        "--size",
+        "48x32",
+    ]);
+    sprout(&all)
+}
+
+#[test]
+fn flux2_dev_generates_and_edits_as_diffusers_and_refuses_what_it_cannot_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = candle_core::safetensors::load(
+        fixtures().join("dev_pipeline_io.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let latents = dir.path().join("latents.safetensors");
+    save_one(&latents, &io["t2i_latents"]);
+    let out = dir.path().join("t2i.png");
+    let (l, o) = (latents.to_str().unwrap(), out.to_str().unwrap());
+    let r = dev_run(&[
+        "generate",
+        "a photo of a red circle",
+        "--latents",
+        l,
+        "--steps",
+        "3",
+        "--guidance",
+        "4",
+        "-o",
+        o,
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let d = worst_level(&out, &io["t2i_image"]);
+    eprintln!("dev text to image: worst {d} levels");
+    assert!(d <= 1.0, "dev text to image differs by {d} levels");
+
+    let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
+    write_reference(&a, &io["edit_ref0"]);
+    write_reference(&b, &io["edit_ref1"]);
+    save_one(&latents, &io["edit_latents"]);
+    let out = dir.path().join("edit.png");
+    let o = out.to_str().unwrap();
+    let (ra, rb) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let r = dev_run(&[
+        "edit",
+        "-i",
+        ra,
+        "-i",
+        rb,
+        "make the circle blue and put the star from the second image on it",
+        "--latents",
+        l,
+        "--steps",
+        "2",
+        "--guidance",
+        "2.5",
+        "-o",
+        o,
+    ]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let d = worst_level(&out, &io["edit_image"]);
+    eprintln!("dev edit with two references: worst {d} levels");
+    assert!(d <= 1.0, "the dev edit differs by {d} levels");
+
+    let refuse = |r: Output, needle: &str| {
+        assert!(!r.status.success(), "accepted; wanted {needle}");
+        let e = stderr(&r);
+        assert!(e.contains(needle), "wanted {needle:?} in: {e}");
+        assert!(!e.contains("panicked"), "{e}");
+    };
+    // Eleven references (dev takes ten); a negative prompt, which [dev] has no use for.
+    let mut eleven = vec!["edit"];
+    for _ in 0..11 {
+        eleven.extend(["-i", ra]);
+    }
+    eleven.extend(["make it blue", "--steps", "1", "-o", o]);
+    refuse(dev_run(&eleven), "10");
+    refuse(
+        dev_run(&[
+            "generate",
+            "x",
+            "--negative-prompt",
+            "blurry",
+            "--steps",
+            "1",
+            "-o",
+            o,
+        ]),
+        "--negative-prompt",
+    );
+}
+
 #[test]
 fn bad_flux2_requests_are_refused_naming_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
@@ -202,7 +308,12 @@ fn bad_flux2_requests_are_refused_naming_what_is_wrong() {
         "-o",
         o,
     ]);
-    refuse(r, "Mistral");
+    refuse(r, "run it with --model flux2-klein");
+    let dev = fixtures().join("dev_snapshot");
+    refuse(
+        run(&["--weights", dev.to_str().unwrap()]),
+        "run it with --model flux2-dev",
+    );
     refuse(run(&["--weights", &snap, "--true-cfg", "2"]), "--true-cfg");
 
     // Edits: five references (klein takes four), a reference that is not an image, one

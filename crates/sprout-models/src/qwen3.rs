@@ -1,6 +1,9 @@
 //! Qwen3 as a text encoder (FLUX.2 [klein]'s conditioning): the decoder-only stack run over a
 //! padded prompt, returning the hidden states of chosen layers stacked per token, as
 //! diffusers' `Flux2KleinPipeline` takes them (`output_hidden_states`, layers 9, 18, 27).
+//! Mistral's language model (FLUX.2 [dev]'s Mistral Small 3.2, layers 10, 20, 30) is the same
+//! stack without Qwen3's per-head query and key norms, so it is this encoder with
+//! [`Qwen3Config::qk_norm`] off rather than a second copy.
 //!
 //! Written here rather than taken from candle-transformers because its `qwen3::Model`
 //! returns only the final, normed state and attends causally with no padding mask, while
@@ -27,7 +30,41 @@ pub struct Qwen3Config {
     pub rope_theta: f64,
     pub rms_norm_eps: f64,
     pub attention_bias: bool,
+    /// Per-head RMS norms on the queries and keys (Qwen3's); Mistral's stack has none.
+    #[serde(default = "qk_norm_default")]
+    pub qk_norm: bool,
 }
+
+fn qk_norm_default() -> bool {
+    true
+}
+
+/// The prefixes under which transformers saves a language model's `embed_tokens`, `layers`
+/// and `norm`: a multimodal Mistral3 model (legacy and current layout), a causal LM, a bare
+/// body.
+const BODY_PREFIXES: [&str; 4] = [
+    "language_model.model.",
+    "model.language_model.",
+    "model.",
+    "",
+];
+
+/// The prefix a text encoder's tensors `names` carry before `embed_tokens.weight` (one of
+/// transformers' layouts), if any.
+pub fn body_prefix<'a>(names: impl Iterator<Item = &'a str>) -> Option<&'static str> {
+    let names: Vec<&str> = names.collect();
+    BODY_PREFIXES.into_iter().find(|p| {
+        names
+            .iter()
+            .any(|n| n.strip_prefix(p) == Some("embed_tokens.weight"))
+    })
+}
+
+/// Mistral's own defaults where its config leaves a field out (transformers' `MistralConfig`).
+const MISTRAL_ROPE_THETA: f64 = 10_000.0;
+/// Prompts are at most this many tokens (FLUX.2's pipelines): a sliding window at least this
+/// long never hides a key, so it changes nothing.
+const LONGEST_PROMPT: u64 = 512;
 
 fn bad(e: impl std::fmt::Display) -> crate::ModelError {
     crate::ModelError::Config(e.to_string())
@@ -37,7 +74,30 @@ impl Qwen3Config {
     /// From transformers' `config.json` of a Qwen3 model. Fields that change what the stack
     /// computes and that this encoder does not implement (another activation, rope scaling,
     /// sliding windows) are refused by name.
+    /// A Mistral text encoder's config (`model_type` `mistral3`, whose `text_config` is read,
+    /// or `mistral`) reads as Mistral's stack: no query / key norms, its defaults.
     pub fn from_json(v: &serde_json::Value) -> std::result::Result<Qwen3Config, crate::ModelError> {
+        match v["model_type"].as_str() {
+            Some("mistral3") => {
+                let t = &v["text_config"];
+                if !t.is_object() {
+                    return Err(bad(
+                        "text encoder config.json: model_type = mistral3 without text_config",
+                    ));
+                }
+                return Qwen3Config::from_json(t);
+            }
+            Some("mistral") => return Qwen3Config::from_json_as(v, false),
+            _ => {}
+        }
+        Qwen3Config::from_json_as(v, true)
+    }
+
+    /// [`from_json`](Self::from_json) for Qwen3 (`qwen3`) or Mistral (`!qwen3`).
+    fn from_json_as(
+        v: &serde_json::Value,
+        qwen3: bool,
+    ) -> std::result::Result<Qwen3Config, crate::ModelError> {
         let n = |k: &str| {
             v[k].as_u64()
                 .map(|x| x as usize)
@@ -61,9 +121,20 @@ impl Qwen3Config {
                 "text encoder config.json: use_sliding_window = true is not supported",
             ));
         }
-        if let Some(mt) = v["model_type"].as_str().filter(|m| *m != "qwen3") {
+        if let Some(mt) = v["model_type"]
+            .as_str()
+            .filter(|m| *m != if qwen3 { "qwen3" } else { "mistral" })
+        {
             return Err(bad(format!(
-                "text encoder config.json: model_type = {mt}, expected qwen3"
+                "text encoder config.json: model_type = {mt}, expected qwen3, mistral or mistral3"
+            )));
+        }
+        if let Some(w) = v["sliding_window"]
+            .as_u64()
+            .filter(|w| !qwen3 && *w < LONGEST_PROMPT)
+        {
+            return Err(bad(format!(
+                "text encoder config.json: sliding_window = {w} is not supported (FLUX.2 prompts take {LONGEST_PROMPT} tokens)"
             )));
         }
         let heads = n("num_attention_heads")?;
@@ -71,7 +142,11 @@ impl Qwen3Config {
         let theta = v["rope_theta"]
             .as_f64()
             .or(v["rope_parameters"]["rope_theta"].as_f64())
-            .unwrap_or(1_000_000.0);
+            .unwrap_or(if qwen3 {
+                1_000_000.0
+            } else {
+                MISTRAL_ROPE_THETA
+            });
         Ok(Qwen3Config {
             vocab_size: n("vocab_size")?,
             hidden_size: hidden,
@@ -87,38 +162,72 @@ impl Qwen3Config {
             rope_theta: theta,
             rms_norm_eps: v["rms_norm_eps"].as_f64().unwrap_or(1e-6),
             attention_bias: v["attention_bias"].as_bool().unwrap_or(false),
+            qk_norm: qwen3,
         })
     }
 
     /// From the tensors of a weight file given without its `config.json` (transformers'
-    /// names, with or without the `model.` prefix): the sizes from the shapes — vocabulary
-    /// and width from the embedding, head width from the query norm, heads and key-value
-    /// heads from the projections, the MLP from its gate, the depth from the layer count —
-    /// and Qwen3's own rotary base (10⁶) and norm epsilon (10⁻⁶), which no shape carries.
+    /// names under any of its prefixes, [`body_prefix`]): the sizes from the shapes —
+    /// vocabulary and width from the embedding, head width from the query norm, heads and
+    /// key-value heads from the projections, the MLP from its gate, the depth from the layer
+    /// count — and Qwen3's own rotary base (10⁶) and norm epsilon (10⁻⁶), which no shape
+    /// carries. A stack without query norms is Mistral's, whose head width no shape carries
+    /// either: read as Mistral Small 3.2 when its shapes are that model's, else refused.
     pub fn from_tensors(
         infos: &[crate::flux::inspect::TensorInfo],
     ) -> std::result::Result<Qwen3Config, crate::ModelError> {
+        let prefix = body_prefix(infos.iter().map(|t| t.name.as_str())).ok_or_else(|| {
+            bad("no tensor embed_tokens.weight (nor model.embed_tokens.weight): not a Qwen3 or Mistral text encoder")
+        })?;
         let find = |name: &str| {
             infos
                 .iter()
-                .find(|t| t.name == name || t.name.strip_prefix("model.") == Some(name))
+                .find(|t| t.name.strip_prefix(prefix) == Some(name))
         };
         let shape = |name: &str| {
             find(name).map(|t| t.shape.clone()).ok_or_else(|| {
                 bad(format!(
-                    "no tensor {name} (nor model.{name}): not a Qwen3 text encoder"
+                    "no tensor {prefix}{name}: not a Qwen3 text encoder"
                 ))
             })
         };
         let emb = shape("embed_tokens.weight")?;
+        if find("layers.0.self_attn.q_norm.weight").is_none() {
+            let mistral = Qwen3Config::mistral_small_3_2();
+            let same = emb == [mistral.vocab_size, mistral.hidden_size]
+                && find(&format!(
+                    "layers.{}.mlp.gate_proj.weight",
+                    mistral.num_hidden_layers - 1
+                ))
+                .is_some_and(|t| t.shape == [mistral.intermediate_size, mistral.hidden_size])
+                && find(&format!(
+                    "layers.{}.mlp.gate_proj.weight",
+                    mistral.num_hidden_layers
+                ))
+                .is_none()
+                && find("layers.0.self_attn.q_proj.weight").is_some_and(|t| {
+                    t.shape
+                        == [
+                            mistral.num_attention_heads * mistral.head_dim,
+                            mistral.hidden_size,
+                        ]
+                });
+            if same {
+                return Ok(mistral);
+            }
+            return Err(bad(format!(
+                "a text encoder without query norms (Mistral's stack) of embedding {emb:?}, not Mistral Small 3.2's: its head width is in no shape, so it needs its config.json beside the file"
+            )));
+        }
         let rows =
             |name: &str| -> std::result::Result<usize, crate::ModelError> { Ok(shape(name)?[0]) };
         let head_dim = rows("layers.0.self_attn.q_norm.weight")?;
         let layers = infos
             .iter()
             .filter_map(|t| {
-                let n = t.name.strip_prefix("model.").unwrap_or(&t.name);
-                n.strip_prefix("layers.")?
+                t.name
+                    .strip_prefix(prefix)?
+                    .strip_prefix("layers.")?
                     .split('.')
                     .next()?
                     .parse::<usize>()
@@ -142,6 +251,7 @@ impl Qwen3Config {
             rope_theta: 1_000_000.0,
             rms_norm_eps: 1e-6,
             attention_bias: find("layers.0.self_attn.q_proj.bias").is_some(),
+            qk_norm: true,
         })
     }
 
@@ -158,6 +268,25 @@ impl Qwen3Config {
             rope_theta: 1_000_000.0,
             rms_norm_eps: 1e-6,
             attention_bias: false,
+            qk_norm: true,
+        }
+    }
+
+    /// Mistral Small 3.2 24B's language model (FLUX.2 [dev]'s encoder; transformers'
+    /// `Mistral3ForConditionalGeneration.text_config`).
+    pub fn mistral_small_3_2() -> Qwen3Config {
+        Qwen3Config {
+            vocab_size: 131_072,
+            hidden_size: 5120,
+            intermediate_size: 32_768,
+            num_hidden_layers: 40,
+            num_attention_heads: 32,
+            num_key_value_heads: 8,
+            head_dim: 128,
+            rope_theta: 1_000_000_000.0,
+            rms_norm_eps: 1e-5,
+            attention_bias: false,
+            qk_norm: false,
         }
     }
 
@@ -270,8 +399,9 @@ struct Layer {
     k: Proj,
     v: Proj,
     o: Proj,
-    q_norm: Tensor,
-    k_norm: Tensor,
+    /// Qwen3's per-head norms (None for Mistral).
+    q_norm: Option<Tensor>,
+    k_norm: Option<Tensor>,
     attn_norm: Tensor,
     ffn_norm: Tensor,
     gate: Proj,
@@ -296,6 +426,9 @@ pub struct Qwen3Encoder {
     /// Present when the last layer itself is tapped (its state is the normed output).
     final_norm: Option<Tensor>,
     taps: Vec<usize>,
+    /// Rotary pairs of adjacent channels (llama.cpp's `llama` files, whose query and key rows
+    /// its converter permuted to that layout) instead of transformers' halves.
+    interleaved_rope: bool,
 }
 
 impl Qwen3Encoder {
@@ -343,8 +476,14 @@ impl Qwen3Encoder {
                 k: proj(hk, d, l, Part::K, ab)?,
                 v: proj(hk, d, l, Part::V, ab)?,
                 o: proj(d, hq, l, Part::O, ab)?,
-                q_norm: norm(cfg.head_dim, names.layer(l, Part::QNorm, "weight"))?,
-                k_norm: norm(cfg.head_dim, names.layer(l, Part::KNorm, "weight"))?,
+                q_norm: match cfg.qk_norm {
+                    true => Some(norm(cfg.head_dim, names.layer(l, Part::QNorm, "weight"))?),
+                    false => None,
+                },
+                k_norm: match cfg.qk_norm {
+                    true => Some(norm(cfg.head_dim, names.layer(l, Part::KNorm, "weight"))?),
+                    false => None,
+                },
                 attn_norm: norm(d, names.layer(l, Part::AttnNorm, "weight"))?,
                 ffn_norm: norm(d, names.layer(l, Part::FfnNorm, "weight"))?,
                 gate: proj(cfg.intermediate_size, d, l, Part::Gate, false)?,
@@ -366,7 +505,18 @@ impl Qwen3Encoder {
             final_norm,
             taps: taps.to_vec(),
             cfg: cfg.clone(),
+            interleaved_rope: false,
         })
+    }
+
+    /// Rotate adjacent channel pairs (weights in llama.cpp's permuted `llama` layout). The
+    /// permutation moves query and key channels alike, so every attention score, and with it
+    /// every output, equals transformers' on the unpermuted weights.
+    pub fn with_interleaved_rope(self) -> Qwen3Encoder {
+        Qwen3Encoder {
+            interleaved_rope: true,
+            ..self
+        }
     }
 
     pub fn config(&self) -> &Qwen3Config {
@@ -386,11 +536,11 @@ impl Qwen3Encoder {
         let dev = ids.device();
         let dt = self.embedding.embeddings().dtype();
         let mut h = candle_core::Module::forward(&self.embedding, ids)?;
-        let bias = attention_bias(mask, l, dt, dev)?;
+        let (bias, seeing) = attention_bias(mask, l, dt, dev)?;
         let (cos, sin) = self.rope_tables(l, dt, dev)?;
         let mut taps: Vec<Option<Tensor>> = vec![None; self.taps.len()];
         for (i, layer) in self.layers.iter().enumerate() {
-            h = self.layer_forward(layer, &h, &bias, &cos, &sin)?;
+            h = self.layer_forward(layer, &h, &bias, seeing.as_ref(), &cos, &sin)?;
             let k = i + 1;
             for (slot, &t) in taps.iter_mut().zip(&self.taps) {
                 if t == k {
@@ -434,6 +584,7 @@ impl Qwen3Encoder {
         p: &Layer,
         x: &Tensor,
         bias: &Tensor,
+        seeing: Option<&Tensor>,
         cos: &Tensor,
         sin: &Tensor,
     ) -> Result<Tensor> {
@@ -449,13 +600,20 @@ impl Qwen3Encoder {
             };
             t.transpose(1, 2)?.contiguous()
         };
-        let q = heads(p.q.forward(&h)?, nh, Some(&p.q_norm))?;
-        let k = heads(p.k.forward(&h)?, nkv, Some(&p.k_norm))?;
+        let q = heads(p.q.forward(&h)?, nh, p.q_norm.as_ref())?;
+        let k = heads(p.k.forward(&h)?, nkv, p.k_norm.as_ref())?;
         let v = heads(p.v.forward(&h)?, nkv, None)?;
-        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        let rope = if self.interleaved_rope {
+            candle_nn::rotary_emb::rope_i
+        } else {
+            candle_nn::rotary_emb::rope
+        };
+        let (q, k) = (rope(&q, cos, sin)?, rope(&k, cos, sin)?);
         let (k, v) = (repeat_kv(&k, nh / nkv)?, repeat_kv(&v, nh / nkv)?);
-        let a = crate::ops::attention(&q, &k, &v, Some(bias))?;
+        let mut a = crate::ops::attention(&q, &k, &v, Some(bias))?;
+        if let Some(s) = seeing {
+            a = a.broadcast_mul(s)?;
+        }
         let a = a.transpose(1, 2)?.reshape((b, l, nh * hd))?;
         let x = (x + p.o.forward(&a)?)?;
         let h = rms_norm(&x, &p.ffn_norm, c.rms_norm_eps)?;
@@ -478,19 +636,31 @@ fn repeat_kv(x: &Tensor, rep: usize) -> Result<Tensor> {
 
 /// The additive attention bias (B, 1, L, L): query i sees key j when j ≤ i and key j is
 /// one of the prompt's tokens (transformers' causal mask combined with the padding mask).
-/// A query that would see no key at all (possible only with left padding, a position before
-/// the prompt) attends to every key instead of producing NaN; right padding, which Qwen's
-/// tokenizers use, never makes one.
-fn attention_bias(mask: &Tensor, l: usize, dt: DType, dev: &Device) -> Result<Tensor> {
+/// A query that sees no key at all (with left padding, as Mistral's tokenizer pads, every
+/// position before the prompt) gets zeros from attention, as PyTorch's scaled-dot-product
+/// attention under transformers gives them (the Mistral fixture pads on the left): its row
+/// of the bias stays open, so that softmax has no NaN, and the second tensor (B, 1, L, 1),
+/// 0 for such queries and 1 for the rest, zeroes its output. None when every query sees a
+/// key (right padding, which Qwen's tokenizers use).
+fn attention_bias(
+    mask: &Tensor,
+    l: usize,
+    dt: DType,
+    dev: &Device,
+) -> Result<(Tensor, Option<Tensor>)> {
     let (b, ml) = mask.dims2()?;
     if ml != l {
         candle_core::bail!("attention mask has {ml} positions for {l} tokens");
     }
     let keep = mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
     let mut v = vec![0f32; b * l * l];
+    let mut seeing = vec![1f32; b * l];
     for (bi, row) in keep.iter().enumerate() {
         for i in 0..l {
             let seen = (0..=i).any(|j| row[j] > 0.5);
+            if !seen {
+                seeing[bi * l + i] = 0.0;
+            }
             for j in 0..l {
                 if seen && (j > i || row[j] <= 0.5) {
                     v[(bi * l + i) * l + j] = f32::NEG_INFINITY;
@@ -498,11 +668,19 @@ fn attention_bias(mask: &Tensor, l: usize, dt: DType, dev: &Device) -> Result<Te
             }
         }
     }
-    Tensor::from_vec(v, (b, 1, l, l), dev)?.to_dtype(dt)
+    let bias = Tensor::from_vec(v, (b, 1, l, l), dev)?.to_dtype(dt)?;
+    let seeing = if seeing.contains(&0.0) {
+        Some(Tensor::from_vec(seeing, (b, 1, l, 1), dev)?.to_dtype(dt)?)
+    } else {
+        None
+    };
+    Ok((bias, seeing))
 }
 
-/// The sizes of a Qwen3 GGUF file as llama.cpp writes them (`general.architecture` =
-/// `qwen3`, `qwen3.*` metadata), read from its header.
+/// The sizes of a text encoder's GGUF file as llama.cpp writes them, read from its header:
+/// Qwen3 (`general.architecture` = `qwen3`, `qwen3.*` metadata) or Mistral Small 3.x, which
+/// llama.cpp converts as `llama` (`llama.*` metadata, no query / key norms, query and key
+/// rows permuted for its rotary layout: [`load_gguf`] rotates to match).
 pub fn gguf_config(path: &std::path::Path) -> std::result::Result<Qwen3Config, crate::ModelError> {
     let err = |e: &dyn std::fmt::Display| bad(format!("{}: {e}", path.display()));
     let content = crate::gguf::read_content(path)?;
@@ -511,22 +689,26 @@ pub fn gguf_config(path: &std::path::Path) -> std::result::Result<Qwen3Config, c
         .get("general.architecture")
         .and_then(|v| v.to_string().ok().cloned())
         .unwrap_or_default();
-    if arch != "qwen3" {
-        return Err(err(&format!(
-            "general.architecture = {arch:?}; a Qwen3 text encoder's is \"qwen3\""
-        )));
-    }
+    let qwen3 = match arch.as_str() {
+        "qwen3" => true,
+        "llama" => false,
+        _ => {
+            return Err(err(&format!(
+                "general.architecture = {arch:?}; a Qwen3 text encoder's is \"qwen3\", a Mistral one's \"llama\""
+            )))
+        }
+    };
     let int = |k: &str| -> std::result::Result<usize, crate::ModelError> {
         let v = meta
-            .get(&format!("qwen3.{k}"))
-            .ok_or_else(|| err(&format!("no metadata qwen3.{k}")))?;
+            .get(&format!("{arch}.{k}"))
+            .ok_or_else(|| err(&format!("no metadata {arch}.{k}")))?;
         v.to_u32()
             .map(|x| x as usize)
             .or_else(|_| v.to_u64().map(|x| x as usize))
-            .map_err(|e| err(&format!("qwen3.{k}: {e}")))
+            .map_err(|e| err(&format!("{arch}.{k}: {e}")))
     };
     let float = |k: &str, default: f64| {
-        meta.get(&format!("qwen3.{k}"))
+        meta.get(&format!("{arch}.{k}"))
             .and_then(|v| v.to_f32().ok())
             .map_or(default, |x| x as f64)
     };
@@ -543,9 +725,17 @@ pub fn gguf_config(path: &std::path::Path) -> std::result::Result<Qwen3Config, c
         num_attention_heads: heads,
         num_key_value_heads: int("attention.head_count_kv").unwrap_or(heads),
         head_dim: int("attention.key_length").unwrap_or(hidden / heads),
-        rope_theta: float("rope.freq_base", 1_000_000.0),
+        rope_theta: float(
+            "rope.freq_base",
+            if qwen3 {
+                1_000_000.0
+            } else {
+                MISTRAL_ROPE_THETA
+            },
+        ),
         rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-6),
         attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
+        qk_norm: qwen3,
     })
 }
 
@@ -561,12 +751,18 @@ pub fn load_gguf(
     let cfg = gguf_config(path)?;
     let vb = candle_transformers::quantized_var_builder::VarBuilder::from_gguf(path, device)
         .map_err(|e| bad(format!("{}: {e}", path.display())))?;
-    Qwen3Encoder::new(
+    let enc = Qwen3Encoder::new(
         &cfg,
         Qwen3Names::LlamaCpp,
         taps,
         &Weights::Quantized { vb, dtype },
-    )
+    )?;
+    // llama.cpp's `llama` files (Mistral) hold permuted query and key rows.
+    Ok(if cfg.qk_norm {
+        enc
+    } else {
+        enc.with_interleaved_rope()
+    })
 }
 
 /// llama.cpp's name of a transformers Qwen3 tensor (`model.layers.3.mlp.up_proj.weight` →
@@ -597,10 +793,22 @@ pub fn llama_cpp_name(k: &str) -> Option<String> {
     Some(Qwen3Names::LlamaCpp.layer(i, part, param))
 }
 
-/// Write a transformers Qwen3's `tensors` as a GGUF file llama.cpp and [`load_gguf`] read:
-/// llama.cpp's names, its `qwen3.*` metadata from `cfg`, the linear weights (and the
-/// embedding table) as `q` where their rows fit its blocks, the rest f32. Returns how many
-/// tensors were written and how many of them as `q`.
+/// llama.cpp's converter's reordering of a `llama` model's query or key rows (`heads` heads):
+/// each head's two halves interleaved, for its adjacent-pair rotary layout.
+fn llama_cpp_permute(w: &Tensor, heads: usize) -> Result<Tensor> {
+    let (rows, cols) = w.dims2()?;
+    w.reshape((heads, 2, rows / heads / 2, cols))?
+        .transpose(1, 2)?
+        .reshape((rows, cols))
+}
+
+/// Write a transformers text encoder's `tensors` (Qwen3, or Mistral's language model under
+/// any of transformers' prefixes, [`body_prefix`]) as a GGUF file llama.cpp and
+/// [`load_gguf`] read: llama.cpp's names, its `qwen3.*` (Mistral: `llama.*`, with the query
+/// and key rows permuted as llama.cpp's converter does) metadata from `cfg`, the linear
+/// weights (and the embedding table) as `q` where their rows fit its blocks, the rest f32.
+/// Tensors outside the language model (a vision tower, `lm_head`) are left out. Returns how
+/// many tensors were written and how many of them as `q`.
 pub fn write_gguf(
     path: &std::path::Path,
     tensors: &std::collections::HashMap<String, Tensor>,
@@ -608,10 +816,25 @@ pub fn write_gguf(
     q: candle_core::quantized::GgmlDType,
 ) -> std::result::Result<(usize, usize), crate::ModelError> {
     use candle_core::quantized::gguf_file::{self, Value};
+    let prefix = body_prefix(tensors.keys().map(String::as_str))
+        .ok_or_else(|| bad("no embed_tokens.weight among the text encoder's tensors"))?;
+    let arch = if cfg.qk_norm { "qwen3" } else { "llama" };
     let mut out = Vec::new();
     for (k, v) in tensors {
-        if let Some(n) = llama_cpp_name(k) {
-            let stored = crate::gguf::quantize(&n, v, q)?;
+        let Some(body) = k.strip_prefix(prefix) else {
+            continue;
+        };
+        if let Some(n) = llama_cpp_name(&format!("model.{body}")) {
+            let v = match (cfg.qk_norm, body.rsplit_once(".self_attn.")) {
+                (false, Some((_, "q_proj.weight"))) => {
+                    llama_cpp_permute(v, cfg.num_attention_heads)?
+                }
+                (false, Some((_, "k_proj.weight"))) => {
+                    llama_cpp_permute(v, cfg.num_key_value_heads)?
+                }
+                _ => v.clone(),
+            };
+            let stored = crate::gguf::quantize(&n, &v, q)?;
             out.push((n, stored));
         }
     }
@@ -619,21 +842,36 @@ pub fn write_gguf(
     let quantized = out.iter().filter(|(_, t)| t.dtype() == q).count();
     let u = |x: usize| Value::U32(x as u32);
     let meta = [
-        ("general.architecture", Value::String("qwen3".into())),
-        ("qwen3.block_count", u(cfg.num_hidden_layers)),
-        ("qwen3.embedding_length", u(cfg.hidden_size)),
-        ("qwen3.feed_forward_length", u(cfg.intermediate_size)),
-        ("qwen3.attention.head_count", u(cfg.num_attention_heads)),
-        ("qwen3.attention.head_count_kv", u(cfg.num_key_value_heads)),
-        ("qwen3.attention.key_length", u(cfg.head_dim)),
-        ("qwen3.attention.value_length", u(cfg.head_dim)),
-        ("qwen3.rope.freq_base", Value::F32(cfg.rope_theta as f32)),
         (
-            "qwen3.attention.layer_norm_rms_epsilon",
+            "general.architecture".to_string(),
+            Value::String(arch.into()),
+        ),
+        (format!("{arch}.block_count"), u(cfg.num_hidden_layers)),
+        (format!("{arch}.embedding_length"), u(cfg.hidden_size)),
+        (
+            format!("{arch}.feed_forward_length"),
+            u(cfg.intermediate_size),
+        ),
+        (
+            format!("{arch}.attention.head_count"),
+            u(cfg.num_attention_heads),
+        ),
+        (
+            format!("{arch}.attention.head_count_kv"),
+            u(cfg.num_key_value_heads),
+        ),
+        (format!("{arch}.attention.key_length"), u(cfg.head_dim)),
+        (format!("{arch}.attention.value_length"), u(cfg.head_dim)),
+        (
+            format!("{arch}.rope.freq_base"),
+            Value::F32(cfg.rope_theta as f32),
+        ),
+        (
+            format!("{arch}.attention.layer_norm_rms_epsilon"),
             Value::F32(cfg.rms_norm_eps as f32),
         ),
     ];
-    let meta: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+    let meta: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let ts: Vec<(&str, &candle_core::quantized::QTensor)> =
         out.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let io = |e: &dyn std::fmt::Display| bad(format!("{}: {e}", path.display()));

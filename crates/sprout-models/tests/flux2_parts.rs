@@ -9,7 +9,10 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use sprout_models::flux::configs::flux2_vae_config;
 use sprout_models::flux::convert::Renamed;
-use sprout_models::flux::tokenize::{encode_padded, qwen_chat_prompt, qwen_tokenizer};
+use sprout_models::flux::tokenize::{
+    encode_padded, flux2_tokenizer, mistral_chat_prompt, pads_left, qwen_chat_prompt, Padding,
+    FLUX2_SYSTEM_MESSAGE,
+};
 use sprout_models::flux::vae2::Flux2Vae;
 use sprout_models::ops::{max_abs, max_abs_diff};
 use sprout_models::qwen3::{Qwen3Config, Qwen3Encoder, Qwen3Names};
@@ -100,7 +103,7 @@ fn the_autoencoder_refuses_a_wrong_token_width_by_name() {
 fn prompt_tokens_are_the_chat_template_padded_as_transformers_pads() {
     let (io, meta) = common::load("flux2", "qwen3_io.safetensors");
     let _ = meta;
-    let tok = qwen_tokenizer(&snapshot("tokenizer")).unwrap();
+    let tok = flux2_tokenizer(&snapshot("tokenizer")).unwrap();
     let pad = tok.token_to_id("<|endoftext|>").unwrap();
     let want_ids = io["input_ids"].to_vec2::<f32>().unwrap();
     let want_mask = io["attention_mask"].to_vec2::<f32>().unwrap();
@@ -109,7 +112,13 @@ fn prompt_tokens_are_the_chat_template_padded_as_transformers_pads() {
         "make the circle blue and the star red, please",
     ];
     for (i, p) in prompts.iter().enumerate() {
-        let (ids, mask) = encode_padded(&tok, &qwen_chat_prompt(p), 40, pad).unwrap();
+        let padding = Padding {
+            len: 40,
+            pad_id: pad,
+            left: false,
+            add_special_tokens: true,
+        };
+        let (ids, mask) = encode_padded(&tok, &qwen_chat_prompt(p), padding).unwrap();
         let ids: Vec<f32> = ids.iter().map(|&x| x as f32).collect();
         let mask: Vec<f32> = mask.iter().map(|&x| x as f32).collect();
         assert_eq!(ids, want_ids[i], "{p}: ids");
@@ -147,7 +156,7 @@ fn qwen3_configs_and_taps_outside_the_stack_are_refused_by_name() {
     for (field, value) in [
         ("hidden_act", serde_json::json!("gelu")),
         ("use_sliding_window", serde_json::json!(true)),
-        ("model_type", serde_json::json!("mistral")),
+        ("model_type", serde_json::json!("gemma")),
     ] {
         let mut v = base.clone();
         v[field] = value;
@@ -261,4 +270,184 @@ fn configs_read_from_the_shapes_equal_the_config_files() {
         e.contains("not an autoencoder") || e.contains("no tensor"),
         "{e}"
     );
+}
+
+// ---------------------------------------------------------------- FLUX.2 [dev]'s Mistral
+
+fn dev_snapshot(part: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/flux2/dev_snapshot")
+        .join(part)
+}
+
+/// A string the fixture tool stored in `name`'s metadata under `key`, parsed as JSON.
+fn fixture_meta(name: &str, key: &str) -> serde_json::Value {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/flux2")
+        .join(name);
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    serde_json::from_str(&meta.metadata().as_ref().unwrap()[key]).unwrap()
+}
+
+/// The fixture's tiny Mistral3 (a Mistral language model beside a Pixtral vision tower),
+/// its language model read under the `language_model.model.` prefix transformers saves.
+fn mistral(taps: &[usize]) -> Qwen3Encoder {
+    let cfg = Qwen3Config::from_json(&json(dev_snapshot("text_encoder/config.json"))).unwrap();
+    assert!(!cfg.qk_norm, "Mistral's stack has no query / key norms");
+    let vb = VarBuilder::from_backend(
+        Box::new(Renamed::replace_prefix(
+            mmap(dev_snapshot("text_encoder/model.safetensors")),
+            "model.",
+            "language_model.model.".into(),
+        )),
+        DType::F32,
+        Device::Cpu,
+    );
+    Qwen3Encoder::new(&cfg, Qwen3Names::Transformers, taps, &Weights::Dense(vb)).unwrap()
+}
+
+#[test]
+fn mistral_prompts_are_the_chat_template_left_padded_as_transformers_pads() {
+    let (io, _) = common::load("flux2", "mistral_io.safetensors");
+    let prompts = fixture_meta("mistral_io.safetensors", "prompts");
+    let rendered = fixture_meta("mistral_io.safetensors", "rendered");
+    let tok = flux2_tokenizer(&dev_snapshot("tokenizer")).unwrap();
+    let tok_cfg = json(dev_snapshot("tokenizer/tokenizer_config.json"));
+    assert!(pads_left(&tok_cfg).unwrap());
+    let pad = tok.token_to_id("<pad>").unwrap();
+    let want_ids = io["input_ids"].to_vec2::<f32>().unwrap();
+    let want_mask = io["attention_mask"].to_vec2::<f32>().unwrap();
+    for i in 0..2 {
+        let text = mistral_chat_prompt(FLUX2_SYSTEM_MESSAGE, prompts[i].as_str().unwrap());
+        assert_eq!(
+            text,
+            rendered[i].as_str().unwrap(),
+            "the rendered chat template"
+        );
+        let padding = Padding {
+            len: 96,
+            pad_id: pad,
+            left: true,
+            add_special_tokens: false,
+        };
+        let (ids, mask) = encode_padded(&tok, &text, padding).unwrap();
+        let ids: Vec<f32> = ids.iter().map(|&x| x as f32).collect();
+        let mask: Vec<f32> = mask.iter().map(|&x| x as f32).collect();
+        assert_eq!(ids, want_ids[i], "prompt {i}: ids");
+        assert_eq!(mask, want_mask[i], "prompt {i}: mask");
+    }
+    // `[IMG]` is taken out of a prompt, as the pipeline does.
+    assert_eq!(
+        mistral_chat_prompt("s", "a [IMG]cat"),
+        "<s>[SYSTEM_PROMPT]s[/SYSTEM_PROMPT][INST]a cat[/INST]"
+    );
+}
+
+#[test]
+fn padding_sides_come_from_the_tokenizer_config_or_its_class() {
+    let side = |v: serde_json::Value| pads_left(&v);
+    assert!(side(serde_json::json!({"padding_side": "left"})).unwrap());
+    assert!(!side(serde_json::json!({"padding_side": "right"})).unwrap());
+    // transformers' Llama tokenizers (Mistral's) pad on the left by default, the rest right.
+    assert!(side(serde_json::json!({"tokenizer_class": "LlamaTokenizerFast"})).unwrap());
+    assert!(!side(serde_json::json!({"tokenizer_class": "Qwen2Tokenizer"})).unwrap());
+    let e = side(serde_json::json!({"padding_side": "middle"})).unwrap_err();
+    assert!(e.to_string().contains("padding_side"), "{e}");
+    let e = side(serde_json::json!({"truncation_side": "left"})).unwrap_err();
+    assert!(e.to_string().contains("truncation_side"), "{e}");
+}
+
+#[test]
+fn mistral_tapped_states_match_transformers() {
+    let (io, _) = common::load("flux2", "mistral_io.safetensors");
+    let ids = io["input_ids"].to_dtype(DType::U32).unwrap();
+    let got = mistral(&[2, 4, 6])
+        .forward(&ids, &io["attention_mask"])
+        .unwrap();
+    // Left padding: the positions before the prompt see no key and keep their embedding,
+    // as PyTorch's attention gives them zeros.
+    assert_close("mistral prompt embeds", &got, &io["embeds"], TOL);
+}
+
+#[test]
+fn mistral_from_llama_cpp_gguf_matches_transformers() {
+    use candle_core::quantized::GgmlDType;
+    let (io, _) = common::load("flux2", "mistral_io.safetensors");
+    let cfg = Qwen3Config::from_json(&json(dev_snapshot("text_encoder/config.json"))).unwrap();
+    let dense = candle_core::safetensors::load(
+        dev_snapshot("text_encoder/model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let ids = io["input_ids"].to_dtype(DType::U32).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (q, tol) in [(GgmlDType::F32, TOL), (GgmlDType::Q8_0, 0.1)] {
+        let path = dir.path().join(format!("mistral-{q:?}.gguf"));
+        let (n, _) = sprout_models::qwen3::write_gguf(&path, &dense, &cfg, q).unwrap();
+        // The language model's 9 tensors a layer, its embedding and norm; no vision tower,
+        // no lm_head.
+        assert_eq!(n, 9 * cfg.num_hidden_layers + 2);
+        let read = sprout_models::qwen3::gguf_config(&path).unwrap();
+        // GGUF stores the epsilon as f32.
+        assert!((read.rms_norm_eps - cfg.rms_norm_eps).abs() < 1e-12);
+        assert_eq!(
+            read,
+            Qwen3Config {
+                rms_norm_eps: read.rms_norm_eps,
+                ..cfg.clone()
+            }
+        );
+        let enc =
+            sprout_models::qwen3::load_gguf(&path, &[2, 4, 6], DType::F32, &Device::Cpu).unwrap();
+        let got = enc.forward(&ids, &io["attention_mask"]).unwrap();
+        assert_close(&format!("mistral GGUF {q:?}"), &got, &io["embeds"], tol);
+    }
+}
+
+#[test]
+fn a_mistral_config_is_read_from_its_files_or_refused_by_name() {
+    use sprout_models::flux::inspect::{safetensors_header, TensorInfo};
+    let base = json(dev_snapshot("text_encoder/config.json"));
+    let cfg = Qwen3Config::from_json(&base).unwrap();
+    assert_eq!(
+        (cfg.hidden_size, cfg.num_hidden_layers, cfg.head_dim),
+        (32, 6, 8)
+    );
+    assert_eq!(cfg.rope_theta, 1e9);
+    assert_eq!(cfg.rms_norm_eps, 1e-5);
+    // The bare language model's config reads the same.
+    assert_eq!(Qwen3Config::from_json(&base["text_config"]).unwrap(), cfg);
+    // A sliding window shorter than a prompt would hide keys: refused by name.
+    let mut v = base.clone();
+    v["text_config"]["sliding_window"] = serde_json::json!(128);
+    let e = Qwen3Config::from_json(&v).unwrap_err().to_string();
+    assert!(e.contains("sliding_window"), "{e}");
+    let mut v = base.clone();
+    v["text_config"]["sliding_window"] = serde_json::json!(4096);
+    assert!(Qwen3Config::from_json(&v).is_ok());
+    // Without its config: the tiny stack's head width is in no shape, so it is refused...
+    let te = safetensors_header(&dev_snapshot("text_encoder/model.safetensors")).unwrap();
+    let e = Qwen3Config::from_tensors(&te).unwrap_err().to_string();
+    assert!(e.contains("config.json"), "{e}");
+    // ...while Mistral Small 3.2's shapes (as a single file of it lists them) read as it.
+    let full = Qwen3Config::mistral_small_3_2();
+    let names = sprout_models::recorder::record(|vb| {
+        Qwen3Encoder::new(&full, Qwen3Names::Transformers, &[40], &Weights::Dense(vb))
+            .map(|_| ())
+            .map_err(candle_core::Error::wrap)
+    })
+    .unwrap();
+    let infos: Vec<TensorInfo> = names
+        .into_iter()
+        .map(|(name, shape)| TensorInfo {
+            name: format!("language_model.{name}"),
+            shape,
+            bytes: 0,
+        })
+        .collect();
+    assert!(infos
+        .iter()
+        .any(|t| t.name == "language_model.model.embed_tokens.weight"));
+    assert_eq!(Qwen3Config::from_tensors(&infos).unwrap(), full);
 }

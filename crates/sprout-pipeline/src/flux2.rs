@@ -1,9 +1,10 @@
-//! FLUX.2 [klein] on the shared MMDiT: Qwen3's tapped hidden states as the prompt, the
-//! FLUX.2 autoencoder's normalised 128-channel tokens, reference images as extra tokens at
-//! times 10, 20, … on the first rotary axis, and the flow-matching Euler schedule shifted by
-//! FLUX.2's empirical rule; the distilled models run without guidance, the base models with
-//! classifier-free guidance against the empty prompt. Reproduces diffusers'
-//! `Flux2KleinPipeline` from the same initial latents (tested).
+//! FLUX.2 on the shared MMDiT: the text encoder's tapped hidden states as the prompt (Qwen3
+//! for [klein], Mistral Small 3.2 for [dev]), the FLUX.2 autoencoder's normalised 128-channel
+//! tokens, reference images as extra tokens at times 10, 20, … on the first rotary axis, and
+//! the flow-matching Euler schedule shifted by FLUX.2's empirical rule. The distilled [klein]
+//! models run without guidance, the base models with classifier-free guidance against the
+//! empty prompt, [dev] with its guidance scale as a transformer input. Reproduces diffusers'
+//! `Flux2KleinPipeline` and `Flux2Pipeline` from the same initial latents (tested).
 
 use std::path::Path;
 
@@ -15,15 +16,20 @@ use sprout_models::dit::{Dit, DitInput, References};
 use sprout_models::flux::configs::flux2_vae_config;
 use sprout_models::flux::convert::{is_diffusers_transformer, DiffusersFlux2Config, Renamed};
 use sprout_models::flux::files::component_files;
-use sprout_models::flux::tokenize::{encode_padded, qwen_chat_prompt, qwen_tokenizer};
+use sprout_models::flux::tokenize::{
+    encode_padded, flux2_tokenizer, mistral_chat_prompt, pads_left, qwen_chat_prompt, Padding,
+    FLUX2_SYSTEM_MESSAGE,
+};
 use sprout_models::flux::vae2::Flux2Vae;
-use sprout_models::qwen3::{Qwen3Config, Qwen3Encoder, Qwen3Names};
+use sprout_models::qwen3::{body_prefix, Qwen3Config, Qwen3Encoder, Qwen3Names};
 use sprout_models::weights::Weights;
 use tokenizers::Tokenizer;
 
 use crate::denoise::{denoise, Hooks};
 use crate::flow::{time_shift, Sampler};
-use crate::flux_load::{component_config, gguf_loaded_bytes, mmap, read_json, weights_err};
+use crate::flux_load::{
+    component_config, gguf_loaded_bytes, is_gguf, mmap, read_json, weights_err,
+};
 use crate::image_io::to_images;
 use crate::noise::noise;
 use crate::PipelineError;
@@ -36,6 +42,10 @@ use sprout_models::flux::inspect::{
 
 /// Qwen3 layers whose states FLUX.2 [klein] reads (transformers' `hidden_states` indices).
 pub const KLEIN_TAPS: [usize; 3] = [9, 18, 27];
+/// Mistral layers whose states FLUX.2 [dev] reads.
+pub const DEV_TAPS: [usize; 3] = [10, 20, 30];
+/// Most reference images of one [dev] edit (Black Forest Labs' documented maximum).
+pub const DEV_MAX_REFERENCES: usize = 10;
 /// Prompt tokens per prompt in FLUX.2's pipelines.
 pub const MAX_PROMPT_TOKENS: usize = 512;
 /// Most reference images of one klein edit (Black Forest Labs' documented maximum).
@@ -78,24 +88,72 @@ pub fn flux2_schedule(steps: usize, mu: f64) -> Vec<f64> {
     t
 }
 
-/// The Qwen3 encoder: held, or loaded for each request and dropped before the transformer
+/// Which FLUX.2 a model is: what it reads its prompt with and how it is guided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flux2Variant {
+    /// FLUX.2 [klein] 4B / 9B, step-distilled: 4 steps, no guidance (Qwen3).
+    Klein,
+    /// FLUX.2 [klein] base 4B / 9B: 50 steps, classifier-free guidance (Qwen3).
+    KleinBase,
+    /// FLUX.2 [dev] 32B: guidance-distilled, the scale a transformer input (Mistral Small 3.2).
+    Dev,
+}
+
+impl Flux2Variant {
+    /// The `--model` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Flux2Variant::Klein => "flux2-klein",
+            Flux2Variant::KleinBase => "flux2-klein-base",
+            Flux2Variant::Dev => "flux2-dev",
+        }
+    }
+
+    /// Step-distilled: runs without guidance.
+    pub fn distilled(self) -> bool {
+        self == Flux2Variant::Klein
+    }
+
+    /// The text encoder's layers the pipeline reads by default.
+    pub fn taps(self) -> &'static [usize] {
+        match self {
+            Flux2Variant::Dev => &DEV_TAPS,
+            _ => &KLEIN_TAPS,
+        }
+    }
+
+    /// Most reference images of one edit.
+    pub fn max_references(self) -> usize {
+        match self {
+            Flux2Variant::Dev => DEV_MAX_REFERENCES,
+            _ => KLEIN_MAX_REFERENCES,
+        }
+    }
+}
+
+/// The text encoder: held, or loaded for each request and dropped before the transformer
 /// runs (chosen at load when the machine cannot hold it beside the transformer).
-pub enum Qwen3Slot {
+pub enum EncoderSlot {
     Resident(Qwen3Encoder),
     OnDemand(Box<dyn Fn() -> Result<Qwen3Encoder, PipelineError> + Send + Sync>),
 }
 
-impl Qwen3Slot {
+impl EncoderSlot {
     pub fn is_resident(&self) -> bool {
-        matches!(self, Qwen3Slot::Resident(_))
+        matches!(self, EncoderSlot::Resident(_))
     }
 }
 
-/// The Qwen3 text side with its tokenizer.
-pub struct Qwen3Text {
-    pub encoder: Qwen3Slot,
+/// The text side with its tokenizer: Qwen3 under Qwen's chat template, or Mistral under
+/// Mistral Small's with FLUX.2 [dev]'s system prompt.
+pub struct Flux2Text {
+    pub encoder: EncoderSlot,
     pub tokenizer: Tokenizer,
     pub pad_id: u32,
+    /// The tokenizer pads on the left (Mistral's).
+    pub pad_left: bool,
+    /// Mistral's chat template (FLUX.2 [dev]) instead of Qwen's.
+    pub mistral: bool,
     /// Tokens per prompt (512).
     pub max_len: usize,
     /// The DiT's compute type: the states are cast to it.
@@ -103,7 +161,7 @@ pub struct Qwen3Text {
     pub device: Device,
 }
 
-impl Qwen3Text {
+impl Flux2Text {
     /// One prompt's conditioning (1, max_len, taps · hidden).
     pub fn encode(&self, prompt: &str) -> Result<Tensor, PipelineError> {
         self.encode_len(prompt, self.max_len)
@@ -119,17 +177,29 @@ impl Qwen3Text {
     pub fn encode_all(&self, prompts: &[&str], len: usize) -> Result<Vec<Tensor>, PipelineError> {
         let loaded;
         let encoder = match &self.encoder {
-            Qwen3Slot::Resident(e) => e,
-            Qwen3Slot::OnDemand(load) => {
+            EncoderSlot::Resident(e) => e,
+            EncoderSlot::OnDemand(load) => {
                 loaded = load()?;
                 &loaded
             }
         };
+        let padding = Padding {
+            len,
+            pad_id: self.pad_id,
+            left: self.pad_left,
+            // Qwen's text goes through the tokenizer's own call, which adds nothing for
+            // Qwen; Mistral's through `apply_chat_template`, which adds no special tokens.
+            add_special_tokens: !self.mistral,
+        };
         prompts
             .iter()
             .map(|p| {
-                let (ids, mask) =
-                    encode_padded(&self.tokenizer, &qwen_chat_prompt(p), len, self.pad_id)?;
+                let text = if self.mistral {
+                    mistral_chat_prompt(FLUX2_SYSTEM_MESSAGE, p)
+                } else {
+                    qwen_chat_prompt(p)
+                };
+                let (ids, mask) = encode_padded(&self.tokenizer, &text, padding)?;
                 let ids = Tensor::new(ids.as_slice(), &self.device)?.unsqueeze(0)?;
                 let mask = Tensor::new(mask.as_slice(), &self.device)?.unsqueeze(0)?;
                 Ok(encoder.forward(&ids, &mask)?.to_dtype(self.dtype)?)
@@ -204,9 +274,8 @@ pub fn prepare_reference(
 pub struct Flux2Model {
     pub dit: Dit,
     pub vae: Flux2Vae,
-    pub text: Qwen3Text,
-    /// Step-distilled (klein 4B / 9B): no guidance. The base models guide against "".
-    pub distilled: bool,
+    pub text: Flux2Text,
+    pub variant: Flux2Variant,
     /// The autoencoder's type.
     pub parts_dtype: DType,
 }
@@ -224,36 +293,42 @@ fn unpack(x: &Tensor, h: usize, w: usize) -> candle_core::Result<Tensor> {
 }
 
 impl Flux2Model {
-    /// A FLUX.2 [klein] diffusers snapshot directory (`transformer/`, `vae/`,
-    /// `text_encoder/`, `tokenizer/`, `model_index.json`), the DiT in `dtype`.
+    /// A FLUX.2 diffusers snapshot directory (`transformer/`, `vae/`, `text_encoder/`,
+    /// `tokenizer/`, `model_index.json`; [klein] or [dev]), the DiT in `dtype`.
     pub fn load(dir: &Path, dtype: DType, device: &Device) -> Result<Flux2Model, PipelineError> {
-        Flux2Model::load_with(Some(dir), &KLEIN_TAPS, Flux2Files::default(), dtype, device)
+        Flux2Model::load_with(Some(dir), None, Flux2Files::default(), dtype, device)
     }
 
     /// [`load`](Self::load) reading the text encoder's states after layers `taps` (diffusers'
-    /// `text_encoder_out_layers`) instead of klein's 9, 18, 27.
+    /// `text_encoder_out_layers`) instead of the variant's (klein 9, 18, 27; dev 10, 20, 30).
     pub fn load_with_taps(
         dir: &Path,
         taps: &[usize],
         dtype: DType,
         device: &Device,
     ) -> Result<Flux2Model, PipelineError> {
-        Flux2Model::load_with(Some(dir), taps, Flux2Files::default(), dtype, device)
+        Flux2Model::load_with(Some(dir), Some(taps), Flux2Files::default(), dtype, device)
     }
 
     /// [`load_with_taps`](Self::load_with_taps), with the parts `files` names in place of
-    /// the snapshot's (GGUF files, as users download them).
+    /// the snapshot's (GGUF files, as users download them); `taps` None for the variant's.
     pub fn load_with(
         dir: Option<&Path>,
-        taps: &[usize],
+        taps: Option<&[usize]>,
         files: Flux2Files<'_>,
         dtype: DType,
         device: &Device,
     ) -> Result<Flux2Model, PipelineError> {
         let text_encoder = files.text_encoder;
-        // A part of the snapshot folder, or, with none, a refusal naming the flag that gives
-        // it as a file.
-        let part = |name: &str, flag: &str| -> Result<Vec<std::path::PathBuf>, PipelineError> {
+        // A part's files: the one given, else the snapshot folder's, or, with no folder, a
+        // refusal naming the flag that gives it as a file.
+        let part = |given: Option<&Path>,
+                    name: &str,
+                    flag: &str|
+         -> Result<Vec<std::path::PathBuf>, PipelineError> {
+            if let Some(f) = given {
+                return Ok(vec![f.to_path_buf()]);
+            }
             let Some(dir) = dir else {
                 return Err(weights_err(format!(
                     "no snapshot folder to take the {name} from: give it with {flag} FILE"
@@ -267,10 +342,11 @@ impl Flux2Model {
                 ))
             })
         };
-        let distilled = match dir {
-            Some(dir) => snapshot_distilled(dir)?,
-            None => files.distilled.unwrap_or(true),
+        let variant = match dir {
+            Some(dir) => snapshot_variant(dir)?,
+            None => files.variant.unwrap_or(Flux2Variant::Klein),
         };
+        let taps = taps.unwrap_or(variant.taps());
 
         // The transformer: the snapshot's, or a GGUF file given in its place.
         let gguf = files.transformer.filter(|p| is_gguf(p));
@@ -304,10 +380,7 @@ impl Flux2Model {
                 (dit, dcfg, bytes, full_size)
             }
             None => {
-                let tf = match files.transformer {
-                    Some(f) => vec![f.to_path_buf()],
-                    None => part("transformer", "--weights")?,
-                };
+                let tf = part(files.transformer, "transformer", "--weights")?;
                 let (dcfg, backend) = flux2_transformer(&tf)?;
                 // Small models (the test snapshots) compute in f32 throughout; full-size ones
                 // on the CPU keep their bf16 weights for the linear layers (f32 around them,
@@ -335,12 +408,27 @@ impl Flux2Model {
             }
         };
 
+        match (variant, dcfg.guidance_embed) {
+            (Flux2Variant::Dev, false) => {
+                return Err(weights_err(
+                    "the transformer has no guidance input: a FLUX.2 [klein] model, which runs \
+                     with --model flux2-klein (or flux2-klein-base)"
+                        .to_string(),
+                ))
+            }
+            (Flux2Variant::Klein | Flux2Variant::KleinBase, true) => {
+                return Err(weights_err(
+                    "the transformer takes a guidance scale: a FLUX.2 [dev] model, which runs \
+                     with --model flux2-dev"
+                        .to_string(),
+                ))
+            }
+            _ => {}
+        }
+
         // The autoencoder (f32: it is small next to the rest).
         let parts_dtype = DType::F32;
-        let vf = match files.vae {
-            Some(f) => vec![f.to_path_buf()],
-            None => part("vae", "--vae")?,
-        };
+        let vf = part(files.vae, "vae", "--vae")?;
         let vcfg = match component_config(&vf)? {
             Some(v) => flux2_vae_config(&v)?,
             // A file without its config: the sizes from its tensors' shapes.
@@ -389,10 +477,7 @@ impl Flux2Model {
                 (cfg, bytes, Box::new(load))
             }
             None => {
-                let ef = match text_encoder {
-                    Some(f) => vec![f.to_path_buf()],
-                    None => part("text_encoder", "--text-encoder")?,
-                };
+                let ef = part(text_encoder, "text_encoder", "--text-encoder")?;
                 let info = headers(&ef)?;
                 let cfg = match component_config(&ef)? {
                     Some(ecfg) => Qwen3Config::from_json(&ecfg)?,
@@ -400,8 +485,15 @@ impl Flux2Model {
                     None => Qwen3Config::from_tensors(&info)
                         .map_err(|e| weights_err(format!("{}: {e}", ef[0].display())))?,
                 };
-                // transformers' bare `Qwen3Model` body is saved without `model.`.
-                let bare = !info.iter().any(|t| t.name == "model.embed_tokens.weight");
+                // The body's prefix: `model.` (a causal LM), none (a bare body), or a
+                // multimodal Mistral3's `language_model.model.` / `model.language_model.`.
+                let prefix =
+                    body_prefix(info.iter().map(|t| t.name.as_str())).ok_or_else(|| {
+                        weights_err(format!(
+                            "{}: no embed_tokens.weight: not a Qwen3 or Mistral text encoder",
+                            ef[0].display()
+                        ))
+                    })?;
                 let n = safetensors_elements(&ef).map_err(weights_err)?;
                 let bytes = n * if bf16_linear {
                     2
@@ -411,10 +503,10 @@ impl Flux2Model {
                 let (qcfg, taps, device) = (cfg.clone(), taps.to_vec(), device.clone());
                 let load = move || -> Result<Qwen3Encoder, PipelineError> {
                     let st = mmap(&ef)?;
-                    let backend: Box<dyn SimpleBackend> = if bare {
-                        Box::new(Renamed::without_prefix(st, "model."))
-                    } else {
+                    let backend: Box<dyn SimpleBackend> = if prefix == "model." {
                         Box::new(st)
+                    } else {
+                        Box::new(Renamed::replace_prefix(st, "model.", prefix.to_string()))
                     };
                     let vb = VarBuilder::from_backend(backend, dtype, device.clone());
                     let w = if bf16_linear {
@@ -428,6 +520,23 @@ impl Flux2Model {
                 (cfg, bytes, Box::new(load))
             }
         };
+        match (variant, qcfg.qk_norm) {
+            (Flux2Variant::Dev, true) => {
+                return Err(weights_err(
+                    "FLUX.2 [dev] reads Mistral Small 3.2; the text encoder given is a Qwen3 \
+                     (FLUX.2 [klein]'s)"
+                        .to_string(),
+                ))
+            }
+            (Flux2Variant::Klein | Flux2Variant::KleinBase, false) => {
+                return Err(weights_err(
+                    "FLUX.2 [klein] reads Qwen3; the text encoder given is a Mistral (FLUX.2 \
+                     [dev]'s)"
+                        .to_string(),
+                ))
+            }
+            _ => {}
+        }
         let width = dcfg.context_in_dim;
         if width != taps.len() * qcfg.hidden_size {
             return Err(weights_err(format!(
@@ -450,9 +559,9 @@ impl Flux2Model {
         let rest = safetensors_elements(&vf).map_err(weights_err)? * 4
             + if bf16_linear { ACTIVATIONS } else { 0 };
         let encoder = if text_encoder_resident(dit_bytes, text_bytes, rest, available_memory())? {
-            Qwen3Slot::Resident(load_encoder()?)
+            EncoderSlot::Resident(load_encoder()?)
         } else {
-            Qwen3Slot::OnDemand(load_encoder)
+            EncoderSlot::OnDemand(load_encoder)
         };
         let tok_dir = match (files.tokenizer, dir) {
             (Some(t), _) if t.join("tokenizer").join("tokenizer.json").is_file() => {
@@ -468,26 +577,30 @@ impl Flux2Model {
                 ))
             }
         };
-        let tokenizer = qwen_tokenizer(&tok_dir)?;
-        let pad = read_json(&tok_dir.join("tokenizer_config.json"))
-            .ok()
-            .and_then(|v| v["pad_token"].as_str().map(String::from))
-            .unwrap_or_else(|| "<|endoftext|>".into());
+        let tokenizer = flux2_tokenizer(&tok_dir)?;
+        let mistral = variant == Flux2Variant::Dev;
+        let tok_cfg = read_json(&tok_dir.join("tokenizer_config.json")).unwrap_or_default();
+        let pad = tok_cfg["pad_token"]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| if mistral { "<pad>" } else { "<|endoftext|>" }.into());
         let pad_id = tokenizer
             .token_to_id(&pad)
             .ok_or_else(|| weights_err(format!("the tokenizer has no pad token {pad}")))?;
         Ok(Flux2Model {
             dit,
             vae,
-            text: Qwen3Text {
+            text: Flux2Text {
                 encoder,
                 tokenizer,
                 pad_id,
+                pad_left: pads_left(&tok_cfg)?,
+                mistral,
                 max_len: MAX_PROMPT_TOKENS,
                 dtype,
                 device: device.clone(),
             },
-            distilled,
+            variant,
             parts_dtype,
         })
     }
@@ -574,7 +687,9 @@ impl Flux2Model {
                 Some(Tensor::cat(&ids, 1)?),
             )
         };
-        let guided = !self.distilled && guidance > 1.0;
+        // [dev] takes the scale as an input; the [klein] base models guide against a negative.
+        let embedded = self.variant == Flux2Variant::Dev;
+        let guided = self.variant == Flux2Variant::KleinBase && guidance > 1.0;
         let negative = match (guided, negative) {
             (true, Some(n)) => Some(n),
             (true, None) => {
@@ -586,6 +701,7 @@ impl Flux2Model {
         };
         let times = flux2_schedule(steps, empirical_mu(h * w, steps));
         let y = Tensor::zeros((1, 0), self.dtype(), &dev)?;
+        let scale = Tensor::new(&[guidance as f32], &dev)?.to_dtype(self.dtype())?;
         let cancel = hooks.cancel;
         let velocity = |x: &Tensor, t: f64| -> Result<Tensor, PipelineError> {
             let t = Tensor::new(&[t as f32], &dev)?;
@@ -596,6 +712,7 @@ impl Flux2Model {
                         .as_ref()
                         .zip(ref_ids.as_ref())
                         .map(|(tokens, ids)| References { tokens, ids }),
+                    guidance: embedded.then_some(&scale),
                     ..DitInput::new(&xin, &img_ids, text, &txt_ids, &t, &y)
                 })?;
                 Ok(v.to_dtype(DType::F32)?)
@@ -652,18 +769,12 @@ pub struct Flux2Files<'a> {
     /// The autoencoder's safetensors file instead of `vae/` (Black Forest Labs' or
     /// diffusers' names; its config.json beside it, else read from its shapes).
     pub vae: Option<&'a Path>,
-    /// A folder with the Qwen tokenizer's `tokenizer.json` (or its `tokenizer/`) instead of
+    /// A folder with the text encoder's `tokenizer.json` (or its `tokenizer/`) instead of
     /// the snapshot's `tokenizer/`.
     pub tokenizer: Option<&'a Path>,
-    /// Whether the model is step-distilled, where no `model_index.json` says (single files:
-    /// `--model flux2-klein` or `flux2-klein-base`).
-    pub distilled: Option<bool>,
-}
-
-/// Whether `p` names a GGUF file.
-fn is_gguf(p: &Path) -> bool {
-    p.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    /// Which FLUX.2 the files are, where no `model_index.json` says (single files: `--model
+    /// flux2-klein`, `flux2-klein-base` or `flux2-dev`).
+    pub variant: Option<Flux2Variant>,
 }
 
 /// The headers of safetensors `files`, one list.
@@ -677,9 +788,10 @@ fn headers(
     Ok(out)
 }
 
-/// Whether a snapshot folder holds a step-distilled model (`model_index.json`'s
+/// Which FLUX.2 a snapshot folder holds: its `model_index.json`'s pipeline class
+/// (`Flux2Pipeline`: [dev]; `Flux2KleinPipeline`: [klein], step-distilled when
 /// `is_distilled`); a folder without one, or of another pipeline, is refused.
-fn snapshot_distilled(dir: &Path) -> Result<bool, PipelineError> {
+pub fn snapshot_variant(dir: &Path) -> Result<Flux2Variant, PipelineError> {
     let index = dir.join("model_index.json");
     if !index.is_file() {
         return Err(weights_err(format!(
@@ -688,17 +800,19 @@ fn snapshot_distilled(dir: &Path) -> Result<bool, PipelineError> {
         )));
     }
     let v = read_json(&index)?;
-    if let Some(c) = v["_class_name"]
-        .as_str()
-        .filter(|c| *c != "Flux2KleinPipeline")
-    {
-        return Err(weights_err(format!(
-            "{}: _class_name = {c}; this loader reads FLUX.2 [klein] snapshots \
-             (Flux2KleinPipeline)",
+    match v["_class_name"].as_str() {
+        Some("Flux2Pipeline") => Ok(Flux2Variant::Dev),
+        Some("Flux2KleinPipeline") | None => Ok(if v["is_distilled"].as_bool().unwrap_or(false) {
+            Flux2Variant::Klein
+        } else {
+            Flux2Variant::KleinBase
+        }),
+        Some(c) => Err(weights_err(format!(
+            "{}: _class_name = {c}; this loader reads FLUX.2 snapshots (Flux2KleinPipeline, \
+             Flux2Pipeline)",
             index.display()
-        )));
+        ))),
     }
-    Ok(v["is_distilled"].as_bool().unwrap_or(false))
 }
 
 /// ComfyUI's prefix on a transformer saved inside a whole checkpoint.

@@ -158,7 +158,7 @@ impl Needs {
     }
 }
 
-fn is_gguf(p: &Path) -> bool {
+pub(crate) fn is_gguf(p: &Path) -> bool {
     p.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }

@@ -12,7 +12,7 @@ use crate::bundle::Bundle;
 use crate::denoise::{evaluations, Hooks};
 use crate::flow::Sampler;
 use crate::flux::{reference_size, sampling_defaults, size_multiple, FluxModel, Img2Img, Inpaint};
-use crate::flux2::{prepare_reference, Flux2Model, KLEIN_MAX_REFERENCES, MAX_PROMPT_TOKENS};
+use crate::flux2::{prepare_reference, Flux2Model, Flux2Variant, MAX_PROMPT_TOKENS};
 use crate::image_io::{resized, to_images};
 use crate::request::{check, EditSizing, InitImage, Profile, Request};
 use crate::PipelineError;
@@ -46,7 +46,7 @@ pub enum Model {
     Native(Box<Bundle>),
     /// FLUX.1 from the user's weight files.
     Flux(Box<FluxModel>),
-    /// FLUX.2 [klein] from the user's diffusers snapshot.
+    /// FLUX.2 ([klein] or [dev]) from the user's weight files.
     Flux2(Box<Flux2Model>),
 }
 
@@ -412,11 +412,13 @@ fn start_latents(
     }
 }
 
-/// What FLUX.2 [klein] offers: 1024² by default, sides in multiples of 16 up to 2048, Euler;
-/// the distilled models 4 steps without guidance, the base models 50 steps at guidance 4
-/// (against the empty prompt, or the negative prompt when given); up to four reference
-/// images (an edit), no img2img or mask (diffusers' `Flux2KleinPipeline` has neither).
-pub fn flux2_profile(distilled: bool) -> Profile {
+/// What FLUX.2 offers: 1024² by default, sides in multiples of 16 up to 2048, Euler; the
+/// distilled [klein] models 4 steps without guidance, the base models 50 steps at guidance 4
+/// (against the empty prompt, or the negative prompt when given), [dev] 50 steps at its
+/// embedded guidance 4; reference images up to the variant's maximum (klein 4, dev 10), no
+/// img2img or mask (diffusers' `Flux2KleinPipeline` and `Flux2Pipeline` have neither).
+pub fn flux2_profile(variant: Flux2Variant) -> Profile {
+    let distilled = variant.distilled();
     Profile {
         multiple: 16,
         max_side: FLUX_MAX_SIDE,
@@ -426,7 +428,7 @@ pub fn flux2_profile(distilled: bool) -> Profile {
         sampler: Sampler::Euler,
         samplers: vec![Sampler::Euler],
         edits: true,
-        images: (0, KLEIN_MAX_REFERENCES),
+        images: (0, variant.max_references()),
         images_are: "reference images".into(),
         true_cfg: false,
         takes_init: false,
@@ -438,16 +440,11 @@ pub fn flux2_profile(distilled: bool) -> Profile {
 
 impl Family for Flux2Model {
     fn name(&self) -> String {
-        if self.distilled {
-            "flux2-klein"
-        } else {
-            "flux2-klein-base"
-        }
-        .to_string()
+        self.variant.name().to_string()
     }
 
     fn profile(&self) -> Profile {
-        flux2_profile(self.distilled)
+        flux2_profile(self.variant)
     }
 
     fn check(&self, req: &Request) -> Result<(), PipelineError> {
@@ -462,7 +459,8 @@ impl Family for Flux2Model {
                 ),
             ));
         }
-        if self.distilled && req.guidance != 1.0 {
+        let distilled = self.variant.distilled();
+        if distilled && req.guidance != 1.0 {
             return Err(PipelineError::invalid(
                 "guidance",
                 format!(
@@ -471,10 +469,16 @@ impl Family for Flux2Model {
                 ),
             ));
         }
-        if self.distilled && req.negative_prompt.is_some() {
+        if distilled && req.negative_prompt.is_some() {
             return Err(PipelineError::invalid(
                 "negative_prompt",
                 "negative_prompt does not apply: this FLUX.2 [klein] is step-distilled and runs without guidance",
+            ));
+        }
+        if self.variant == Flux2Variant::Dev && req.negative_prompt.is_some() {
+            return Err(PipelineError::invalid(
+                "negative_prompt",
+                "negative_prompt does not apply: FLUX.2 [dev] is guidance-distilled (its guidance scale is a transformer input, with no negative prompt)",
             ));
         }
         if let Some(l) = &req.latents {
@@ -518,8 +522,8 @@ impl Family for Flux2Model {
     }
 }
 
-/// A checked request through FLUX.2 [klein]: the prompt (and, guided, the negative or empty
-/// prompt) encoded, the references prepared as diffusers does and encoded, then each image
+/// A checked request through FLUX.2: the prompt (and, for a guided [klein] base model, the
+/// negative or empty prompt) encoded, the references prepared as diffusers does and encoded, then each image
 /// through the one loop. Previews show the first image.
 fn run_flux2(
     m: &mut Flux2Model,
@@ -529,7 +533,7 @@ fn run_flux2(
     let (w, h) = (req.width as usize, req.height as usize);
     let len = req.max_sequence_length.unwrap_or(m.text.max_len);
     let mut prompts = vec![req.prompt.as_str()];
-    if !m.distilled && req.guidance > 1.0 {
+    if m.variant == Flux2Variant::KleinBase && req.guidance > 1.0 {
         prompts.push(req.negative_prompt.as_deref().unwrap_or(""));
     }
     let mut encoded = m.text.encode_all(&prompts, len)?.into_iter();

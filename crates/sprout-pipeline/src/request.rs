@@ -712,7 +712,7 @@ mod tests {
         use sprout_models::flux::files::Variant;
         let kontext = crate::model::flux_profile(Variant::Kontext, 16);
         assert_eq!(kontext.edit_canvas((800, 600)), (1184, 880));
-        let klein = crate::model::flux2_profile(true);
+        let klein = crate::model::flux2_profile(crate::flux2::Flux2Variant::Klein);
         assert_eq!(klein.edit_canvas((800, 600)), (800, 592));
         assert_eq!(klein.edit_canvas((100, 70)), (96, 64));
         // 3000×2000 scaled by √(1024² / 6·10⁶): 1254×836, cropped to 1248×832.

@@ -1,7 +1,8 @@
-//! The FLUX.2 [klein] pipeline against diffusers' `Flux2KleinPipeline` over the same tiny
-//! seeded parts (the fixture snapshot, loaded as users' snapshots are) and the same initial
-//! latents: text to image distilled and with guidance, and an edit with two references
-//! (fixtures from `tools/flux-parity/make_flux2_fixtures.py`).
+//! The FLUX.2 pipelines against diffusers' `Flux2KleinPipeline` and `Flux2Pipeline` ([dev])
+//! over the same tiny seeded parts (the fixture snapshots, loaded as users' snapshots are)
+//! and the same initial latents: text to image distilled, with guidance and with [dev]'s
+//! embedded guidance, and edits with two references (fixtures from
+//! `tools/flux-parity/make_flux2_fixtures.py` and `make_flux2_dev_fixtures.py`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -88,7 +89,7 @@ fn text_to_image_matches_diffusers_distilled_and_guided() {
     let io = io();
     let mut m = model();
     assert!(
-        m.distilled,
+        m.variant.distilled(),
         "the snapshot's model_index.json says is_distilled"
     );
     let text = m.text.encode(PROMPTS[0]).unwrap();
@@ -102,7 +103,7 @@ fn text_to_image_matches_diffusers_distilled_and_guided() {
         1.0,
     );
     check("distilled, 2 steps", &img, &io["distilled_image"]);
-    m.distilled = false;
+    m.variant = sprout_pipeline::flux2::Flux2Variant::KleinBase;
     let negative = m.text.encode("").unwrap();
     let img = run(
         &m,
@@ -116,11 +117,13 @@ fn text_to_image_matches_diffusers_distilled_and_guided() {
     check("base, 3 steps, guidance 4", &img, &io["base_image"]);
 }
 
-#[test]
-fn an_edit_with_two_references_matches_diffusers() {
-    let io = io();
-    let m = model();
-    let refs: Vec<_> = ["edit_ref0", "edit_ref1"]
+/// The fixture's two reference images (`edit_ref0`, `edit_ref1` of `io`) prepared and
+/// encoded by `m`.
+fn references(
+    m: &Flux2Model,
+    io: &HashMap<String, Tensor>,
+) -> Vec<sprout_pipeline::flux2::Flux2Reference> {
+    ["edit_ref0", "edit_ref1"]
         .iter()
         .enumerate()
         .map(|(k, name)| {
@@ -139,10 +142,122 @@ fn an_edit_with_two_references_matches_diffusers() {
             m.encode_reference(&from_image(&img, &Device::Cpu).unwrap())
                 .unwrap()
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn an_edit_with_two_references_matches_diffusers() {
+    let io = io();
+    let m = model();
+    let refs = references(&m, &io);
     let text = m.text.encode(PROMPTS[1]).unwrap();
     let img = run(&m, &text, None, &tokens(&io["edit_latents"]), &refs, 2, 1.0);
     check("edit with two references", &img, &io["edit_image"]);
+}
+
+/// The FLUX.2 [dev] fixture snapshot (`Flux2Pipeline`: Mistral3 text encoder, a transformer
+/// with a guidance input, the klein fixture's autoencoder), its tiny encoder's layers
+/// 2, 4, 6 tapped and prompts of 96 tokens, as the fixture tool ran it.
+fn dev_model() -> Flux2Model {
+    let mut m = Flux2Model::load_with_taps(
+        &dir().join("dev_snapshot"),
+        &[2, 4, 6],
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    m.text.max_len = 96;
+    m
+}
+
+#[test]
+fn flux2_dev_matches_diffusers_text_to_image_and_with_two_references() {
+    let io =
+        candle_core::safetensors::load(dir().join("dev_pipeline_io.safetensors"), &Device::Cpu)
+            .unwrap();
+    let m = dev_model();
+    assert_eq!(m.variant, sprout_pipeline::flux2::Flux2Variant::Dev);
+    assert!(m.text.mistral && m.text.pad_left);
+    let text = m.text.encode("a photo of a red circle").unwrap();
+    let img = run(&m, &text, None, &tokens(&io["t2i_latents"]), &[], 3, 4.0);
+    check("dev, 3 steps, embedded guidance 4", &img, &io["t2i_image"]);
+    let refs = references(&m, &io);
+    let text = m
+        .text
+        .encode("make the circle blue and put the star from the second image on it")
+        .unwrap();
+    let img = run(&m, &text, None, &tokens(&io["edit_latents"]), &refs, 2, 2.5);
+    check(
+        "dev edit with two references, guidance 2.5",
+        &img,
+        &io["edit_image"],
+    );
+    // The guidance scale is an input: another scale draws another image.
+    let other = run(&m, &text, None, &tokens(&io["edit_latents"]), &refs, 2, 5.0);
+    let d = sprout_models::ops::max_abs_diff(&other, &img).unwrap();
+    assert!(
+        d > 1e-3,
+        "guidance 5 drew the image of guidance 2.5 ({d:e})"
+    );
+}
+
+#[test]
+fn parts_of_the_other_flux2_are_refused_by_name() {
+    use sprout_pipeline::flux2::Flux2Files;
+    let load = |snap: &str, files: Flux2Files<'_>| {
+        Flux2Model::load_with(
+            Some(&dir().join(snap)),
+            Some(&[2, 4, 6]),
+            files,
+            DType::F32,
+            &Device::Cpu,
+        )
+        .err()
+        .expect("refused")
+        .to_string()
+    };
+    let qwen = dir().join("snapshot/text_encoder/model.safetensors");
+    let mistral = dir().join("dev_snapshot/text_encoder/model.safetensors");
+    let e = load(
+        "dev_snapshot",
+        Flux2Files {
+            text_encoder: Some(&qwen),
+            ..Flux2Files::default()
+        },
+    );
+    assert!(e.contains("FLUX.2 [dev] reads Mistral"), "{e}");
+    let e = load(
+        "snapshot",
+        Flux2Files {
+            text_encoder: Some(&mistral),
+            ..Flux2Files::default()
+        },
+    );
+    assert!(e.contains("FLUX.2 [klein] reads Qwen3"), "{e}");
+    let klein_dit = dir().join("snapshot/transformer/diffusion_pytorch_model.safetensors");
+    let dev_dit = dir().join("dev_snapshot/transformer/diffusion_pytorch_model.safetensors");
+    let e = load(
+        "dev_snapshot",
+        Flux2Files {
+            transformer: Some(&klein_dit),
+            ..Flux2Files::default()
+        },
+    );
+    assert!(
+        e.contains("no guidance input") && e.contains("flux2-klein"),
+        "{e}"
+    );
+    let e = load(
+        "snapshot",
+        Flux2Files {
+            transformer: Some(&dev_dit),
+            ..Flux2Files::default()
+        },
+    );
+    assert!(
+        e.contains("takes a guidance scale") && e.contains("flux2-dev"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -220,7 +335,7 @@ fn a_gguf_transformer_keeps_its_config_and_a_flux1_one_is_refused() {
     assert_eq!(flux2_gguf_config(&path, &header(&path)).unwrap(), dense);
     let m = Flux2Model::load_with(
         Some(&dir().join("snapshot")),
-        &[2, 4, 6],
+        Some(&[2, 4, 6]),
         Flux2Files {
             transformer: Some(&path),
             ..Flux2Files::default()

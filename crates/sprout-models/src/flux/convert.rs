@@ -454,6 +454,18 @@ impl<B: SimpleBackend> Renamed<B> {
         }
     }
 
+    /// Tensors the model names `from` + key, stored under `to` + key: a text encoder's body
+    /// saved inside a multimodal model (Mistral3's `language_model.model.`).
+    pub fn replace_prefix(inner: B, from: &'static str, to: String) -> Self {
+        Renamed {
+            inner,
+            source: Box::new(move |n| {
+                n.strip_prefix(from)
+                    .map(|k| Source::Key(format!("{to}{k}")))
+            }),
+        }
+    }
+
     /// Tensors the model names key, stored under `prefix` + key: a transformer saved inside
     /// a whole checkpoint (ComfyUI's `model.diffusion_model.`).
     pub fn with_prefix(inner: B, prefix: String) -> Self {

@@ -106,17 +106,65 @@ pub fn encode_fixed(tok: &Tokenizer, text: &str, len: usize, pad_id: u32) -> Res
     Ok(enc.get_ids().to_vec())
 }
 
-/// A Qwen tokenizer (`tokenizer.json` of a transformers Qwen2Tokenizer; FLUX.2 [klein]'s
-/// `tokenizer/`).
-pub fn qwen_tokenizer(dir: &Path) -> Result<Tokenizer> {
+/// A FLUX.2 text encoder's tokenizer: the `tokenizer.json` transformers saves (FLUX.2
+/// [klein]'s Qwen2Tokenizer, FLUX.2 [dev]'s Mistral tokenizer behind its processor).
+pub fn flux2_tokenizer(dir: &Path) -> Result<Tokenizer> {
     let json = dir.join("tokenizer.json");
     if !json.is_file() {
         return Err(bad(
             dir,
-            "has no tokenizer.json (a Qwen tokenizer saved by transformers has one)",
+            "has no tokenizer.json (a tokenizer saved by transformers has one)",
         ));
     }
     Tokenizer::from_file(&json).map_err(|e| bad(&json, e))
+}
+
+/// Whether a tokenizer pads on the left, from its `tokenizer_config.json`: its
+/// `padding_side`, else its class's default (transformers' Llama tokenizers, which Mistral's
+/// models use, pad on the left; the others on the right). A truncation side other than
+/// the right is refused by name.
+pub fn pads_left(config: &serde_json::Value) -> Result<bool> {
+    if let Some(t) = config["truncation_side"].as_str().filter(|t| *t != "right") {
+        return Err(ModelError::Tokenizer(format!(
+            "tokenizer_config.json: truncation_side = {t} is not supported"
+        )));
+    }
+    match config["padding_side"].as_str() {
+        Some("left") => Ok(true),
+        Some("right") => Ok(false),
+        Some(other) => Err(ModelError::Tokenizer(format!(
+            "tokenizer_config.json: padding_side = {other}; expected left or right"
+        ))),
+        None => Ok(config["tokenizer_class"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("LlamaTokenizer"))),
+    }
+}
+
+/// The system prompt FLUX.2 [dev]'s pipeline gives Mistral (Black Forest Labs', as
+/// diffusers' `SYSTEM_MESSAGE`).
+pub const FLUX2_SYSTEM_MESSAGE: &str = "You are an AI that reasons about image descriptions. \
+You give structured responses focusing on object relationships, object\nattribution and actions \
+without speculation.";
+
+/// The text FLUX.2 [dev]'s pipeline gives Mistral: Mistral Small's chat template over the
+/// system prompt and one user message, no generation prompt — the start token, the system
+/// prompt between `[SYSTEM_PROMPT]` tags, the prompt between `[INST]` tags — with `[IMG]`
+/// taken out of the prompt as the pipeline does. It is tokenized without added special
+/// tokens (the start token is in the text), as `apply_chat_template` does.
+pub fn mistral_chat_prompt(system: &str, prompt: &str) -> String {
+    let prompt = prompt.replace("[IMG]", "");
+    format!("<s>[SYSTEM_PROMPT]{system}[/SYSTEM_PROMPT][INST]{prompt}[/INST]")
+}
+
+/// How a prompt is padded: to `len` tokens with `pad_id`, on the left or right, with or
+/// without the tokenizer's added special tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Padding {
+    pub len: usize,
+    pub pad_id: u32,
+    pub left: bool,
+    pub add_special_tokens: bool,
 }
 
 /// The text FLUX.2's pipelines give the Qwen3 encoder: Qwen3's chat template applied to one
@@ -127,26 +175,28 @@ pub fn qwen_chat_prompt(prompt: &str) -> String {
     format!("<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n")
 }
 
-/// Token ids of `text` truncated and padded on the right to exactly `len`, with the attention
-/// mask (1 for the text's tokens, 0 for padding), as transformers' `padding="max_length"`.
-pub fn encode_padded(
-    tok: &Tokenizer,
-    text: &str,
-    len: usize,
-    pad_id: u32,
-) -> Result<(Vec<u32>, Vec<u32>)> {
+/// Token ids of `text` truncated (on the right) and padded to exactly `p.len`, with the
+/// attention mask (1 for the text's tokens, 0 for padding), as transformers'
+/// `padding="max_length", truncation=True`.
+pub fn encode_padded(tok: &Tokenizer, text: &str, p: Padding) -> Result<(Vec<u32>, Vec<u32>)> {
     // The padding and truncation a tokenizer.json may carry are replaced by these.
     let mut tok = tok.clone();
     tok.with_padding(None);
     tok.with_truncation(None)
         .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
     let enc = tok
-        .encode(text, true)
+        .encode(text, p.add_special_tokens)
         .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
     let mut ids = enc.get_ids().to_vec();
-    ids.truncate(len);
+    ids.truncate(p.len);
     let mut mask = vec![1u32; ids.len()];
-    ids.resize(len, pad_id);
-    mask.resize(len, 0);
+    let pad = p.len - ids.len();
+    if p.left {
+        ids.splice(0..0, std::iter::repeat_n(p.pad_id, pad));
+        mask.splice(0..0, std::iter::repeat_n(0, pad));
+    } else {
+        ids.resize(p.len, p.pad_id);
+        mask.resize(p.len, 0);
+    }
     Ok((ids, mask))
 }
