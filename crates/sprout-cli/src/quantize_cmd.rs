@@ -1,6 +1,6 @@
-//! `sprout quantize --model flux-dev|flux-schnell|flux-kontext|flux2-klein|t5|qwen3 --weights
-//! PATH --type q8_0 [--lora FILE[:S] …] -o OUT.gguf`: a FLUX.1 or FLUX.2 transformer (or a T5
-//! or Qwen3 text encoder) as a GGUF file.
+//! `sprout quantize --model flux-dev|flux-schnell|flux-kontext|flux2-klein|flux2-dev|t5|qwen3|mistral
+//! --weights PATH --type q8_0 [--lora FILE[:S] …] -o OUT.gguf`: a FLUX.1 or FLUX.2 transformer
+//! (or a T5, Qwen3 or Mistral text encoder) as a GGUF file.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -16,10 +16,11 @@ use crate::progress::bar;
 
 #[derive(clap::Args)]
 pub struct QuantizeArgs {
-    /// flux-schnell | flux-dev | flux-kontext (the transformer of --weights), flux2-klein (the
-    /// transformer of a FLUX.2 [klein] snapshot, for --transformer), t5 (the T5 encoder at
-    /// --weights), or qwen3 (FLUX.2 [klein]'s text encoder at --weights, e.g. a
-    /// snapshot's text_encoder/, written with llama.cpp's names for --text-encoder).
+    /// flux-schnell | flux-dev | flux-kontext (the transformer of --weights), flux2-klein |
+    /// flux2-dev (the transformer of a FLUX.2 snapshot, for --transformer), t5 (the T5
+    /// encoder at --weights), or qwen3 | mistral (FLUX.2 [klein]'s / [dev]'s text encoder at
+    /// --weights, e.g. a snapshot's text_encoder/, written with llama.cpp's names for
+    /// --text-encoder).
     #[arg(long)]
     pub model: String,
     /// FLUX.1 weights (a Black Forest Labs file or folder, or a diffusers snapshot), or with
@@ -47,14 +48,20 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     // truncated file under the asked name.
     let partial = a.out.with_extension("gguf.partial");
     let t0 = Instant::now();
-    let written = if a.model == "qwen3" {
+    let written = if a.model == "qwen3" || a.model == "mistral" {
         if !a.loras.is_empty() {
-            bail!("--lora applies to the FLUX transformer, not to --model qwen3");
+            bail!(
+                "--lora applies to the FLUX transformer, not to --model {}",
+                a.model
+            );
         }
         quantize_qwen3(&a.weights, q, &partial)
-    } else if a.model == "flux2-klein" {
+    } else if a.model == "flux2-klein" || a.model == "flux2-dev" {
         if !a.loras.is_empty() {
-            bail!("--lora applies to the FLUX.1 transformer, not to --model flux2-klein");
+            bail!(
+                "--lora applies to the FLUX.1 transformer, not to --model {}",
+                a.model
+            );
         }
         let pb = bar(0, "tensors");
         let r = quantize_flux2_transformer(&a.weights, q, &partial, |done, total| {

@@ -237,6 +237,62 @@ fn flux2_dev_generates_and_edits_as_diffusers_and_refuses_what_it_cannot_take() 
 }
 
 #[test]
+fn flux2_dev_runs_from_gguf_parts_written_by_quantize() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = candle_core::safetensors::load(
+        fixtures().join("dev_pipeline_io.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let latents = dir.path().join("latents.safetensors");
+    save_one(&latents, &io["t2i_latents"]);
+    let dev = fixtures().join("dev_snapshot");
+    let te = dev.join("text_encoder");
+    // Mistral as llama.cpp's `llama` layout (`--model mistral`), the transformer as
+    // `--model flux2-dev`; worst levels measured for q8_0: text encoder 1, transformer 3
+    // (bounds as for klein's q8_0 parts).
+    let parts = [
+        ("mistral", te.to_str().unwrap(), "--text-encoder", 4.0),
+        ("flux2-dev", dev.to_str().unwrap(), "--transformer", 12.0),
+    ];
+    for (model, weights, flag, bound) in parts {
+        let gguf = dir.path().join(format!("{model}.gguf"));
+        let g = gguf.to_str().unwrap();
+        let r = sprout(&[
+            "quantize",
+            "--model",
+            model,
+            "--weights",
+            weights,
+            "--type",
+            "q8_0",
+            "-o",
+            g,
+        ]);
+        assert!(r.status.success(), "{}", stderr(&r));
+        let out = dir.path().join(format!("{model}.png"));
+        let r = dev_run(&[
+            "generate",
+            "a photo of a red circle",
+            "--latents",
+            latents.to_str().unwrap(),
+            "--steps",
+            "3",
+            "--guidance",
+            "4",
+            flag,
+            g,
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert!(r.status.success(), "{}", stderr(&r));
+        let d = worst_level(&out, &io["t2i_image"]);
+        eprintln!("dev {flag} from a q8_0 GGUF: worst {d} levels");
+        assert!(d <= bound, "{flag}: {d} levels");
+    }
+}
+
+#[test]
 fn bad_flux2_requests_are_refused_naming_what_is_wrong() {
     let dir = tempfile::tempdir().unwrap();
     let snap = snapshot();

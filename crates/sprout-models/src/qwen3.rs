@@ -807,32 +807,36 @@ fn llama_cpp_permute(w: &Tensor, heads: usize) -> Result<Tensor> {
 /// [`load_gguf`] read: llama.cpp's names, its `qwen3.*` (Mistral: `llama.*`, with the query
 /// and key rows permuted as llama.cpp's converter does) metadata from `cfg`, the linear
 /// weights (and the embedding table) as `q` where their rows fit its blocks, the rest f32.
-/// Tensors outside the language model (a vision tower, `lm_head`) are left out. Returns how
-/// many tensors were written and how many of them as `q`.
+/// Tensors outside the language model (a vision tower, `lm_head`) are left out. `names`
+/// lists the tensors, `load` reads one (in f32) when it is quantized, so that only the
+/// quantized file's worth of memory is held. Returns how many tensors were written and how
+/// many of them as `q`.
 pub fn write_gguf(
     path: &std::path::Path,
-    tensors: &std::collections::HashMap<String, Tensor>,
+    names: &[String],
+    load: impl Fn(&str) -> Result<Tensor>,
     cfg: &Qwen3Config,
     q: candle_core::quantized::GgmlDType,
 ) -> std::result::Result<(usize, usize), crate::ModelError> {
     use candle_core::quantized::gguf_file::{self, Value};
-    let prefix = body_prefix(tensors.keys().map(String::as_str))
+    let prefix = body_prefix(names.iter().map(String::as_str))
         .ok_or_else(|| bad("no embed_tokens.weight among the text encoder's tensors"))?;
     let arch = if cfg.qk_norm { "qwen3" } else { "llama" };
     let mut out = Vec::new();
-    for (k, v) in tensors {
+    for k in names {
         let Some(body) = k.strip_prefix(prefix) else {
             continue;
         };
         if let Some(n) = llama_cpp_name(&format!("model.{body}")) {
+            let v = load(k)?;
             let v = match (cfg.qk_norm, body.rsplit_once(".self_attn.")) {
                 (false, Some((_, "q_proj.weight"))) => {
-                    llama_cpp_permute(v, cfg.num_attention_heads)?
+                    llama_cpp_permute(&v, cfg.num_attention_heads)?
                 }
                 (false, Some((_, "k_proj.weight"))) => {
-                    llama_cpp_permute(v, cfg.num_key_value_heads)?
+                    llama_cpp_permute(&v, cfg.num_key_value_heads)?
                 }
-                _ => v.clone(),
+                _ => v,
             };
             let stored = crate::gguf::quantize(&n, &v, q)?;
             out.push((n, stored));

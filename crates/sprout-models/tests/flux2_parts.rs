@@ -189,7 +189,9 @@ fn qwen3_gguf(path: &std::path::Path, q: candle_core::quantized::GgmlDType) {
     let dense =
         candle_core::safetensors::load(snapshot("text_encoder/model.safetensors"), &Device::Cpu)
             .unwrap();
-    let (n, quantized) = sprout_models::qwen3::write_gguf(path, &dense, &cfg, q).unwrap();
+    let names: Vec<String> = dense.keys().cloned().collect();
+    let (n, quantized) =
+        sprout_models::qwen3::write_gguf(path, &names, |k| Ok(dense[k].clone()), &cfg, q).unwrap();
     assert_eq!(n, dense.len(), "every tensor has a llama.cpp name");
     // The linear weights whose rows fit Q8_0's blocks of 32 (all but down_proj's 48) and
     // the embedding table; norms stay f32.
@@ -384,7 +386,10 @@ fn mistral_from_llama_cpp_gguf_matches_transformers() {
     let dir = tempfile::tempdir().unwrap();
     for (q, tol) in [(GgmlDType::F32, TOL), (GgmlDType::Q8_0, 0.1)] {
         let path = dir.path().join(format!("mistral-{q:?}.gguf"));
-        let (n, _) = sprout_models::qwen3::write_gguf(&path, &dense, &cfg, q).unwrap();
+        let names: Vec<String> = dense.keys().cloned().collect();
+        let (n, _) =
+            sprout_models::qwen3::write_gguf(&path, &names, |k| Ok(dense[k].clone()), &cfg, q)
+                .unwrap();
         // The language model's 9 tensors a layer, its embedding and norm; no vision tower,
         // no lm_head.
         assert_eq!(n, 9 * cfg.num_hidden_layers + 2);

@@ -214,36 +214,43 @@ pub fn quantize_flux2_transformer(
     )
 }
 
-/// A transformers Qwen3 text encoder (FLUX.2 [klein]'s: a `text_encoder/` folder with its
-/// config.json, or a safetensors file beside one) as a llama.cpp GGUF file with linear
-/// layers and the embedding table as `q` ([`sprout_models::qwen3::write_gguf`]); the LM head,
-/// if present, is left out.
+/// A transformers text encoder of FLUX.2 (Qwen3 for [klein], Mistral3 for [dev]: a
+/// `text_encoder/` folder with its config.json, or a safetensors file beside one) as a
+/// llama.cpp GGUF file with linear layers and the embedding table as `q`
+/// ([`sprout_models::qwen3::write_gguf`]: `qwen3`, or `llama` for Mistral); the LM head and a
+/// vision tower, if present, are left out.
 pub fn quantize_qwen3(dir: &Path, q: GgmlDType, out: &Path) -> Result<Written, PipelineError> {
     let files = sprout_models::flux::files::component_files(dir)?
         .or_else(|| dir.is_file().then(|| vec![dir.to_path_buf()]))
-        .ok_or_else(|| weights_err(format!("{}: no Qwen3 safetensors weights", dir.display())))?;
+        .ok_or_else(|| {
+            weights_err(format!(
+                "{}: no text encoder safetensors weights",
+                dir.display()
+            ))
+        })?;
     let cfg_json = component_config(&files)?.ok_or_else(|| {
         weights_err(format!(
-            "{}: no config.json beside the Qwen3 weights",
+            "{}: no config.json beside the text encoder's weights",
             dir.display()
         ))
     })?;
     let cfg = sprout_models::qwen3::Qwen3Config::from_json(&cfg_json)?;
-    let mut tensors = std::collections::HashMap::new();
-    for f in &files {
-        for (k, v) in candle_core::safetensors::load(f, &Device::Cpu)? {
-            if sprout_models::qwen3::llama_cpp_name(&k).is_some() {
-                tensors.insert(k, v.to_dtype(DType::F32)?);
-            }
-        }
-    }
-    if !tensors.contains_key("model.embed_tokens.weight") {
+    // One tensor at a time from the mapped files: a 24B Mistral never sits in memory in f32.
+    let st = crate::flux_load::mmap(&files)?;
+    let names: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();
+    if sprout_models::qwen3::body_prefix(names.iter().map(String::as_str)).is_none() {
         return Err(weights_err(format!(
-            "{}: not a Qwen3 model (no model.embed_tokens.weight)",
+            "{}: not a Qwen3 or Mistral model (no embed_tokens.weight)",
             dir.display()
         )));
     }
-    let (n, quantized) = sprout_models::qwen3::write_gguf(out, &tensors, &cfg, q)?;
+    let (n, quantized) = sprout_models::qwen3::write_gguf(
+        out,
+        &names,
+        |k| st.load(k, &Device::Cpu)?.to_dtype(DType::F32),
+        &cfg,
+        q,
+    )?;
     Ok(Written {
         tensors: n,
         quantized,
