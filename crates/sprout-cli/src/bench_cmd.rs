@@ -177,9 +177,14 @@ fn flux2_rows(a: &BenchArgs, weights: &std::path::Path, rows: &mut Vec<Row>) -> 
         let txt_ids = text_ids_4d(lt, &dev)?;
         let t = Tensor::new(&[0.5f32], &dev)?;
         let y = Tensor::zeros((1, 0), m.dtype(), &dev)?;
+        // [dev] takes its guidance scale as an input (the profile's default).
+        let g =
+            Tensor::new(&[model.profile().default_guidance as f32], &dev)?.to_dtype(m.dtype())?;
         rows.push(step_row(&a.model, &cfg, (w, h), (rh * rw, lt), || {
-            m.dit
-                .forward(&DitInput::new(&img, &img_ids, &text, &txt_ids, &t, &y))?;
+            m.dit.forward(&DitInput {
+                guidance: cfg.guidance_embed.then_some(&g),
+                ..DitInput::new(&img, &img_ids, &text, &txt_ids, &t, &y)
+            })?;
             Ok(())
         })?);
     }

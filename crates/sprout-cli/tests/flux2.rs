@@ -536,6 +536,33 @@ fn bench_times_flux2_rows_on_the_fixture_snapshot() {
     assert!(step["mfu"].as_f64().is_some_and(|m| m > 0.0), "{step}");
     assert!(v["peak_rss_bytes"].as_u64().is_some_and(|b| b > 0));
 
+    // [dev]'s rows: its transformer's step takes the guidance scale.
+    let dev = fixtures().join("dev_snapshot");
+    let o = sprout(&[
+        "bench",
+        "--repeat",
+        "1",
+        "--model",
+        "flux2-dev",
+        "--weights",
+        dev.to_str().unwrap(),
+        "--text-layers",
+        "2,4,6",
+        "--flux-size",
+        "32x48",
+        "--e2e-steps",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    for key in ["flux2-dev_dit_step_32x48", "flux2-dev_generate_32x48_e2e"] {
+        assert!(
+            v[key]["seconds"].as_f64().is_some_and(|s| s > 0.0),
+            "{key}: {v}"
+        );
+    }
+
     for (args, want) in [
         (
             vec!["--model", "flux2-klein", "--flux-size", "64x64"],
