@@ -7,7 +7,8 @@ byte-level tokenizer with Mistral's control tokens and its chat template (system
 `Flux2Pipeline._get_mistral_3_small_prompt_embeds`, then runs diffusers' `Flux2Pipeline`
 over a guidance-embedding transformer and the autoencoder of the klein fixtures, from given
 latents: text to image, and an edit with two reference images. Writes
-`mistral_io.safetensors`, `dev_pipeline_io.safetensors` and the snapshot `dev_snapshot/`
+`mistral_io.safetensors`, `dev_pipeline_io.safetensors`, `mistral3_default_config.json`
+(transformers' default Mistral3 sizes) and the snapshot `dev_snapshot/`
 (its `vae/` is a link to `snapshot/vae`, the same seeded autoencoder) into
 crates/sprout-models/tests/fixtures/flux2/. Needs no download; CI never runs it.
 
@@ -147,8 +148,22 @@ def pipeline_fixtures(vae, tok, mistral):
                 print(os.path.relpath(os.path.join(root, f), snap), os.path.getsize(os.path.join(root, f)))
 
 
+def mistral3_defaults():
+    """transformers' default `Mistral3Config` (Mistral Small 3.x's sizes), for checking
+    Sprout's Mistral Small 3.2 preset against it."""
+    import json
+
+    from transformers import Mistral3Config
+
+    path = os.path.join(mf.OUT, "mistral3_default_config.json")
+    cfg = Mistral3Config().to_dict()
+    with open(path, "w") as f:
+        json.dump({"model_type": cfg["model_type"], "text_config": cfg["text_config"]}, f, indent=1, sort_keys=True)
+
+
 if __name__ == "__main__":
     torch.manual_seed(0)
+    mistral3_defaults()
     vae = k.tiny_vae()
     tok = tiny_tokenizer()
     mistral = tiny_mistral(tok)

@@ -26,7 +26,7 @@ pub struct BenchArgs {
     repeat: Option<usize>,
     /// Model for the end-to-end generate row: `default` or a bundle directory (skipped if
     /// absent); or flux-schnell | flux-dev | flux-kontext with --weights for FLUX.1 rows;
-    /// or flux2-klein with --weights for FLUX.2 rows.
+    /// or flux2-klein | flux2-klein-base | flux2-dev with --weights for FLUX.2 rows.
     #[arg(long, default_value = "default")]
     model: String,
     /// FLUX weights (file or folder, as for `generate`): adds load time, text encoding, peak
@@ -140,7 +140,7 @@ fn flux2_rows(a: &BenchArgs, weights: &std::path::Path, rows: &mut Vec<Row>) -> 
         &a.parts,
         &[],
         None,
-        crate::generate_cmd::Flux2Text {
+        crate::generate_cmd::Flux2Flags {
             layers: a.text_layers.as_deref(),
             encoder: a.text_encoder.as_deref(),
             transformer: a.transformer.as_deref(),
@@ -434,11 +434,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     });
     let flux2 = a.model.starts_with("flux2-");
     if !flux2 && (a.text_layers.is_some() || a.text_encoder.is_some() || a.transformer.is_some()) {
-        anyhow::bail!("--text-layers, --text-encoder and --transformer apply to the FLUX.2 models (--model flux2-klein)");
+        anyhow::bail!("--text-layers, --text-encoder and --transformer apply to the FLUX.2 models (--model flux2-klein|flux2-klein-base|flux2-dev)");
     }
     if a.e2e_steps.is_some() && !flux2 {
         anyhow::bail!(
-            "--e2e-steps applies to the FLUX.2 rows (--model flux2-klein --weights SNAPSHOT)"
+            "--e2e-steps applies to the FLUX.2 rows (--model flux2-klein|flux2-dev --weights SNAPSHOT)"
         );
     }
     if a.e2e_steps == Some(0) {

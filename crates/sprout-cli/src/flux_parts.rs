@@ -20,8 +20,8 @@ pub struct FluxPartsArgs {
     #[arg(long)]
     pub t5: Option<PathBuf>,
     /// FLUX: a folder with tokenizer/ (CLIP) and tokenizer_2/ (T5), as in a diffusers
-    /// snapshot; for FLUX.2, a folder with the Qwen tokenizer's tokenizer.json (or its
-    /// tokenizer/).
+    /// snapshot; for FLUX.2, a folder with the text encoder's tokenizer.json (Qwen's or
+    /// Mistral's, beside its tokenizer_config.json; or the snapshot with its tokenizer/).
     #[arg(long)]
     pub tokenizers: Option<PathBuf>,
     /// FLUX: a LoRA adapter for the transformer, FILE or FILE:STRENGTH (default 1), merged into

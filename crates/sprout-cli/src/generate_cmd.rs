@@ -54,7 +54,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value = "default")]
     pub model: String,
     /// FLUX weights: a Black Forest Labs file or folder, or a diffusers snapshot folder
-    /// (FLUX.2 [klein]: a diffusers snapshot folder).
+    /// (FLUX.2: a diffusers snapshot folder, or the transformer's own file).
     #[arg(long)]
     pub weights: Option<PathBuf>,
     #[command(flatten)]
@@ -69,20 +69,20 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub latents: Option<PathBuf>,
     /// FLUX: text tokens per prompt (FLUX.1's T5: schnell at most 256, dev and Kontext 512;
-    /// FLUX.2's Qwen3: at most 512).
+    /// FLUX.2's Qwen3 and Mistral: at most 512).
     #[arg(long)]
     pub max_sequence_length: Option<usize>,
     /// FLUX.2: the text encoder's layers whose states condition the transformer (diffusers'
-    /// `text_encoder_out_layers`; klein: 9,18,27).
+    /// `text_encoder_out_layers`; klein: 9,18,27, dev: 10,20,30).
     #[arg(long, value_delimiter = ',')]
     pub text_layers: Option<Vec<usize>>,
-    /// FLUX.2: the text encoder from this GGUF file (llama.cpp's Qwen3, e.g. Q8_0) instead
-    /// of the snapshot's text_encoder/.
+    /// FLUX.2: the text encoder from this file (a llama.cpp GGUF of Qwen3 or Mistral, e.g.
+    /// Q8_0, or safetensors) instead of the snapshot's text_encoder/.
     #[arg(long)]
     pub text_encoder: Option<PathBuf>,
-    /// FLUX.2: the transformer from this GGUF file (written by `sprout quantize --model
-    /// flux2-klein`, or a conversion with Black Forest Labs' names) instead of the
-    /// snapshot's transformer/.
+    /// FLUX.2: the transformer from this file (a GGUF written by `sprout quantize --model
+    /// flux2-klein|flux2-dev` or a conversion with Black Forest Labs' names, or safetensors)
+    /// instead of the snapshot's transformer/.
     #[arg(long)]
     pub transformer: Option<PathBuf>,
     /// img2img: start from this image (resized to the canvas, which defaults to the image's
@@ -165,7 +165,7 @@ pub fn load(
     parts: &crate::flux_parts::FluxPartsArgs,
     prompts: &[&str],
     t5_len: Option<usize>,
-    text: Flux2Text<'_>,
+    text: Flux2Flags<'_>,
     device: &str,
 ) -> Result<Model> {
     let device = sprout_pipeline::device::parse(device).map_err(cli_error)?;
@@ -176,7 +176,7 @@ pub fn load(
         return load_flux2(model, weights, text, parts, &device);
     }
     if text.layers.is_some() || text.encoder.is_some() || text.transformer.is_some() {
-        bail!("--text-layers, --text-encoder and --transformer apply to the FLUX.2 models (--model flux2-klein)");
+        bail!("--text-layers, --text-encoder and --transformer apply to the FLUX.2 models (--model flux2-klein|flux2-klein-base|flux2-dev)");
     }
     if model.starts_with("flux-") {
         let variant = Variant::parse(model)?;
@@ -207,7 +207,7 @@ pub fn load(
 
 /// FLUX.2's flags: `--text-layers`, `--text-encoder`, `--transformer`.
 #[derive(Clone, Copy, Default)]
-pub struct Flux2Text<'a> {
+pub struct Flux2Flags<'a> {
     pub layers: Option<&'a [usize]>,
     pub encoder: Option<&'a Path>,
     pub transformer: Option<&'a Path>,
@@ -219,7 +219,7 @@ pub struct Flux2Text<'a> {
 fn load_flux2(
     model: &str,
     weights: Option<&Path>,
-    text: Flux2Text<'_>,
+    text: Flux2Flags<'_>,
     parts: &crate::flux_parts::FluxPartsArgs,
     device: &Device,
 ) -> Result<Model> {
@@ -548,7 +548,7 @@ pub fn run_with(a: GenerateArgs, inputs: &[PathBuf]) -> Result<()> {
         &a.parts,
         &prompts,
         a.max_sequence_length,
-        Flux2Text {
+        Flux2Flags {
             layers: a.text_layers.as_deref(),
             encoder: a.text_encoder.as_deref(),
             transformer: a.transformer.as_deref(),

@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use sprout_models::flux::components::Components;
 use sprout_models::flux::files::Variant;
 use sprout_pipeline::flux_quantize::{
-    quantize_flux2_transformer, quantize_qwen3, quantize_t5, quantize_transformer,
+    quantize_flux2_transformer, quantize_t5, quantize_text_encoder, quantize_transformer,
 };
 
 use crate::progress::bar;
@@ -55,7 +55,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
                 a.model
             );
         }
-        quantize_qwen3(&a.weights, q, &partial)
+        quantize_text_encoder(&a.weights, a.model == "mistral", q, &partial)
     } else if a.model == "flux2-klein" || a.model == "flux2-dev" {
         if !a.loras.is_empty() {
             bail!(

@@ -151,34 +151,45 @@ fn dev_run(args: &[&str]) -> Output {
     sprout(&all)
 }
 
-#[test]
-fn flux2_dev_generates_and_edits_as_diffusers_and_refuses_what_it_cannot_take() {
-    let dir = tempfile::tempdir().unwrap();
-    let io = candle_core::safetensors::load(
-        fixtures().join("dev_pipeline_io.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let latents = dir.path().join("latents.safetensors");
+/// The [dev] fixture's text-to-image case (3 steps at guidance 4 from its latents) with
+/// `extra` arguments, written to `dir/NAME.png`; the worst difference from diffusers' image
+/// in 8-bit levels.
+fn dev_t2i(dir: &Path, io: &HashMap<String, Tensor>, extra: &[&str], name: &str) -> f32 {
+    let latents = dir.join("latents.safetensors");
     save_one(&latents, &io["t2i_latents"]);
-    let out = dir.path().join("t2i.png");
-    let (l, o) = (latents.to_str().unwrap(), out.to_str().unwrap());
-    let r = dev_run(&[
+    let out = dir.join(format!("{name}.png"));
+    let mut args = vec![
         "generate",
         "a photo of a red circle",
         "--latents",
-        l,
+        latents.to_str().unwrap(),
         "--steps",
         "3",
         "--guidance",
         "4",
         "-o",
-        o,
-    ]);
+        out.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    let r = dev_run(&args);
     assert!(r.status.success(), "{}", stderr(&r));
-    let d = worst_level(&out, &io["t2i_image"]);
+    worst_level(&out, &io["t2i_image"])
+}
+
+fn dev_io() -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixtures().join("dev_pipeline_io.safetensors"), &Device::Cpu)
+        .unwrap()
+}
+
+#[test]
+fn flux2_dev_generates_and_edits_as_diffusers_and_refuses_what_it_cannot_take() {
+    let dir = tempfile::tempdir().unwrap();
+    let io = dev_io();
+    let d = dev_t2i(dir.path(), &io, &[], "t2i");
     eprintln!("dev text to image: worst {d} levels");
     assert!(d <= 1.0, "dev text to image differs by {d} levels");
+    let latents = dir.path().join("latents.safetensors");
+    let l = latents.to_str().unwrap();
 
     let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
     write_reference(&a, &io["edit_ref0"]);
@@ -220,7 +231,7 @@ fn flux2_dev_generates_and_edits_as_diffusers_and_refuses_what_it_cannot_take() 
         eleven.extend(["-i", ra]);
     }
     eleven.extend(["make it blue", "--steps", "1", "-o", o]);
-    refuse(dev_run(&eleven), "10");
+    refuse(dev_run(&eleven), "takes 0..=10");
     refuse(
         dev_run(&[
             "generate",
@@ -239,13 +250,7 @@ fn flux2_dev_generates_and_edits_as_diffusers_and_refuses_what_it_cannot_take() 
 #[test]
 fn flux2_dev_runs_from_gguf_parts_written_by_quantize() {
     let dir = tempfile::tempdir().unwrap();
-    let io = candle_core::safetensors::load(
-        fixtures().join("dev_pipeline_io.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let latents = dir.path().join("latents.safetensors");
-    save_one(&latents, &io["t2i_latents"]);
+    let io = dev_io();
     let dev = fixtures().join("dev_snapshot");
     let te = dev.join("text_encoder");
     // Mistral as llama.cpp's `llama` layout (`--model mistral`), the transformer as
@@ -270,26 +275,42 @@ fn flux2_dev_runs_from_gguf_parts_written_by_quantize() {
             g,
         ]);
         assert!(r.status.success(), "{}", stderr(&r));
-        let out = dir.path().join(format!("{model}.png"));
-        let r = dev_run(&[
-            "generate",
-            "a photo of a red circle",
-            "--latents",
-            latents.to_str().unwrap(),
-            "--steps",
-            "3",
-            "--guidance",
-            "4",
-            flag,
-            g,
-            "-o",
-            out.to_str().unwrap(),
-        ]);
-        assert!(r.status.success(), "{}", stderr(&r));
-        let d = worst_level(&out, &io["t2i_image"]);
+        let d = dev_t2i(dir.path(), &io, &[flag, g], model);
         eprintln!("dev {flag} from a q8_0 GGUF: worst {d} levels");
         assert!(d <= bound, "{flag}: {d} levels");
     }
+    // The other text encoder's name is refused, naming the right one.
+    let wrong = dir.path().join("wrong.gguf");
+    let r = sprout(&[
+        "quantize",
+        "--model",
+        "qwen3",
+        "--weights",
+        te.to_str().unwrap(),
+        "-o",
+        wrong.to_str().unwrap(),
+    ]);
+    assert!(
+        !r.status.success() && stderr(&r).contains("--model mistral"),
+        "{}",
+        stderr(&r)
+    );
+    // [dev]'s own layers (10, 20, 30) on the 6-layer test encoder: refused naming the layer.
+    let r = sprout(&[
+        "generate",
+        "x",
+        "--model",
+        "flux2-dev",
+        "--weights",
+        dev.to_str().unwrap(),
+        "-o",
+        dir.path().join("x.png").to_str().unwrap(),
+    ]);
+    assert!(
+        !r.status.success() && stderr(&r).contains("after layer 10"),
+        "{}",
+        stderr(&r)
+    );
 }
 
 #[test]

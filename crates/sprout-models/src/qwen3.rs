@@ -60,11 +60,20 @@ pub fn body_prefix<'a>(names: impl Iterator<Item = &'a str>) -> Option<&'static 
     })
 }
 
-/// Mistral's own defaults where its config leaves a field out (transformers' `MistralConfig`).
-const MISTRAL_ROPE_THETA: f64 = 10_000.0;
-/// Prompts are at most this many tokens (FLUX.2's pipelines): a sliding window at least this
-/// long never hides a key, so it changes nothing.
-const LONGEST_PROMPT: u64 = 512;
+/// The rotary base where a config leaves it out: Qwen3's 10⁶, Mistral's 10⁴ (transformers'
+/// `MistralConfig`, llama.cpp's `llama`).
+fn default_rope_theta(qwen3: bool) -> f64 {
+    if qwen3 {
+        1_000_000.0
+    } else {
+        10_000.0
+    }
+}
+
+/// Prompts are at most this many tokens (FLUX.2's pipelines; `sprout_pipeline::flux2::
+/// MAX_PROMPT_TOKENS` is this): a sliding window at least this long never hides a key, so it
+/// changes nothing.
+pub const LONGEST_PROMPT: u64 = 512;
 
 fn bad(e: impl std::fmt::Display) -> crate::ModelError {
     crate::ModelError::Config(e.to_string())
@@ -85,7 +94,8 @@ impl Qwen3Config {
                         "text encoder config.json: model_type = mistral3 without text_config",
                     ));
                 }
-                return Qwen3Config::from_json(t);
+                // transformers reads a text_config without a model_type as Mistral's.
+                return Qwen3Config::from_json_as(t, false);
             }
             Some("mistral") => return Qwen3Config::from_json_as(v, false),
             _ => {}
@@ -105,7 +115,7 @@ impl Qwen3Config {
         };
         if let Some(a) = v["hidden_act"].as_str().filter(|a| *a != "silu") {
             return Err(bad(format!(
-                "text encoder config.json: hidden_act = {a} is not supported (Qwen3 uses silu)"
+                "text encoder config.json: hidden_act = {a} is not supported (Qwen3 and Mistral use silu)"
             )));
         }
         let rope_type = v["rope_scaling"]["rope_type"]
@@ -142,20 +152,17 @@ impl Qwen3Config {
         let theta = v["rope_theta"]
             .as_f64()
             .or(v["rope_parameters"]["rope_theta"].as_f64())
-            .unwrap_or(if qwen3 {
-                1_000_000.0
-            } else {
-                MISTRAL_ROPE_THETA
-            });
+            .unwrap_or(default_rope_theta(qwen3));
         Ok(Qwen3Config {
             vocab_size: n("vocab_size")?,
             hidden_size: hidden,
             intermediate_size: n("intermediate_size")?,
             num_hidden_layers: n("num_hidden_layers")?,
             num_attention_heads: heads,
+            // Absent: Qwen3 has as many key-value heads as heads, transformers' Mistral 8.
             num_key_value_heads: v["num_key_value_heads"]
                 .as_u64()
-                .map_or(heads, |x| x as usize),
+                .map_or(if qwen3 { heads } else { 8 }, |x| x as usize),
             head_dim: v["head_dim"]
                 .as_u64()
                 .map_or(hidden / heads, |x| x as usize),
@@ -476,14 +483,14 @@ impl Qwen3Encoder {
                 k: proj(hk, d, l, Part::K, ab)?,
                 v: proj(hk, d, l, Part::V, ab)?,
                 o: proj(d, hq, l, Part::O, ab)?,
-                q_norm: match cfg.qk_norm {
-                    true => Some(norm(cfg.head_dim, names.layer(l, Part::QNorm, "weight"))?),
-                    false => None,
-                },
-                k_norm: match cfg.qk_norm {
-                    true => Some(norm(cfg.head_dim, names.layer(l, Part::KNorm, "weight"))?),
-                    false => None,
-                },
+                q_norm: cfg
+                    .qk_norm
+                    .then(|| norm(cfg.head_dim, names.layer(l, Part::QNorm, "weight")))
+                    .transpose()?,
+                k_norm: cfg
+                    .qk_norm
+                    .then(|| norm(cfg.head_dim, names.layer(l, Part::KNorm, "weight")))
+                    .transpose()?,
                 attn_norm: norm(d, names.layer(l, Part::AttnNorm, "weight"))?,
                 ffn_norm: norm(d, names.layer(l, Part::FfnNorm, "weight"))?,
                 gate: proj(cfg.intermediate_size, d, l, Part::Gate, false)?,
@@ -716,6 +723,19 @@ pub fn gguf_config(path: &std::path::Path) -> std::result::Result<Qwen3Config, c
         .tensor_infos
         .get("token_embd.weight")
         .ok_or_else(|| err(&"no tensor token_embd.weight"))?;
+    // Rotary scaling (llama 3's, YaRN) changes the positions' angles, which this encoder does
+    // not implement: refused by name rather than ignored.
+    if let Some(k) = meta
+        .keys()
+        .find(|k| k.starts_with(&format!("{arch}.rope.scaling.")))
+    {
+        return Err(err(&format!("{k} is not supported (rope scaling)")));
+    }
+    if content.tensor_infos.contains_key("rope_freqs.weight") {
+        return Err(err(
+            &"rope_freqs.weight (llama 3's scaled rotary frequencies) is not supported",
+        ));
+    }
     let (heads, hidden) = (int("attention.head_count")?, int("embedding_length")?);
     Ok(Qwen3Config {
         vocab_size: emb.shape.dims()[0],
@@ -724,15 +744,11 @@ pub fn gguf_config(path: &std::path::Path) -> std::result::Result<Qwen3Config, c
         num_hidden_layers: int("block_count")?,
         num_attention_heads: heads,
         num_key_value_heads: int("attention.head_count_kv").unwrap_or(heads),
-        head_dim: int("attention.key_length").unwrap_or(hidden / heads),
-        rope_theta: float(
-            "rope.freq_base",
-            if qwen3 {
-                1_000_000.0
-            } else {
-                MISTRAL_ROPE_THETA
-            },
-        ),
+        // Mistral Small's heads (128) are not hidden / heads (160): the rotary width says.
+        head_dim: int("attention.key_length")
+            .or_else(|_| int("rope.dimension_count"))
+            .unwrap_or(hidden / heads),
+        rope_theta: float("rope.freq_base", default_rope_theta(qwen3)),
         rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-6),
         attention_bias: content.tensor_infos.contains_key("blk.0.attn_q.bias"),
         qk_norm: qwen3,

@@ -182,39 +182,59 @@ fn qwen3_configs_and_taps_outside_the_stack_are_refused_by_name() {
     assert!(e.contains("1..=6"), "{e}");
 }
 
-/// The fixture's Qwen3 written as llama.cpp writes a GGUF (its names, `qwen3.*` metadata),
-/// in f32 or with Q8_0 linear layers.
-fn qwen3_gguf(path: &std::path::Path, q: candle_core::quantized::GgmlDType) {
-    let cfg = Qwen3Config::from_json(&json(snapshot("text_encoder/config.json"))).unwrap();
+/// The text encoder of the fixture snapshot `text_encoder` (a folder) written as llama.cpp
+/// writes a GGUF (its names and metadata), in f32 and with Q8_0 linear layers, loaded back
+/// and run over the prompts of fixture `io`: the f32 file gives transformers' states within
+/// 1e-4, the Q8_0 one within Q8's rounding. `written` is how many tensors the file holds,
+/// `quantized` how many of them are Q8_0.
+fn gguf_matches_transformers(text_encoder: PathBuf, io: &str, written: usize, quantized: usize) {
+    use candle_core::quantized::GgmlDType;
+    let (io, _) = common::load("flux2", io);
+    let cfg = Qwen3Config::from_json(&json(text_encoder.join("config.json"))).unwrap();
     let dense =
-        candle_core::safetensors::load(snapshot("text_encoder/model.safetensors"), &Device::Cpu)
+        candle_core::safetensors::load(text_encoder.join("model.safetensors"), &Device::Cpu)
             .unwrap();
     let names: Vec<String> = dense.keys().cloned().collect();
-    let (n, quantized) =
-        sprout_models::qwen3::write_gguf(path, &names, |k| Ok(dense[k].clone()), &cfg, q).unwrap();
-    assert_eq!(n, dense.len(), "every tensor has a llama.cpp name");
-    // The linear weights whose rows fit Q8_0's blocks of 32 (all but down_proj's 48) and
-    // the embedding table; norms stay f32.
-    if q != candle_core::quantized::GgmlDType::F32 {
-        assert_eq!(quantized, 6 * cfg.num_hidden_layers + 1);
+    let ids = io["input_ids"].to_dtype(DType::U32).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (q, tol) in [(GgmlDType::F32, TOL), (GgmlDType::Q8_0, 0.1)] {
+        let path = dir.path().join(format!("te-{q:?}.gguf"));
+        let (n, nq) =
+            sprout_models::qwen3::write_gguf(&path, &names, |k| Ok(dense[k].clone()), &cfg, q)
+                .unwrap();
+        assert_eq!(n, written);
+        if q == GgmlDType::Q8_0 {
+            assert_eq!(nq, quantized);
+        }
+        // GGUF stores the norm epsilon as f32.
+        let read = sprout_models::qwen3::gguf_config(&path).unwrap();
+        assert!((read.rms_norm_eps - cfg.rms_norm_eps).abs() < 1e-12);
+        assert_eq!(
+            read,
+            Qwen3Config {
+                rms_norm_eps: read.rms_norm_eps,
+                ..cfg.clone()
+            }
+        );
+        let enc =
+            sprout_models::qwen3::load_gguf(&path, &[2, 4, 6], DType::F32, &Device::Cpu).unwrap();
+        let got = enc.forward(&ids, &io["attention_mask"]).unwrap();
+        assert_close(&format!("GGUF {q:?}"), &got, &io["embeds"], tol);
     }
 }
 
 #[test]
 fn qwen3_from_llama_cpp_gguf_matches_transformers() {
-    use candle_core::quantized::GgmlDType;
-    let (io, _) = common::load("flux2", "qwen3_io.safetensors");
+    // Every tensor has a llama.cpp name (the embedding is tied); Q8_0 takes the linear
+    // weights whose rows fit its blocks of 32 (all but down_proj's 48) and the embedding
+    // table; norms stay f32.
+    gguf_matches_transformers(
+        snapshot("text_encoder"),
+        "qwen3_io.safetensors",
+        68,
+        6 * 6 + 1,
+    );
     let dir = tempfile::tempdir().unwrap();
-    let ids = io["input_ids"].to_dtype(DType::U32).unwrap();
-    // f32 blocks: the same numbers; Q8_0 linear layers: within Q8's rounding.
-    for (q, tol) in [(GgmlDType::F32, TOL), (GgmlDType::Q8_0, 0.1)] {
-        let path = dir.path().join(format!("qwen3-{q:?}.gguf"));
-        qwen3_gguf(&path, q);
-        let enc =
-            sprout_models::qwen3::load_gguf(&path, &[2, 4, 6], DType::F32, &Device::Cpu).unwrap();
-        let got = enc.forward(&ids, &io["attention_mask"]).unwrap();
-        assert_close(&format!("qwen3 GGUF {q:?}"), &got, &io["embeds"], tol);
-    }
     // Another architecture is refused by name.
     let other = dir.path().join("t5.gguf");
     let v = candle_core::quantized::gguf_file::Value::String("t5".into());
@@ -316,7 +336,7 @@ fn mistral_prompts_are_the_chat_template_left_padded_as_transformers_pads() {
     let rendered = fixture_meta("mistral_io.safetensors", "rendered");
     let tok = flux2_tokenizer(&dev_snapshot("tokenizer")).unwrap();
     let tok_cfg = json(dev_snapshot("tokenizer/tokenizer_config.json"));
-    assert!(pads_left(&tok_cfg).unwrap());
+    assert!(pads_left(&tok_cfg, &serde_json::Value::Null, false).unwrap());
     let pad = tok.token_to_id("<pad>").unwrap();
     let want_ids = io["input_ids"].to_vec2::<f32>().unwrap();
     let want_mask = io["attention_mask"].to_vec2::<f32>().unwrap();
@@ -348,15 +368,25 @@ fn mistral_prompts_are_the_chat_template_left_padded_as_transformers_pads() {
 
 #[test]
 fn padding_sides_come_from_the_tokenizer_config_or_its_class() {
-    let side = |v: serde_json::Value| pads_left(&v);
+    let none = serde_json::Value::Null;
+    let side = |v: serde_json::Value| pads_left(&v, &none, false);
     assert!(side(serde_json::json!({"padding_side": "left"})).unwrap());
     assert!(!side(serde_json::json!({"padding_side": "right"})).unwrap());
     // transformers' Llama tokenizers (Mistral's) pad on the left by default, the rest right.
     assert!(side(serde_json::json!({"tokenizer_class": "LlamaTokenizerFast"})).unwrap());
     assert!(!side(serde_json::json!({"tokenizer_class": "Qwen2Tokenizer"})).unwrap());
+    // With neither file saying, the pipeline's own side ([dev]'s Mistral: left).
+    assert!(pads_left(&none, &none, true).unwrap());
+    // tokenizer.json's padding direction when the config has no padding_side.
+    let json = serde_json::json!({"padding": {"direction": "Left"}});
+    assert!(pads_left(&serde_json::json!({}), &json, false).unwrap());
+    assert!(!pads_left(&serde_json::json!({"padding_side": "right"}), &json, true).unwrap());
     let e = side(serde_json::json!({"padding_side": "middle"})).unwrap_err();
     assert!(e.to_string().contains("padding_side"), "{e}");
     let e = side(serde_json::json!({"truncation_side": "left"})).unwrap_err();
+    assert!(e.to_string().contains("truncation_side"), "{e}");
+    let json = serde_json::json!({"truncation": {"direction": "Left"}});
+    let e = pads_left(&none, &json, false).unwrap_err();
     assert!(e.to_string().contains("truncation_side"), "{e}");
 }
 
@@ -367,47 +397,22 @@ fn mistral_tapped_states_match_transformers() {
     let got = mistral(&[2, 4, 6])
         .forward(&ids, &io["attention_mask"])
         .unwrap();
-    // Left padding: the positions before the prompt see no key and keep their embedding,
-    // as PyTorch's attention gives them zeros.
+    // Left padding: the positions before the prompt see no key; PyTorch's attention gives
+    // them zeros (their MLPs still run), and so does Sprout's.
     assert_close("mistral prompt embeds", &got, &io["embeds"], TOL);
 }
 
 #[test]
 fn mistral_from_llama_cpp_gguf_matches_transformers() {
-    use candle_core::quantized::GgmlDType;
-    let (io, _) = common::load("flux2", "mistral_io.safetensors");
-    let cfg = Qwen3Config::from_json(&json(dev_snapshot("text_encoder/config.json"))).unwrap();
-    let dense = candle_core::safetensors::load(
-        dev_snapshot("text_encoder/model.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
-    let ids = io["input_ids"].to_dtype(DType::U32).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    for (q, tol) in [(GgmlDType::F32, TOL), (GgmlDType::Q8_0, 0.1)] {
-        let path = dir.path().join(format!("mistral-{q:?}.gguf"));
-        let names: Vec<String> = dense.keys().cloned().collect();
-        let (n, _) =
-            sprout_models::qwen3::write_gguf(&path, &names, |k| Ok(dense[k].clone()), &cfg, q)
-                .unwrap();
-        // The language model's 9 tensors a layer, its embedding and norm; no vision tower,
-        // no lm_head.
-        assert_eq!(n, 9 * cfg.num_hidden_layers + 2);
-        let read = sprout_models::qwen3::gguf_config(&path).unwrap();
-        // GGUF stores the epsilon as f32.
-        assert!((read.rms_norm_eps - cfg.rms_norm_eps).abs() < 1e-12);
-        assert_eq!(
-            read,
-            Qwen3Config {
-                rms_norm_eps: read.rms_norm_eps,
-                ..cfg.clone()
-            }
-        );
-        let enc =
-            sprout_models::qwen3::load_gguf(&path, &[2, 4, 6], DType::F32, &Device::Cpu).unwrap();
-        let got = enc.forward(&ids, &io["attention_mask"]).unwrap();
-        assert_close(&format!("mistral GGUF {q:?}"), &got, &io["embeds"], tol);
-    }
+    // The language model's 9 tensors a layer, its embedding and norm (no vision tower, no
+    // lm_head), its query and key rows permuted as llama.cpp's converter does; Q8_0 as for
+    // Qwen3 (q, k, v, o, gate and up a layer, and the embedding).
+    gguf_matches_transformers(
+        dev_snapshot("text_encoder"),
+        "mistral_io.safetensors",
+        9 * 6 + 2,
+        6 * 6 + 1,
+    );
 }
 
 #[test]
@@ -455,4 +460,11 @@ fn a_mistral_config_is_read_from_its_files_or_refused_by_name() {
         .iter()
         .any(|t| t.name == "language_model.model.embed_tokens.weight"));
     assert_eq!(Qwen3Config::from_tensors(&infos).unwrap(), full);
+    // The preset against independent truth: transformers' own Mistral3Config defaults
+    // (Mistral Small 3.x's language model), as the fixture tool saved them.
+    let defaults = json(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/flux2/mistral3_default_config.json"),
+    );
+    assert_eq!(Qwen3Config::from_json(&defaults).unwrap(), full);
 }

@@ -70,7 +70,7 @@ impl FluxShift {
             .unwrap_or("FlowMatchEulerDiscreteScheduler");
         if class != "FlowMatchEulerDiscreteScheduler" {
             return Err(format!(
-                "{what}: scheduler {class} is not supported (FLUX.1 samples with \
+                "{what}: scheduler {class} is not supported (FLUX samples with \
                  FlowMatchEulerDiscreteScheduler)"
             ));
         }

@@ -26,7 +26,7 @@ use sprout_models::weights::Weights;
 use tokenizers::Tokenizer;
 
 use crate::denoise::{denoise, Hooks};
-use crate::flow::{time_shift, Sampler};
+use crate::flow::{time_shift, FluxShift, Sampler};
 use crate::flux_load::{
     component_config, gguf_loaded_bytes, is_gguf, mmap, read_json, weights_err,
 };
@@ -47,11 +47,12 @@ pub const DEV_TAPS: [usize; 3] = [10, 20, 30];
 /// Most reference images of one [dev] edit (Black Forest Labs' documented maximum).
 pub const DEV_MAX_REFERENCES: usize = 10;
 /// Prompt tokens per prompt in FLUX.2's pipelines.
-pub const MAX_PROMPT_TOKENS: usize = 512;
+pub const MAX_PROMPT_TOKENS: usize = sprout_models::qwen3::LONGEST_PROMPT as usize;
 /// Most reference images of one klein edit (Black Forest Labs' documented maximum).
 pub const KLEIN_MAX_REFERENCES: usize = 4;
-/// Working memory of a full-size FLUX.2 [klein] step and decode at about 1024² (f32
-/// activations of 4 096 image and 512 text tokens, the autoencoder's largest maps).
+/// Working memory of a full-size FLUX.2 step and decode at about 1024² (f32 activations of
+/// 4 096 image and 512 text tokens at klein's width, the autoencoder's largest maps; [dev]'s
+/// wider blocks need more, which its larger weights dwarf).
 const ACTIVATIONS: u64 = 3 << 30;
 /// References above this many pixels are scaled down to it (diffusers' 1024²).
 pub const REFERENCE_MAX_AREA: usize = 1024 * 1024;
@@ -129,6 +130,41 @@ impl Flux2Variant {
             _ => KLEIN_MAX_REFERENCES,
         }
     }
+    /// Refuses a part of the other FLUX.2, naming what it is: `dev_part` says the part is
+    /// [dev]'s (a transformer with a guidance input, a Mistral text encoder).
+    fn check_part(self, part: Part, dev_part: bool) -> Result<(), PipelineError> {
+        if dev_part == (self == Flux2Variant::Dev) {
+            return Ok(());
+        }
+        Err(weights_err(
+            match (part, dev_part) {
+                (Part::Transformer, false) => {
+                    "the transformer has no guidance input: a FLUX.2 [klein] model, which runs \
+                     with --model flux2-klein (or flux2-klein-base)"
+                }
+                (Part::Transformer, true) => {
+                    "the transformer takes a guidance scale: a FLUX.2 [dev] model, which runs \
+                     with --model flux2-dev"
+                }
+                (Part::TextEncoder, false) => {
+                    "FLUX.2 [dev] reads Mistral Small 3.2; the text encoder given is a Qwen3 \
+                     (FLUX.2 [klein]'s)"
+                }
+                (Part::TextEncoder, true) => {
+                    "FLUX.2 [klein] reads Qwen3; the text encoder given is a Mistral (FLUX.2 \
+                     [dev]'s)"
+                }
+            }
+            .to_string(),
+        ))
+    }
+}
+
+/// A FLUX.2 part whose kind tells [klein] from [dev].
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    Transformer,
+    TextEncoder,
 }
 
 /// The text encoder: held, or loaded for each request and dropped before the transformer
@@ -276,6 +312,10 @@ pub struct Flux2Model {
     pub vae: Flux2Vae,
     pub text: Flux2Text,
     pub variant: Flux2Variant,
+    /// A fixed time shift from the snapshot's scheduler config (`use_dynamic_shifting`
+    /// false); None for the released snapshots' dynamic shifting, which the pipelines drive
+    /// with their empirical μ.
+    pub fixed_shift: Option<f64>,
     /// The autoencoder's type.
     pub parts_dtype: DType,
 }
@@ -319,6 +359,8 @@ impl Flux2Model {
         dtype: DType,
         device: &Device,
     ) -> Result<Flux2Model, PipelineError> {
+        // Read before any part is loaded: the plan below weighs all of them against it.
+        let available = available_memory();
         let text_encoder = files.text_encoder;
         // A part's files: the one given, else the snapshot folder's, or, with no folder, a
         // refusal naming the flag that gives it as a file.
@@ -408,23 +450,7 @@ impl Flux2Model {
             }
         };
 
-        match (variant, dcfg.guidance_embed) {
-            (Flux2Variant::Dev, false) => {
-                return Err(weights_err(
-                    "the transformer has no guidance input: a FLUX.2 [klein] model, which runs \
-                     with --model flux2-klein (or flux2-klein-base)"
-                        .to_string(),
-                ))
-            }
-            (Flux2Variant::Klein | Flux2Variant::KleinBase, true) => {
-                return Err(weights_err(
-                    "the transformer takes a guidance scale: a FLUX.2 [dev] model, which runs \
-                     with --model flux2-dev"
-                        .to_string(),
-                ))
-            }
-            _ => {}
-        }
+        variant.check_part(Part::Transformer, dcfg.guidance_embed)?;
 
         // The autoencoder (f32: it is small next to the rest).
         let parts_dtype = DType::F32;
@@ -494,7 +520,9 @@ impl Flux2Model {
                             ef[0].display()
                         ))
                     })?;
-                let n = safetensors_elements(&ef).map_err(weights_err)?;
+                // What the encoder loads: its body up to the last tapped layer (not a vision
+                // tower, the LM head or the layers after, a third of Mistral3's file).
+                let n = encoder_elements(&info, prefix, taps, cfg.num_hidden_layers);
                 let bytes = n * if bf16_linear {
                     2
                 } else {
@@ -520,23 +548,7 @@ impl Flux2Model {
                 (cfg, bytes, Box::new(load))
             }
         };
-        match (variant, qcfg.qk_norm) {
-            (Flux2Variant::Dev, true) => {
-                return Err(weights_err(
-                    "FLUX.2 [dev] reads Mistral Small 3.2; the text encoder given is a Qwen3 \
-                     (FLUX.2 [klein]'s)"
-                        .to_string(),
-                ))
-            }
-            (Flux2Variant::Klein | Flux2Variant::KleinBase, false) => {
-                return Err(weights_err(
-                    "FLUX.2 [klein] reads Qwen3; the text encoder given is a Mistral (FLUX.2 \
-                     [dev]'s)"
-                        .to_string(),
-                ))
-            }
-            _ => {}
-        }
+        variant.check_part(Part::TextEncoder, !qcfg.qk_norm)?;
         let width = dcfg.context_in_dim;
         if width != taps.len() * qcfg.hidden_size {
             return Err(weights_err(format!(
@@ -558,7 +570,7 @@ impl Flux2Model {
         // with the estimate. Linear weights stay in bf16 when `bf16_linear`, the rest f32.
         let rest = safetensors_elements(&vf).map_err(weights_err)? * 4
             + if bf16_linear { ACTIVATIONS } else { 0 };
-        let encoder = if text_encoder_resident(dit_bytes, text_bytes, rest, available_memory())? {
+        let encoder = if text_encoder_resident(dit_bytes, text_bytes, rest, available)? {
             EncoderSlot::Resident(load_encoder()?)
         } else {
             EncoderSlot::OnDemand(load_encoder)
@@ -579,7 +591,17 @@ impl Flux2Model {
         };
         let tokenizer = flux2_tokenizer(&tok_dir)?;
         let mistral = variant == Flux2Variant::Dev;
-        let tok_cfg = read_json(&tok_dir.join("tokenizer_config.json")).unwrap_or_default();
+        // A tokenizer folder may lack its config (single files); one that is there must read.
+        let optional_json = |name: &str| -> Result<serde_json::Value, PipelineError> {
+            let p = tok_dir.join(name);
+            if p.is_file() {
+                read_json(&p)
+            } else {
+                Ok(serde_json::Value::Null)
+            }
+        };
+        let tok_cfg = optional_json("tokenizer_config.json")?;
+        let pad_left = pads_left(&tok_cfg, &optional_json("tokenizer.json")?, mistral)?;
         let pad = tok_cfg["pad_token"]
             .as_str()
             .map(String::from)
@@ -594,13 +616,14 @@ impl Flux2Model {
                 encoder,
                 tokenizer,
                 pad_id,
-                pad_left: pads_left(&tok_cfg)?,
+                pad_left,
                 mistral,
                 max_len: MAX_PROMPT_TOKENS,
                 dtype,
                 device: device.clone(),
             },
             variant,
+            fixed_shift: snapshot_fixed_shift(dir)?,
             parts_dtype,
         })
     }
@@ -646,8 +669,9 @@ impl Flux2Model {
     }
 
     /// Denoise tokens (1, L, 128) of a `width`×`height` image in `steps` Euler steps and
-    /// decode them to an image (1, 3, H, W) in [-1, 1]. `negative` (the base models' guidance
-    /// against it at `guidance`) is ignored by the distilled models, as diffusers does.
+    /// decode them to an image (1, 3, H, W) in [-1, 1]. `negative` (the klein base models'
+    /// guidance against it at `guidance`) is ignored by the distilled klein models, as
+    /// diffusers does, and by [dev], whose transformer takes `guidance` itself.
     #[allow(clippy::too_many_arguments)]
     pub fn sample_with(
         &self,
@@ -699,7 +723,12 @@ impl Flux2Model {
             }
             (false, _) => None,
         };
-        let times = flux2_schedule(steps, empirical_mu(h * w, steps));
+        // A fixed shift s is the time shift at μ = ln s (s·t / (1 + (s − 1)·t)).
+        let mu = match self.fixed_shift {
+            Some(s) => s.ln(),
+            None => empirical_mu(h * w, steps),
+        };
+        let times = flux2_schedule(steps, mu);
         let y = Tensor::zeros((1, 0), self.dtype(), &dev)?;
         let scale = Tensor::new(&[guidance as f32], &dev)?.to_dtype(self.dtype())?;
         let cancel = hooks.cancel;
@@ -758,13 +787,13 @@ impl Flux2Model {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Flux2Files<'a> {
     /// The transformer as one file instead of `transformer/`: GGUF (written by `sprout
-    /// quantize --model flux2-klein`, or a community conversion with Black Forest Labs'
-    /// tensor names) or safetensors (Black Forest Labs' release file, with or without
+    /// quantize --model flux2-klein|flux2-dev`, or a community conversion with Black Forest
+    /// Labs' tensor names) or safetensors (Black Forest Labs' release file, with or without
     /// ComfyUI's `model.diffusion_model.` prefix, or diffusers' names with its config.json).
     pub transformer: Option<&'a Path>,
-    /// The text encoder instead of `text_encoder/`: a llama.cpp GGUF file of Qwen3, or a
-    /// safetensors file of transformers' names (its config.json beside it, else read from
-    /// its shapes).
+    /// The text encoder instead of `text_encoder/`: a llama.cpp GGUF file of Qwen3 or
+    /// Mistral (`llama`), or a safetensors file of transformers' names (its config.json
+    /// beside it, else read from its shapes).
     pub text_encoder: Option<&'a Path>,
     /// The autoencoder's safetensors file instead of `vae/` (Black Forest Labs' or
     /// diffusers' names; its config.json beside it, else read from its shapes).
@@ -813,6 +842,55 @@ pub fn snapshot_variant(dir: &Path) -> Result<Flux2Variant, PipelineError> {
             index.display()
         ))),
     }
+}
+
+/// The values a text encoder built for `taps` reads from a file listing `infos`: under
+/// `prefix`, the embedding, the layers before the last tapped one, and the final norm when
+/// the last layer (of `layers`) is tapped.
+fn encoder_elements(
+    infos: &[sprout_models::flux::inspect::TensorInfo],
+    prefix: &str,
+    taps: &[usize],
+    layers: usize,
+) -> u64 {
+    let last = taps.iter().copied().max().unwrap_or(0);
+    infos
+        .iter()
+        .filter(|t| {
+            let Some(name) = t.name.strip_prefix(prefix) else {
+                return false;
+            };
+            match name.strip_prefix("layers.") {
+                Some(rest) => rest
+                    .split('.')
+                    .next()
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .is_some_and(|i| i < last),
+                None => name == "embed_tokens.weight" || (name == "norm.weight" && last == layers),
+            }
+        })
+        .map(|t| t.shape.iter().product::<usize>() as u64)
+        .sum()
+}
+
+/// A snapshot's `scheduler/scheduler_config.json` as FLUX.2's pipelines use it: with dynamic
+/// shifting (the released snapshots) the pipeline's empirical μ, so None (the file's
+/// `base_shift` / `max_shift` go unused, as in diffusers, which passes μ itself); without,
+/// its fixed `shift`. Fields that would sample on other times are refused by name
+/// ([`FluxShift::from_scheduler_config`]).
+fn snapshot_fixed_shift(dir: Option<&Path>) -> Result<Option<f64>, PipelineError> {
+    let Some(p) = dir.map(|d| d.join("scheduler").join("scheduler_config.json")) else {
+        return Ok(None);
+    };
+    if !p.is_file() {
+        return Ok(None);
+    }
+    let shift = FluxShift::from_scheduler_config(&read_json(&p)?, &p.display().to_string())
+        .map_err(PipelineError::Weights)?;
+    Ok(match shift {
+        FluxShift::Dynamic(_) => None,
+        FluxShift::Fixed(s) => Some(s),
+    })
 }
 
 /// ComfyUI's prefix on a transformer saved inside a whole checkpoint.
@@ -937,7 +1015,7 @@ pub fn flux2_config_from_tensors(
     let head = numel("double_blocks.0.img_attn.norm.query_norm.scale")?;
     if head != head_dim || hidden == 0 || !hidden.is_multiple_of(head) {
         return Err(format!(
-            "heads {head} wide in a {hidden}-wide transformer; FLUX.2's rotary axes take {head_dim} (a file of another shape needs its config, which `sprout quantize --model flux2-klein` stores)"
+            "heads {head} wide in a {hidden}-wide transformer; FLUX.2's rotary axes take {head_dim} (a file of another shape needs its config, which `sprout quantize --model flux2-klein|flux2-dev` stores)"
         ));
     }
     let mlp = numel("double_blocks.0.img_mlp.0.weight")? as f64 / (2.0 * (hidden * hidden) as f64);
@@ -1015,6 +1093,30 @@ mod tests {
     }
 
     #[test]
+    fn the_text_encoder_is_weighed_by_the_tensors_it_loads() {
+        let t = |name: &str, n: usize| sprout_models::flux::inspect::TensorInfo {
+            name: name.into(),
+            shape: vec![n],
+            bytes: 0,
+        };
+        let infos = [
+            t("language_model.model.embed_tokens.weight", 100),
+            t("language_model.model.layers.0.mlp.up_proj.weight", 10),
+            t("language_model.model.layers.1.mlp.up_proj.weight", 10),
+            t("language_model.model.layers.2.mlp.up_proj.weight", 10),
+            t("language_model.model.norm.weight", 1),
+            t("language_model.lm_head.weight", 100),
+            t(
+                "vision_tower.transformer.layers.0.attention.q_proj.weight",
+                50,
+            ),
+        ];
+        let p = "language_model.model.";
+        assert_eq!(encoder_elements(&infos, p, &[1, 2], 3), 120);
+        assert_eq!(encoder_elements(&infos, p, &[3], 3), 131);
+    }
+
+    #[test]
     fn the_text_encoder_is_dropped_when_both_do_not_fit_and_refused_when_neither_does() {
         const GB: u64 = 1_000_000_000;
         // klein 4B, bf16 linear layers: 7.8 GB + 8.0 GB + 3 GB of the rest.
@@ -1041,6 +1143,11 @@ mod tests {
         let m10 = 8.73809524e-05 * 4096.0 + 1.89833333;
         let a = (m200 - m10) / 190.0;
         assert!((mu - (m200 - 196.0 * a)).abs() < 1e-9);
+        // A fixed shift s as μ = ln s is s·t / (1 + (s − 1)·t) on the same linspace.
+        let s = 3.0f64;
+        for (a, t) in flux2_schedule(4, s.ln()).iter().zip(want) {
+            assert!((a - s * t / (1.0 + (s - 1.0) * t)).abs() < 1e-12);
+        }
         // Above 4300 tokens only the 200-step fit.
         assert!((empirical_mu(5000, 4) - (0.00016927 * 5000.0 + 0.45666666)).abs() < 1e-12);
     }

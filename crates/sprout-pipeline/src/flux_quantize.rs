@@ -180,7 +180,8 @@ pub fn quantize_t5(t5: &Path, q: GgmlDType, out: &Path) -> Result<Written, Pipel
 /// A FLUX.2 transformer (a diffusers snapshot's `transformer/` folder with its config.json,
 /// or the snapshot folder itself; diffusers' or Black Forest Labs' names) as GGUF in format
 /// `q` with Black Forest Labs' names and the DiT config in Sprout's metadata key, for
-/// `--transformer` of `--model flux2-klein`; `on_tensor(done, total)` reports progress.
+/// `--transformer` of `--model flux2-klein|flux2-dev`; `on_tensor(done, total)` reports
+/// progress.
 pub fn quantize_flux2_transformer(
     weights: &Path,
     q: GgmlDType,
@@ -219,7 +220,13 @@ pub fn quantize_flux2_transformer(
 /// llama.cpp GGUF file with linear layers and the embedding table as `q`
 /// ([`sprout_models::qwen3::write_gguf`]: `qwen3`, or `llama` for Mistral); the LM head and a
 /// vision tower, if present, are left out.
-pub fn quantize_qwen3(dir: &Path, q: GgmlDType, out: &Path) -> Result<Written, PipelineError> {
+/// `mistral` says which of the two the caller asked for; the other is refused by name.
+pub fn quantize_text_encoder(
+    dir: &Path,
+    mistral: bool,
+    q: GgmlDType,
+    out: &Path,
+) -> Result<Written, PipelineError> {
     let files = sprout_models::flux::files::component_files(dir)?
         .or_else(|| dir.is_file().then(|| vec![dir.to_path_buf()]))
         .ok_or_else(|| {
@@ -235,6 +242,17 @@ pub fn quantize_qwen3(dir: &Path, q: GgmlDType, out: &Path) -> Result<Written, P
         ))
     })?;
     let cfg = sprout_models::qwen3::Qwen3Config::from_json(&cfg_json)?;
+    if cfg.qk_norm == mistral {
+        let (is, run) = if mistral {
+            ("a Qwen3", "qwen3")
+        } else {
+            ("a Mistral", "mistral")
+        };
+        return Err(weights_err(format!(
+            "{}: {is} text encoder (its config.json); quantize it with --model {run}",
+            dir.display()
+        )));
+    }
     // One tensor at a time from the mapped files: a 24B Mistral never sits in memory in f32.
     let st = crate::flux_load::mmap(&files)?;
     let names: Vec<String> = st.tensors().into_iter().map(|(n, _)| n).collect();

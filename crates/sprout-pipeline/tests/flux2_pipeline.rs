@@ -367,3 +367,73 @@ fn a_gguf_transformer_keeps_its_config_and_a_flux1_one_is_refused() {
     assert!(e.contains("FLUX.1"), "{e}");
     std::fs::remove_dir_all(&tmp).unwrap();
 }
+
+#[test]
+fn the_snapshots_scheduler_config_is_read_or_refused_by_name() {
+    // The klein snapshot's parts beside a scheduler config of our own.
+    let tmp = tempfile::tempdir().unwrap();
+    let snap = tmp.path().join("snap");
+    std::fs::create_dir_all(snap.join("scheduler")).unwrap();
+    for part in [
+        "transformer",
+        "vae",
+        "text_encoder",
+        "tokenizer",
+        "model_index.json",
+    ] {
+        std::os::unix::fs::symlink(dir().join("snapshot").join(part), snap.join(part)).unwrap();
+    }
+    let base: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir().join("snapshot/scheduler/scheduler_config.json")).unwrap(),
+    )
+    .unwrap();
+    let load = |v: &serde_json::Value| {
+        std::fs::write(snap.join("scheduler/scheduler_config.json"), v.to_string()).unwrap();
+        Flux2Model::load_with_taps(&snap, &[2, 4, 6], DType::F32, &Device::Cpu).map(|mut m| {
+            m.text.max_len = 40;
+            m
+        })
+    };
+    // The released layout: dynamic shifting, the pipeline's empirical μ.
+    assert_eq!(load(&base).unwrap().fixed_shift, None);
+    // A fixed shift is read, and it moves the image off the dynamic one diffusers drew.
+    let mut fixed = base.clone();
+    fixed["use_dynamic_shifting"] = serde_json::json!(false);
+    fixed["shift"] = serde_json::json!(3.0);
+    let m = load(&fixed).unwrap();
+    assert_eq!(m.fixed_shift, Some(3.0));
+    let io = io();
+    let text = m.text.encode(PROMPTS[0]).unwrap();
+    let img = run(
+        &m,
+        &text,
+        None,
+        &tokens(&io["distilled_latents"]),
+        &[],
+        2,
+        1.0,
+    );
+    let got = ((img + 1.0).unwrap() / 2.0).unwrap();
+    let d = sprout_models::ops::max_abs_diff(&got, &io["distilled_image"]).unwrap();
+    assert!(
+        d > 1e-3,
+        "a fixed shift of 3 drew the dynamic shift's image ({d:e})"
+    );
+    // Fields that would sample on other times: refused, naming the field.
+    for (field, value) in [
+        ("time_shift_type", serde_json::json!("linear")),
+        ("use_karras_sigmas", serde_json::json!(true)),
+        ("shift_terminal", serde_json::json!(0.1)),
+        ("_class_name", serde_json::json!("EulerDiscreteScheduler")),
+    ] {
+        let mut v = base.clone();
+        v[field] = value;
+        let e = load(&v).err().expect("refused").to_string();
+        let named = if field == "_class_name" {
+            "EulerDiscreteScheduler"
+        } else {
+            field
+        };
+        assert!(e.contains(named), "{field}: {e}");
+    }
+}

@@ -448,10 +448,7 @@ impl<B: SimpleBackend> Renamed<B> {
     /// Tensors the model names `prefix` + key, stored under key alone: a CLIP text encoder
     /// saved by current transformers as a bare `CLIPTextModel` body (no `text_model.`).
     pub fn without_prefix(inner: B, prefix: &'static str) -> Self {
-        Renamed {
-            inner,
-            source: Box::new(move |n| n.strip_prefix(prefix).map(|k| Source::Key(k.to_string()))),
-        }
+        Renamed::replace_prefix(inner, prefix, String::new())
     }
 
     /// Tensors the model names `from` + key, stored under `to` + key: a text encoder's body

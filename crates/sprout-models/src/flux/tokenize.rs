@@ -119,25 +119,44 @@ pub fn flux2_tokenizer(dir: &Path) -> Result<Tokenizer> {
     Tokenizer::from_file(&json).map_err(|e| bad(&json, e))
 }
 
-/// Whether a tokenizer pads on the left, from its `tokenizer_config.json`: its
-/// `padding_side`, else its class's default (transformers' Llama tokenizers, which Mistral's
-/// models use, pad on the left; the others on the right). A truncation side other than
-/// the right is refused by name.
-pub fn pads_left(config: &serde_json::Value) -> Result<bool> {
-    if let Some(t) = config["truncation_side"].as_str().filter(|t| *t != "right") {
+/// Whether a tokenizer pads on the left, in transformers' order: its `tokenizer_config.json`'s
+/// `padding_side`, else its `tokenizer.json`'s padding direction, else its class's default
+/// (transformers' Llama tokenizers pad on the left), else `default_left` (the pipeline's own:
+/// FLUX.2 [dev]'s Mistral tokenizer pads on the left, klein's Qwen on the right). A
+/// truncation side other than the right, in either file, is refused by name.
+pub fn pads_left(
+    config: &serde_json::Value,
+    tokenizer_json: &serde_json::Value,
+    default_left: bool,
+) -> Result<bool> {
+    let truncation = config["truncation_side"]
+        .as_str()
+        .map(str::to_lowercase)
+        .or(tokenizer_json["truncation"]["direction"]
+            .as_str()
+            .map(str::to_lowercase));
+    if let Some(t) = truncation.filter(|t| t != "right") {
         return Err(ModelError::Tokenizer(format!(
-            "tokenizer_config.json: truncation_side = {t} is not supported"
+            "tokenizer truncation_side = {t} is not supported"
         )));
     }
-    match config["padding_side"].as_str() {
+    let side = config["padding_side"]
+        .as_str()
+        .map(str::to_lowercase)
+        .or(tokenizer_json["padding"]["direction"]
+            .as_str()
+            .map(str::to_lowercase));
+    match side.as_deref() {
         Some("left") => Ok(true),
         Some("right") => Ok(false),
         Some(other) => Err(ModelError::Tokenizer(format!(
-            "tokenizer_config.json: padding_side = {other}; expected left or right"
+            "tokenizer padding_side = {other}; expected left or right"
         ))),
         None => Ok(config["tokenizer_class"]
             .as_str()
-            .is_some_and(|c| c.starts_with("LlamaTokenizer"))),
+            .map_or(default_left, |c| {
+                c.starts_with("LlamaTokenizer") || default_left
+            })),
     }
 }
 
