@@ -153,13 +153,15 @@ fn flux2_rows(a: &BenchArgs, weights: &std::path::Path, rows: &mut Vec<Row>) -> 
         per_s: None,
         flops: None,
     });
-    let sprout_pipeline::model::Model::Flux2(m) = &model else {
+    // [dev] takes its guidance scale as an input (the profile's default).
+    let guidance = model.profile().default_guidance;
+    let sprout_pipeline::model::Model::Flux2(m) = &mut model else {
         anyhow::bail!("--model {} did not load a FLUX.2 model", a.model);
     };
     let f = m.size_multiple();
     let sizes = flux_sizes(&a.flux_size, f)?;
     let t0 = Instant::now();
-    let text = m.text.encode(PROMPT)?;
+    let text = m.encode_prompts(&[PROMPT], m.text.max_len)?.swap_remove(0);
     let lt = text.dim(1)?;
     rows.push(Row {
         name: format!("{} text encoding ({lt} tok)", a.model),
@@ -167,7 +169,7 @@ fn flux2_rows(a: &BenchArgs, weights: &std::path::Path, rows: &mut Vec<Row>) -> 
         per_s: Some((lt as f64 / t0.elapsed().as_secs_f64(), "tokens/s")),
         flops: None,
     });
-    let cfg = m.dit.config().clone();
+    let cfg = m.dit_config().clone();
     let dev = m.device().clone();
     for &(w, h) in &sizes {
         let (rh, rw) = (h / f, w / f);
@@ -177,11 +179,9 @@ fn flux2_rows(a: &BenchArgs, weights: &std::path::Path, rows: &mut Vec<Row>) -> 
         let txt_ids = text_ids_4d(lt, &dev)?;
         let t = Tensor::new(&[0.5f32], &dev)?;
         let y = Tensor::zeros((1, 0), m.dtype(), &dev)?;
-        // [dev] takes its guidance scale as an input (the profile's default).
-        let g =
-            Tensor::new(&[model.profile().default_guidance as f32], &dev)?.to_dtype(m.dtype())?;
+        let g = Tensor::new(&[guidance as f32], &dev)?.to_dtype(m.dtype())?;
         rows.push(step_row(&a.model, &cfg, (w, h), (rh * rw, lt), || {
-            m.dit.forward(&DitInput {
+            m.dit()?.forward(&DitInput {
                 guidance: cfg.guidance_embed.then_some(&g),
                 ..DitInput::new(&img, &img_ids, &text, &txt_ids, &t, &y)
             })?;

@@ -299,14 +299,15 @@ fn load_flux2(
             vae: parts.vae.as_deref(),
             tokenizer: parts.tokenizers.as_deref(),
             variant: single.then_some(wanted),
+            tight_memory: false,
         },
         candle_core::DType::F32,
         device,
     )
     .map_err(cli_error)?;
-    if !m.text.encoder.is_resident() {
+    if m.tight_memory() {
         eprintln!(
-            "memory is tight: the text encoder is loaded for each request and dropped before the transformer runs"
+            "memory is tight: each request's prompt is encoded with the transformer dropped (the text encoder loaded, run and dropped, then the transformer loaded again)"
         );
     }
     Ok(Model::Flux2(Box::new(m)))

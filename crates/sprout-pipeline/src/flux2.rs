@@ -307,8 +307,16 @@ pub fn prepare_reference(
     Ok(image::imageops::crop_imm(&img, left as u32, top as u32, cw as u32, ch as u32).to_image())
 }
 
+/// Builds the transformer again (the tight memory plan's reload).
+type LoadDit = Box<dyn Fn() -> Result<Dit, PipelineError> + Send + Sync>;
+
 pub struct Flux2Model {
-    pub dit: Dit,
+    /// The transformer; None only while prompts are encoded under the tight memory plan.
+    dit: Option<Dit>,
+    dit_config: DitConfig,
+    /// The tight memory plan: the transformer is dropped while the text encoder runs and
+    /// built again after it (None: both stay loaded).
+    reload_dit: Option<LoadDit>,
     pub vae: Flux2Vae,
     pub text: Flux2Text,
     pub variant: Flux2Variant,
@@ -391,64 +399,11 @@ impl Flux2Model {
         let taps = taps.unwrap_or(variant.taps());
 
         // The transformer: the snapshot's, or a GGUF file given in its place.
-        let gguf = files.transformer.filter(|p| is_gguf(p));
-        let (dit, dcfg, dit_bytes, bf16_linear) = match gguf {
-            Some(g) => {
-                let infos = gguf_header(g).map_err(weights_err)?;
-                let dcfg = flux2_gguf_config(g, &infos)?;
-                let stored: u64 = infos.iter().map(|t| t.bytes).sum();
-                let in_file =
-                    |e: &dyn std::fmt::Display| weights_err(format!("{}: {e}", g.display()));
-                let vb = QVarBuilder::from_gguf(g, device).map_err(|e| in_file(&e))?;
-                // Block-quantized weights (under 16 bits a value) run their many-row products
-                // in bf16 where the CPU has bf16 products, and so does attention, as FLUX.1's
-                // GGUF models; f16 files keep f32 attention.
-                let values: u64 = infos
-                    .iter()
-                    .map(|t| t.shape.iter().product::<usize>() as u64)
-                    .sum();
-                let blocks = stored < 2 * values;
-                let dit = Dit::new(&dcfg, Weights::Quantized { vb, dtype })
-                    .map(|d| {
-                        if device.is_cpu() && blocks {
-                            d.with_attention(sprout_models::flash::Precision::Bf16)
-                        } else {
-                            d
-                        }
-                    })
-                    .map_err(|e| in_file(&e))?;
-                let bytes = gguf_loaded_bytes(&infos, dtype.size_in_bytes());
-                let full_size = device.is_cpu() && dtype == DType::F32 && stored >= 1 << 30;
-                (dit, dcfg, bytes, full_size)
-            }
-            None => {
-                let tf = part(files.transformer, "transformer", "--weights")?;
-                let (dcfg, backend) = flux2_transformer(&tf)?;
-                // Small models (the test snapshots) compute in f32 throughout; full-size ones
-                // on the CPU keep their bf16 weights for the linear layers (f32 around them,
-                // as FLUX.1's).
-                let stored: u64 = tf
-                    .iter()
-                    .filter_map(|p| std::fs::metadata(p).ok().map(|m| m.len()))
-                    .sum();
-                let bf16_linear = device.is_cpu() && dtype == DType::F32 && stored >= 1 << 30;
-                let vb = VarBuilder::from_backend(backend, dtype, device.clone());
-                let dit = if bf16_linear {
-                    Dit::new(&dcfg, Weights::Bf16Linear(vb))
-                        .map(|d| d.with_attention(sprout_models::flash::Precision::Bf16))
-                } else {
-                    Dit::new(&dcfg, vb)
-                }
-                .map_err(|e| weights_err(format!("{}: {e}", tf[0].display())))?;
-                let n = safetensors_elements(&tf).map_err(weights_err)?;
-                let bytes = n * if bf16_linear {
-                    2
-                } else {
-                    dtype.size_in_bytes() as u64
-                };
-                (dit, dcfg, bytes, bf16_linear)
-            }
+        let source = match files.transformer.filter(|p| is_gguf(p)) {
+            Some(g) => DitSource::Gguf(g.to_path_buf()),
+            None => DitSource::Safetensors(part(files.transformer, "transformer", "--weights")?),
         };
+        let (dit, dcfg, dit_bytes, bf16_linear) = build_dit(&source, dtype, device)?;
 
         variant.check_part(Part::Transformer, dcfg.guidance_embed)?;
 
@@ -565,15 +520,21 @@ impl Flux2Model {
                 qcfg.num_hidden_layers
             )));
         }
-        // The memory plan: every part resident when they fit; else the text encoder is
-        // loaded for each request and dropped before the transformer runs; else refused
-        // with the estimate. Linear weights stay in bf16 when `bf16_linear`, the rest f32.
+        // The memory plan: every part resident when they fit; else each request's prompts
+        // are encoded with the transformer dropped (the text encoder loaded, run and dropped,
+        // then the transformer built again), so only the larger of the two is ever held;
+        // else refused with the estimate. Linear weights stay in bf16 when `bf16_linear`,
+        // the rest f32.
         let rest = safetensors_elements(&vf).map_err(weights_err)? * 4
             + if bf16_linear { ACTIVATIONS } else { 0 };
-        let encoder = if text_encoder_resident(dit_bytes, text_bytes, rest, available)? {
-            EncoderSlot::Resident(load_encoder()?)
+        let (encoder, reload_dit) = if !files.tight_memory
+            && text_encoder_resident(dit_bytes, text_bytes, rest, available)?
+        {
+            (EncoderSlot::Resident(load_encoder()?), None)
         } else {
-            EncoderSlot::OnDemand(load_encoder)
+            let device = device.clone();
+            let reload: LoadDit = Box::new(move || Ok(build_dit(&source, dtype, &device)?.0));
+            (EncoderSlot::OnDemand(load_encoder), Some(reload))
         };
         let tok_dir = match (files.tokenizer, dir) {
             (Some(t), _) if t.join("tokenizer").join("tokenizer.json").is_file() => {
@@ -610,7 +571,9 @@ impl Flux2Model {
             .token_to_id(&pad)
             .ok_or_else(|| weights_err(format!("the tokenizer has no pad token {pad}")))?;
         Ok(Flux2Model {
-            dit,
+            dit: Some(dit),
+            dit_config: dcfg,
+            reload_dit,
             vae,
             text: Flux2Text {
                 encoder,
@@ -630,6 +593,40 @@ impl Flux2Model {
 
     pub fn dtype(&self) -> DType {
         self.text.dtype
+    }
+
+    /// The transformer's config.
+    pub fn dit_config(&self) -> &DitConfig {
+        &self.dit_config
+    }
+
+    /// The transformer (loaded at every point but inside [`encode_prompts`](Self::encode_prompts)).
+    pub fn dit(&self) -> Result<&Dit, PipelineError> {
+        self.dit
+            .as_ref()
+            .ok_or_else(|| PipelineError::Request("the transformer is not loaded".into()))
+    }
+
+    /// Whether memory is tight: prompts are encoded with the transformer dropped.
+    pub fn tight_memory(&self) -> bool {
+        self.reload_dit.is_some()
+    }
+
+    /// Several prompts' conditioning, each (1, len, taps · hidden) ([`Flux2Text::encode_all`]),
+    /// under the memory plan: when it is tight the transformer is dropped first and built
+    /// again after, so the text encoder never sits beside it.
+    pub fn encode_prompts(
+        &mut self,
+        prompts: &[&str],
+        len: usize,
+    ) -> Result<Vec<Tensor>, PipelineError> {
+        let Some(reload) = &self.reload_dit else {
+            return self.text.encode_all(prompts, len);
+        };
+        self.dit = None;
+        let encoded = self.text.encode_all(prompts, len);
+        self.dit = Some(reload()?);
+        encoded
     }
 
     pub fn device(&self) -> &Device {
@@ -736,7 +733,7 @@ impl Flux2Model {
             let t = Tensor::new(&[t as f32], &dev)?;
             let xin = x.to_dtype(self.dtype())?;
             let forward = |text: &Tensor| -> Result<Tensor, PipelineError> {
-                let v = self.dit.forward(&DitInput {
+                let v = self.dit()?.forward(&DitInput {
                     references: ref_tokens
                         .as_ref()
                         .zip(ref_ids.as_ref())
@@ -783,6 +780,80 @@ impl Flux2Model {
     }
 }
 
+/// Where a FLUX.2 transformer's weights are.
+#[derive(Debug, Clone)]
+enum DitSource {
+    /// A GGUF file (block-quantized or f16).
+    Gguf(std::path::PathBuf),
+    /// Safetensors files (a snapshot's `transformer/`, or one file).
+    Safetensors(Vec<std::path::PathBuf>),
+}
+
+/// The transformer from `source`: the DiT, its config, the bytes it holds once loaded, and
+/// whether its linear layers keep bf16 weights (a full-size model on the CPU, whose text
+/// encoder then does the same).
+fn build_dit(
+    source: &DitSource,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Dit, DitConfig, u64, bool), PipelineError> {
+    match source {
+        DitSource::Gguf(g) => {
+            let infos = gguf_header(g).map_err(weights_err)?;
+            let dcfg = flux2_gguf_config(g, &infos)?;
+            let stored: u64 = infos.iter().map(|t| t.bytes).sum();
+            let in_file = |e: &dyn std::fmt::Display| weights_err(format!("{}: {e}", g.display()));
+            let vb = QVarBuilder::from_gguf(g, device).map_err(|e| in_file(&e))?;
+            // Block-quantized weights (under 16 bits a value) run their many-row products
+            // in bf16 where the CPU has bf16 products, and so does attention, as FLUX.1's
+            // GGUF models; f16 files keep f32 attention.
+            let values: u64 = infos
+                .iter()
+                .map(|t| t.shape.iter().product::<usize>() as u64)
+                .sum();
+            let blocks = stored < 2 * values;
+            let dit = Dit::new(&dcfg, Weights::Quantized { vb, dtype })
+                .map(|d| {
+                    if device.is_cpu() && blocks {
+                        d.with_attention(sprout_models::flash::Precision::Bf16)
+                    } else {
+                        d
+                    }
+                })
+                .map_err(|e| in_file(&e))?;
+            let bytes = gguf_loaded_bytes(&infos, dtype.size_in_bytes());
+            let full_size = device.is_cpu() && dtype == DType::F32 && stored >= 1 << 30;
+            Ok((dit, dcfg, bytes, full_size))
+        }
+        DitSource::Safetensors(tf) => {
+            let (dcfg, backend) = flux2_transformer(tf)?;
+            // Small models (the test snapshots) compute in f32 throughout; full-size ones
+            // on the CPU keep their bf16 weights for the linear layers (f32 around them,
+            // as FLUX.1's).
+            let stored: u64 = tf
+                .iter()
+                .filter_map(|p| std::fs::metadata(p).ok().map(|m| m.len()))
+                .sum();
+            let bf16_linear = device.is_cpu() && dtype == DType::F32 && stored >= 1 << 30;
+            let vb = VarBuilder::from_backend(backend, dtype, device.clone());
+            let dit = if bf16_linear {
+                Dit::new(&dcfg, Weights::Bf16Linear(vb))
+                    .map(|d| d.with_attention(sprout_models::flash::Precision::Bf16))
+            } else {
+                Dit::new(&dcfg, vb)
+            }
+            .map_err(|e| weights_err(format!("{}: {e}", tf[0].display())))?;
+            let n = safetensors_elements(tf).map_err(weights_err)?;
+            let bytes = n * if bf16_linear {
+                2
+            } else {
+                dtype.size_in_bytes() as u64
+            };
+            Ok((dit, dcfg, bytes, bf16_linear))
+        }
+    }
+}
+
 /// Parts of a FLUX.2 model given apart from its snapshot folder.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Flux2Files<'a> {
@@ -804,6 +875,9 @@ pub struct Flux2Files<'a> {
     /// Which FLUX.2 the files are, where no `model_index.json` says (single files: `--model
     /// flux2-klein`, `flux2-klein-base` or `flux2-dev`).
     pub variant: Option<Flux2Variant>,
+    /// Take the tight memory plan (prompts encoded with the transformer dropped) even where
+    /// every part fits.
+    pub tight_memory: bool,
 }
 
 /// The headers of safetensors `files`, one list.

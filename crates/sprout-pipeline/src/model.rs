@@ -536,7 +536,7 @@ fn run_flux2(
     if m.variant == Flux2Variant::KleinBase && req.guidance > 1.0 {
         prompts.push(req.negative_prompt.as_deref().unwrap_or(""));
     }
-    let mut encoded = m.text.encode_all(&prompts, len)?.into_iter();
+    let mut encoded = m.encode_prompts(&prompts, len)?.into_iter();
     let text = encoded.next().expect("one per prompt");
     let negative = encoded.next();
     let references = req

@@ -325,7 +325,7 @@ fn a_gguf_transformer_keeps_its_config_and_a_flux1_one_is_refused() {
 
     let tmp = std::env::temp_dir().join(format!("sprout-flux2-gguf-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
-    let dense = model().dit.config().clone();
+    let dense = model().dit_config().clone();
     let path = tmp.join("transformer-q8_0.gguf");
     let written =
         quantize_flux2_transformer(&dir().join("snapshot"), GgmlDType::Q8_0, &path, |_, _| {})
@@ -344,7 +344,7 @@ fn a_gguf_transformer_keeps_its_config_and_a_flux1_one_is_refused() {
         &Device::Cpu,
     )
     .unwrap();
-    assert_eq!(m.dit.config(), &dense);
+    assert_eq!(m.dit_config(), &dense);
     // A FLUX.1 transformer file is refused by name.
     let flux1 = tmp.join("flux1.gguf");
     let c: sprout_models::flux::convert::DiffusersTransformerConfig = serde_json::from_value(
@@ -435,5 +435,46 @@ fn the_snapshots_scheduler_config_is_read_or_refused_by_name() {
             field
         };
         assert!(e.contains(named), "{field}: {e}");
+    }
+}
+
+#[test]
+fn the_tight_memory_plan_drops_the_transformer_while_prompts_are_encoded() {
+    use sprout_pipeline::flux2::Flux2Files;
+    use sprout_pipeline::model::Family;
+    let tight = |tight_memory: bool| {
+        let mut m = Flux2Model::load_with(
+            Some(&dir().join("snapshot")),
+            Some(&[2, 4, 6]),
+            Flux2Files {
+                tight_memory,
+                ..Flux2Files::default()
+            },
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        m.text.max_len = 40;
+        m
+    };
+    let (mut resident, mut dropped) = (tight(false), tight(true));
+    assert!(!resident.tight_memory() && dropped.tight_memory());
+    assert!(resident.text.encoder.is_resident() && !dropped.text.encoder.is_resident());
+    let req = sprout_pipeline::request::Request {
+        width: 48,
+        height: 32,
+        steps: 2,
+        ..sprout_pipeline::request::Request::new(PROMPTS[0], &resident.profile())
+    };
+    let draw = |m: &mut Flux2Model| {
+        let mut on_step = |_: usize, _: usize| {};
+        Hooks::progress(&mut on_step, |hooks| m.run(&req, hooks)).unwrap()
+    };
+    // Two requests each: the transformer comes back after every encoding, and the images
+    // are those of the model that holds everything.
+    for _ in 0..2 {
+        let (a, b) = (draw(&mut resident), draw(&mut dropped));
+        assert_eq!(a[0].as_raw(), b[0].as_raw());
+        assert!(dropped.dit().is_ok());
     }
 }
