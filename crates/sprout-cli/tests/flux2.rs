@@ -43,6 +43,21 @@ fn write_reference(path: &Path, t: &Tensor) {
         .unwrap();
 }
 
+/// `sprout quantize --model MODEL --weights WEIGHTS --type KIND -o OUT`.
+fn quantize(model: &str, weights: &str, kind: &str, out: &str) -> Output {
+    sprout(&[
+        "quantize",
+        "--model",
+        model,
+        "--weights",
+        weights,
+        "--type",
+        kind,
+        "-o",
+        out,
+    ])
+}
+
 /// The fixtures' tiny encoder: 40 tokens per prompt, states of layers 2, 4 and 6.
 const TINY: [&str; 6] = [
     "--text-layers",
@@ -263,17 +278,7 @@ fn flux2_dev_runs_from_gguf_parts_written_by_quantize() {
     for (model, weights, flag, bound) in parts {
         let gguf = dir.path().join(format!("{model}.gguf"));
         let g = gguf.to_str().unwrap();
-        let r = sprout(&[
-            "quantize",
-            "--model",
-            model,
-            "--weights",
-            weights,
-            "--type",
-            "q8_0",
-            "-o",
-            g,
-        ]);
+        let r = quantize(model, weights, "q8_0", g);
         assert!(r.status.success(), "{}", stderr(&r));
         let d = dev_t2i(dir.path(), &io, &[flag, g], model);
         eprintln!("dev {flag} from a q8_0 GGUF: worst {d} levels");
@@ -281,15 +286,12 @@ fn flux2_dev_runs_from_gguf_parts_written_by_quantize() {
     }
     // The other text encoder's name is refused, naming the right one.
     let wrong = dir.path().join("wrong.gguf");
-    let r = sprout(&[
-        "quantize",
-        "--model",
+    let r = quantize(
         "qwen3",
-        "--weights",
         te.to_str().unwrap(),
-        "-o",
+        "q8_0",
         wrong.to_str().unwrap(),
-    ]);
+    );
     assert!(
         !r.status.success() && stderr(&r).contains("--model mistral"),
         "{}",
@@ -450,17 +452,7 @@ fn gguf_parts_written_by_quantize_replace_the_snapshots() {
         for (kind, bound) in ["f16", "q8_0"].into_iter().zip(bounds) {
             let gguf = dir.path().join(format!("{model}-{kind}.gguf"));
             let g = gguf.to_str().unwrap();
-            let r = sprout(&[
-                "quantize",
-                "--model",
-                model,
-                "--weights",
-                weights,
-                "--type",
-                kind,
-                "-o",
-                g,
-            ]);
+            let r = quantize(model, weights, kind, g);
             assert!(r.status.success(), "{}", stderr(&r));
             let d = distilled_t2i(dir.path(), &io, &[flag, g], &format!("{model}-{kind}"));
             eprintln!("{flag} from a {kind} GGUF: worst {d} levels");

@@ -28,16 +28,17 @@ fn io() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(dir().join("pipeline_io.safetensors"), &Device::Cpu).unwrap()
 }
 
-fn model() -> Flux2Model {
-    let mut m = Flux2Model::load_with_taps(
-        &dir().join("snapshot"),
-        &[2, 4, 6],
-        DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
-    m.text.max_len = 40;
+/// The fixture snapshot `name`, its tiny encoder's layers 2, 4, 6 tapped and prompts of
+/// `max_len` tokens, as the fixture tool ran it.
+fn fixture_model(name: &str, max_len: usize) -> Flux2Model {
+    let mut m = Flux2Model::load_with_taps(&dir().join(name), &[2, 4, 6], DType::F32, &Device::Cpu)
+        .unwrap();
+    m.text.max_len = max_len;
     m
+}
+
+fn model() -> Flux2Model {
+    fixture_model("snapshot", 40)
 }
 
 /// (1, C, h, w) latents of the reference → Sprout's (1, h·w, C) tokens.
@@ -156,18 +157,9 @@ fn an_edit_with_two_references_matches_diffusers() {
 }
 
 /// The FLUX.2 [dev] fixture snapshot (`Flux2Pipeline`: Mistral3 text encoder, a transformer
-/// with a guidance input, the klein fixture's autoencoder), its tiny encoder's layers
-/// 2, 4, 6 tapped and prompts of 96 tokens, as the fixture tool ran it.
+/// with a guidance input, the klein fixture's autoencoder), prompts of 96 tokens.
 fn dev_model() -> Flux2Model {
-    let mut m = Flux2Model::load_with_taps(
-        &dir().join("dev_snapshot"),
-        &[2, 4, 6],
-        DType::F32,
-        &Device::Cpu,
-    )
-    .unwrap();
-    m.text.max_len = 96;
-    m
+    fixture_model("dev_snapshot", 96)
 }
 
 #[test]
@@ -204,8 +196,53 @@ fn flux2_dev_matches_diffusers_text_to_image_and_with_two_references() {
 #[test]
 fn parts_of_the_other_flux2_are_refused_by_name() {
     use sprout_pipeline::flux2::Flux2Files;
-    let load = |snap: &str, files: Flux2Files<'_>| {
-        Flux2Model::load_with(
+    let file = |part: &str| dir().join(part);
+    let (qwen, mistral) = (
+        file("snapshot/text_encoder/model.safetensors"),
+        file("dev_snapshot/text_encoder/model.safetensors"),
+    );
+    let (klein_dit, dev_dit) = (
+        file("snapshot/transformer/diffusion_pytorch_model.safetensors"),
+        file("dev_snapshot/transformer/diffusion_pytorch_model.safetensors"),
+    );
+    // (snapshot, its text encoder or transformer replaced by the other FLUX.2's, the words
+    // the refusal must hold).
+    let cases: [(&str, Flux2Files<'_>, &[&str]); 4] = [
+        (
+            "dev_snapshot",
+            Flux2Files {
+                text_encoder: Some(&qwen),
+                ..Flux2Files::default()
+            },
+            &["FLUX.2 [dev] reads Mistral"],
+        ),
+        (
+            "snapshot",
+            Flux2Files {
+                text_encoder: Some(&mistral),
+                ..Flux2Files::default()
+            },
+            &["FLUX.2 [klein] reads Qwen3"],
+        ),
+        (
+            "dev_snapshot",
+            Flux2Files {
+                transformer: Some(&klein_dit),
+                ..Flux2Files::default()
+            },
+            &["no guidance input", "flux2-klein"],
+        ),
+        (
+            "snapshot",
+            Flux2Files {
+                transformer: Some(&dev_dit),
+                ..Flux2Files::default()
+            },
+            &["takes a guidance scale", "flux2-dev"],
+        ),
+    ];
+    for (snap, files, needles) in cases {
+        let e = Flux2Model::load_with(
             Some(&dir().join(snap)),
             Some(&[2, 4, 6]),
             files,
@@ -214,50 +251,9 @@ fn parts_of_the_other_flux2_are_refused_by_name() {
         )
         .err()
         .expect("refused")
-        .to_string()
-    };
-    let qwen = dir().join("snapshot/text_encoder/model.safetensors");
-    let mistral = dir().join("dev_snapshot/text_encoder/model.safetensors");
-    let e = load(
-        "dev_snapshot",
-        Flux2Files {
-            text_encoder: Some(&qwen),
-            ..Flux2Files::default()
-        },
-    );
-    assert!(e.contains("FLUX.2 [dev] reads Mistral"), "{e}");
-    let e = load(
-        "snapshot",
-        Flux2Files {
-            text_encoder: Some(&mistral),
-            ..Flux2Files::default()
-        },
-    );
-    assert!(e.contains("FLUX.2 [klein] reads Qwen3"), "{e}");
-    let klein_dit = dir().join("snapshot/transformer/diffusion_pytorch_model.safetensors");
-    let dev_dit = dir().join("dev_snapshot/transformer/diffusion_pytorch_model.safetensors");
-    let e = load(
-        "dev_snapshot",
-        Flux2Files {
-            transformer: Some(&klein_dit),
-            ..Flux2Files::default()
-        },
-    );
-    assert!(
-        e.contains("no guidance input") && e.contains("flux2-klein"),
-        "{e}"
-    );
-    let e = load(
-        "snapshot",
-        Flux2Files {
-            transformer: Some(&dev_dit),
-            ..Flux2Files::default()
-        },
-    );
-    assert!(
-        e.contains("takes a guidance scale") && e.contains("flux2-dev"),
-        "{e}"
-    );
+        .to_string();
+        assert!(needles.iter().all(|n| e.contains(n)), "{snap}: {e}");
+    }
 }
 
 #[test]
