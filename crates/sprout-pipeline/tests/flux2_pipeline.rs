@@ -85,6 +85,21 @@ fn run(
     .unwrap()
 }
 
+/// The fixture's distilled text-to-image case through `m`: the first prompt, 2 steps without
+/// guidance from its latents.
+fn distilled_t2i(m: &Flux2Model, io: &HashMap<String, Tensor>) -> Tensor {
+    let text = m.text.encode(PROMPTS[0]).unwrap();
+    run(
+        m,
+        &text,
+        None,
+        &tokens(&io["distilled_latents"]),
+        &[],
+        2,
+        1.0,
+    )
+}
+
 #[test]
 fn text_to_image_matches_diffusers_distilled_and_guided() {
     let io = io();
@@ -94,15 +109,7 @@ fn text_to_image_matches_diffusers_distilled_and_guided() {
         "the snapshot's model_index.json says is_distilled"
     );
     let text = m.text.encode(PROMPTS[0]).unwrap();
-    let img = run(
-        &m,
-        &text,
-        None,
-        &tokens(&io["distilled_latents"]),
-        &[],
-        2,
-        1.0,
-    );
+    let img = distilled_t2i(&m, &io);
     check("distilled, 2 steps", &img, &io["distilled_image"]);
     m.variant = sprout_pipeline::flux2::Flux2Variant::KleinBase;
     let negative = m.text.encode("").unwrap();
@@ -399,16 +406,7 @@ fn the_snapshots_scheduler_config_is_read_or_refused_by_name() {
     let m = load(&fixed).unwrap();
     assert_eq!(m.fixed_shift, Some(3.0));
     let io = io();
-    let text = m.text.encode(PROMPTS[0]).unwrap();
-    let img = run(
-        &m,
-        &text,
-        None,
-        &tokens(&io["distilled_latents"]),
-        &[],
-        2,
-        1.0,
-    );
+    let img = distilled_t2i(&m, &io);
     let got = ((img + 1.0).unwrap() / 2.0).unwrap();
     let d = sprout_models::ops::max_abs_diff(&got, &io["distilled_image"]).unwrap();
     assert!(
